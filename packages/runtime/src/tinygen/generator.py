@@ -1,0 +1,199 @@
+"""TextGenerator: the runtime's public entry point.
+
+    from tinygen import TextGenerator
+    gen = TextGenerator()                      # the embedded tiny model
+    texts = gen.generate("Once upon a time", n=3, seed=42)
+    texts[1].seed                              # 43: remake it alone with seed=43
+    for piece in gen.stream("Hello"): print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+from .config import GenerationConfig
+from .decoding import BatchDecoding, Completion
+from .errors import TinygenError
+from .manifest import Manifest, load_manifest
+from .onnx_model import OnnxCausalLM
+from .replacements import Replacements
+from .sampling import draw_seed
+from .tokenizer import TextTokenizer
+
+Prompt = Union[str, Sequence[int]]  # text, or token ids
+
+
+def embedded_model_dir() -> Path:
+    """The tiny model shipped by the tinygen-tinymodel package."""
+    try:
+        import tinygen_tinymodel
+    except ImportError:
+        raise TinygenError(
+            "no model given and the embedded tiny model is not installed: "
+            "pip install tinygen-tinymodel, or pass a model directory"
+        ) from None
+    return tinygen_tinymodel.model_dir()
+
+
+class TextGenerator:
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
+                 threads: int | None = None, replacements: str | os.PathLike | None = None):
+        """model: an exported model directory (None: the embedded tiny model).
+        device: "auto" (CUDA through onnxruntime-gpu when present), "cpu" or "cuda".
+        replacements: a replacements.json to use instead of the model's own.
+        """
+        self.model_dir = Path(model) if model is not None else embedded_model_dir()
+        self.manifest: Manifest = load_manifest(self.model_dir)
+        self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
+                                       self._load_replacements(replacements))
+        self.model = OnnxCausalLM(self.model_dir, self.manifest, device=device, threads=threads)
+        self.defaults = GenerationConfig().merged(**self.manifest.generation)
+
+    def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:
+        if explicit is not None:
+            return Replacements.load(explicit)
+        if self.manifest.replacements_file:
+            return Replacements.load(self.model_dir / self.manifest.replacements_file)
+        return None
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+    # -- public API -------------------------------------------------------------
+
+    def generate(self, prompt: Prompt | Sequence[Prompt] = "", n: int = 1,
+                 seed: int | Sequence[int] | None = None, batch_size: int = 16,
+                 progress: bool = False, **options) -> list[Completion]:
+        """Generate `n` continuations of each prompt; returns them in prompt order.
+
+        Options are GenerationConfig's (max_new_tokens, do_sample, temperature,
+        top_k, top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size,
+        stop). Sequence i (counting across prompts, then samples) gets seed
+        `seed + i`, so any text can be made again alone; with no seed, one is drawn.
+        Each result is a str carrying `.seed`, `.token_ids` and `.finish_reason`.
+        """
+        config = self.defaults.merged(**options)
+        prompts = self._encode_prompts(prompt)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise TinygenError(f"n must be an integer >= 1, got {n!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise TinygenError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        rows = [ids for ids in prompts for _ in range(n)]
+        seeds = self._seeds(seed, len(rows), config)
+        results: list[Completion] = []
+        bar = _progress_bar(len(rows)) if progress else None
+        for start in range(0, len(rows), batch_size):
+            decoding = self._decoding(rows[start:start + batch_size],
+                                      seeds[start:start + batch_size], config)
+            while not decoding.done:
+                decoding.step()
+            results.extend(decoding.completions())
+            if bar:
+                bar.update(len(decoding.rows))
+        if bar:
+            bar.close()
+        return results
+
+    def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
+        """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
+        config = self.defaults.merged(**options)
+        [ids] = self._encode_prompts(prompt, single=True)
+        [seed] = self._seeds(seed, 1, config)
+        return TextStream(self._decoding([ids], [seed], config))
+
+    # -- internals --------------------------------------------------------------
+
+    def _decoding(self, prompts, seeds, config) -> BatchDecoding:
+        return BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id())
+
+    def _pad_id(self) -> int:
+        m = self.manifest
+        if m.pad_token_id is not None:
+            return m.pad_token_id
+        return m.eos_token_ids[0] if m.eos_token_ids else 0
+
+    def _encode_prompts(self, prompt, single: bool = False) -> list[list[int]]:
+        if isinstance(prompt, str) or _is_token_ids(prompt):
+            prompts = [prompt]
+        elif single:
+            raise TinygenError("stream takes one prompt (a string or a list of token ids)")
+        else:
+            prompts = list(prompt)
+            if not prompts:
+                raise TinygenError("no prompts given")
+        encoded = []
+        for p in prompts:
+            if isinstance(p, str):
+                ids = self.tokenizer.encode(p)
+            elif _is_token_ids(p):
+                ids = [int(i) for i in p]
+                bad = [i for i in ids if not 0 <= i < self.manifest.vocab_size]
+                if bad:
+                    raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{self.manifest.vocab_size - 1})")
+            else:
+                raise TinygenError(f"a prompt must be a string or a list of token ids, got {type(p).__name__}")
+            if not ids:
+                ids = self._start_ids()
+            window = self.manifest.context_window
+            if len(ids) >= window:
+                raise TinygenError(
+                    f"prompt is {len(ids)} tokens; the model's window is {window} tokens, "
+                    f"so the prompt must be shorter than that"
+                )
+            encoded.append(ids)
+        return encoded
+
+    def _start_ids(self) -> list[int]:
+        """What an empty prompt starts from: BOS, or the end-of-text token as in GPT-2."""
+        m = self.manifest
+        start = m.bos_token_id if m.bos_token_id is not None else \
+            (m.eos_token_ids[0] if m.eos_token_ids else None)
+        if start is None:
+            raise TinygenError("empty prompt, and the model has no BOS/EOS token to start from")
+        return [start]
+
+    @staticmethod
+    def _seeds(seed, count: int, config: GenerationConfig) -> list[int | None]:
+        if config.greedy:
+            return [None] * count  # greedy decoding draws nothing
+        if seed is None:
+            seed = draw_seed()
+        if isinstance(seed, bool) or not isinstance(seed, (int, list, tuple)):
+            raise TinygenError(f"seed must be an integer or a list of integers, got {seed!r}")
+        if isinstance(seed, int):
+            if seed < 0:
+                raise TinygenError(f"seed must be >= 0, got {seed}")
+            return [seed + i for i in range(count)]
+        if len(seed) != count or not all(isinstance(s, int) and s >= 0 for s in seed):
+            raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
+        return list(seed)
+
+
+class TextStream:
+    """Iterates over text pieces; `.seed` says how to remake the text, `.completion` holds it at the end."""
+
+    def __init__(self, decoding: BatchDecoding):
+        self._decoding = decoding
+        self.seed = decoding.rows[0].seed
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        while not self._decoding.done:
+            [piece] = self._decoding.step()
+            if piece:
+                yield piece
+        [self.completion] = self._decoding.completions()
+
+
+def _is_token_ids(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and \
+        all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="text", desc="generating", leave=False)

@@ -1,0 +1,216 @@
+"""The model directory's manifest, `tinygen.json`: the contract between trainer and runtime.
+
+Documented in docs/model-format.md. A directory written by
+`optimum-cli export onnx --task text-generation-with-past` has no manifest; we
+derive the same fields from its `config.json`, so both load through one path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFormatError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "tinygen.json"
+
+# Input/output names as optimum writes them; `{layer}` is the layer index.
+DEFAULT_INPUTS = {
+    "input_ids": "input_ids",
+    "attention_mask": "attention_mask",
+    "position_ids": "position_ids",
+    "past_key": "past_key_values.{layer}.key",
+    "past_value": "past_key_values.{layer}.value",
+}
+DEFAULT_OUTPUTS = {
+    "logits": "logits",
+    "present_key": "present.{layer}.key",
+    "present_value": "present.{layer}.value",
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str  # transformers model_type: "gpt2", "llama", ...
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int  # < num_attention_heads for grouped-query attention
+    head_size: int
+    vocab_size: int
+    context_window: int  # positions the model was trained for
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    dtype: str = "float32"  # dtype of the KV cache and logits
+    quantization: str | None = None  # None, "int8" or "int4" (weights only)
+    model_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    replacements_file: str | None = None
+    inputs: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_INPUTS))
+    outputs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OUTPUTS))
+    # Defaults for tinygen.GenerationConfig; the caller's arguments override them.
+    generation: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def past_names(self) -> list[str]:
+        """Past-KV input names in the order key0, value0, key1, value1, ..."""
+        return [
+            self.inputs[kind].format(layer=i)
+            for i in range(self.num_layers)
+            for kind in ("past_key", "past_value")
+        ]
+
+    def present_names(self) -> list[str]:
+        return [
+            self.outputs[kind].format(layer=i)
+            for i in range(self.num_layers)
+            for kind in ("present_key", "present_value")
+        ]
+
+    # -- serialisation -------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        return {"format_version": data.pop("format_version"), **data}
+
+    def save(self, model_dir: str | os.PathLike) -> Path:
+        """Write tinygen.json atomically (temp file + rename)."""
+        path = Path(model_dir) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ModelFormatError(f"{source}: expected a JSON object")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise ModelFormatError(f"{source}: missing integer 'format_version'")
+        if version > FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{source}: format_version {version} is newer than this tinygen reads "
+                f"({FORMAT_VERSION}); upgrade with: pip install -U tinygen"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelFormatError(f"{source}: unknown key '{unknown[0]}'")
+        required = [f.name for f in fields(cls)
+                    if f.default is MISSING and f.default_factory is MISSING]
+        for name in required:
+            if name not in data:
+                raise ModelFormatError(f"{source}: missing key '{name}'")
+        kwargs = dict(data)
+        kwargs["eos_token_ids"] = tuple(_as_id_list(data["eos_token_ids"], source))
+        kwargs["inputs"] = {**DEFAULT_INPUTS, **data.get("inputs", {})}
+        kwargs["outputs"] = {**DEFAULT_OUTPUTS, **data.get("outputs", {})}
+        manifest = cls(**kwargs)
+        manifest._check_types(source)
+        return manifest
+
+    def _check_types(self, source: str) -> None:
+        for name in ("num_layers", "num_attention_heads", "num_kv_heads", "head_size",
+                     "vocab_size", "context_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelFormatError(f"{source}: '{name}' must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ModelFormatError(
+                f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
+                f"of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ModelFormatError(f"{source}: unsupported dtype '{self.dtype}'")
+
+
+def _as_id_list(value: Any, source: str) -> list[int]:
+    if value is None:
+        return []
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ModelFormatError(f"{source}: token ids must be integers, got {value!r}")
+    return ids
+
+
+# -- directories without a manifest (optimum exports) ---------------------------
+
+def _first(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str, Any] | None = None,
+                            source: str = "config.json") -> Manifest:
+    """Derive a manifest from a transformers `config.json` (optimum export or source model)."""
+    gen = generation_config or {}
+    arch = config.get("model_type")
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first(config, "num_attention_heads", "n_head")
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    window = _first(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+    if not (arch and layers and heads and hidden and window):
+        raise ModelFormatError(
+            f"{source}: cannot tell the model's shape (need model_type, layers, heads, "
+            f"hidden size and context window)"
+        )
+    kv_heads = _first(config, "num_key_value_heads", default=heads)
+    head_size = _first(config, "head_dim", default=hidden // heads)
+    eos = _first(gen, "eos_token_id", default=config.get("eos_token_id"))
+    pad = _first(gen, "pad_token_id", default=config.get("pad_token_id"))
+    bos = _first(gen, "bos_token_id", default=config.get("bos_token_id"))
+    return Manifest(
+        architecture=arch,
+        num_layers=int(layers),
+        num_attention_heads=int(heads),
+        num_kv_heads=int(kv_heads),
+        head_size=int(head_size),
+        vocab_size=int(config["vocab_size"]),
+        context_window=int(window),
+        eos_token_ids=tuple(_as_id_list(eos, source)),
+        bos_token_id=bos if isinstance(bos, int) else None,
+        pad_token_id=pad if isinstance(pad, int) else None,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"{path}: not UTF-8 text") from None
+
+
+def load_manifest(model_dir: str | os.PathLike) -> Manifest:
+    """Read `tinygen.json`, or derive the manifest from an optimum export's config.json."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelFormatError(f"model directory not found: {model_dir}")
+    path = model_dir / MANIFEST_NAME
+    if path.is_file():
+        manifest = Manifest.from_json(_read_json(path), source=str(path))
+    elif (model_dir / "config.json").is_file():
+        gen_path = model_dir / "generation_config.json"
+        manifest = manifest_from_hf_config(
+            _read_json(model_dir / "config.json"),
+            _read_json(gen_path) if gen_path.is_file() else None,
+            source=str(model_dir / "config.json"),
+        )
+    else:
+        raise ModelFormatError(
+            f"{model_dir}: no {MANIFEST_NAME} or config.json; export a model with "
+            f"'tinygen-train export SRC OUT'"
+        )
+    for name in (manifest.model_file, manifest.tokenizer_file):
+        if not (model_dir / name).is_file():
+            raise ModelFormatError(f"{model_dir}: missing {name}")
+    return manifest

@@ -1,0 +1,112 @@
+"""One exported causal LM run through onnxruntime, with its KV cache kept inside onnxruntime.
+
+`forward` binds inputs and outputs with IO binding: each step's `present.*`
+outputs are OrtValues that become the next step's `past_key_values.*` inputs
+as they are, so the cache never round-trips through numpy (and stays on the GPU
+under the CUDA execution provider). Only the logits come back to numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelFormatError, TinygenError
+from .manifest import Manifest
+
+DEVICES = ("auto", "cpu", "cuda")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+KVCache = list  # list[ort.OrtValue], ordered as Manifest.past_names()
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when onnxruntime-gpu can run here, else 'cpu'."""
+    if device not in DEVICES:
+        raise TinygenError(f"unknown device '{device}'; choose one of: {', '.join(DEVICES)}")
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise TinygenError("device 'cuda' needs onnxruntime-gpu: pip install onnxruntime-gpu")
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return device
+
+
+class OnnxCausalLM:
+    def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
+                 threads: int | None = None):
+        self.manifest = manifest
+        self.device = resolve_device(device)
+        path = Path(model_dir) / manifest.model_file
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" \
+            else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises several unrelated types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        self._check_graph(path)
+
+    def _check_graph(self, path: Path) -> None:
+        """The manifest is a contract: every name it promises must be in the graph."""
+        m = self.manifest
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        wanted_in = [m.inputs["input_ids"], m.inputs["attention_mask"], *m.past_names()]
+        wanted_out = [m.outputs["logits"], *m.present_names()]
+        for name in wanted_in:
+            if name not in inputs:
+                raise ModelFormatError(f"{path}: graph has no input '{name}' that the manifest names")
+        for name in wanted_out:
+            if name not in outputs:
+                raise ModelFormatError(f"{path}: graph has no output '{name}' that the manifest names")
+        self.position_ids_name = m.inputs.get("position_ids")
+        if self.position_ids_name not in inputs:
+            self.position_ids_name = None  # some exports compute positions inside the graph
+        past = inputs[m.past_names()[0]]
+        heads, size = past.shape[1], past.shape[3]
+        if (isinstance(heads, int) and heads != m.num_kv_heads) or \
+                (isinstance(size, int) and size != m.head_size):
+            raise ModelFormatError(
+                f"{path}: KV cache is {heads} heads x {size}, manifest says "
+                f"{m.num_kv_heads} x {m.head_size}"
+            )
+        self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
+        self.mask_dtype = _ORT_TYPES.get(inputs[m.inputs["attention_mask"]].type, np.int64)
+        self._past_names = m.past_names()
+        self._present_names = m.present_names()
+
+    def empty_cache(self, batch: int) -> KVCache:
+        m = self.manifest
+        empty = np.zeros((batch, m.num_kv_heads, 0, m.head_size), dtype=self.kv_dtype)
+        return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self._past_names]
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                position_ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """input_ids, position_ids (batch, new); attention_mask (batch, past + new).
+
+        Returns logits (batch, new, vocab) as float32 numpy and the grown cache.
+        """
+        m = self.manifest
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(m.inputs["input_ids"], np.ascontiguousarray(input_ids, np.int64))
+        binding.bind_cpu_input(m.inputs["attention_mask"],
+                               np.ascontiguousarray(attention_mask, self.mask_dtype))
+        if self.position_ids_name:
+            binding.bind_cpu_input(self.position_ids_name, np.ascontiguousarray(position_ids, np.int64))
+        for name, value in zip(self._past_names, cache):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(m.outputs["logits"], "cpu")
+        for name in self._present_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy().astype(np.float32, copy=False), present

@@ -1,0 +1,139 @@
+"""`replacements.json`: strings mapped to special tokens on encode, tokens back to text on decode.
+
+    {
+      "format_version": 1,
+      "encode": [{"pattern": "https?://\\\\S+", "regex": true, "token": "<|url|>"}],
+      "decode": {"<|url|>": "<url>"},
+      "ban": ["<|url|>"]
+    }
+
+`encode` rules run in order on the text before it is tokenized; `decode` says
+what text a special token stands for when it is generated; `ban` lists tokens
+that are never generated. The trainer writes this file with the model; the
+runtime applies it on every encode and decode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ModelFormatError
+
+FORMAT_VERSION = 1
+FILE_NAME = "replacements.json"
+_RULE_KEYS = {"pattern", "regex", "token"}
+
+
+@dataclass(frozen=True)
+class EncodeRule:
+    pattern: str
+    token: str
+    regex: bool = False
+
+    def apply(self, text: str) -> str:
+        if self.regex:
+            return re.sub(self.pattern, lambda _: self.token, text)
+        return text.replace(self.pattern, self.token)
+
+
+@dataclass(frozen=True)
+class Replacements:
+    encode: tuple[EncodeRule, ...] = ()
+    decode: Mapping[str, str] = field(default_factory=dict)
+    ban: tuple[str, ...] = ()
+
+    def tokens(self) -> set[str]:
+        """Every token the config names; each must be in the model's vocabulary."""
+        return {r.token for r in self.encode} | set(self.decode) | set(self.ban)
+
+    def apply_encode(self, text: str) -> str:
+        for rule in self.encode:
+            text = rule.apply(text)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "encode": [{"pattern": r.pattern, "regex": r.regex, "token": r.token} for r in self.encode],
+            "decode": dict(self.decode),
+            "ban": list(self.ban),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically; `path` is the file or the model directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = FILE_NAME) -> "Replacements":
+        def fail(what: str) -> ModelFormatError:
+            return ModelFormatError(f"{source}: {what}")
+
+        if not isinstance(data, dict):
+            raise fail("expected a JSON object")
+        unknown = sorted(set(data) - {"format_version", "encode", "decode", "ban"})
+        if unknown:
+            raise fail(f"unknown key '{unknown[0]}' (known: format_version, encode, decode, ban)")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise fail(f"format_version {version!r} is not one this tinygen reads ({FORMAT_VERSION})")
+        rules = []
+        for i, rule in enumerate(data.get("encode", [])):
+            where = f"encode[{i}]"
+            if not isinstance(rule, dict):
+                raise fail(f"'{where}' must be an object with pattern and token")
+            extra = sorted(set(rule) - _RULE_KEYS)
+            if extra:
+                raise fail(f"unknown key '{where}.{extra[0]}'")
+            if not isinstance(rule.get("pattern"), str) or not rule["pattern"]:
+                raise fail(f"'{where}.pattern' must be a non-empty string")
+            if not isinstance(rule.get("token"), str) or not rule["token"]:
+                raise fail(f"'{where}.token' must be a non-empty string")
+            regex = rule.get("regex", False)
+            if not isinstance(regex, bool):
+                raise fail(f"'{where}.regex' must be true or false")
+            if regex:
+                try:
+                    re.compile(rule["pattern"])
+                except re.error as exc:
+                    raise fail(f"'{where}.pattern' is not a valid regex ({exc})") from None
+            rules.append(EncodeRule(rule["pattern"], rule["token"], regex))
+        decode = data.get("decode", {})
+        if not isinstance(decode, dict) or not all(isinstance(v, str) for v in decode.values()):
+            raise fail("'decode' must map tokens to strings")
+        ban = data.get("ban", [])
+        if not isinstance(ban, list) or not all(isinstance(t, str) and t for t in ban):
+            raise fail("'ban' must be a list of token strings")
+        return cls(tuple(rules), dict(decode), tuple(ban))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Replacements":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelFormatError(f"replacements file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_json(data, source=str(path))
+
+    def check_vocab(self, vocab: Mapping[str, int], source: str = FILE_NAME) -> None:
+        """Every named token must exist, or encode/decode would silently do nothing."""
+        for key, tokens in (("encode", [r.token for r in self.encode]),
+                            ("decode", list(self.decode)), ("ban", list(self.ban))):
+            for token in tokens:
+                if token not in vocab:
+                    raise ModelFormatError(
+                        f"{source}: '{key}' names token '{token}', which is not in the tokenizer's "
+                        f"vocabulary (add it as a special token when training the tokenizer)"
+                    )

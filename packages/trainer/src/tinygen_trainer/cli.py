@@ -1,0 +1,58 @@
+"""`tinygen-train`: one subcommand per module in tinygen_trainer.commands.
+
+Each command module defines HELP, add_arguments(parser) and run(args) -> int.
+Modules are imported only when their command runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tinygen.errors import TinygenError
+
+# name -> module under tinygen_trainer.commands
+COMMANDS = {
+    "tokenizer": "tokenizer",
+    "encode": "encode",
+    "train": "train",
+    "export": "export",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinygen-train",
+        description="Train, finetune and export causal language models for the tinygen runtime.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name)  # listed, arguments not loaded
+            continue
+        module = importlib.import_module(f"tinygen_trainer.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except TinygenError as exc:
+        print(f"tinygen-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinygen-train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
