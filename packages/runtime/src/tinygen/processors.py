@@ -143,7 +143,8 @@ class TypicalP(LogitsProcessor):
     def __call__(self, logits, history):
         logp = log_softmax(logits)
         p = np.exp(logp)
-        entropy = -np.nansum(logp * p, axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):  # -inf * 0 for masked tokens: nansum drops it
+            entropy = -np.nansum(logp * p, axis=-1, keepdims=True)
         shifted = np.abs(-logp - entropy)
         order = np.argsort(shifted, axis=-1, kind="stable")
         sorted_shifted = np.take_along_axis(shifted, order, axis=-1)

@@ -1,0 +1,151 @@
+"""`tinygen`: generate text from the command line.
+
+    tinygen "Once upon a time"                 # same as: tinygen generate "Once upon a time"
+    tinygen generate "Hello" -n 5 --seed 42 --to-file texts.txt
+    tinygen info --model DIR
+
+Library errors (TinygenError) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from .config import GenerationConfig
+from .errors import TinygenError
+
+COMMANDS = ("generate", "info")
+BOLD, RESET = "\033[1m", "\033[0m"
+DELIMITER = "=" * 20
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="exported model directory (default: the embedded tiny model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+
+
+def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    d = GenerationConfig()
+    p.add_argument("prompt", nargs="?", default="", help="text to continue")
+    _add_model_arguments(p)
+    p.add_argument("-n", type=int, default=1, help="how many texts to generate")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
+    p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
+    p.add_argument("--temperature", type=float, default=None, help=f"default {d.temperature}; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
+    p.add_argument("--typical-p", type=float, default=None, help="locally typical sampling mass in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat n-grams of this size")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end a text at this string (repeatable)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the first text; text i uses seed+i (default: drawn and reported)")
+    p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
+    p.add_argument("--to-file", metavar="PATH", help="write the texts, each with its seed, to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    _add_generate_arguments(sub.add_parser("generate", help="generate text (the default command)", formatter_class=fmt))
+    info = sub.add_parser("info", help="describe a model directory", formatter_class=fmt)
+    _add_model_arguments(info)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False if args.greedy else None,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
+    )
+
+
+def _generator(args):
+    from .generator import TextGenerator
+
+    return TextGenerator(args.model, device=args.device, threads=args.threads)
+
+
+def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.n < 1:
+        raise TinygenError(f"-n must be >= 1, got {args.n}")
+    gen = _generator(args)
+    options = _options(args)
+    tty = out.isatty()
+    shown_prompt = f"{BOLD}{args.prompt}{RESET}" if tty else args.prompt
+    if args.n == 1 and not args.to_file:
+        stream = gen.stream(args.prompt, seed=args.seed, **options)
+        out.write(shown_prompt)
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        if stream.seed is not None:
+            err.write(f"seed: {stream.seed}\n")
+        return 0
+    texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                         progress=err.isatty(), **options)
+    if args.to_file:
+        _write_texts(args.to_file, args.prompt, texts)
+        err.write(f"wrote {len(texts)} texts to {args.to_file}\n")
+        return 0
+    for i, text in enumerate(texts):
+        if i:
+            out.write(f"{DELIMITER}\n")
+        out.write(f"{shown_prompt}{text}\n")
+    seeds = [t.seed for t in texts if t.seed is not None]
+    if seeds:
+        err.write(f"seeds: {seeds[0]}..{seeds[-1]}\n" if len(seeds) > 1 else f"seed: {seeds[0]}\n")
+    return 0
+
+
+def _write_texts(path: str, prompt: str, texts) -> None:
+    """Each text under a header naming its seed: `tinygen --seed S` remakes it alone."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            for text in texts:
+                f.write(f"{DELIMITER} seed {text.seed}\n{prompt}{text}\n")
+    except OSError as exc:
+        raise TinygenError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    gen = _generator(args)
+    out.write(json.dumps({"model_dir": str(gen.model_dir), "device": gen.device,
+                          **gen.manifest.to_json()}, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A bare prompt means `generate`: `tinygen "Once upon a time"`.
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "generate")
+    args = build_parser().parse_args(argv)
+    try:
+        return (run_info if args.command == "info" else run_generate)(args, out, err)
+    except TinygenError as exc:
+        err.write(f"tinygen: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        err.write("tinygen: interrupted\n")
+        return 130
+    except BrokenPipeError:  # `tinygen ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

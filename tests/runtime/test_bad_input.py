@@ -1,0 +1,119 @@
+"""Missing, corrupt or mismatched model files, and bad prompts: one clear TinygenError each."""
+
+import json
+import shutil
+
+import pytest
+
+from tinygen import ModelFormatError, TextGenerator, TinygenError
+from tinygen.manifest import Manifest, load_manifest
+
+
+@pytest.fixture
+def model_copy(optimum_gpt2_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(optimum_gpt2_dir, target)
+    return target
+
+
+def test_missing_directory():
+    with pytest.raises(ModelFormatError, match="model directory not found"):
+        TextGenerator("/no/such/model")
+
+
+def test_directory_without_manifest_or_config(tmp_path):
+    with pytest.raises(ModelFormatError, match="no tinygen.json or config.json"):
+        TextGenerator(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json"])
+def test_missing_file(model_copy, name):
+    (model_copy / name).unlink()
+    with pytest.raises(ModelFormatError, match=f"missing {name}"):
+        TextGenerator(model_copy)
+
+
+def test_corrupt_onnx(model_copy):
+    data = (model_copy / "model.onnx").read_bytes()
+    (model_copy / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFormatError, match="not a loadable ONNX model"):
+        TextGenerator(model_copy)
+
+
+def test_corrupt_tokenizer(model_copy):
+    (model_copy / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ModelFormatError, match="not a loadable tokenizer.json"):
+        TextGenerator(model_copy)
+
+
+def test_corrupt_config(model_copy):
+    (model_copy / "config.json").write_text("{ broken")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        TextGenerator(model_copy)
+
+
+def test_manifest_that_disagrees_with_the_graph(model_copy):
+    manifest = load_manifest(model_copy)
+    Manifest.from_json({**manifest.to_json(), "num_kv_heads": 2}).save(model_copy)
+    with pytest.raises(ModelFormatError, match="KV cache is 4 heads x 16, manifest says 2 x 16"):
+        TextGenerator(model_copy)
+    Manifest.from_json({**manifest.to_json(), "num_layers": 3}).save(model_copy)
+    with pytest.raises(ModelFormatError, match="no input 'past_key_values.2.key'"):
+        TextGenerator(model_copy)
+
+
+def test_manifest_round_trip_and_validation(model_copy):
+    manifest = load_manifest(model_copy)
+    assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    data = manifest.to_json()
+    with pytest.raises(ModelFormatError, match="unknown key 'colour'"):
+        Manifest.from_json({**data, "colour": "blue"})
+    with pytest.raises(ModelFormatError, match="newer than this tinygen reads"):
+        Manifest.from_json({**data, "format_version": 99})
+    with pytest.raises(ModelFormatError, match="missing key 'vocab_size'"):
+        Manifest.from_json({k: v for k, v in data.items() if k != "vocab_size"})
+    with pytest.raises(ModelFormatError, match="'num_layers' must be a positive integer"):
+        Manifest.from_json({**data, "num_layers": 0})
+
+
+def test_prompt_longer_than_the_window(optimum_gpt2_dir):
+    gen = TextGenerator(optimum_gpt2_dir)
+    with pytest.raises(TinygenError, match=r"prompt is \d+ tokens; the model's window is 128 tokens"):
+        gen.generate("Once upon a time " * 100)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"top_p": 1.2}, "top_p must be in"),
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"n": 0}, "n must be an integer >= 1"),
+    ({"top_k": -1}, "top_k must be an integer >= 0"),
+    ({"typical_p": 0}, "typical_p must be in"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be > 0"),
+    ({"tempreature": 0.5}, "unknown generation option 'tempreature'"),
+    ({"seed": -3}, "seed must be >= 0"),
+])
+def test_bad_generation_options(optimum_gpt2_dir, options, message):
+    gen = TextGenerator(optimum_gpt2_dir)
+    with pytest.raises(TinygenError, match=message):
+        gen.generate("Hi", **options)
+
+
+def test_token_ids_outside_the_vocabulary(optimum_gpt2_dir):
+    gen = TextGenerator(optimum_gpt2_dir)
+    with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary"):
+        gen.generate([1, 99999])
+
+
+def test_missing_embedded_model_names_the_install_command(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tinymodel(name, *args, **kwargs):
+        if name == "tinygen_tinymodel":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tinymodel)
+    with pytest.raises(TinygenError, match="pip install tinygen-tinymodel"):
+        TextGenerator()

@@ -1,0 +1,75 @@
+"""The `tinygen` CLI: stdout holds the text, stderr the seeds and errors; errors are one line, exit 2."""
+
+import io
+import re
+
+import pytest
+
+from tinygen.cli import BOLD, main
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def run(argv, out=None):
+    out, err = out or io.StringIO(), io.StringIO()
+    code = main(argv, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_bare_prompt_generates_and_reports_the_seed(optimum_gpt2_dir):
+    code, out, err = run(["Once upon", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "8"])
+    assert code == 0 and out.startswith("Once upon") and BOLD not in out
+    seed = int(re.fullmatch(r"seed: (\d+)\n", err).group(1))
+    code2, out2, _ = run(["generate", "Once upon", "--model", str(optimum_gpt2_dir),
+                          "--max-new-tokens", "8", "--seed", str(seed)])
+    assert code2 == 0 and out2 == out
+
+
+def test_prompt_is_bold_only_on_a_terminal(optimum_gpt2_dir):
+    code, out, _ = run(["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", "--seed", "1"],
+                       out=Tty())
+    assert code == 0 and out.startswith(f"{BOLD}Once\033[0m")
+
+
+def test_many_texts_and_to_file_keep_each_seed(optimum_llama_dir, tmp_path):
+    target = tmp_path / "texts.txt"
+    args = ["Once", "--model", str(optimum_llama_dir), "--max-new-tokens", "6"]
+    code, out, err = run([*args, "-n", "4", "--seed", "50", "--to-file", str(target)])
+    assert code == 0 and out == "" and "wrote 4 texts" in err
+    blocks = re.findall(r"^=+ seed (\d+)\n(.*?)(?=^=+ seed |\Z)", target.read_text(), re.S | re.M)
+    assert [int(s) for s, _ in blocks] == [50, 51, 52, 53]
+    # Any one text comes back alone from its seed.
+    code, alone, _ = run([*args, "--seed", "52"])
+    assert alone == blocks[2][1]
+
+
+def test_many_texts_to_stdout_are_delimited(optimum_gpt2_dir):
+    code, out, err = run(["Hi", "--model", str(optimum_gpt2_dir), "-n", "3", "--max-new-tokens", "4", "--seed", "9"])
+    assert code == 0 and out.count("=" * 20 + "\n") == 2 and err == "seeds: 9..11\n"
+
+
+def test_greedy_flag_needs_no_seed(optimum_gpt2_dir):
+    code, out, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--greedy", "--max-new-tokens", "4"])
+    assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["-n", "0"], "-n must be >= 1"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
+])
+def test_bad_options_give_one_line_and_exit_2(optimum_gpt2_dir, extra, message):
+    code, out, err = run(["Hi", "--model", str(optimum_gpt2_dir), *extra])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("tinygen: error: ") and message in err
+
+
+def test_info_describes_the_model(optimum_llama_dir):
+    code, out, _ = run(["info", "--model", str(optimum_llama_dir)])
+    assert code == 0 and '"architecture": "llama"' in out and '"num_kv_heads": 2' in out

@@ -1,0 +1,92 @@
+"""Our numpy processors give the same distributions as transformers' on the same logits."""
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation import logits_process as hf
+
+from tinygen import GenerationConfig
+from tinygen import processors as ours
+from tinygen.processors import build_processors, softmax
+from tinygen.sampling import GreedySampler, RandomSampler
+
+
+@pytest.fixture
+def logits():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((4, 200)) * 3).astype(np.float32)
+
+
+HISTORY = [[1, 2, 3, 1, 2], [5, 5, 5], [7, 8, 9, 7, 8], [0, 1, 0, 1, 0]]
+
+CASES = [
+    (ours.Temperature(0.7), hf.TemperatureLogitsWarper(0.7)),
+    (ours.TopK(10), hf.TopKLogitsWarper(10)),
+    (ours.TopK(1), hf.TopKLogitsWarper(1)),
+    (ours.TopP(0.9), hf.TopPLogitsWarper(0.9)),
+    (ours.TopP(0.05), hf.TopPLogitsWarper(0.05)),
+    (ours.MinP(0.1), hf.MinPLogitsWarper(0.1)),
+    (ours.TypicalP(0.8), hf.TypicalLogitsWarper(0.8)),
+    (ours.TypicalP(0.2), hf.TypicalLogitsWarper(0.2)),
+    (ours.RepetitionPenalty(1.3), hf.RepetitionPenaltyLogitsProcessor(1.3)),
+    (ours.RepetitionPenalty(0.8), hf.RepetitionPenaltyLogitsProcessor(0.8)),
+    (ours.NoRepeatNGram(2), hf.NoRepeatNGramLogitsProcessor(2)),
+    (ours.NoRepeatNGram(3), hf.NoRepeatNGramLogitsProcessor(3)),
+]
+
+
+
+@pytest.mark.parametrize("ours_proc,hf_proc", CASES, ids=lambda p: type(p).__name__)
+def test_processor_matches_transformers(ours_proc, hf_proc, logits):
+    for row, history in enumerate(HISTORY):
+        mine = ours_proc(logits[row:row + 1], [history])
+        theirs = hf_proc(torch.tensor([history]), torch.from_numpy(logits[row:row + 1].copy())).numpy()
+        assert np.array_equal(np.isinf(mine), np.isinf(theirs))
+        np.testing.assert_allclose(softmax(mine), softmax(theirs), rtol=1e-5, atol=1e-7)
+
+
+def test_full_chain_matches_transformers_order(logits):
+    config = GenerationConfig().merged(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02,
+                                       typical_p=0.95, repetition_penalty=1.2, no_repeat_ngram_size=2)
+    chain = build_processors(config)
+    theirs_chain = hf.LogitsProcessorList([
+        hf.RepetitionPenaltyLogitsProcessor(1.2), hf.NoRepeatNGramLogitsProcessor(2),
+        hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(50), hf.TopPLogitsWarper(0.9),
+        hf.MinPLogitsWarper(0.02), hf.TypicalLogitsWarper(0.95),
+    ])
+    history = [[3, 4, 3]] * 4
+    mine = logits
+    for p in chain:
+        mine = p(mine, history)
+    theirs = theirs_chain(torch.tensor(history), torch.from_numpy(logits.copy())).numpy()
+    np.testing.assert_allclose(softmax(mine), softmax(theirs), rtol=1e-5, atol=1e-7)
+
+
+def test_greedy_skips_warpers_but_keeps_penalties():
+    names = lambda c: [type(p).__name__ for p in build_processors(c)]
+    assert names(GenerationConfig().merged(do_sample=False, top_k=5, repetition_penalty=1.1)) == ["RepetitionPenalty"]
+    assert names(GenerationConfig().merged(temperature=0, top_p=0.5)) == []
+    assert names(GenerationConfig().merged(top_k=5, top_p=0.5)) == ["TopK", "TopP"]
+
+
+def test_random_sampler_follows_the_distribution():
+    probs = np.array([0.5, 0.3, 0.2, 0.0], dtype=np.float64)
+    logits = np.log(np.where(probs > 0, probs, 1e-300)).astype(np.float32)[None, :]
+    logits[0, 3] = -np.inf
+    sampler = RandomSampler([123])
+    counts = np.bincount([int(sampler(logits)[0]) for _ in range(20000)], minlength=4)
+    np.testing.assert_allclose(counts / counts.sum(), probs, atol=0.015)
+    assert counts[3] == 0  # a masked token is never drawn
+
+
+def test_each_row_has_its_own_generator(logits):
+    alone = [RandomSampler([s]) for s in (11, 12, 13)]
+    together = RandomSampler([11, 12, 13])
+    for _ in range(50):
+        joint = together(logits[:3])
+        for row, sampler in enumerate(alone):
+            assert sampler(logits[row:row + 1])[0] == joint[row]
+
+
+def test_greedy_sampler_is_argmax(logits):
+    assert GreedySampler()(logits).tolist() == logits.argmax(axis=-1).tolist()
