@@ -73,3 +73,27 @@ def test_bad_options_give_one_line_and_exit_2(optimum_gpt2_dir, extra, message):
 def test_info_describes_the_model(optimum_llama_dir):
     code, out, _ = run(["info", "--model", str(optimum_llama_dir)])
     assert code == 0 and '"architecture": "llama"' in out and '"num_kv_heads": 2' in out
+
+
+def test_show_probs_colours_tokens_on_a_terminal_only(optimum_gpt2_dir):
+    args = ["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "6", "--seed", "4", "--show-probs"]
+    _, plain, _ = run(args)
+    _, coloured, _ = run(args, out=Tty())
+    assert "\033[38;5;" not in plain and coloured.count("\033[38;5;") >= 1
+    assert re.sub(r"\033\[[0-9;]*m", "", coloured) == plain
+
+
+def test_exclude_chars_from_the_cli(optimum_gpt2_dir):
+    code, out, _ = run(["", "--model", str(optimum_gpt2_dir), "-n", "8", "--seed", "0",
+                        "--max-new-tokens", "30", "--exclude-chars", "eo", "--temperature", "1.5"])
+    assert code == 0 and "e" not in out and "o" not in out
+
+
+def test_to_file_resume_from_the_cli(optimum_gpt2_dir, tmp_path):
+    target = tmp_path / "t.txt"
+    args = ["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "--to-file", str(target)]
+    assert run([*args, "-n", "3", "--seed", "5"])[0] == 0
+    code, _, err = run([*args, "-n", "3", "--seed", "5"])
+    assert code == 2 and "--resume" in err
+    assert run([*args, "-n", "5", "--resume"])[0] == 0
+    assert re.findall(r"seed (\d+)", target.read_text()) == ["5", "6", "7", "8", "9"]

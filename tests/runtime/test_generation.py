@@ -119,12 +119,32 @@ def test_generation_stops_at_eos(pair):
     pytest.skip("no seed produced EOS on this random model")
 
 
-def test_generation_stops_at_the_context_window(pair):
+def test_without_sliding_generation_stops_at_the_window(pair):
     gen, _ = pair
     window = gen.manifest.context_window
     ids = gen.tokenizer.encode("Once upon a time " * 40)[: window - 5]
-    [out] = gen.generate(ids, do_sample=False, max_new_tokens=50, stop_at_eos=False)
+    [out] = gen.generate(ids, do_sample=False, max_new_tokens=50, stop_at_eos=False, slide_window=False)
     assert out.finish_reason == "window" and len(out.token_ids) == 5
+
+
+def test_generation_slides_past_the_window_with_flat_memory(pair):
+    from tinygen.decoding import BatchDecoding
+
+    gen, _ = pair
+    window = gen.manifest.context_window
+    ids = gen.tokenizer.encode("Once upon a time " * 40)[: window - 5]
+    config = gen.defaults.merged(max_new_tokens=3 * window, stop_at_eos=False, do_sample=False)
+    decoding = BatchDecoding(gen.model, gen.tokenizer, [ids, ids[:20]], [None, None], config, 0)
+    longest_cache = 0
+    while not decoding.done:
+        decoding.step()
+        longest_cache = max(longest_cache, decoding.cache[0].shape()[2])
+    [a, b] = decoding.completions()
+    assert len(a.token_ids) == len(b.token_ids) == 3 * window and a.finish_reason == "length"
+    assert decoding.slides >= 5 and longest_cache <= window  # the cache never outgrows the window
+    # Up to the first slide the text is what a run without sliding gives.
+    [plain] = gen.generate(ids, do_sample=False, max_new_tokens=5, stop_at_eos=False, slide_window=False)
+    assert a.token_ids[:5] == plain.token_ids
 
 
 def test_token_id_prompt_and_empty_prompt(pair):

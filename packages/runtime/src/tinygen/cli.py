@@ -15,16 +15,18 @@ from typing import TextIO
 
 from .config import GenerationConfig
 from .errors import TinygenError
+from .generator import DELIMITER
 
 COMMANDS = ("generate", "info")
 BOLD, RESET = "\033[1m", "\033[0m"
-DELIMITER = "=" * 20
+PROB_COLOURS = (196, 202, 214, 226, 154, 46)  # xterm-256: red (unlikely) .. green (likely)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="exported model directory (default: the embedded tiny model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--replacements", metavar="JSON", help="replacement-token config to use instead of the model's")
 
 
 def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,8 +48,17 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="end a text at this string (repeatable)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the first text; text i uses seed+i (default: drawn and reported)")
+    p.add_argument("--exclude-chars", default=None, metavar="CHARS",
+                   help="no generated text contains any of these characters")
+    p.add_argument("--exclude", action="append", default=None, metavar="TOKEN",
+                   help="never generate a token with exactly this text (repeatable)")
+    p.add_argument("--no-slide", action="store_true",
+                   help="stop at the model's window instead of sliding past it")
+    p.add_argument("--show-probs", action="store_true",
+                   help="colour each token by its probability (on a terminal)")
     p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
     p.add_argument("--to-file", metavar="PATH", help="write the texts, each with its seed, to this file")
+    p.add_argument("--resume", action="store_true", help="with --to-file: continue an interrupted file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,27 +78,48 @@ def _options(args: argparse.Namespace) -> dict:
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
+        exclude_chars=args.exclude_chars, exclude_strings=args.exclude,
+        slide_window=False if args.no_slide else None,
+        return_probs=True if args.show_probs else None,
     )
 
 
 def _generator(args):
     from .generator import TextGenerator
 
-    return TextGenerator(args.model, device=args.device, threads=args.threads)
+    return TextGenerator(args.model, device=args.device, threads=args.threads,
+                         replacements=args.replacements)
+
+
+def _coloured(piece) -> str:
+    """Colour a streamed piece by its least likely token: red (unlikely) to green (likely)."""
+    if not piece.token_probs:
+        return str(piece)
+    prob = min(tp.prob for tp in piece.token_probs)
+    colour = PROB_COLOURS[min(len(PROB_COLOURS) - 1, int(prob * len(PROB_COLOURS)))]
+    return f"\033[38;5;{colour}m{piece}{RESET}"
 
 
 def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.n < 1:
         raise TinygenError(f"-n must be >= 1, got {args.n}")
+    if args.resume and not args.to_file:
+        raise TinygenError("--resume needs --to-file")
     gen = _generator(args)
     options = _options(args)
     tty = out.isatty()
     shown_prompt = f"{BOLD}{args.prompt}{RESET}" if tty else args.prompt
-    if args.n == 1 and not args.to_file:
+    if args.to_file:
+        gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
+                             batch_size=args.batch_size, resume=args.resume,
+                             progress=err.isatty(), **options)
+        err.write(f"wrote {args.n} texts to {args.to_file}\n")
+        return 0
+    if args.n == 1:
         stream = gen.stream(args.prompt, seed=args.seed, **options)
         out.write(shown_prompt)
         for piece in stream:
-            out.write(piece)
+            out.write(_coloured(piece) if args.show_probs and tty else piece)
             out.flush()
         out.write("\n")
         if stream.seed is not None:
@@ -95,10 +127,6 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 0
     texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
                          progress=err.isatty(), **options)
-    if args.to_file:
-        _write_texts(args.to_file, args.prompt, texts)
-        err.write(f"wrote {len(texts)} texts to {args.to_file}\n")
-        return 0
     for i, text in enumerate(texts):
         if i:
             out.write(f"{DELIMITER}\n")
@@ -107,16 +135,6 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if seeds:
         err.write(f"seeds: {seeds[0]}..{seeds[-1]}\n" if len(seeds) > 1 else f"seed: {seeds[0]}\n")
     return 0
-
-
-def _write_texts(path: str, prompt: str, texts) -> None:
-    """Each text under a header naming its seed: `tinygen --seed S` remakes it alone."""
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            for text in texts:
-                f.write(f"{DELIMITER} seed {text.seed}\n{prompt}{text}\n")
-    except OSError as exc:
-        raise TinygenError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

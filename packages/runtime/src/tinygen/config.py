@@ -36,6 +36,22 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     # Stop at the model's end-of-sequence token.
     stop_at_eos: bool = True
+    # Past the model's window, keep its last half as context and go on (unlimited
+    # length); False ends the text with finish_reason "window" instead.
+    slide_window: bool = True
+    # Token ids never to generate.
+    exclude_ids: tuple[int, ...] = ()
+    # Never generate a token whose text is exactly one of these (e.g. " the").
+    exclude_strings: tuple[str, ...] = ()
+    # No generated text contains any of these characters (e.g. "eE"), guaranteed.
+    exclude_chars: str = ""
+    # Added to the logits of these token ids before sampling: ((id, bias), ...).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # Record each generated token's probability and its top_n alternatives.
+    return_probs: bool = False
+    top_n: int = 5
+    # Probabilities from the model's raw distribution instead of after the processors.
+    raw_probs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -48,10 +64,15 @@ class GenerationConfig:
             if name not in known:
                 raise TinygenError(f"unknown generation option '{name}'")
         changes = {k: v for k, v in overrides.items() if v is not None}
-        if isinstance(changes.get("stop"), str):
-            changes["stop"] = (changes["stop"],)
-        elif "stop" in changes:
-            changes["stop"] = tuple(changes["stop"])
+        for name in ("stop", "exclude_strings"):
+            if isinstance(changes.get(name), str):
+                changes[name] = (changes[name],)
+            elif name in changes:
+                changes[name] = tuple(changes[name])
+        if "exclude_ids" in changes:
+            changes["exclude_ids"] = tuple(changes["exclude_ids"])
+        if isinstance(changes.get("logit_bias"), dict):
+            changes["logit_bias"] = tuple(sorted(changes["logit_bias"].items()))
         return replace(self, **changes).validated()
 
     def validated(self) -> "GenerationConfig":
@@ -76,6 +97,17 @@ class GenerationConfig:
             raise bad("no_repeat_ngram_size", "an integer >= 0")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "non-empty strings")
+        if not all(_is_int(i) and i >= 0 for i in self.exclude_ids):
+            raise bad("exclude_ids", "token ids (integers >= 0)")
+        if not all(isinstance(s, str) and s for s in self.exclude_strings):
+            raise bad("exclude_strings", "non-empty strings")
+        if not isinstance(self.exclude_chars, str):
+            raise bad("exclude_chars", "a string of characters")
+        if not all(isinstance(p, tuple) and len(p) == 2 and _is_int(p[0]) and _is_number(p[1])
+                   for p in self.logit_bias):
+            raise bad("logit_bias", "a mapping of token id to number")
+        if not _is_int(self.top_n) or self.top_n < 0:
+            raise bad("top_n", "an integer >= 0")
         return self
 
 

@@ -4,19 +4,34 @@
 token per unfinished row and returns the text each row gained, so `generate`
 collects it and `stream` yields it. Stop strings are held back while they may
 still be forming, so streamed text never shows a stop string or half of one.
+
+Past the model's window the batch slides: every row keeps the last half of its
+tokens as context and the cache is rebuilt from them in one prefill. That costs
+one prefill per half-window of tokens, and memory stays flat however long the text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .config import GenerationConfig
 from .onnx_model import OnnxCausalLM
-from .processors import build_processors
+from .processors import build_processors, softmax
 from .sampling import GreedySampler, RandomSampler
 from .tokenizer import StreamDecoder, TextTokenizer
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    """One generated token: its id, text and probability, and the top alternatives."""
+
+    token_id: int
+    text: str
+    prob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 class Completion(str):
@@ -24,16 +39,31 @@ class Completion(str):
 
     seed: the sequence's own seed (None for greedy decoding, which needs none);
     token_ids: the generated tokens; finish_reason: "eos", "stop", "length"
-    (max_new_tokens reached) or "window" (the model's context is full).
+    (max_new_tokens reached) or "window" (the window is full and sliding is off);
+    token_probs: one TokenProb per generated token when return_probs was set.
     """
 
     seed: int | None
     token_ids: tuple[int, ...]
     finish_reason: str
+    token_probs: tuple[TokenProb, ...]
 
-    def __new__(cls, text: str, seed: int | None, token_ids: tuple[int, ...], finish_reason: str):
+    def __new__(cls, text: str, seed: int | None, token_ids: tuple[int, ...], finish_reason: str,
+                token_probs: tuple[TokenProb, ...] = ()):
         self = super().__new__(cls, text)
         self.seed, self.token_ids, self.finish_reason = seed, token_ids, finish_reason
+        self.token_probs = token_probs
+        return self
+
+
+class Piece(str):
+    """A streamed piece of text, with the probabilities of the tokens that made it."""
+
+    token_probs: tuple[TokenProb, ...]
+
+    def __new__(cls, text: str, token_probs: tuple[TokenProb, ...] = ()):
+        self = super().__new__(cls, text)
+        self.token_probs = token_probs
         return self
 
 
@@ -43,8 +73,10 @@ class _Row:
     seed: int | None
     decoder: StreamDecoder
     generated: list[int] = field(default_factory=list)
+    probs: list[TokenProb] = field(default_factory=list)
     text: str = ""
     emitted: int = 0  # characters of `text` already handed out
+    probs_emitted: int = 0
     finish_reason: str | None = None
 
 
@@ -61,23 +93,25 @@ def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
 
 class BatchDecoding:
     def __init__(self, model: OnnxCausalLM, tokenizer: TextTokenizer, prompts: list[list[int]],
-                 seeds: list[int | None], config: GenerationConfig, pad_id: int):
-        self.model, self.config = model, config
+                 seeds: list[int | None], config: GenerationConfig, pad_id: int,
+                 suppress: Sequence[int] = ()):
+        self.model, self.tokenizer, self.config, self.pad_id = model, tokenizer, config, pad_id
         self.window = model.manifest.context_window
         self.eos = set(model.manifest.eos_token_ids) if config.stop_at_eos else set()
         self.rows = [_Row(list(p), s, tokenizer.stream_decoder()) for p, s in zip(prompts, seeds)]
-        self.processors = build_processors(config, suppress=tokenizer.banned_ids)
+        self.processors = build_processors(config, suppress=suppress)
         self.sampler = GreedySampler() if config.greedy else RandomSampler(seeds)
-        self._prefill(pad_id)
+        self.slides = 0
+        self._prefill([r.prompt_ids for r in self.rows])
 
-    def _prefill(self, pad_id: int) -> None:
+    def _prefill(self, contexts: list[list[int]]) -> None:
         # Left padding, so every row's next token lands in the same last column.
-        width = max(len(r.prompt_ids) for r in self.rows)
-        ids = np.full((len(self.rows), width), pad_id, dtype=np.int64)
+        width = max(len(c) for c in contexts)
+        ids = np.full((len(contexts), width), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
-        for i, row in enumerate(self.rows):
-            ids[i, width - len(row.prompt_ids):] = row.prompt_ids
-            mask[i, width - len(row.prompt_ids):] = 1
+        for i, context in enumerate(contexts):
+            ids[i, width - len(context):] = context
+            mask[i, width - len(context):] = 1
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
         logits, self.cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         self.logits = logits[:, -1, :]
@@ -88,28 +122,56 @@ class BatchDecoding:
     def done(self) -> bool:
         return all(r.finish_reason for r in self.rows)
 
-    def step(self) -> list[str]:
+    def step(self) -> list[Piece]:
         """Generate one token for each unfinished row; returns the text each row gained."""
         histories = [r.prompt_ids + r.generated for r in self.rows]
         logits = self.logits
         for processor in self.processors:
             logits = processor(logits, histories)
         tokens = self.sampler(logits)
+        if self.config.return_probs:
+            self._record_probs(self.logits if self.config.raw_probs else logits, tokens)
         pieces = []
         for row, token, position in zip(self.rows, tokens.tolist(), self.next_position.tolist()):
-            pieces.append("" if row.finish_reason else self._advance(row, token, position))
+            pieces.append(Piece("") if row.finish_reason else self._advance(row, token, position))
         if not self.done:
-            # Finished rows keep a slot (static batch shape); their tokens are ignored.
-            self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-            logits, self.cache = self.model.forward(
-                tokens[:, None], self.mask, self.next_position[:, None], self.cache)
-            self.logits = logits[:, -1, :]
-            self.next_position = self.next_position + 1
+            active = np.array([not r.finish_reason for r in self.rows])
+            if self.next_position[active].max() >= self.window:
+                self._slide()
+            else:
+                # Finished rows keep a slot (static batch shape); their tokens are ignored,
+                # and their positions are clamped so they never run past the window.
+                self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
+                positions = np.minimum(self.next_position, self.window - 1)[:, None]
+                logits, self.cache = self.model.forward(tokens[:, None], self.mask, positions, self.cache)
+                self.logits = logits[:, -1, :]
+                self.next_position = self.next_position + 1
         return pieces
 
-    def _advance(self, row: _Row, token: int, position: int) -> str:
+    def _slide(self) -> None:
+        """The window is full: restart the cache from the last half of each row's tokens."""
+        keep = max(1, self.window // 2)
+        self.slides += 1
+        self._prefill([(r.prompt_ids + r.generated)[-keep:] for r in self.rows])
+
+    def _record_probs(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        probs = softmax(logits.astype(np.float64))
+        top_n = self.config.top_n
+        for row, p, token in zip(self.rows, probs, tokens.tolist()):
+            if row.finish_reason:
+                continue
+            top = ()
+            if top_n:
+                best = np.argpartition(-p, min(top_n, len(p) - 1))[:top_n]
+                best = best[np.argsort(-p[best], kind="stable")]
+                top = tuple((self.tokenizer.token_text(int(i)), float(p[i])) for i in best)
+            row.probs.append(TokenProb(token, self.tokenizer.token_text(token), float(p[token]), top))
+
+    def _advance(self, row: _Row, token: int, position: int) -> Piece:
         if token in self.eos:
             row.finish_reason = "eos"
+            if row.probs:
+                row.probs.pop()  # the EOS token is not part of the text
         else:
             row.generated.append(token)
             row.text += row.decoder.step(token)
@@ -122,12 +184,15 @@ class BatchDecoding:
             if not row.finish_reason:
                 if len(row.generated) >= self.config.max_new_tokens:
                     row.finish_reason = "length"
-                elif position + 1 >= self.window:
+                elif position + 1 >= self.window and not self.config.slide_window:
                     row.finish_reason = "window"
         end = len(row.text) if row.finish_reason else len(row.text) - _partial_stop(row.text, self.config.stop)
-        piece, row.emitted = row.text[row.emitted:end], max(row.emitted, end)
-        return piece
+        text, row.emitted = row.text[row.emitted:end], max(row.emitted, end)
+        probs = ()
+        if text or row.finish_reason:
+            probs, row.probs_emitted = tuple(row.probs[row.probs_emitted:]), len(row.probs)
+        return Piece(text, probs)
 
     def completions(self) -> list[Completion]:
-        return [Completion(r.text, r.seed, tuple(r.generated), r.finish_reason or "length")
+        return [Completion(r.text, r.seed, tuple(r.generated), r.finish_reason or "length", tuple(r.probs))
                 for r in self.rows]

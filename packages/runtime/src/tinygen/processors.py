@@ -85,6 +85,17 @@ class SuppressTokens(LogitsProcessor):
         return out
 
 
+class LogitBias(LogitsProcessor):
+    def __init__(self, bias: Sequence[tuple[int, float]]):
+        self.ids = np.asarray([i for i, _ in bias], dtype=np.int64)
+        self.values = np.asarray([b for _, b in bias], dtype=np.float32)
+
+    def __call__(self, logits, history):
+        out = logits.copy()
+        out[:, self.ids] += self.values
+        return out
+
+
 class Temperature(LogitsProcessor):
     def __init__(self, temperature: float):
         self.temperature = np.float32(temperature)
@@ -159,6 +170,8 @@ class TypicalP(LogitsProcessor):
 def build_processors(config: GenerationConfig, suppress: Sequence[int] = ()) -> list[LogitsProcessor]:
     """The ordered processor list for one config; greedy decoding skips the warpers."""
     chain: list[LogitsProcessor] = []
+    if config.logit_bias:
+        chain.append(LogitBias(config.logit_bias))
     if suppress:
         chain.append(SuppressTokens(suppress))
     if config.repetition_penalty != 1.0:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from functools import lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -25,6 +28,7 @@ class TextTokenizer:
         # token id -> the text it stands for when generated
         self.decode_map = {vocab[t]: text for t, text in self.replacements.decode.items()}
         self.banned_ids = sorted(vocab[t] for t in self.replacements.ban)
+        self._token_bytes: list[bytes] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -44,6 +48,25 @@ class TextTokenizer:
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text as shown to a user (partial UTF-8 bytes show as \ufffd)."""
+        return self.decode_map.get(token_id) or self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @property
+    def token_bytes(self) -> list[bytes]:
+        """The raw bytes each token id stands for: the unit that can never split a character."""
+        if self._token_bytes is None:
+            self._token_bytes = _vocab_bytes(self.tokenizer)
+        return self._token_bytes
+
+    def ids_for_strings(self, strings) -> list[int]:
+        """Every token whose text is exactly one of `strings` (e.g. " the", "<|url|>")."""
+        wanted = {s.encode("utf-8") for s in strings}
+        return [i for i, b in enumerate(self.token_bytes) if b in wanted]
+
+    def ids_for_chars(self, chars: str) -> list[int]:
+        return list(_ids_for_chars(tuple(self.token_bytes), "".join(sorted(set(chars)))))
+
 
 class StreamDecoder:
     """Turns token ids into text one at a time, never splitting a multi-byte character.
@@ -61,3 +84,64 @@ class StreamDecoder:
         if replacement is not None:
             return replacement
         return self._stream.step(self._tok.tokenizer, int(token_id)) or ""
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the printable stand-in character -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _uses(component: dict | None, kind: str) -> bool:
+    if not component:
+        return False
+    if component.get("type") == kind:
+        return True
+    return any(_uses(c, kind) for c in component.get("decoders", []) or [])
+
+
+def _vocab_bytes(tokenizer: Tokenizer) -> list[bytes]:
+    spec = json.loads(tokenizer.to_str())
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    added = {t["content"] for t in spec.get("added_tokens", [])}
+    byte_level = _uses(spec.get("decoder"), "ByteLevel")
+    metaspace = _uses(spec.get("decoder"), "Metaspace") or _uses(spec.get("decoder"), "Replace")
+    table = _byte_decoder()
+    out = [b""] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        if token in added:
+            out[i] = token.encode("utf-8")
+        elif byte_level and all(c in table for c in token):
+            out[i] = bytes(table[c] for c in token)
+        elif m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", token):  # SentencePiece byte fallback
+            out[i] = bytes([int(m.group(1), 16)])
+        else:
+            out[i] = (token.replace("\u2581", " ") if metaspace else token).encode("utf-8")
+    return out
+
+
+@lru_cache(maxsize=32)
+def _ids_for_chars(token_bytes: tuple[bytes, ...], chars: str) -> frozenset[int]:
+    """Tokens that contain, or could form with their neighbours, any of `chars`.
+
+    A multi-byte character can be split across byte-level tokens, so a token is also
+    banned when it ends with the start of the character's bytes, starts with their end,
+    or lies inside them. Computed once per model and character set.
+    """
+    banned = set()
+    for ch in chars:
+        b = ch.encode("utf-8")
+        parts = [b[:k] for k in range(1, len(b))], [b[k:] for k in range(1, len(b))]
+        for i, tb in enumerate(token_bytes):
+            if not tb:
+                continue
+            if b in tb or (len(b) > 1 and (tb in b or any(tb.endswith(p) for p in parts[0])
+                                           or any(tb.startswith(p) for p in parts[1]))):
+                banned.add(i)
+    return frozenset(banned)
