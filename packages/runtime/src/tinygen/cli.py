@@ -2,6 +2,7 @@
 
     tinygen "Once upon a time"                 # same as: tinygen generate "Once upon a time"
     tinygen generate "Hello" -n 5 --seed 42 --to-file texts.txt
+    tinygen curate "Once upon a time" -k 3 --save story.json
     tinygen info --model DIR
 
 Library errors (TinygenError) become one line on stderr and exit code 2.
@@ -17,7 +18,7 @@ from .config import GenerationConfig
 from .errors import TinygenError
 from .generator import DELIMITER
 
-COMMANDS = ("generate", "info")
+COMMANDS = ("generate", "curate", "info")
 BOLD, RESET = "\033[1m", "\033[0m"
 PROB_COLOURS = (196, 202, 214, 226, 154, 46)  # xterm-256: red (unlikely) .. green (likely)
 
@@ -29,11 +30,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replacements", metavar="JSON", help="replacement-token config to use instead of the model's")
 
 
-def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     d = GenerationConfig()
     p.add_argument("prompt", nargs="?", default="", help="text to continue")
     _add_model_arguments(p)
-    p.add_argument("-n", type=int, default=1, help="how many texts to generate")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
@@ -54,6 +54,11 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="never generate a token with exactly this text (repeatable)")
     p.add_argument("--no-slide", action="store_true",
                    help="stop at the model's window instead of sliding past it")
+
+
+def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    _add_sampling_arguments(p)
+    p.add_argument("-n", type=int, default=1, help="how many texts to generate")
     p.add_argument("--show-probs", action="store_true",
                    help="colour each token by its probability (on a terminal)")
     p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
@@ -61,11 +66,19 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="with --to-file: continue an interrupted file")
 
 
+def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
+    _add_sampling_arguments(p)
+    p.add_argument("-k", type=int, default=3, help="continuations to choose from each round")
+    p.add_argument("--save", metavar="JSON", help="save the session (text, choices, seeds) here after every round")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
     _add_generate_arguments(sub.add_parser("generate", help="generate text (the default command)", formatter_class=fmt))
+    _add_curate_arguments(sub.add_parser("curate", help="pick, reroll or edit continuations interactively",
+                                         formatter_class=fmt))
     info = sub.add_parser("info", help="describe a model directory", formatter_class=fmt)
     _add_model_arguments(info)
     return parser
@@ -80,7 +93,7 @@ def _options(args: argparse.Namespace) -> dict:
         no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
         exclude_chars=args.exclude_chars, exclude_strings=args.exclude,
         slide_window=False if args.no_slide else None,
-        return_probs=True if args.show_probs else None,
+        return_probs=True if getattr(args, "show_probs", False) else None,
     )
 
 
@@ -137,6 +150,16 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def run_curate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .curate import run_curate as curate
+
+    session = curate(_generator(args), args.prompt, args.k, args.seed, _options(args), args.save,
+                     sys.stdin, out)
+    if args.save:
+        err.write(f"saved {len(session.rounds)} rounds to {args.save}\n")
+    return 0
+
+
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import json
 
@@ -154,7 +177,8 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
         argv.insert(0, "generate")
     args = build_parser().parse_args(argv)
     try:
-        return (run_info if args.command == "info" else run_generate)(args, out, err)
+        run = {"info": run_info, "curate": run_curate}.get(args.command, run_generate)
+        return run(args, out, err)
     except TinygenError as exc:
         err.write(f"tinygen: error: {exc}\n")
         return 2

@@ -1,0 +1,115 @@
+"""Curated generation: show k continuations, the user picks, rerolls or edits, and it goes on.
+
+    tinygen curate "Once upon a time" -k 3 --save story.json
+
+Every round's candidates have their own seeds (consecutive from --seed), and the
+session file records the text, each choice and its seed after every round, so a
+session can be reviewed, and any candidate made again alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .errors import TinygenError
+from .generator import TextGenerator
+from .sampling import draw_seed
+
+HELP = "[1-{k}] choose   r reroll   e N edit candidate N   u undo   q finish"
+
+
+@dataclass
+class Round:
+    seeds: list[int | None]
+    candidates: list[str]
+    choice: int | None = None  # index into candidates
+    text: str = ""  # what was kept: the chosen candidate, or the user's edit of it
+    edited: bool = False
+
+
+@dataclass
+class Session:
+    prompt: str
+    rounds: list[Round] = field(default_factory=list)
+    format_version: int = 1
+
+    @property
+    def text(self) -> str:
+        return self.prompt + "".join(r.text for r in self.rounds if r.choice is not None)
+
+    def save(self, path: Path) -> None:
+        data = {"format_version": self.format_version, "prompt": self.prompt, "text": self.text,
+                "rounds": [asdict(r) for r in self.rounds if r.choice is not None]}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class Curator:
+    def __init__(self, gen: TextGenerator, k: int, seed: int | None, options: dict):
+        if k < 1:
+            raise TinygenError(f"-k must be >= 1, got {k}")
+        self.gen, self.k, self.options = gen, k, options
+        self.next_seed = draw_seed() if seed is None else seed
+        self.max_new = gen.defaults.merged(**options).max_new_tokens
+
+    def candidates(self, text: str) -> Round:
+        # Keep the prompt inside the window, leaving room for the continuation.
+        ids = self.gen.tokenizer.encode(text)
+        room = self.gen.manifest.context_window - self.max_new
+        prompt = ids[-room:] if len(ids) > room > 0 else (ids or text)
+        texts = self.gen.generate(prompt, n=self.k, seed=self.next_seed, **self.options)
+        self.next_seed += self.k
+        return Round([t.seed for t in texts], [str(t) for t in texts])
+
+
+def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, options: dict,
+               save: str | None, inp: TextIO, out: TextIO) -> Session:
+    curator = Curator(gen, k, seed, options)
+    session = Session(prompt)
+    path = Path(save) if save else None
+    pending = curator.candidates(session.text)
+    out.write(f"{prompt}\n")
+    while True:
+        for i, candidate in enumerate(pending.candidates, 1):
+            out.write(f"[{i}] {candidate!r}\n")
+        out.write(HELP.format(k=k) + "\n> ")
+        out.flush()
+        line = inp.readline()
+        if not line:  # end of input: finish as with q
+            line = "q"
+        command = line.strip()
+        if command == "q":
+            break
+        if command == "r":
+            pending = curator.candidates(session.text)
+            continue
+        if command == "u":
+            chosen = [r for r in session.rounds if r.choice is not None]
+            if chosen:
+                session.rounds.remove(chosen[-1])
+            pending = curator.candidates(session.text)
+        elif command.isdigit() and 1 <= int(command) <= k:
+            pending.choice, pending.text = int(command) - 1, pending.candidates[int(command) - 1]
+        elif command.startswith("e") and command[1:].strip().isdigit() and 1 <= int(command[1:]) <= k:
+            index = int(command[1:]) - 1
+            out.write(f"new text for [{index + 1}]: ")
+            out.flush()
+            pending.choice, pending.text, pending.edited = index, inp.readline().rstrip("\n"), True
+        else:
+            out.write(f"? {HELP.format(k=k)}\n")
+            continue
+        if pending.choice is not None:
+            session.rounds.append(pending)
+            pending = curator.candidates(session.text)
+        if path:
+            session.save(path)
+        out.write(f"\n{session.text}\n")
+    if path:
+        session.save(path)
+    out.write(f"\n{session.text}\n")
+    return session

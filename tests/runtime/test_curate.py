@@ -1,0 +1,75 @@
+"""`tinygen curate`, driven through a pseudo-terminal as a person would use it."""
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+from tinygen import TextGenerator
+
+
+class Terminal:
+    def __init__(self, argv):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        os.close(slave)
+        self.screen = ""
+
+    def expect(self, text, timeout=60):
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"waited for {text!r}; screen:\n{self.screen}"
+            if select.select([self.master], [], [], remaining)[0]:
+                try:
+                    self.screen += os.read(self.master, 4096).decode("utf-8", "replace")
+                except OSError:  # the child closed the terminal
+                    break
+        assert text in self.screen, self.screen
+        index = self.screen.index(text) + len(text)
+        seen, self.screen = self.screen[:index], self.screen[index:]
+        return seen
+
+    def send(self, line):
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self):
+        code = self.proc.wait(timeout=60)
+        os.close(self.master)
+        return code
+
+
+def test_curate_pick_reroll_edit_undo_and_save(optimum_gpt2_dir, tmp_path):
+    session_file = tmp_path / "story.json"
+    term = Terminal([sys.executable, "-m", "tinygen.cli", "curate", "Once", "--model", str(optimum_gpt2_dir),
+                     "-k", "3", "--seed", "10", "--max-new-tokens", "6", "--save", str(session_file)])
+    term.expect("> ")                 # round 1: seeds 10, 11, 12
+    term.send("r")                    # reroll: seeds 13, 14, 15
+    term.expect("> ")
+    term.send("2")                    # keep the candidate of seed 14
+    term.expect("> ")
+    term.send("e 1")                  # edit candidate 1 of the next round (seeds 16..18)
+    term.expect("new text for [1]: ")
+    term.send(" and then")
+    term.expect("> ")
+    term.send("1")                    # next round: seeds 19..21, keep seed 19
+    term.expect("> ")
+    term.send("u")                    # undo that choice
+    term.expect("> ")
+    term.send("x")                    # not a command: help, and nothing changes
+    term.expect("? ")
+    term.send("q")
+    assert term.close() == 0
+
+    saved = json.loads(session_file.read_text())
+    rounds = saved["rounds"]
+    assert [r["seeds"] for r in rounds] == [[13, 14, 15], [16, 17, 18]]
+    assert [r["choice"] for r in rounds] == [1, 0] and rounds[1]["edited"] and rounds[1]["text"] == " and then"
+    assert saved["text"] == "Once" + rounds[0]["text"] + " and then"
+    # The kept candidate is exactly what its seed makes alone.
+    gen = TextGenerator(optimum_gpt2_dir)
+    [alone] = gen.generate("Once", seed=14, max_new_tokens=6)
+    assert rounds[0]["text"] == str(alone) == rounds[0]["candidates"][1]
