@@ -138,3 +138,20 @@ def optimum_llama_dir(tiny_llama_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def optimum_dir(request, optimum_gpt2_dir, optimum_llama_dir) -> Path:
     return {"gpt2": optimum_gpt2_dir, "llama": optimum_llama_dir}[request.param]
+
+
+def tinygen_export(src: Path, out: Path) -> Path:
+    """What `tinygen-train export SRC OUT` writes (verification included)."""
+    from tinygen_trainer.export import export_model
+
+    return export_model(src, out)
+
+
+@pytest.fixture(scope="session")
+def exported_gpt2_dir(tiny_gpt2_dir, tmp_path_factory) -> Path:
+    return tinygen_export(tiny_gpt2_dir, tmp_path_factory.mktemp("exported-gpt2") / "model")
+
+
+@pytest.fixture(scope="session")
+def exported_llama_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    return tinygen_export(tiny_llama_dir, tmp_path_factory.mktemp("exported-llama") / "model")

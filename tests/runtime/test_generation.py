@@ -44,6 +44,19 @@ def test_greedy_is_token_identical_to_transformers(pair):
         assert out.seed is None
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_greedy_parity_on_tinygen_exports(arch, request):
+    """The same parity through `tinygen-train export`'s directories (with tinygen.json)."""
+    exported = request.getfixturevalue(f"exported_{arch}_dir")
+    source = request.getfixturevalue(f"tiny_{arch}_dir")
+    gen = TextGenerator(exported, device="cpu")
+    assert (exported / "tinygen.json").is_file()
+    prompts = PROMPTS * 2  # a left-padded batch of 6
+    batch = gen.generate(prompts, do_sample=False, max_new_tokens=32)
+    for prompt, out in zip(prompts, batch):
+        assert list(out.token_ids) == hf_greedy(source, gen.tokenizer.encode(prompt), 32)
+
+
 def test_left_padded_batch_greedy_equals_each_alone(pair):
     gen, _ = pair
     batch = gen.generate(PROMPTS, do_sample=False, max_new_tokens=20, stop_at_eos=False)

@@ -1,0 +1,34 @@
+"""`tinygen-train export SRC OUT`: a transformers causal LM to a tinygen model directory."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Export a transformers causal LM (GPT-2, Llama, ...) to a tinygen model directory: "
+        "ONNX with KV cache (optionally int8) or TorchScript, checked against PyTorch.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tinygen_trainer.export import FORMATS, QUANTIZATIONS
+
+    parser.add_argument("src", metavar="SRC",
+                        help="transformers model directory (config.json, weights, tokenizer)")
+    parser.add_argument("out", metavar="OUT",
+                        help="model directory to write (an earlier export there is replaced)")
+    # Choices are validated by ExportConfig, not argparse, so a bad value is one
+    # TinygenError line like every other user error.
+    parser.add_argument("--format", default="onnx", metavar="FORMAT",
+                        help=f"model file format: {' or '.join(FORMATS)}")
+    parser.add_argument("--quantize", default=None, metavar="TYPE",
+                        help=f"quantize the weights: {', '.join(QUANTIZATIONS)} (ONNX only)")
+    parser.add_argument("--verify", default=True, action=argparse.BooleanOptionalAction,
+                        help="check that the export decodes 32 greedy tokens exactly like PyTorch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinygen_trainer.export import ExportConfig, run_export
+
+    config = ExportConfig(src=args.src, out=args.out, format=args.format, quantize=args.quantize,
+                          verify=args.verify)
+    run_export(config, echo=print)
+    return 0

@@ -1,0 +1,18 @@
+"""Export a transformers causal LM to a tinygen model directory (ONNX, int8 ONNX or TorchScript).
+
+    from tinygen_trainer.export import export_model
+    export_model("my-gpt2", "my-gpt2-tinygen", quantize="int8")
+
+Modules, one step each: `config` (ExportConfig), `source` (check SRC), `assets`
+(tokenizer.json, replacements.json), `onnx_export` / `torchscript` (the model
+file), `quantize` (int8), `contract` (the manifest and the graph check),
+`verify` (greedy parity with PyTorch), `staging` (atomic OUT), `pipeline` (the
+order of the steps), `messages` (third-party errors as one line).
+"""
+
+from .config import FORMATS, QUANTIZATIONS, ExportConfig
+from .pipeline import ExportResult, export_model, run_export
+from .verify import VerifyReport
+
+__all__ = ["ExportConfig", "ExportResult", "FORMATS", "QUANTIZATIONS", "VerifyReport",
+           "export_model", "run_export"]

@@ -1,0 +1,78 @@
+"""The files beside the model: `tokenizer.json` and the optional `replacements.json`.
+
+The runtime reads only a `tokenizers` tokenizer.json, so a source that ships
+slow tokenizer files (vocab.json + merges.txt, tokenizer.model) is converted
+once here, through transformers, instead of teaching the runtime every format.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
+from tinygen.replacements import Replacements
+
+from .messages import first_line
+
+TOKENIZER_FILE = "tokenizer.json"
+# Files from which transformers' AutoTokenizer can build a fast tokenizer.
+SLOW_TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+                        "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+
+
+def write_tokenizer(src: Path, dest_dir: Path) -> Path:
+    """Copy or build `dest_dir/tokenizer.json`; check that `tokenizers` can load it."""
+    dest = dest_dir / TOKENIZER_FILE
+    if (src / TOKENIZER_FILE).is_file():
+        shutil.copyfile(src / TOKENIZER_FILE, dest)
+    elif any((src / name).is_file() for name in SLOW_TOKENIZER_FILES):
+        _convert_slow_tokenizer(src, dest)
+    else:
+        raise TinygenError(
+            f"{src}: no tokenizer (need tokenizer.json, or files transformers can load such as "
+            f"vocab.json + merges.txt or tokenizer.model)"
+        )
+    load_tokenizer(dest)
+    return dest
+
+
+def _convert_slow_tokenizer(src: Path, dest: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, use_fast=True, local_files_only=True)
+    except Exception as exc:  # conversion raises many unrelated types (missing sentencepiece, ...)
+        raise TinygenError(f"{src}: cannot build tokenizer.json from its tokenizer files "
+                           f"({first_line(exc)})") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise TinygenError(f"{src}: transformers has no fast tokenizer for these files, "
+                           f"so there is no tokenizer.json to write")
+    tokenizer.backend_tokenizer.save(str(dest))
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a corrupt file
+        raise TinygenError(f"{path}: not a loadable tokenizers file ({first_line(exc)})") from exc
+
+
+def copy_replacements(src: Path, dest_dir: Path, tokenizer_file: Path) -> str | None:
+    """Copy `replacements.json` when the source has one; returns its name for the manifest.
+
+    Checked here against the tokenizer so a bad file fails the export, not the
+    first generation with the exported model.
+    """
+    path = src / REPLACEMENTS_FILE
+    if not path.is_file():
+        return None
+    replacements = Replacements.load(path)
+    vocab = load_tokenizer(tokenizer_file).get_vocab(with_added_tokens=True)
+    replacements.check_vocab(vocab, source=str(path))
+    shutil.copyfile(path, dest_dir / REPLACEMENTS_FILE)
+    return REPLACEMENTS_FILE
+

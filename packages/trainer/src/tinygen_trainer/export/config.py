@@ -1,0 +1,42 @@
+"""ExportConfig: every export option, documented once, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinygen.errors import TinygenError
+
+FORMATS = ("onnx", "torchscript")
+QUANTIZATIONS = ("int8",)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    # A transformers causal-LM directory (config.json, weights, tokenizer files).
+    src: Path
+    # The tinygen model directory to write; replaced only once the export has succeeded.
+    out: Path
+    # "onnx" (what the runtime runs) or "torchscript" (a traced torch.jit module).
+    format: str = "onnx"
+    # None keeps float32 weights; "int8" is onnxruntime dynamic quantization (ONNX only).
+    quantize: str | None = None
+    # Compare 32 greedy tokens of the exported model against PyTorch before writing OUT.
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept str paths from Python callers; frozen, so set through object.__setattr__.
+        object.__setattr__(self, "src", Path(self.src))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.format not in FORMATS:
+            raise TinygenError(
+                f"unknown format '{self.format}'; choose one of: {', '.join(FORMATS)}"
+            )
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise TinygenError(
+                f"unknown quantization '{self.quantize}'; choose one of: {', '.join(QUANTIZATIONS)}"
+            )
+        if self.quantize and self.format != "onnx":
+            raise TinygenError(f"--quantize {self.quantize} works only with --format onnx")
+        if not isinstance(self.verify, bool):
+            raise TinygenError(f"verify must be true or false, got {self.verify!r}")

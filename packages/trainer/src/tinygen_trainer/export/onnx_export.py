@@ -1,0 +1,97 @@
+"""ONNX export through optimum: the graph with KV cache that the runtime runs.
+
+optimum's `text-generation-with-past` graph is exactly the layout the runtime
+expects (docs/model-format.md), so we take it as it is and only move the graph
+and its external-data files into the model directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+from tinygen.errors import TinygenError
+
+from .contract import GraphSignature, TensorSpec
+from .messages import first_line
+
+MODEL_FILE = "model.onnx"
+TASK = "text-generation-with-past"
+
+
+def export_onnx(src: Path, dest: Path) -> GraphSignature:
+    """Export `src` to the file `dest` (+ external data beside it); returns the graph's signature.
+
+    The scratch directory lives beside `dest` so that moving a multi-GB file is a rename.
+    """
+    from optimum.exporters.onnx import main_export
+    from torch.jit import TracerWarning
+
+    scratch = dest.parent / "_optimum"
+    try:
+        with warnings.catch_warnings():
+            # Tracing warns about every Python branch on a shape; the graph is
+            # checked numerically afterwards, so these are noise for our users.
+            warnings.simplefilter("ignore", TracerWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            main_export(str(src), output=scratch, task=TASK, local_files_only=True,
+                        # Our verify step is stricter (greedy tokens on a real prompt).
+                        do_validation=False)
+        exported = scratch / MODEL_FILE
+        if not exported.is_file():
+            raise TinygenError(f"{src}: optimum wrote no {MODEL_FILE}")
+        move_onnx(exported, dest)
+    except ValueError as exc:  # optimum's "unsupported architecture/task" errors
+        raise TinygenError(f"{src}: optimum cannot export this model ({first_line(exc)})") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return read_signature(dest)
+
+
+def external_data_files(path: Path) -> list[str]:
+    """File names (relative to the graph) that hold the graph's external tensors."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    locations = set()
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            locations.update(e.value for e in tensor.external_data if e.key == "location")
+    return sorted(locations)
+
+
+def move_onnx(src: Path, dest: Path) -> None:
+    """Move a graph and its external data; the data keeps its name, which the graph records."""
+    for name in external_data_files(src):
+        (src.parent / name).replace(dest.parent / name)
+    src.replace(dest)
+
+
+def remove_onnx(path: Path) -> None:
+    for name in external_data_files(path):
+        (path.parent / name).unlink(missing_ok=True)
+    path.unlink()
+
+
+def read_signature(path: Path) -> GraphSignature:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        elem = onnx.helper.tensor_dtype_to_string(tensor.elem_type).removeprefix("TensorProto.")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in tensor.shape.dim)
+        return TensorSpec(elem.lower(), dims)
+
+    initializers = {i.name for i in graph.initializer}
+    return GraphSignature(
+        inputs={v.name: spec(v) for v in graph.input if v.name not in initializers},
+        outputs={v.name: spec(v) for v in graph.output},
+    )
+

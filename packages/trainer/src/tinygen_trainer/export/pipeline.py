@@ -1,0 +1,112 @@
+"""The export, step by step: check SRC and OUT, build the directory, verify it, move it in place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from tinygen.manifest import Manifest
+
+from .assets import copy_replacements, write_tokenizer
+from .config import ExportConfig
+from .contract import base_manifest, check_graph
+from .onnx_export import MODEL_FILE as ONNX_FILE
+from .onnx_export import export_onnx, read_signature
+from .quantize import quantize_int8
+from .source import SourceModel, read_source
+from .staging import check_output_dir, staged_dir
+from .torchscript import MODEL_FILE as TORCHSCRIPT_FILE
+from .torchscript import export_torchscript
+from .verify import (OnnxStepper, Reference, TorchScriptStepper, VerifyReport, prompt_ids,
+                     torch_reference, verify_model)
+
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path  # the finished model directory (OUT)
+    manifest: Manifest
+    reports: tuple[VerifyReport, ...]  # empty when verification was skipped
+
+
+def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
+    """Export `config.src` to `config.out`; `echo` receives progress and report lines."""
+    say = echo or (lambda line: None)
+    source = read_source(config.src)
+    check_output_dir(config.out, config.src)
+    with staged_dir(config.out) as stage:
+        tokenizer = write_tokenizer(source.path, stage)
+        manifest = base_manifest(source, copy_replacements(source.path, stage, tokenizer))
+        manifest, reports = BUILDERS[config.format](config, source, manifest, stage, say)
+        manifest.save(stage)
+    say(f"wrote {config.out}")
+    return ExportResult(config.out, manifest, tuple(reports))
+
+
+def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
+                say: Say) -> tuple[Manifest, list[VerifyReport]]:
+    model_path = stage / ONNX_FILE
+    say(f"exporting {source.path} to ONNX")
+    graph = export_onnx(source.path, model_path)
+    manifest = check_graph(manifest, graph, where=f"ONNX export of {source.path}")
+    reports = []
+    ref = _reference(config, source, manifest, stage)
+    if ref is not None:
+        # Before quantizing: int8 may legitimately change tokens, float32 may not.
+        report = verify_model(OnnxStepper(model_path, manifest), ref)
+        report.require_exact("the ONNX graph")
+        reports.append(report)
+        say(report.line())
+    if config.quantize == "int8":
+        say("quantizing weights to int8")
+        quantize_int8(model_path)
+        manifest = replace(check_graph(manifest, read_signature(model_path), where="int8 graph"),
+                           quantization="int8")
+        if ref is not None:
+            report = verify_model(OnnxStepper(model_path, manifest), ref, label="int8")
+            reports.append(report)
+            say(report.line() + " (informational)")
+    return manifest, reports
+
+
+def _build_torchscript(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
+                       say: Say) -> tuple[Manifest, list[VerifyReport]]:
+    manifest = replace(manifest, model_file=TORCHSCRIPT_FILE)
+    model_path = stage / TORCHSCRIPT_FILE
+    say(f"tracing {source.path} to TorchScript")
+    model = source.load_model()
+    export_torchscript(model, manifest, model_path)
+    reports = []
+    ref = _reference(config, source, manifest, stage, model)
+    if ref is not None:
+        # The file as saved, not the in-memory trace: that is what users load.
+        step = TorchScriptStepper(model_path, manifest)
+        report = verify_model(step, ref)
+        report.require_exact("the TorchScript module")
+        reports.append(report)
+        say(report.line())
+    return manifest, reports
+
+
+# format -> writes the model file into the staging dir, returns the final manifest and reports
+BUILDERS = {"onnx": _build_onnx, "torchscript": _build_torchscript}
+
+
+def _reference(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
+               model=None) -> Reference | None:
+    if not config.verify:
+        return None
+    model = model if model is not None else source.load_model()
+    return torch_reference(model, prompt_ids(stage / manifest.tokenizer_file, manifest), manifest)
+
+
+def export_model(src: str | os.PathLike, out: str | os.PathLike, quantize: str | None = None,
+                 format: str = "onnx", verify: bool = True) -> Path:
+    """Export a transformers causal LM to a tinygen model directory; prints the report lines."""
+    config = ExportConfig(src=Path(src), out=Path(out), format=format, quantize=quantize,
+                          verify=verify)
+    return run_export(config, echo=print).path

@@ -1,0 +1,193 @@
+"""Verification: the exported model must decode like PyTorch before we write OUT.
+
+PyTorch decodes a fixed prompt greedily with `model.generate` (KV cache on); the
+exported model decodes the same prompt step by step, carrying its own KV cache
+from one call to the next, as the runtime will. Tokens must be identical; the
+largest absolute logit difference along the shared path is reported.
+
+Strict for float32 exports (ONNX and TorchScript): a single different token
+raises TinygenError. Informational for int8: quantization legitimately moves
+logits by ~0.1 and so can flip a close argmax on a real model, so the int8 graph
+is reported (tokens in agreement, max logit diff) after its float32 source has
+passed the strict check; it is never a reason to fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from tinygen.errors import TinygenError
+from tinygen.manifest import Manifest
+
+PROMPT = "Once upon a time"
+STEPS = 32
+
+
+@dataclass(frozen=True)
+class Reference:
+    """PyTorch's greedy path: `tokens` generated after `prompt_ids`.
+
+    `logits` is (len(prompt_ids) + steps - 1, vocab): row i is the model's output
+    at position i of prompt + tokens, i.e. the prediction of token i + 1.
+    """
+
+    prompt_ids: tuple[int, ...]
+    tokens: tuple[int, ...]
+    logits: np.ndarray
+    suppressed: tuple[int, ...]  # EOS ids, masked as generate's min_new_tokens does
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    label: str  # "verified" for the strict check, "int8" for the informational one
+    steps: int
+    matched: int  # greedy tokens equal to PyTorch's before the first difference
+    max_logit_diff: float  # over the positions where both saw the same tokens
+    expected: int | None = None  # PyTorch's token at the first difference
+    got: int | None = None  # the exported model's token there
+
+    @property
+    def exact(self) -> bool:
+        return self.matched == self.steps
+
+    def line(self) -> str:
+        text = (f"{self.label}: {self.matched}/{self.steps} greedy tokens match PyTorch, "
+                f"max |logit diff| {self.max_logit_diff:.1e}")
+        if not self.exact:
+            text += f" (token {self.matched}: PyTorch {self.expected}, exported {self.got})"
+        return text
+
+    def require_exact(self, what: str) -> "VerifyReport":
+        if not self.exact:
+            raise TinygenError(f"verification failed: {what} does not decode like PyTorch; "
+                               f"{self.line().split(': ', 1)[1]}")
+        return self
+
+
+class Stepper(Protocol):
+    """One forward pass of an exported model with KV cache (batch 1)."""
+
+    def empty_past(self) -> list: ...
+
+    def __call__(self, ids: Sequence[int], past: list, past_len: int) -> tuple[np.ndarray, list]:
+        """Logits (len(ids), vocab) as float32 numpy, and the grown cache."""
+
+
+def prompt_ids(tokenizer_file: Path, manifest: Manifest) -> list[int]:
+    from .assets import load_tokenizer
+
+    ids = load_tokenizer(tokenizer_file).encode(PROMPT).ids
+    if not ids:  # a tokenizer with no pieces for this text: start from BOS
+        ids = [manifest.bos_token_id or 0]
+    bad = [i for i in ids if not 0 <= i < manifest.vocab_size]
+    if bad:
+        raise TinygenError(f"{tokenizer_file}: token id {bad[0]} is outside the model's "
+                           f"vocabulary of {manifest.vocab_size}; the tokenizer does not fit "
+                           f"the model")
+    return ids
+
+
+def torch_reference(model, ids: list[int], manifest: Manifest, steps: int = STEPS) -> Reference:
+    import torch
+    from transformers import GenerationConfig
+
+    steps = max(1, min(steps, manifest.context_window - len(ids)))
+    eos = list(manifest.eos_token_ids)
+    pad = manifest.pad_token_id if manifest.pad_token_id is not None else (eos or [0])[0]
+    # A clean config: only min_new_tokens' EOS mask, never the sampling or
+    # penalty defaults a model's generation_config.json may carry.
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=steps, min_new_tokens=steps, use_cache=True,
+        eos_token_id=eos or None,
+        pad_token_id=pad,
+    )
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                             generation_config=config, use_model_defaults=False)
+        logits = model(out).logits[0, :-1].float().numpy()
+    tokens = tuple(out[0, len(ids):].tolist())
+    if len(tokens) != steps:
+        raise RuntimeError(f"generate returned {len(tokens)} tokens, asked for {steps}")
+    return Reference(tuple(ids), tokens, logits, tuple(eos))
+
+
+def greedy_path(step: Stepper, ref: Reference) -> tuple[list[int], np.ndarray]:
+    """Decode the reference's prompt greedily; returns tokens and logits laid out as Reference's."""
+    past, past_len, feed = step.empty_past(), 0, list(ref.prompt_ids)
+    tokens, rows = [], []
+    for _ in range(len(ref.tokens)):
+        logits, past = step(feed, past, past_len)
+        past_len += len(feed)
+        rows.append(logits)
+        scores = logits[-1].copy()
+        scores[list(ref.suppressed)] = -np.inf
+        tokens.append(int(scores.argmax()))
+        feed = [tokens[-1]]
+    return tokens, np.concatenate(rows)
+
+
+def compare(label: str, ref: Reference, tokens: list[int], logits: np.ndarray) -> VerifyReport:
+    differ = [i for i, (a, b) in enumerate(zip(ref.tokens, tokens)) if a != b]
+    matched = differ[0] if differ else len(ref.tokens)
+    # Rows up to the one predicting the first different token saw identical inputs.
+    shared = len(ref.prompt_ids) + matched
+    diff = float(np.abs(logits[:shared] - ref.logits[:shared]).max())
+    if matched == len(ref.tokens):
+        return VerifyReport(label, len(ref.tokens), matched, diff)
+    return VerifyReport(label, len(ref.tokens), matched, diff, ref.tokens[matched], tokens[matched])
+
+
+# -- the exported formats ------------------------------------------------------
+
+class OnnxStepper:
+    """The runtime's own session wrapper (IO binding, KV cache kept in onnxruntime),
+    so verification checks exactly what users will run."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        from dataclasses import replace
+
+        from tinygen.onnx_model import OnnxCausalLM
+
+        self.lm = OnnxCausalLM(path.parent, replace(manifest, model_file=path.name), device="cpu")
+
+    def empty_past(self) -> list:
+        return self.lm.empty_cache(1)
+
+    def __call__(self, ids, past, past_len):
+        n = len(ids)
+        logits, present = self.lm.forward(
+            np.array([ids], np.int64), np.ones((1, past_len + n), np.int64),
+            np.arange(past_len, past_len + n, dtype=np.int64)[None], past)
+        return logits[0], present
+
+
+class TorchScriptStepper:
+    def __init__(self, path: Path, manifest: Manifest):
+        import torch
+
+        self.torch = torch
+        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        self.m = manifest
+
+    def empty_past(self) -> list:
+        shape = (1, self.m.num_kv_heads, 0, self.m.head_size)
+        return [self.torch.zeros(shape) for _ in self.m.past_names()]
+
+    def __call__(self, ids, past, past_len):
+        torch = self.torch
+        n = len(ids)
+        with torch.no_grad():
+            logits, *present = self.module(
+                torch.tensor([ids]), torch.ones(1, past_len + n, dtype=torch.long),
+                torch.arange(past_len, past_len + n)[None], *past)
+        return logits[0].float().numpy(), present
+
+
+def verify_model(step: Stepper, ref: Reference, label: str = "verified") -> VerifyReport:
+    tokens, logits = greedy_path(step, ref)
+    return compare(label, ref, tokens, logits)
