@@ -18,7 +18,7 @@ from .decoding import BatchDecoding, Completion
 from .processors import softmax
 from .errors import TinygenError
 from .manifest import Manifest, load_manifest
-from .onnx_model import OnnxCausalLM
+from .onnx_model import load_causal_lm
 from .replacements import Replacements
 from .sampling import draw_seed
 from .tokenizer import TextTokenizer
@@ -50,7 +50,7 @@ class TextGenerator:
         self.manifest: Manifest = load_manifest(self.model_dir)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
                                        self._load_replacements(replacements))
-        self.model = OnnxCausalLM(self.model_dir, self.manifest, device=device, threads=threads)
+        self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads)
         self.defaults = GenerationConfig().merged(**self.manifest.generation)
 
     def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:

@@ -17,6 +17,7 @@ from .errors import ModelFormatError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "tinygen.json"
+KV_CACHE_KINDS = ("concat", "shared")
 
 # Input/output names as optimum writes them; `{layer}` is the layer index.
 DEFAULT_INPUTS = {
@@ -47,6 +48,10 @@ class Manifest:
     pad_token_id: int | None = None
     dtype: str = "float32"  # dtype of the KV cache and logits
     quantization: str | None = None  # None, "int8" or "int4" (weights only)
+    # How the graph keeps its KV cache: "concat" (present = past + new, as optimum
+    # exports) or "shared" (one buffer of context_window positions per layer that the
+    # graph updates in place; see docs/model-format.md).
+    kv_cache: str = "concat"
     model_file: str = "model.onnx"
     tokenizer_file: str = "tokenizer.json"
     replacements_file: str | None = None
@@ -126,6 +131,9 @@ class Manifest:
                 f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
                 f"of num_kv_heads ({self.num_kv_heads})"
             )
+        if self.kv_cache not in KV_CACHE_KINDS:
+            raise ModelFormatError(f"{source}: 'kv_cache' must be one of {', '.join(KV_CACHE_KINDS)}, "
+                                   f"got {self.kv_cache!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ModelFormatError(f"{source}: unsupported dtype '{self.dtype}'")
 

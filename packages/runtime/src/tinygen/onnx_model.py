@@ -36,6 +36,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
+                   threads: int | None = None) -> "OnnxCausalLM":
+    """The session wrapper that fits the graph's KV-cache layout (manifest.kv_cache)."""
+    if manifest.kv_cache == "shared":
+        from .shared_kv import SharedKVCausalLM
+
+        return SharedKVCausalLM(model_dir, manifest, device=device, threads=threads)
+    return OnnxCausalLM(model_dir, manifest, device=device, threads=threads)
+
+
 class OnnxCausalLM:
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
