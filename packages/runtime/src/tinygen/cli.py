@@ -64,6 +64,10 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
     p.add_argument("--to-file", metavar="PATH", help="write the texts, each with its seed, to this file")
     p.add_argument("--resume", action="store_true", help="with --to-file: continue an interrupted file")
+    p.add_argument("--dedupe", type=float, default=None, metavar="SHARE",
+                   help="drop texts sharing at least this share of 8-grams with an earlier text")
+    p.add_argument("--dedupe-against", metavar="CACHE",
+                   help="with --dedupe: also drop texts copying this token cache (training data)")
 
 
 def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,8 +142,13 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if stream.seed is not None:
             err.write(f"seed: {stream.seed}\n")
         return 0
+    if args.dedupe_against and args.dedupe is None:
+        raise TinygenError("--dedupe-against needs --dedupe SHARE")
     texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                         progress=err.isatty(), **options)
+                         progress=err.isatty(), dedupe=args.dedupe, dedupe_against=args.dedupe_against,
+                         **options)
+    for _, duplicate in texts.dropped:
+        err.write(f"dropped: {duplicate.reason}\n")
     for i, text in enumerate(texts):
         if i:
             out.write(f"{DELIMITER}\n")

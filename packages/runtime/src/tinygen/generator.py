@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, Union
 
 from .config import GenerationConfig
 from .decoding import BatchDecoding, Completion
+from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
 from .errors import TinygenError
 from .manifest import Manifest, load_manifest
@@ -52,6 +53,7 @@ class TextGenerator:
                                        self._load_replacements(replacements))
         self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads)
         self.defaults = GenerationConfig().merged(**self.manifest.generation)
+        self._indexes: dict = {}
 
     def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:
         if explicit is not None:
@@ -68,14 +70,20 @@ class TextGenerator:
 
     def generate(self, prompt: Prompt | Sequence[Prompt] = "", n: int = 1,
                  seed: int | Sequence[int] | None = None, batch_size: int = 16,
-                 progress: bool = False, **options) -> list[Completion]:
+                 progress: bool = False, dedupe: float | None = None, dedupe_ngram: int = 8,
+                 dedupe_against: str | os.PathLike | None = None, **options) -> "Generations":
         """Generate `n` continuations of each prompt; returns them in prompt order.
 
         Options are GenerationConfig's (max_new_tokens, do_sample, temperature,
         top_k, top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size,
-        stop). Sequence i (counting across prompts, then samples) gets seed
-        `seed + i`, so any text can be made again alone; with no seed, one is drawn.
-        Each result is a str carrying `.seed`, `.token_ids` and `.finish_reason`.
+        stop, exclusions, probabilities). Sequence i (counting across prompts, then
+        samples) gets seed `seed + i`, so any text can be made again alone; with no
+        seed, one is drawn. Each result is a str carrying `.seed`, `.token_ids` and
+        `.finish_reason`.
+
+        dedupe: drop texts whose token `dedupe_ngram`-grams overlap an earlier text,
+        or the token cache `dedupe_against` (training data), by at least this share;
+        the dropped ones are listed in the result's `.dropped`.
         """
         config = self.defaults.merged(**options)
         prompts = self._encode_prompts(prompt)
@@ -97,7 +105,19 @@ class TextGenerator:
                 bar.update(len(decoding.rows))
         if bar:
             bar.close()
-        return results
+        if dedupe is None:
+            return Generations(results)
+        reference = self._ngram_index(dedupe_against, dedupe_ngram) if dedupe_against else None
+        found = find_duplicates([r.token_ids for r in results], dedupe, dedupe_ngram, reference)
+        drop = {d.index for d in found}
+        return Generations([r for i, r in enumerate(results) if i not in drop],
+                           [(results[d.index], d) for d in found])
+
+    def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
+        key = (str(path), n)
+        if key not in self._indexes:  # built once per corpus: it is the slow part
+            self._indexes[key] = NgramIndex.from_token_cache(path, n)
+        return self._indexes[key]
 
     def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
         """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
@@ -242,6 +262,14 @@ class TextGenerator:
         if len(seed) != count or not all(isinstance(s, int) and s >= 0 for s in seed):
             raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
         return list(seed)
+
+
+class Generations(list):
+    """The texts `generate` kept, in order; `.dropped` holds (text, Duplicate) for each one dedupe removed."""
+
+    def __init__(self, texts=(), dropped=()):
+        super().__init__(texts)
+        self.dropped = list(dropped)
 
 
 class TextStream:

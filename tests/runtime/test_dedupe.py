@@ -1,0 +1,40 @@
+"""Dedupe: texts that repeat each other or the training data are dropped and reported."""
+
+import numpy as np
+import pytest
+
+from tinygen import TextGenerator, TinygenError
+from tinygen.dedupe import NgramIndex, find_duplicates, ngram_hashes
+
+
+def test_ngram_hashes_are_positional_and_distinct():
+    a = ngram_hashes([1, 2, 3, 4], 2)
+    assert len(a) == 3 and len(set(a.tolist())) == 3
+    assert ngram_hashes([2, 1], 2)[0] != ngram_hashes([1, 2], 2)[0]
+    assert len(ngram_hashes([1, 2], 3)) == 0
+
+
+def test_find_duplicates_between_texts_and_against_a_corpus():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 500, 40).tolist()
+    near = base[:30] + rng.integers(0, 500, 10).tolist()  # 3/4 shared
+    other = rng.integers(0, 500, 40).tolist()
+    corpus_copy = rng.integers(0, 500, 40).tolist()
+    index = NgramIndex.from_documents([rng.integers(0, 500, 200).tolist() + corpus_copy], 4)
+    found = find_duplicates([base, near, other, corpus_copy, [7, 8]], 0.5, 4, index)
+    assert [(d.index, d.of) for d in found] == [(1, 0), (3, None)]
+    assert found[0].overlap == pytest.approx(27 / 37, abs=0.05) and "text 1 repeats text 0" in found[0].reason
+    assert find_duplicates([[7, 8], [7, 8]], 0.5, 4)[0].of == 0  # short but equal
+    with pytest.raises(TinygenError, match="threshold must be in"):
+        find_duplicates([base], 1.5)
+
+
+def test_generate_drops_and_reports_duplicates(optimum_gpt2_dir):
+    gen = TextGenerator(optimum_gpt2_dir)
+    plain = gen.generate("Once", n=6, do_sample=False, max_new_tokens=20)
+    assert len(plain) == 6 and plain.dropped == []
+    kept = gen.generate("Once", n=6, do_sample=False, max_new_tokens=20, dedupe=0.5)
+    # Greedy texts are identical: one is kept, five are reported as repeats of it.
+    assert len(kept) == 1 and [d.of for _, d in kept.dropped] == [0] * 5
+    sampled = gen.generate("Once", n=6, seed=0, max_new_tokens=20, dedupe=0.9)
+    assert len(sampled) + len(sampled.dropped) == 6
