@@ -1,0 +1,67 @@
+"""`tinygen-train tokenizer`: train a byte-level BPE tokenizer on your corpus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tinygen.replacements import Replacements
+
+from ..data.sources import ERRORS, read_documents
+from ..tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
+
+HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", nargs="+", type=Path,
+                        help="text files, folders, or CSV/JSONL files")
+    parser.add_argument("-o", "--output", type=Path, default=Path("tokenizer.json"),
+                        help="where to write tokenizer.json (replacements.json goes beside it)")
+    parser.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size,
+                        help="final vocabulary size, bytes and special tokens included")
+    parser.add_argument("--min-frequency", type=int, default=TokenizerConfig.min_frequency,
+                        help="merge only pairs seen at least this often")
+    parser.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
+                        help="an extra special token (repeatable); <|endoftext|> is always there")
+    parser.add_argument("--replace", nargs=2, action="append", default=[],
+                        metavar=("TEXT", "TOKEN"),
+                        help="replace this literal text by a special token (repeatable)")
+    parser.add_argument("--replace-regex", nargs=2, action="append", default=[],
+                        metavar=("REGEX", "TOKEN"),
+                        help=r"replace matches by a special token: 'https?://\S+' '<|url|>'")
+    parser.add_argument("--decode", nargs=2, action="append", default=[], metavar=("TOKEN", "TEXT"),
+                        help="text a generated special token stands for, e.g. '<|url|>' '<url>'")
+    parser.add_argument("--ban", action="append", default=[], metavar="TOKEN",
+                        help="a special token the model must never generate (repeatable)")
+    parser.add_argument("--field", default=None,
+                        help="CSV column / JSONL key with the text; None: 'text'")
+    parser.add_argument("--errors", choices=ERRORS, default="strict",
+                        help="what to do with bytes that are not UTF-8")
+    parser.add_argument("--line-by-line", action="store_true",
+                        help="treat each line of a text file as its own document")
+
+
+def replacements_from_args(args: argparse.Namespace) -> Replacements:
+    """The --replace/--replace-regex/--decode/--ban flags as one validated Replacements."""
+    rules = [{"pattern": p, "regex": False, "token": t} for p, t in args.replace]
+    rules += [{"pattern": p, "regex": True, "token": t} for p, t in args.replace_regex]
+    data = {"encode": rules, "decode": dict(args.decode), "ban": list(args.ban)}
+    return Replacements.from_json(data, source="command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    replacements = replacements_from_args(args)
+    config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=tuple(args.special_token),
+                             min_frequency=args.min_frequency, replacements=replacements)
+    documents = []
+    for path in args.corpus:
+        documents.extend(read_documents(path, field=args.field, errors=args.errors,
+                                        line_by_line=args.line_by_line))
+    tokenizer = train_tokenizer(documents, config)
+    path = save_tokenizer(tokenizer, args.output, replacements)
+    print(f"wrote {path}: {tokenizer.get_vocab_size()} tokens from {len(documents)} documents",
+          file=sys.stderr)
+    return 0
+

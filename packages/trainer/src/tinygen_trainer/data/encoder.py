@@ -1,0 +1,150 @@
+"""Encoder: a tokenizer plus the replacement rules, turning documents into one token stream.
+
+The stream is every document's ids followed by EOS, so a model trained on random
+windows of it sees where documents end and learns to stop. Encoding goes through
+the `tokenizers` batch path, which spreads documents over every core: one huge
+document encodes on one core, a folder of files or a JSONL file on all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import Replacements
+
+# Tried in order when neither the caller nor the model names the end-of-text token.
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+# A batch is cut at this many characters so memory stays bounded on huge corpora.
+BATCH_CHARS = 1 << 22
+BATCH_DOCS = 4096
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise TinygenError(f"tokenizer not found: {path}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for bad files
+        raise TinygenError(f"{path}: not a loadable tokenizer.json ({str(exc)[:200]})") from None
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id: half the memory for vocabularies <= 65536."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def canonical_sha256(data: object) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoder:
+    tokenizer: Tokenizer
+    eos_id: int
+    replacements: Replacements = field(default_factory=Replacements)
+    # sha256 of the tokenizer.json contents, keys sorted, no whitespace: files that
+    # differ only in formatting encode identically and share a fingerprint.
+    fingerprint: str = field(init=False)
+    # sha256 of the replacement rules (None without rules): they change the tokens too.
+    replacements_fingerprint: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A tokenizer.json saved by transformers may carry truncation or padding,
+        # which would silently cut or pad whole documents.
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        self.replacements.check_vocab(vocab, source="replacements")
+        fingerprint = canonical_sha256(json.loads(self.tokenizer.to_str()))
+        rules = self.replacements.to_json()["encode"] if self.replacements.encode else None
+        object.__setattr__(self, "fingerprint", fingerprint)
+        object.__setattr__(self, "replacements_fingerprint", rules and canonical_sha256(rules))
+
+    @classmethod
+    def load(cls, tokenizer_path: str | Path, replacements: Replacements | None = None,
+             eos_token: str | None = None) -> "Encoder":
+        tokenizer = load_tokenizer(tokenizer_path)
+        return cls(tokenizer, find_eos_id(tokenizer, eos_token, source=str(tokenizer_path)),
+                   replacements or Replacements())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return token_dtype(self.vocab_size)
+
+    def encode(self, documents: Sequence[str], progress: bool = True,
+               desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
+        """Documents -> (tokens (N,) uint16/uint32, doc_ends (D,) int64).
+
+        doc_ends[i] is the exclusive end of document i in tokens, its EOS included.
+        """
+        # encode_batch_fast (tokenizers >= 0.21) skips computing offsets we never use.
+        encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        chunks: list[np.ndarray] = []
+        lengths: list[int] = []
+        total_chars = sum(len(d) for d in documents)
+        n_tokens = 0
+        with tqdm(total=total_chars, unit="char", unit_scale=True, desc=desc,
+                  disable=not progress, leave=False) as bar:
+            for batch in _batches(documents):
+                encoded = encode_batch([self.replacements.apply_encode(d) for d in batch])
+                ids = [e.ids for e in encoded]
+                sizes = [len(i) + 1 for i in ids]
+                flat = chain.from_iterable(i + [self.eos_id] for i in ids)
+                chunks.append(np.fromiter(flat, dtype=self.dtype, count=sum(sizes)))
+                lengths.extend(sizes)
+                n_tokens += sum(sizes)
+                bar.update(sum(len(d) for d in batch))
+                bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+        tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=self.dtype)
+        return tokens, np.cumsum(np.asarray(lengths, dtype=np.int64))
+
+    def describe(self) -> dict[str, object]:
+        """What a token cache records to recognise this encoder later."""
+        return {
+            "tokenizer_sha256": self.fingerprint,
+            "replacements_sha256": self.replacements_fingerprint,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+        }
+
+
+def find_eos_id(tokenizer: Tokenizer, eos_token: str | None = None,
+                source: str = "tokenizer") -> int:
+    names = (eos_token,) if eos_token else EOS_CANDIDATES
+    for name in names:
+        token_id = tokenizer.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    if eos_token:
+        raise TinygenError(f"{source}: has no token '{eos_token}'")
+    raise TinygenError(
+        f"{source}: no end-of-text token (looked for {', '.join(EOS_CANDIDATES)}); "
+        f"name one with --eos-token"
+    )
+
+
+def _batches(documents: Sequence[str]) -> Iterator[Sequence[str]]:
+    start, chars = 0, 0
+    for i, doc in enumerate(documents):
+        chars += len(doc)
+        if chars >= BATCH_CHARS or i + 1 - start >= BATCH_DOCS:
+            yield documents[start:i + 1]
+            start, chars = i + 1, 0
+    if start < len(documents):
+        yield documents[start:]

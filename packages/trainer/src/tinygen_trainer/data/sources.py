@@ -1,0 +1,109 @@
+"""Reading a corpus: a text file, a folder of files, or one field of a CSV / JSONL file.
+
+Every reader returns a list of documents (str). A text file is one document, or
+one document per non-empty line in line-by-line mode; a CSV row or JSONL record
+is always one document. Bytes that are not UTF-8 stop the read with the file and
+byte offset, unless errors="replace" asks for U+FFFD instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from tinygen.errors import TinygenError
+
+ERRORS = ("strict", "replace")
+CSV_SUFFIXES = (".csv",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+DEFAULT_FIELD = "text"
+
+
+def read_documents(path: str | Path, field: str | None = None, errors: str = "strict",
+                   line_by_line: bool = False) -> list[str]:
+    """All documents under `path` (a file or a folder, searched recursively, in name order)."""
+    if errors not in ERRORS:
+        raise TinygenError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+        if not files:
+            raise TinygenError(f"{path}: folder has no files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise TinygenError(f"corpus not found: {path}")
+    docs: list[str] = []
+    for file in files:
+        docs.extend(_read_file(file, field, errors, line_by_line))
+    return docs
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _read_file(path: Path, field: str | None, errors: str, line_by_line: bool) -> list[str]:
+    text = decode_utf8(path, errors)
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return _csv_documents(path, text, field or DEFAULT_FIELD)
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_documents(path, text, field or DEFAULT_FIELD)
+    if line_by_line:
+        return [line for line in text.splitlines() if line.strip()]
+    return [text] if text.strip() else []
+
+
+def decode_utf8(path: Path, errors: str = "strict") -> str:
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a BOM is not part of the text
+        data = data[3:]
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TinygenError(
+            f"{path}: not UTF-8 at byte {exc.start} (line {line}, byte 0x{data[exc.start]:02x}); "
+            f"convert the file to UTF-8 or pass --errors replace"
+        ) from None
+
+
+def _csv_documents(path: Path, text: str, field: str) -> list[str]:
+    # The default 128 KiB field limit rejects long documents, which are normal here.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None:
+        return []
+    if field not in reader.fieldnames:
+        raise TinygenError(
+            f"{path}: no column '{field}' (columns: {', '.join(reader.fieldnames)}); "
+            f"choose one with --field"
+        )
+    try:
+        return [row[field] for row in reader if row.get(field) and row[field].strip()]
+    except csv.Error as exc:
+        raise TinygenError(f"{path}: bad CSV at line {reader.line_num} ({exc})") from None
+
+
+def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
+    docs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TinygenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or field not in record:
+            raise TinygenError(
+                f"{path}: line {number} has no field '{field}'; choose one with --field")
+        value = record[field]
+        if not isinstance(value, str):
+            raise TinygenError(f"{path}: line {number}: field '{field}' is not a string")
+        if value.strip():
+            docs.append(value)
+    return docs

@@ -1,0 +1,186 @@
+"""The token cache: an encoded corpus saved once and memory-cheap to load.
+
+A cache file is three msgpack objects in a row, gzip-compressed by default:
+
+1. the header, a map: magic, format_version, tokenizer_sha256 and
+   replacements_sha256 (what encoded it), vocab_size, eos_id, dtype ("uint16"
+   when every id fits, else "uint32"), num_tokens, num_documents, and the
+   sha256 of each of the two arrays below;
+2. the tokens, as one msgpack bin of little-endian `dtype` values;
+3. doc_ends, as one bin of little-endian int64: the exclusive end of each document.
+
+The header comes first so a reader checks the version and the tokenizer before
+it trusts the rest. Files are written to a temp file and renamed into place, so
+an interrupted write never leaves a half file under the real name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import msgpack
+import numpy as np
+
+from tinygen.errors import TinygenError
+
+FORMAT_VERSION = 1
+MAGIC = "tinygen-tokens"
+GZIP_MAGIC = b"\x1f\x8b"
+DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+DOC_ENDS_DTYPE = np.dtype("<i8")
+
+
+class TokenCacheError(TinygenError):
+    """A token cache that is corrupt, from a newer version, or from another tokenizer."""
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    tokens: np.ndarray  # (N,) uint16 or uint32, read-only
+    doc_ends: np.ndarray  # (D,) int64, read-only
+    header: dict[str, Any]
+
+
+def save_token_cache(path: str | Path, tokens: np.ndarray, doc_ends: np.ndarray,
+                     encoder_info: dict[str, Any], compress: bool = True) -> Path:
+    """Write tokens and document ends atomically; `encoder_info` is `Encoder.describe()`."""
+    path = Path(path)
+    dtype_name = next((n for n, d in DTYPES.items() if d == tokens.dtype.newbyteorder("<")), None)
+    if dtype_name is None:
+        raise TypeError(f"tokens must be uint16 or uint32, got {tokens.dtype}")
+    token_bytes = np.ascontiguousarray(tokens, dtype=DTYPES[dtype_name]).tobytes()
+    end_bytes = np.ascontiguousarray(doc_ends, dtype=DOC_ENDS_DTYPE).tobytes()
+    header = {
+        "magic": MAGIC,  # first key, so a sniff of the first bytes finds it
+        "format_version": FORMAT_VERSION,
+        **encoder_info,
+        "dtype": dtype_name,
+        "num_tokens": int(tokens.size),
+        "num_documents": int(doc_ends.size),
+        "tokens_sha256": hashlib.sha256(token_bytes).hexdigest(),
+        "doc_ends_sha256": hashlib.sha256(end_bytes).hexdigest(),
+    }
+    packer = msgpack.Packer(use_bin_type=True)
+
+    def write(f: BinaryIO) -> None:
+        # mtime=0: the same corpus gives byte-identical files.
+        out = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) if compress else f
+        for obj in (header, token_bytes, end_bytes):
+            out.write(packer.pack(obj))
+        if compress:
+            out.close()
+
+    atomic_write(path, write)
+    return path
+
+
+def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None) -> TokenCache:
+    """Read and verify a cache; `expect` (an `Encoder.describe()`) must match its header."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinygenError(f"token cache not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error):
+            raise _corrupt(path, "its gzip stream is truncated or damaged") from None
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1))
+    unpacker.feed(raw)
+    header = _next(unpacker, path, "header")
+    if not isinstance(header, dict) or header.get("magic") != MAGIC:
+        raise TokenCacheError(f"{path}: not a tinygen token cache")
+    _check_version(path, header.get("format_version"))
+    if expect is not None:
+        check_encoder(path, header, expect)
+    token_bytes = _next(unpacker, path, "tokens")
+    end_bytes = _next(unpacker, path, "document ends")
+    if next(unpacker, None) is not None:
+        raise _corrupt(path, "it has data after its last array")
+    dtype = DTYPES.get(header.get("dtype"))
+    if (dtype is None or not isinstance(token_bytes, bytes) or not isinstance(end_bytes, bytes)
+            or len(token_bytes) != header.get("num_tokens", -1) * dtype.itemsize
+            or len(end_bytes) != header.get("num_documents", -1) * DOC_ENDS_DTYPE.itemsize):
+        raise _corrupt(path, "its arrays do not match the header")
+    for name, data in (("tokens_sha256", token_bytes), ("doc_ends_sha256", end_bytes)):
+        if hashlib.sha256(data).hexdigest() != header.get(name):
+            raise _corrupt(path, "its checksum does not match (damaged on disk?)")
+    tokens = np.frombuffer(token_bytes, dtype=dtype)
+    doc_ends = np.frombuffer(end_bytes, dtype=DOC_ENDS_DTYPE)
+    if doc_ends.size and (doc_ends[-1] != tokens.size or np.any(np.diff(doc_ends) <= 0)):
+        raise _corrupt(path, "its document ends are inconsistent")
+    return TokenCache(tokens, doc_ends, header)
+
+
+def check_encoder(path: Path, header: dict[str, Any], expect: dict[str, Any]) -> None:
+    """The cache must come from the same tokenizer and replacement rules as the run using it."""
+    redo = "re-encode it with 'tinygen-train encode' using this tokenizer"
+    if header.get("tokenizer_sha256") != expect["tokenizer_sha256"]:
+        theirs, ours = str(header.get("tokenizer_sha256"))[:12], expect["tokenizer_sha256"][:12]
+        raise TokenCacheError(f"{path}: encoded with a different tokenizer (fingerprint {theirs}, "
+                              f"this one is {ours}); {redo}")
+    if header.get("replacements_sha256") != expect["replacements_sha256"]:
+        raise TokenCacheError(f"{path}: encoded with different replacement rules; {redo}")
+    if header.get("eos_id") != expect["eos_id"]:
+        raise TokenCacheError(f"{path}: documents end with token {header.get('eos_id')}, "
+                              f"this run uses {expect['eos_id']}; {redo}")
+
+
+def is_token_cache(path: str | Path) -> bool:
+    """Whether `path` is a token cache (by content, not by name)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:2] == GZIP_MAGIC:
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
+        except zlib.error:
+            return False
+    return MAGIC.encode() in head[:64]
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_version(path: Path, version: Any) -> None:
+    if not isinstance(version, int) or version < 1:
+        raise _corrupt(path, "its header has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise TokenCacheError(
+            f"{path}: token cache format {version} is newer than this tinygen-trainer reads "
+            f"({FORMAT_VERSION}); upgrade with: pip install -U tinygen-trainer"
+        )
+
+
+def _next(unpacker: msgpack.Unpacker, path: Path, what: str) -> Any:
+    try:
+        return unpacker.unpack()
+    except msgpack.OutOfData:
+        raise _corrupt(path, f"it ends before its {what} (truncated)") from None
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise _corrupt(path, f"its {what} cannot be decoded") from None
+
+
+def _corrupt(path: Path, why: str) -> TokenCacheError:
+    return TokenCacheError(f"{path}: token cache is corrupt: {why}; delete it and encode again")

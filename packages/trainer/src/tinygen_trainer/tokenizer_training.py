@@ -1,0 +1,90 @@
+"""Byte-level BPE trained from scratch on the user's corpus, as GPT-2's tokenizer was.
+
+Byte level means every string encodes (no unknown token): the 256 bytes are the
+base alphabet and merges are learned on top. Special tokens (`<|endoftext|>`
+first, so it gets id 0, then the user's and the replacement tokens) are matched
+before pre-tokenization and always encode as one id.
+
+Replacement rules are applied to the corpus before training, so, for example,
+URLs replaced by `<|url|>` do not spend merges on URL fragments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
+from tinygen.replacements import Replacements
+
+EOS_TOKEN = "<|endoftext|>"
+BYTE_ALPHABET = 256
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    # Final vocabulary size: 256 bytes + special tokens + learned merges.
+    vocab_size: int = 8000
+    # Extra special tokens after <|endoftext|>, each always one id.
+    special_tokens: tuple[str, ...] = ()
+    # A pair must occur this often to be merged; 2 skips one-off noise.
+    min_frequency: int = 2
+    # Strings/regexes replaced by special tokens before training and encoding.
+    replacements: Replacements = field(default_factory=Replacements)
+    # tokenizers' own progress bar.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(t, str) or not t.strip() for t in self.special_tokens):
+            raise TinygenError(
+                f"special tokens must be non-empty strings, got {list(self.special_tokens)}")
+        if not isinstance(self.min_frequency, int) or self.min_frequency < 1:
+            raise TinygenError(f"min_frequency must be an integer >= 1, got {self.min_frequency!r}")
+        least = BYTE_ALPHABET + len(self.all_special_tokens())
+        if not isinstance(self.vocab_size, int) or self.vocab_size < least:
+            raise TinygenError(
+                f"vocab_size must be at least {least} (256 bytes + {least - BYTE_ALPHABET} "
+                f"special tokens), got {self.vocab_size!r}"
+            )
+
+    def all_special_tokens(self) -> list[str]:
+        """<|endoftext|>, the user's, then every token the replacements name; no duplicates."""
+        tokens = [EOS_TOKEN, *self.special_tokens, *sorted(self.replacements.tokens())]
+        return list(dict.fromkeys(tokens))
+
+
+def train_tokenizer(documents: Sequence[str], config: TokenizerConfig) -> Tokenizer:
+    if not any(doc.strip() for doc in documents):
+        raise TinygenError("cannot train a tokenizer on an empty corpus")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=config.all_special_tokens(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=config.progress,
+    )
+    texts = (config.replacements.apply_encode(doc) for doc in documents)
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(documents))
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike,
+                   replacements: Replacements | None = None) -> Path:
+    """Write tokenizer.json (atomically) and, with rules, replacements.json beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
+    if replacements is not None and replacements.tokens():
+        replacements.save(path.parent / REPLACEMENTS_FILE)
+    return path

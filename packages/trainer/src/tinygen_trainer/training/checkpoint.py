@@ -1,0 +1,157 @@
+"""Resumable checkpoints under OUTPUT/checkpoints/step-00000300/.
+
+A checkpoint is a loadable transformers model folder (config.json,
+model.safetensors, tokenizer.json) plus optimizer.pt (the optimizer state,
+tensors only, read back with torch.load(weights_only=True)) and state.json:
+step, data position, RNG states, loss scaler, and the options a resume must
+keep. Nothing is pickled, so loading a checkpoint runs no code from it.
+
+Writes are atomic: everything goes into a `.tmp-step-...` folder, is fsynced,
+and the folder is renamed into place. A run killed mid-write leaves only a temp
+folder, which readers ignore, so the previous checkpoint stays the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tinygen.errors import TinygenError
+
+from .device import Backend
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d{8,})$")
+TMP_PREFIX = ".tmp-"
+
+
+def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    write_tokenizer: Callable[[Path], None], keep: int) -> Path:
+    """Write checkpoint `step` atomically, then drop all but the newest `keep`."""
+    root = Path(output_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=root))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        write_tokenizer(tmp)
+        payload = {"format_version": FORMAT_VERSION, "step": step, **state}
+        (tmp / STATE_FILE).write_text(json.dumps(payload) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():  # only when an unreadable newer checkpoint was skipped on resume
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(root, keep)
+    return final
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; temp folders and unreadable ones are skipped."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_dir() and _readable(path):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise TinygenError(f"{path}: checkpoint format {state['format_version']} is newer than "
+                           f"this tinygen-trainer reads ({FORMAT_VERSION}); upgrade it")
+    return state
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    # weights_only: tensors and plain containers only; a tampered file cannot run code.
+    state = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    optimizer.load_state_dict(state)
+
+
+def prune(root: Path, keep: int) -> None:
+    complete = list_checkpoints(root.parent)
+    for path in complete[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(f"{TMP_PREFIX}*"):  # left by a run killed mid-write
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- RNG state as JSON ----------------------------------------------------------
+
+def capture_rng(backend: Backend) -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+        "device": backend.rng_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], backend: Backend) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    backend.set_rng_state(state["device"])
+
+
+# -- helpers ----------------------------------------------------------------------
+
+def _readable(path: Path) -> bool:
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(state, dict) and isinstance(state.get("step"), int)
+            and (path / OPTIMIZER_FILE).is_file() and (path / "config.json").is_file()
+            and any(path.glob("model*.safetensors")))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # A rename is durable only once its folder is synced. Not possible on Windows; skip there.
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,262 @@
+"""The training loop: AdamW, a per-step learning rate, gradient accumulation and clipping.
+
+Trainer.from_config resolves and checks everything (setup.py) before the first
+step; fit() is the loop. Override the hooks (train_step, on_step_end,
+save_final) to change one part without copying the loop. Device specifics
+(autocast, loss scaling, XLA's mark_step) live in the backend, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinygen.errors import TinygenError
+
+from ..data.dataset import Rows, Sampler
+from ..data.encoder import Encoder
+from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_optimizer,
+                         read_state, restore_rng, save_checkpoint)
+from .config import TrainConfig
+from .device import Backend, select_backend
+from .loss import causal_lm_loss
+from .progress import Reporter
+from .samples import generate_sample
+from .setup import (PhaseRun, build_encoder, build_phases, load_model, model_window, plan_model,
+                    resolve_block_size)
+
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or finetune) as `config` says; returns the output folder (a transformers model)."""
+    return Trainer.from_config(config).fit()
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, backend: Backend, encoder: Encoder,
+                 model: torch.nn.Module, phases: list[PhaseRun], block_size: int,
+                 reporter: Reporter):
+        self.config = config
+        self.backend = backend
+        self.encoder = encoder
+        self.model = model
+        self.phases = phases
+        self.block_size = block_size
+        self.reporter = reporter
+        self.optimizer = make_optimizer(model, config, backend.device)
+        self.step = 0  # optimizer steps done
+        self.tokens_seen = 0
+        self.tokens_per_step = config.batch_size * config.grad_accum * block_size
+        self._log_time = time.perf_counter()
+        self._log_tokens = 0
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "Trainer":
+        """Build a ready-to-fit trainer; any user error is raised here, before training."""
+        checkpoint = _checkpoint_to_resume(config)
+        backend = select_backend(config.device, config.precision)
+        encoder, added = build_encoder(config)
+        plan = plan_model(config, encoder, added)
+        block_size = resolve_block_size(config, plan)
+        state = read_state(checkpoint) if checkpoint else None
+        if state is not None:
+            _check_resumable(config, encoder, checkpoint, state)
+        reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
+                            config.progress)
+        phases = build_phases(config, encoder, block_size, plan.pad_id)
+        set_seed(config.seed)  # before the model: a fresh init depends on it
+        model = load_model(plan, checkpoint).to(backend.device)
+        trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
+        if state is not None:
+            trainer.restore(checkpoint, state)
+        else:
+            reporter.truncate_after(0)
+        return trainer
+
+    # -- the loop ------------------------------------------------------------
+
+    def fit(self) -> Path:
+        total = self.config.total_steps
+        self.reporter.start(self.step)
+        if self.config.progress:
+            self.reporter.write(self.describe())
+        self.model.train()
+        self._log_time, self._log_tokens = time.perf_counter(), self.tokens_seen
+        try:
+            while self.step < total:
+                phase = self.phase_at(self.step)
+                lr = phase.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = self.train_step(phase.sampler)
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step
+                self.reporter.advance()
+                self.on_step_end(phase, lr, loss)
+            return self.save_final()
+        finally:
+            self.reporter.close()
+
+    def train_step(self, sampler: Sampler) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches; returns its mean loss (on device)."""
+        accum = self.config.grad_accum
+        total = torch.zeros((), device=self.backend.device)
+        for _ in range(accum):
+            batch = self.to_device(sampler.next_rows(self.config.batch_size))
+            with self.backend.autocast():
+                logits = self.model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"], use_cache=False).logits
+            loss = causal_lm_loss(logits, batch["labels"], batch["loss_weights"]) / accum
+            self.backend.backward(loss)
+            total += loss.detach()
+        self.backend.optimizer_step(self.optimizer, self.model.parameters(), self.config.grad_clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def on_step_end(self, phase: PhaseRun, lr: float, loss: torch.Tensor) -> None:
+        """Log, sample and checkpoint. `self.step` is the number of steps done."""
+        cfg = self.config
+        last = self.step == cfg.total_steps
+        if self.step % cfg.log_every == 0 or last:
+            now = time.perf_counter()
+            rate = (self.tokens_seen - self._log_tokens) / max(now - self._log_time, 1e-9)
+            # .item() waits for the device: only on logging steps, so GPUs run ahead in between.
+            self.reporter.log(self.step, {"loss": loss.item(), "lr": lr,
+                                          "tokens_per_s": round(rate, 1), "phase": phase.index})
+            self._log_time, self._log_tokens = now, self.tokens_seen
+        paused = time.perf_counter()
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            text = generate_sample(self.model, self.encoder, self.backend, cfg.sample_prompt,
+                                   cfg.sample_length, model_window(self.model.config))
+            self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
+        if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
+            self.save_checkpoint()
+        self._log_time += time.perf_counter() - paused  # sampling and saving are not training
+
+    # -- saving and resuming -------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "tokens_seen": self.tokens_seen,
+            "data": [p.sampler.state_dict() for p in self.phases],
+            "rng": capture_rng(self.backend),
+            "backend": self.backend.state_dict(),
+            "tokenizer_sha256": self.encoder.fingerprint,
+            "replacements_sha256": self.encoder.replacements_fingerprint,
+            "config": self.config.resume_identity(),
+        }
+        return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, state,
+                               self.write_tokenizer, self.config.keep_checkpoints)
+
+    def restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        load_optimizer(checkpoint, self.optimizer, self.backend.device)
+        for phase, sampler_state in zip(self.phases, state["data"], strict=True):
+            phase.sampler.load_state_dict(sampler_state)
+        restore_rng(state["rng"], self.backend)
+        self.backend.load_state_dict(state["backend"])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.reporter.truncate_after(self.step)
+        if self.config.progress:
+            self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
+
+    def save_final(self) -> Path:
+        out = self.config.output_dir
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.write_tokenizer(out)
+        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2) + "\n",
+                                             encoding="utf-8")
+        return out
+
+    def write_tokenizer(self, folder: Path) -> None:
+        """tokenizer.json with transformers' side files; replacements.json if there are rules."""
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = self.encoder.tokenizer
+        eos = tokenizer.id_to_token(self.encoder.eos_id)
+        bos_id = getattr(self.model.config, "bos_token_id", None)
+        bos = tokenizer.id_to_token(bos_id) if isinstance(bos_id, int) else None
+        # GPT-2 style models have no BOS of their own: EOS doubles as the start of a text.
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos,
+                                bos_token=bos or eos).save_pretrained(folder)
+        if self.encoder.replacements.tokens():
+            self.encoder.replacements.save(Path(folder))
+
+    # -- helpers -------------------------------------------------------------
+
+    def phase_at(self, step: int) -> PhaseRun:
+        for phase in self.phases:
+            if step < phase.start + phase.steps:
+                return phase
+        return self.phases[-1]
+
+    def to_device(self, rows: Rows) -> dict[str, torch.Tensor | None]:
+        to = self.backend.to_device
+        # None when nothing is padded: lets the attention take its fast causal path.
+        mask = None if rows.attention_mask.all() else rows.attention_mask.astype(np.int64)
+        weights = None if np.all(rows.loss_weights == 1.0) else rows.loss_weights
+        return {
+            "input_ids": to(torch.from_numpy(rows.input_ids)),
+            "labels": to(torch.from_numpy(rows.labels)),
+            "attention_mask": None if mask is None else to(torch.from_numpy(mask)),
+            "loss_weights": None if weights is None else to(torch.from_numpy(weights)),
+        }
+
+    def describe(self) -> str:
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        what = f"preset {cfg.preset}" if cfg.preset else f"{cfg.model}"
+        return (f"training {what} ({params / 1e6:.1f}M parameters) on {self.backend.name} "
+                f"{self.backend.precision}: {cfg.total_steps} steps x "
+                f"{self.tokens_per_step:,} tokens")
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig,
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only, not on biases and norms (as nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # lr is set before every step from the schedule; fused kernels where CUDA has them.
+    return torch.optim.AdamW(groups, lr=0.0, betas=config.adam_betas, fused=device.type == "cuda")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device's generator too
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    if config.resume:
+        return latest_checkpoint(config.output_dir)  # none yet: start from the beginning
+    if list_checkpoints(config.output_dir):
+        raise TinygenError(
+            f"{config.output_dir} already has checkpoints; pass --resume to continue that run, "
+            f"or choose another --output"
+        )
+    return None
+
+
+def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
+                     state: dict[str, Any]) -> None:
+    saved = state.get("config", {})
+    for name, value in config.resume_identity().items():
+        if saved.get(name) != value:
+            raise TinygenError(
+                f"cannot resume {checkpoint}: it was trained with {name}={saved.get(name)!r}, "
+                f"this run has {value!r}; keep the options or start a new --output"
+            )
+    if state.get("tokenizer_sha256") != encoder.fingerprint:
+        raise TinygenError(f"cannot resume {checkpoint}: its tokenizer differs from this run's")
+    if len(state.get("data", [])) != len(config.resolved_phases()):
+        raise TinygenError(f"cannot resume {checkpoint}: it has a different number of phases")

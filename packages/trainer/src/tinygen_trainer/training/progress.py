@@ -1,0 +1,87 @@
+"""Reporting: a progress bar (loss, tokens/s, ETA), metrics.jsonl, and optionally TensorBoard.
+
+metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
+"tokens_per_s", "phase"}); it is the record a resumed run continues, so on
+resume the lines after the checkpoint's step are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tinygen.errors import TinygenError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def summary_writer(log_dir: Path):
+    # Imported here: tensorboard is an optional extra and slow to import.
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TinygenError(
+            "--tensorboard needs the tensorboard package: "
+            "pip install 'tinygen-trainer[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class Reporter:
+    def __init__(self, output_dir: Path, total_steps: int, tensorboard_dir: Path | None = None,
+                 progress: bool = True):
+        self.metrics_path = Path(output_dir) / METRICS_FILE
+        self.total_steps = total_steps
+        self.progress = progress
+        self.writer = summary_writer(tensorboard_dir) if tensorboard_dir else None
+        self.bar: tqdm | None = None
+
+    def start(self, step: int) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="training",
+                        disable=not self.progress, dynamic_ncols=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics of steps after `step`: the resumed run logs them again."""
+        if not self.metrics_path.is_file():
+            return
+        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{name}", value, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                 tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+
+    def write(self, text: str) -> None:
+        """Print to stderr (with the bar), above the bar without breaking it."""
+        tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,189 @@
+"""Everything a run needs, resolved from a TrainConfig, with every user error raised up front.
+
+The order is cheapest check first: tokenizer and model config (vocabulary,
+context window) before encoding the corpus, the corpus before loading weights.
+So a bad option fails in seconds, never after an hour of encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
+from tinygen.replacements import Replacements
+
+from ..data.blend import BlendSampler, derive_seed
+from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
+from ..data.encoder import Encoder, find_eos_id, load_tokenizer
+from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, TrainConfig
+from .presets import PRESETS
+from .schedule import LRSchedule
+
+
+@dataclass
+class PhaseRun:
+    """A phase placed on the run's step axis, with its rows and learning rate."""
+
+    index: int
+    start: int  # first global step of the phase
+    steps: int
+    schedule: LRSchedule  # indexed by step - start
+    sampler: Sampler
+
+    def lr_at(self, step: int) -> float:
+        return self.schedule(step - self.start)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model before its weights: where they come from and its transformers config."""
+
+    hf_config: Any  # transformers.PretrainedConfig
+    source: Path | None  # weights to load; None: fresh init from the preset
+    vocab_size: int  # rows the embedding must have (resized when larger than the config's)
+    window: int  # context window in tokens
+    pad_id: int
+
+
+def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
+    """The run's encoder, and how many tokens it added for replacement rules."""
+    if config.model is not None and not config.model.is_dir():
+        raise TinygenError(f"model folder not found: {config.model}")
+    tokenizer_path = config.tokenizer or (config.model / "tokenizer.json")
+    if config.tokenizer is None and not tokenizer_path.is_file():
+        raise TinygenError(f"{config.model}: has no tokenizer.json; pass --tokenizer FILE")
+    tokenizer = load_tokenizer(tokenizer_path)
+    replacements = _replacements(config, tokenizer_path)
+    missing = sorted(t for t in replacements.tokens() if tokenizer.token_to_id(t) is None)
+    if missing:
+        # Finetuning a model whose tokenizer predates the rules: the tokens become new
+        # special tokens, and the model's embedding grows to hold them.
+        tokenizer.add_special_tokens(missing)
+    eos_id = _eos_id(config, tokenizer, tokenizer_path)
+    return Encoder(tokenizer, eos_id, replacements), len(missing)
+
+
+def plan_model(config: TrainConfig, encoder: Encoder, added_tokens: int = 0) -> ModelPlan:
+    """`added_tokens`: how many ids build_encoder appended for replacement rules."""
+    if config.preset is not None:
+        hf_config = PRESETS[config.preset].build_config(encoder.vocab_size, encoder.eos_id)
+        source = None
+    else:
+        hf_config = _load_hf_config(config.model)
+        source = config.model
+        if encoder.vocab_size - added_tokens > hf_config.vocab_size:
+            raise TinygenError(
+                f"tokenizer has {encoder.vocab_size} ids but {config.model} has only "
+                f"{hf_config.vocab_size} embeddings; use the model's own tokenizer"
+            )
+    window = model_window(hf_config)
+    pad = getattr(hf_config, "pad_token_id", None)
+    return ModelPlan(hf_config, source, max(encoder.vocab_size, hf_config.vocab_size), window,
+                     pad if isinstance(pad, int) else encoder.eos_id)
+
+
+def resolve_block_size(config: TrainConfig, plan: ModelPlan) -> int:
+    if config.block_size is None:
+        return min(plan.window, MAX_DEFAULT_BLOCK)
+    if config.block_size > plan.window:
+        raise TinygenError(
+            f"block_size {config.block_size} is larger than the model's context window "
+            f"({plan.window}); use --block-size {plan.window} or less"
+        )
+    return config.block_size
+
+
+def build_phases(config: TrainConfig, encoder: Encoder, block_size: int,
+                 pad_id: int) -> list[PhaseRun]:
+    """Encode every corpus once (phases may share them) and build each phase's sampler."""
+    datasets: dict[tuple[Path, str | None], TokenDataset] = {}
+    runs, start = [], 0
+    for index, phase in enumerate(config.resolved_phases()):
+        for source in phase.data:
+            key = (source.path, source.field)
+            if key not in datasets:
+                datasets[key] = TokenDataset.from_path(
+                    source.path, encoder, field=source.field, errors=config.errors,
+                    line_by_line=config.line_by_line, progress=config.progress)
+        samplers = [_sampler(config, datasets[(s.path, s.field)], s, block_size, pad_id,
+                             derive_seed(config.seed, index, i)) for i, s in enumerate(phase.data)]
+        if len(samplers) == 1:
+            sampler = samplers[0]
+        else:
+            sampler = BlendSampler(samplers, [s.weight for s in phase.data],
+                                   derive_seed(config.seed, index, len(samplers)))
+        peak = phase.learning_rate or config.learning_rate or default_learning_rate(config)
+        schedule = LRSchedule(peak, phase.steps, config.warmup_steps, config.lr_schedule,
+                              config.min_lr_ratio)
+        runs.append(PhaseRun(index, start, phase.steps, schedule, sampler))
+        start += phase.steps
+    return runs
+
+
+def load_model(plan: ModelPlan, weights: Path | None) -> torch.nn.Module:
+    """Weights from `weights` (a checkpoint), else from the plan's source, else a fresh init."""
+    from transformers import AutoModelForCausalLM
+
+    source = weights or plan.source
+    if source is None:
+        model = AutoModelForCausalLM.from_config(plan.hf_config)
+    else:
+        # fp32 master weights whatever the file holds; autocast does the low precision.
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings < plan.vocab_size:
+        model.resize_token_embeddings(plan.vocab_size)
+    return model
+
+
+def default_learning_rate(config: TrainConfig) -> float:
+    return PRESETS[config.preset].learning_rate if config.preset else FINETUNE_LR
+
+
+def model_window(hf_config: Any) -> int:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise TinygenError(
+        "cannot tell the model's context window from its config.json; pass --block-size")
+
+
+def _sampler(config: TrainConfig, dataset: TokenDataset, source: DataSource, block_size: int,
+             pad_id: int, seed: int) -> Sampler:
+    if config.line_by_line:
+        return RecordSampler(dataset, block_size, seed, pad_id, source.loss_weight)
+    return WindowSampler(dataset, block_size, seed, source.loss_weight, config.recency)
+
+
+def _replacements(config: TrainConfig, tokenizer_path: Path) -> Replacements:
+    if config.replacements is not None:
+        return Replacements.load(config.replacements)
+    for folder in (tokenizer_path.parent, config.model):
+        if folder is not None and (folder / REPLACEMENTS_FILE).is_file():
+            return Replacements.load(folder / REPLACEMENTS_FILE)
+    return Replacements()
+
+
+def _eos_id(config: TrainConfig, tokenizer, tokenizer_path: Path) -> int:
+    if config.eos_token is None and config.model is not None:
+        eos = getattr(_load_hf_config(config.model), "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        if isinstance(eos, int):
+            return eos
+    return find_eos_id(tokenizer, config.eos_token, source=str(tokenizer_path))
+
+
+def _load_hf_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    if not (model_dir / "config.json").is_file():
+        raise TinygenError(f"{model_dir}: not a transformers model folder (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except (ValueError, OSError) as exc:
+        raise TinygenError(f"{model_dir}: cannot read config.json ({str(exc)[:200]})") from None

@@ -1,0 +1,126 @@
+"""Byte-level BPE from scratch, replacement rules, and the `tokenizer` / `encode` commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import EncodeRule, Replacements
+from tinygen_trainer.cli import main
+from tinygen_trainer.data import Encoder, TokenDataset
+from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
+
+CORPUS = [
+    "Once upon a time there was a little model that wanted to write stories. "
+    "See https://example.com/stories?id=1 for more, or http://old.example.org/x.",
+    "The quick brown fox jumps over the lazy dog. Naïve café owners serve crème brûlée 🙂.",
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.",
+] * 20
+URL_RULES = Replacements(encode=(EncodeRule(r"https?://\S+", "<|url|>", regex=True),),
+                         decode={"<|url|>": "<url>"}, ban=("<|url|>",))
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(CORPUS), encoding="utf-8")
+    return path
+
+
+def test_byte_level_bpe_round_trips_anything():
+    tok = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=350, special_tokens=("<|user|>",),
+                                                  progress=False))
+    assert tok.token_to_id("<|endoftext|>") == 0
+    assert tok.token_to_id("<|user|>") == 1
+    assert 300 < tok.get_vocab_size() <= 350
+    for text in ["The quick brown fox 🙂", "日本語のテキスト", "tabs\tand\nnewlines ", "ÿ\x00\x7f"]:
+        assert tok.decode(tok.encode(text).ids) == text  # bytes never seen still encode
+    assert tok.encode("hello <|user|> there").ids.count(1) == 1  # a special token is one id
+    assert len(tok.encode("the question").ids) < len("the question")  # merges were learned
+
+
+def test_replacements_become_special_tokens(tmp_path):
+    config = TokenizerConfig(vocab_size=320, replacements=URL_RULES, progress=False)
+    tok = train_tokenizer(CORPUS, config)
+    url_id = tok.token_to_id("<|url|>")
+    assert url_id is not None
+    # no merge was spent on URL fragments
+    assert not any("example" in token for token in tok.get_vocab())
+    path = save_tokenizer(tok, tmp_path / "tokenizer.json", URL_RULES)
+    saved = json.loads((tmp_path / "replacements.json").read_text())
+    assert saved == {"format_version": 1,
+                     "encode": [{"pattern": r"https?://\S+", "regex": True, "token": "<|url|>"}],
+                     "decode": {"<|url|>": "<url>"}, "ban": ["<|url|>"]}
+    encoder = Encoder.load(path, Replacements.load(tmp_path / "replacements.json"))
+    dataset = TokenDataset.from_documents(["visit https://tinygen.dev/docs now"], encoder,
+                                          progress=False)
+    ids = dataset.tokens.tolist()
+    assert ids.count(url_id) == 1
+    assert tok.decode(ids, skip_special_tokens=False).startswith("visit <|url|> now")
+
+
+def test_bad_options():
+    with pytest.raises(TinygenError, match="vocab_size must be at least 258"):
+        TokenizerConfig(vocab_size=100, special_tokens=("<|a|>",))
+    with pytest.raises(TinygenError, match="special tokens must be non-empty"):
+        TokenizerConfig(special_tokens=("",))
+    with pytest.raises(TinygenError, match="empty corpus"):
+        train_tokenizer(["  ", ""], TokenizerConfig(vocab_size=300, progress=False))
+
+
+# -- the commands -------------------------------------------------------------------
+
+def test_tokenizer_and_encode_commands(tmp_path, corpus_file, capsys):
+    out = tmp_path / "tok" / "tokenizer.json"
+    rc = main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "320",
+               "--special-token", "<|user|>", "--replace-regex", r"https?://\S+", "<|url|>",
+               "--decode", "<|url|>", "<url>", "--ban", "<|url|>"])
+    assert rc == 0
+    assert "wrote" in capsys.readouterr().err
+    tok = Tokenizer.from_file(str(out))
+    assert tok.token_to_id("<|user|>") is not None and tok.token_to_id("<|url|>") is not None
+    assert Replacements.load(out.parent / "replacements.json") == URL_RULES
+
+    cache = tmp_path / "corpus.tokens"
+    rc = main(["encode", str(corpus_file), "--tokenizer", str(out), "-o", str(cache), "--quiet"])
+    assert rc == 0
+    assert "tokens in 1 documents" in capsys.readouterr().err
+    # replacements.json beside the tokenizer was applied: every URL is one token
+    encoder = Encoder.load(out, Replacements.load(out.parent / "replacements.json"))
+    dataset = TokenDataset.load(cache, encoder)
+    assert dataset.tokens.tolist().count(tok.token_to_id("<|url|>")) == 40
+
+
+def test_command_errors_are_one_line(tmp_path, corpus_file, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    out = str(tmp_path / "t.json")
+    assert main(["tokenizer", str(empty), "-o", out, "--vocab-size", "300"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygen-train: error: ") and "empty corpus" in err
+    assert err.count("\n") == 1
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe")
+    assert main(["tokenizer", str(bad), "-o", str(tmp_path / "t.json"), "--vocab-size", "300"]) == 2
+    assert "bad.txt: not UTF-8 at byte 3" in capsys.readouterr().err
+    assert main(["tokenizer", str(bad), "-o", str(tmp_path / "t.json"), "--vocab-size", "300",
+                 "--errors", "replace"]) == 0
+    capsys.readouterr()
+
+    assert main(["tokenizer", str(corpus_file), "--replace-regex", "(unclosed", "<|x|>"]) == 2
+    assert "not a valid regex" in capsys.readouterr().err
+
+    # a cache encoded with one tokenizer, read with another
+    cache = tmp_path / "c.tokens"
+    assert main(["encode", str(corpus_file), "--tokenizer", out, "-o", str(cache), "--quiet"]) == 0
+    other = save_tokenizer(train_tokenizer(CORPUS, TokenizerConfig(vocab_size=290, progress=False)),
+                           tmp_path / "other" / "tokenizer.json")
+    with pytest.raises(TinygenError, match="different tokenizer"):
+        TokenDataset.load(cache, Encoder.load(other))
+    assert main(["encode", str(corpus_file), "--tokenizer", str(tmp_path / "nope.json"),
+                 "-o", str(cache)]) == 2
+    assert "tokenizer not found" in capsys.readouterr().err

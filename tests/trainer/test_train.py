@@ -1,0 +1,310 @@
+"""Training: loss falls, exact resume, atomic checkpoints, blends and phases, bad input, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from tinygen.errors import TinygenError
+from tinygen.replacements import EncodeRule, Replacements
+from tinygen_trainer.cli import main
+from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
+from tinygen_trainer.training import DataSource, Phase, TrainConfig, Trainer, read_metrics, train
+from tinygen_trainer.training.device import select_backend
+
+SENTENCES = [
+    "the cat sat on the mat.", "the dog ran in the park.", "a bird sang in the tree.",
+    "the sun rose over the hill.", "we read a book by the fire.", "the rain fell on the roof.",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text(" ".join(rng.choice(SENTENCES, size=300)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    tok = train_tokenizer([corpus.read_text()], TokenizerConfig(vocab_size=300, progress=False))
+    return save_tokenizer(tok, corpus.parent / "tokenizer.json")
+
+
+def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
+    """A few steps of the cpu-tiny preset; `options` override any field."""
+    base = {"output_dir": tmp_path / "out", "data": (corpus,), "preset": "cpu-tiny",
+            "tokenizer": tokenizer_path, "steps": 6, "block_size": 32, "batch_size": 4,
+            "warmup_steps": 2, "log_every": 1, "checkpoint_every": 0, "progress": False}
+    return TrainConfig(**{**base, **options})
+
+
+def losses(out) -> list[float]:
+    return [m["loss"] for m in read_metrics(out)]
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfter(Trainer):
+    """Dies right after step `stop` is logged, as a killed job would."""
+
+    stop = 5
+
+    def on_step_end(self, phase, lr, loss):
+        super().on_step_end(phase, lr, loss)
+        if self.step == self.stop:
+            raise Interrupted
+
+
+# -- learning ----------------------------------------------------------------------
+
+def test_loss_falls_from_scratch(tmp_path, corpus, tokenizer):
+    out = train(tiny(tmp_path, corpus, tokenizer, steps=40, batch_size=8, warmup_steps=4))
+    values = losses(out)
+    assert len(values) == 40
+    assert np.mean(values[-5:]) < np.mean(values[:5]) - 1.5, values
+    # the output is a transformers model folder, ready for export
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.n_layer == 2 and model.config.n_embd == 64
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|endoftext|>"
+    assert json.loads((out / "train_config.json").read_text())["preset"] == "cpu-tiny"
+
+
+def test_finetune_llama_with_padding(tmp_path, tiny_llama_dir):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(SENTENCES * 5), encoding="utf-8")
+    out = train(TrainConfig(output_dir=tmp_path / "out", data=(lines,), model=tiny_llama_dir,
+                            line_by_line=True, block_size=24, steps=4, batch_size=4, log_every=1,
+                            checkpoint_every=0, progress=False))
+    assert all(np.isfinite(losses(out)))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_finetune_adds_replacement_tokens(tmp_path, tiny_gpt2_dir):
+    corpus = tmp_path / "links.txt"
+    corpus.write_text("see https://a.example/x or http://b.example/y. " * 30, encoding="utf-8")
+    rules = Replacements(encode=(EncodeRule(r"https?://\S+", "<|url|>", regex=True),),
+                         decode={"<|url|>": "<url>"})
+    rules.save(tmp_path / "replacements.json")
+    out = train(TrainConfig(output_dir=tmp_path / "out", data=(corpus,), model=tiny_gpt2_dir,
+                            replacements=tmp_path / "replacements.json", block_size=32, steps=2,
+                            batch_size=2, checkpoint_every=0, progress=False))
+    # the tokenizer had no <|url|>: it became id 320 and the embedding grew to hold it
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("<|url|>") == 320
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 321
+    assert Replacements.load(out / "replacements.json") == rules
+
+
+def test_bf16_autocast_on_cpu(tmp_path, corpus, tokenizer):
+    out = train(tiny(tmp_path, corpus, tokenizer, steps=2, precision="bf16", device="cpu"))
+    assert all(np.isfinite(losses(out)))
+
+
+# -- exact resume ------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", ["preset", "finetune"])
+def test_resume_gives_the_same_losses(tmp_path, corpus, tokenizer, tiny_gpt2_dir, source):
+    # finetuning tiny GPT-2 keeps its default dropout 0.1: the RNG state must come back too
+    options = dict(steps=6, checkpoint_every=3, grad_accum=2)
+    if source == "finetune":
+        options.update(preset=None, model=tiny_gpt2_dir, tokenizer=None, learning_rate=1e-3)
+    straight = train(tiny(tmp_path / "a", corpus, tokenizer, **options))
+
+    config = tiny(tmp_path / "b", corpus, tokenizer, **options)
+    with pytest.raises(Interrupted):
+        InterruptAfter.from_config(config).fit()
+    out = config.output_dir
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
+    # a kill while writing step 6 leaves a temp folder; a broken folder has no state.json
+    (out / "checkpoints" / ".tmp-step-00000006-x1").mkdir()
+    (out / "checkpoints" / ".tmp-step-00000006-x1" / "model.safetensors").write_bytes(b"partial")
+    (out / "checkpoints" / "step-00000005").mkdir()
+    (out / "checkpoints" / "step-00000005" / "config.json").write_text("{}")
+
+    with pytest.raises(TinygenError, match="already has checkpoints; pass --resume"):
+        train(config)
+    resumed = train(dataclasses.replace(config, resume=True))
+
+    assert [m["step"] for m in read_metrics(resumed)] == list(range(1, 7))
+    assert losses(resumed) == losses(straight)  # exactly, step for step
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-00000003", "step-00000005", "step-00000006"]  # temp folder cleaned up
+
+
+def test_keeps_the_last_k_checkpoints(tmp_path, corpus, tokenizer):
+    out = train(tiny(tmp_path, corpus, tokenizer, steps=4, checkpoint_every=1, keep_checkpoints=2))
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-00000003", "step-00000004"]
+    state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["step"] == 4 and set(state["rng"]) == {"python", "numpy", "torch", "device"}
+    # a checkpoint is itself a loadable model folder
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-00000004")
+
+
+def test_resume_refuses_changed_options(tmp_path, corpus, tokenizer):
+    config = tiny(tmp_path, corpus, tokenizer, steps=2, checkpoint_every=2)
+    train(config)
+    with pytest.raises(TinygenError, match="trained with batch_size=4, this run has 8"):
+        train(dataclasses.replace(config, resume=True, batch_size=8))
+    # more steps is a valid change: the run continues from step 2
+    longer = train(dataclasses.replace(config, resume=True, steps=3))
+    assert [m["step"] for m in read_metrics(longer)] == [1, 2, 3]
+
+
+def test_samples_do_not_change_training(tmp_path, corpus, tokenizer, capsys):
+    plain = train(tiny(tmp_path / "a", corpus, tokenizer, steps=4))
+    sampled = train(tiny(tmp_path / "b", corpus, tokenizer, steps=4, sample_every=2,
+                         sample_length=8, sample_prompt="the cat"))
+    err = capsys.readouterr().err
+    assert "sample at step 2" in err and "sample at step 4" in err and "the cat" in err
+    assert losses(sampled) == losses(plain)
+
+
+# -- blends, weights and phases ---------------------------------------------------
+
+def test_blend_and_loss_weights(tmp_path, corpus, tokenizer):
+    other = tmp_path / "other.txt"
+    other.write_text("completely different words appear here, again. " * 40, encoding="utf-8")
+    one = train(tiny(tmp_path / "a", corpus, tokenizer, steps=1))
+    half = train(tiny(tmp_path / "b", corpus, tokenizer, steps=1,
+                      data=(DataSource(corpus, loss_weight=0.5),)))
+    assert losses(half)[0] == pytest.approx(losses(one)[0] / 2, rel=1e-6)
+    blended = train(tiny(tmp_path / "c", corpus, tokenizer, steps=3,
+                         data=(DataSource(corpus, weight=3), DataSource(other, weight=1))))
+    assert len(losses(blended)) == 3
+
+
+def test_cross_training_phases(tmp_path, corpus, tokenizer):
+    other = tmp_path / "other.txt"
+    other.write_text("the ship sailed across the sea at night. " * 40, encoding="utf-8")
+    config = tiny(tmp_path, corpus, tokenizer, steps=None, warmup_steps=0, lr_schedule="constant",
+                  data=(), phases=(Phase((corpus,), steps=3, learning_rate=1e-3),
+                                   Phase((other,), steps=2, learning_rate=1e-4)))
+    metrics = read_metrics(train(config))
+    assert [m["phase"] for m in metrics] == [0, 0, 0, 1, 1]
+    assert [m["lr"] for m in metrics] == [1e-3] * 3 + [1e-4] * 2
+
+
+def test_phases_from_the_command_line(tmp_path, corpus, tokenizer, capsys):
+    spec = tmp_path / "phases.json"
+    shutil.copy(corpus, tmp_path / "a.txt")
+    spec.write_text(json.dumps([{"data": ["a.txt"], "steps": 2, "learning_rate": 1e-3},
+                                {"data": [{"path": "a.txt", "loss_weight": 0.5}], "steps": 1}]))
+    rc = main(["train", "--phases", str(spec), "--preset", "cpu-tiny",
+               "--tokenizer", str(tokenizer), "-o", str(tmp_path / "out"), "--block-size", "32",
+               "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "0", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert [m["phase"] for m in read_metrics(tmp_path / "out")] == [0, 0, 1]
+
+
+# -- bad input: one line, before training --------------------------------------------
+
+def test_bad_input_errors(tmp_path, corpus, tokenizer, tiny_gpt2_dir):
+    def fails(match, **options):
+        with pytest.raises(TinygenError, match=match):
+            Trainer.from_config(tiny(tmp_path, corpus, tokenizer, **options))
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", encoding="utf-8")
+    fails("corpus is empty", data=(empty,))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"the cat sat on the mat. " * 10 + b"caf\xe9")
+    fails(r"latin.txt: not UTF-8 at byte 243 .*--errors replace", data=(latin,))
+    Trainer.from_config(tiny(tmp_path, corpus, tokenizer, data=(latin,), errors="replace"))
+    short = tmp_path / "short.txt"
+    short.write_text("the cat.", encoding="utf-8")
+    fails("fewer than block_size 32", data=(short,))
+    fails(r"block_size 256 is larger than the model's context window \(128\)",
+          preset=None, model=tiny_gpt2_dir, tokenizer=None, block_size=256)
+    big_tokenizer = train_tokenizer([corpus.read_text()],
+                                    TokenizerConfig(vocab_size=400, progress=False))
+    big = save_tokenizer(big_tokenizer, tmp_path / "big" / "tokenizer.json")
+    fails(r"tokenizer has \d+ ids but .* has only 320 embeddings",
+          preset=None, model=tiny_gpt2_dir, tokenizer=big)
+    fails("a preset needs --tokenizer", tokenizer=None)
+    fails("tokenizer not found", tokenizer=tmp_path / "missing.json")
+    fails("model folder not found", preset=None, model=tmp_path / "nope", tokenizer=None)
+    fails("exactly one of --model DIR .* or --preset", model=tiny_gpt2_dir)
+    fails("unknown preset 'gpt5'", preset="gpt5")
+    fails("batch_size must be an integer >= 1", batch_size=0)
+    fails("no training data", data=())
+    fails("fp16 needs a GPU", precision="fp16", device="cpu")
+
+
+def test_device_backends():
+    assert select_backend("cpu").precision == "fp32"
+    assert select_backend("cpu", "bf16").precision == "bf16"
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError:
+        with pytest.raises(TinygenError, match="--device xla needs torch_xla"):
+            select_backend("xla")
+    if not torch.cuda.is_available():
+        with pytest.raises(TinygenError, match="no CUDA GPU"):
+            select_backend("cuda")
+
+
+def test_tensorboard_is_optional(tmp_path, corpus, tokenizer):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(TinygenError, match=r"pip install 'tinygen-trainer\[tensorboard\]'"):
+            Trainer.from_config(tiny(tmp_path, corpus, tokenizer, tensorboard_dir=tmp_path / "tb"))
+    else:
+        train(tiny(tmp_path, corpus, tokenizer, steps=2, tensorboard_dir=tmp_path / "tb"))
+        assert list((tmp_path / "tb").iterdir())
+
+
+# -- the command -------------------------------------------------------------------
+
+def test_train_command(tmp_path, corpus, tokenizer, capsys):
+    cache = tmp_path / "corpus.tokens"
+    assert main(["encode", str(corpus), "--tokenizer", str(tokenizer), "-o", str(cache),
+                 "--quiet"]) == 0
+    out = tmp_path / "out"
+    args = ["train", str(cache), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+            "-o", str(out), "--steps", "3", "--block-size", "32", "--batch-size", "2",
+            "--checkpoint-every", "2", "--quiet"]
+    assert main(args) == 0
+    assert "tinygen-train export" in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert main(args) == 2  # checkpoints exist and no --resume
+    err = capsys.readouterr().err
+    assert err.startswith("tinygen-train: error: ") and err.count("\n") == 1 and "--resume" in err
+    assert main(args + ["--resume"]) == 0
+    capsys.readouterr()
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff")
+    assert main(["train", str(bad), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+                 "-o", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.txt: not UTF-8 at byte 3" in err and err.count("\n") == 1
+    assert main(["train", str(corpus), str(corpus), "--weights", "1", "--preset", "cpu-tiny",
+                 "--tokenizer", str(tokenizer), "-o", str(tmp_path / "o3")]) == 2
+    assert "--weights needs one value per corpus (2), got 1" in capsys.readouterr().err
