@@ -38,3 +38,19 @@ def test_generate_drops_and_reports_duplicates(optimum_gpt2_dir):
     assert len(kept) == 1 and [d.of for _, d in kept.dropped] == [0] * 5
     sampled = gen.generate("Once", n=6, seed=0, max_new_tokens=20, dedupe=0.9)
     assert len(sampled) + len(sampled.dropped) == 6
+
+
+def test_dedupe_against_the_training_token_cache(optimum_gpt2_dir, tmp_path):
+    from tinygen.token_cache import save_token_cache
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    [copied] = gen.generate("Once", do_sample=False, max_new_tokens=24)
+    tokens = np.array([5, 6, 7, *copied.token_ids, 9, 9], dtype=np.uint16)
+    cache = save_token_cache(tmp_path / "train.tokens", tokens, np.array([len(tokens)]),
+                             {"tokenizer_sha256": "x", "replacements_sha256": "y",
+                              "vocab_size": gen.manifest.vocab_size, "eos_id": 0})
+    texts = gen.generate("Once", n=3, seed=1, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
+    assert texts.dropped == []  # sampled texts do not copy it
+    greedy = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
+    assert len(greedy) == 0 and greedy.dropped[0][1].of is None
+    assert "repeats the training data" in greedy.dropped[0][1].reason

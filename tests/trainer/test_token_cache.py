@@ -13,7 +13,7 @@ from tinygen.errors import TinygenError
 from tinygen.replacements import EncodeRule, Replacements
 from tinygen_trainer.data import (Encoder, TokenCacheError, TokenDataset, is_token_cache,
                                   load_token_cache)
-from tinygen_trainer.data.token_cache import FORMAT_VERSION, save_token_cache
+from tinygen.token_cache import FORMAT_VERSION, save_token_cache
 from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Naïve café, crème brûlée 🙂.",

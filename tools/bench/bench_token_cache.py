@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from tinygen_trainer.data.encoder import Encoder
-from tinygen_trainer.data.token_cache import load_token_cache, save_token_cache
+from tinygen.token_cache import load_token_cache, save_token_cache
 from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
 

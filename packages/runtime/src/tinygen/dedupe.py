@@ -44,7 +44,10 @@ class NgramIndex:
 
     @classmethod
     def from_token_cache(cls, path: str | os.PathLike, n: int) -> "NgramIndex":
-        from .token_cache import load_token_cache
+        try:
+            from .token_cache import load_token_cache
+        except ImportError:
+            raise TinygenError("reading a token cache needs msgpack: pip install 'tinygen[dedupe]'") from None
 
         cache = load_token_cache(path)
         starts = np.concatenate([[0], cache.doc_ends[:-1]]).astype(np.int64)

@@ -9,7 +9,7 @@ from .blend import BlendSampler, derive_seed
 from .dataset import IGNORE_INDEX, RecordSampler, Rows, Sampler, TokenDataset, WindowSampler
 from .encoder import Encoder, load_tokenizer
 from .sources import read_documents
-from .token_cache import TokenCacheError, is_token_cache, load_token_cache, save_token_cache
+from tinygen.token_cache import TokenCacheError, is_token_cache, load_token_cache, save_token_cache
 
 __all__ = [
     "IGNORE_INDEX", "BlendSampler", "Encoder", "RecordSampler", "Rows", "Sampler",

@@ -25,7 +25,7 @@ from tinygen.errors import TinygenError
 
 from .encoder import Encoder
 from .sources import read_documents
-from .token_cache import is_token_cache, load_token_cache, save_token_cache
+from tinygen.token_cache import is_token_cache, load_token_cache, save_token_cache
 
 IGNORE_INDEX = -100  # labels the loss skips (torch's cross_entropy default)
 

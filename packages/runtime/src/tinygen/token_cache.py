@@ -10,7 +10,9 @@ A cache file is three msgpack objects in a row, gzip-compressed by default:
 3. doc_ends, as one bin of little-endian int64: the exclusive end of each document.
 
 The header comes first so a reader checks the version and the tokenizer before
-it trusts the rest. Files are written to a temp file and renamed into place, so
+it trusts the rest. The trainer writes caches; the runtime reads them to dedupe
+generated text against the training data, so the format lives here, beside the
+manifest (needs msgpack: pip install tinygen[dedupe]). Files are written to a temp file and renamed into place, so
 an interrupted write never leaves a half file under the real name.
 """
 
@@ -28,7 +30,7 @@ from typing import Any, BinaryIO, Callable
 import msgpack
 import numpy as np
 
-from tinygen.errors import TinygenError
+from .errors import TinygenError
 
 FORMAT_VERSION = 1
 MAGIC = "tinygen-tokens"
