@@ -94,10 +94,11 @@ def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
 class BatchDecoding:
     def __init__(self, model: OnnxCausalLM, tokenizer: TextTokenizer, prompts: list[list[int]],
                  seeds: list[int | None], config: GenerationConfig, pad_id: int,
-                 suppress: Sequence[int] = ()):
+                 suppress: Sequence[int] = (), end_ids: Sequence[int] = ()):
         self.model, self.tokenizer, self.config, self.pad_id = model, tokenizer, config, pad_id
         self.window = model.manifest.context_window
-        self.eos = set(model.manifest.eos_token_ids) if config.stop_at_eos else set()
+        # Tokens that end a text: EOS, and the next field's token under context conditioning.
+        self.eos = (set(model.manifest.eos_token_ids) if config.stop_at_eos else set()) | set(end_ids)
         self.rows = [_Row(list(p), s, tokenizer.stream_decoder()) for p, s in zip(prompts, seeds)]
         self.processors = build_processors(config, suppress=suppress)
         self.sampler = GreedySampler() if config.greedy else RandomSampler(seeds)

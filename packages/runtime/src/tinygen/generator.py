@@ -18,6 +18,7 @@ from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
 from .errors import TinygenError
+from .fields import FieldSchema
 from .manifest import Manifest, load_manifest
 from .onnx_model import load_causal_lm
 from .replacements import Replacements
@@ -52,6 +53,8 @@ class TextGenerator:
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
                                        self._load_replacements(replacements))
         self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads)
+        self.fields = FieldSchema.load(self.model_dir / self.manifest.fields_file) \
+            if self.manifest.fields_file else None
         self.defaults = GenerationConfig().merged(**self.manifest.generation)
         self._indexes: dict = {}
 
@@ -71,7 +74,8 @@ class TextGenerator:
     def generate(self, prompt: Prompt | Sequence[Prompt] = "", n: int = 1,
                  seed: int | Sequence[int] | None = None, batch_size: int = 16,
                  progress: bool = False, dedupe: float | None = None, dedupe_ngram: int = 8,
-                 dedupe_against: str | os.PathLike | None = None, **options) -> "Generations":
+                 dedupe_against: str | os.PathLike | None = None, context: dict | None = None,
+                 target: str | None = None, **options) -> "Generations":
         """Generate `n` continuations of each prompt; returns them in prompt order.
 
         Options are GenerationConfig's (max_new_tokens, do_sample, temperature,
@@ -84,8 +88,13 @@ class TextGenerator:
         dedupe: drop texts whose token `dedupe_ngram`-grams overlap an earlier text,
         or the token cache `dedupe_against` (training data), by at least this share;
         the dropped ones are listed in the result's `.dropped`.
+
+        context: for models trained on records with fields (fields.json), the known
+        fields, e.g. {"title": ..., "keywords": [...]}; the text generated is the
+        `target` field (default: the last field not given), and `prompt` is its start.
         """
         config = self.defaults.merged(**options)
+        prompt, end_ids = self._conditioned(prompt, context, target)
         prompts = self._encode_prompts(prompt)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise TinygenError(f"n must be an integer >= 1, got {n!r}")
@@ -97,7 +106,7 @@ class TextGenerator:
         bar = _progress_bar(len(rows)) if progress else None
         for start in range(0, len(rows), batch_size):
             decoding = self._decoding(rows[start:start + batch_size],
-                                      seeds[start:start + batch_size], config)
+                                      seeds[start:start + batch_size], config, end_ids)
             while not decoding.done:
                 decoding.step()
             results.extend(decoding.completions())
@@ -185,9 +194,26 @@ class TextGenerator:
 
     # -- internals --------------------------------------------------------------
 
-    def _decoding(self, prompts, seeds, config) -> BatchDecoding:
+    def _decoding(self, prompts, seeds, config, end_ids=()) -> BatchDecoding:
         return BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id(),
-                             suppress=self._excluded_ids(config))
+                             suppress=self._excluded_ids(config), end_ids=end_ids)
+
+    def _conditioned(self, prompt, context, target) -> tuple:
+        """The prompt with its context fields written in, and the field tokens that end the text."""
+        if context is None:
+            if target is not None:
+                raise TinygenError("target needs a context (the fields to condition on)")
+            return prompt, ()
+        if self.fields is None:
+            raise TinygenError(f"{self.model_dir} was not trained on records with fields "
+                               f"(no fields.json); context needs such a model")
+        if not isinstance(context, dict):
+            raise TinygenError("context must be a dict of field name to value")
+        if not isinstance(prompt, str):
+            raise TinygenError("with a context, the prompt is the start of the target field: one string")
+        head, _ = self.fields.prompt(context, target)
+        vocab = self.tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+        return head + prompt, tuple(vocab[t] for t in self.fields.tokens())
 
     def _excluded_ids(self, config: GenerationConfig) -> list[int]:
         vocab = self.manifest.vocab_size

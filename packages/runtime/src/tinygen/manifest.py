@@ -55,6 +55,7 @@ class Manifest:
     model_file: str = "model.onnx"
     tokenizer_file: str = "tokenizer.json"
     replacements_file: str | None = None
+    fields_file: str | None = None  # fields.json: record fields for context conditioning
     inputs: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_INPUTS))
     outputs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OUTPUTS))
     # Defaults for tinygen.GenerationConfig; the caller's arguments override them.

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinygen.fields import FieldSchema
 from tinygen.replacements import Replacements
 
 from ..data.sources import ERRORS, read_documents
@@ -53,7 +54,9 @@ def replacements_from_args(args: argparse.Namespace) -> Replacements:
 
 def run(args: argparse.Namespace) -> int:
     replacements = replacements_from_args(args)
-    config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=tuple(args.special_token),
+    schema = FieldSchema.parse(args.field) if args.field else None
+    specials = tuple(args.special_token) + tuple(schema.tokens() if schema else ())
+    config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=specials,
                              min_frequency=args.min_frequency, replacements=replacements)
     documents = []
     for path in args.corpus:
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                                         line_by_line=args.line_by_line))
     tokenizer = train_tokenizer(documents, config)
     path = save_tokenizer(tokenizer, args.output, replacements)
+    if schema:  # training and export find it beside the tokenizer, as replacements.json
+        schema.save(Path(path).parent)
     print(f"wrote {path}: {tokenizer.get_vocab_size()} tokens from {len(documents)} documents",
           file=sys.stderr)
     return 0

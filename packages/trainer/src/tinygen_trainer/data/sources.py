@@ -1,5 +1,8 @@
 """Reading a corpus: a text file, a folder of files, or one field of a CSV / JSONL file.
 
+Several fields (`field="title,keywords,body"`) make each record one document
+written with field tokens (tinygen.fields), for context-conditioned generation.
+
 Every reader returns a list of documents (str). A text file is one document, or
 one document per non-empty line in line-by-line mode; a CSV row or JSONL record
 is always one document. Bytes that are not UTF-8 stop the read with the file and
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from tinygen.errors import TinygenError
+from tinygen.fields import FieldSchema
 
 ERRORS = ("strict", "replace")
 CSV_SUFFIXES = (".csv",)
@@ -78,18 +82,23 @@ def _csv_documents(path: Path, text: str, field: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None:
         return []
-    if field not in reader.fieldnames:
-        raise TinygenError(
-            f"{path}: no column '{field}' (columns: {', '.join(reader.fieldnames)}); "
-            f"choose one with --field"
-        )
+    schema = FieldSchema.parse(field)
+    for name in schema.names if schema else (field,):
+        if name not in reader.fieldnames:
+            raise TinygenError(
+                f"{path}: no column '{name}' (columns: {', '.join(reader.fieldnames)}); "
+                f"choose with --field"
+            )
     try:
+        if schema:
+            return [doc for doc in (schema.format(row) for row in reader) if doc]
         return [row[field] for row in reader if row.get(field) and row[field].strip()]
     except csv.Error as exc:
         raise TinygenError(f"{path}: bad CSV at line {reader.line_num} ({exc})") from None
 
 
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
+    schema = FieldSchema.parse(field)
     docs = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -98,6 +107,16 @@ def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TinygenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        if schema:
+            if not isinstance(record, dict):
+                raise TinygenError(f"{path}: line {number} is not a JSON object")
+            try:
+                doc = schema.format(record)
+            except TinygenError as exc:
+                raise TinygenError(f"{path}: line {number}: {exc}") from None
+            if doc:
+                docs.append(doc)
+            continue
         if not isinstance(record, dict) or field not in record:
             raise TinygenError(
                 f"{path}: line {number} has no field '{field}'; choose one with --field")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from tinygen.errors import TinygenError
+from tinygen.fields import FILE_NAME as FIELDS_FILE
 
 from ..data.dataset import Rows, Sampler
 from ..data.encoder import Encoder
@@ -188,6 +190,10 @@ class Trainer:
                                 bos_token=bos or eos).save_pretrained(folder)
         if self.encoder.replacements.tokens():
             self.encoder.replacements.save(Path(folder))
+        # A field schema travels with its tokenizer (from `tinygen-train tokenizer --field a,b`).
+        source = self.config.tokenizer.parent if self.config.tokenizer else self.config.model
+        if source is not None and (source / FIELDS_FILE).is_file() and Path(folder) != source:
+            shutil.copyfile(source / FIELDS_FILE, Path(folder) / FIELDS_FILE)
 
     # -- helpers -------------------------------------------------------------
 
