@@ -101,6 +101,7 @@ class BatchDecoding:
         self.eos = (set(model.manifest.eos_token_ids) if config.stop_at_eos else set()) | set(end_ids)
         self.rows = [_Row(list(p), s, tokenizer.stream_decoder()) for p, s in zip(prompts, seeds)]
         self.processors = build_processors(config, suppress=suppress)
+        self.needs_history = any(p.needs_history for p in self.processors)
         self.sampler = GreedySampler() if config.greedy else RandomSampler(seeds)
         self.slides = 0
         self._prefill([r.prompt_ids for r in self.rows])
@@ -125,7 +126,7 @@ class BatchDecoding:
 
     def step(self) -> list[Piece]:
         """Generate one token for each unfinished row; returns the text each row gained."""
-        histories = [r.prompt_ids + r.generated for r in self.rows]
+        histories = [r.prompt_ids + r.generated for r in self.rows] if self.needs_history else None
         logits = self.logits
         for processor in self.processors:
             logits = processor(logits, histories)

@@ -32,12 +32,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class LogitsProcessor:
+    # Whether __call__ reads `history`; the loop builds it only when some processor does.
+    needs_history = False
+
     def __call__(self, logits: np.ndarray, history: History) -> np.ndarray:
         raise NotImplementedError
 
 
 class RepetitionPenalty(LogitsProcessor):
     """Divide positive (multiply negative) logits of tokens already seen by `penalty`."""
+
+    needs_history = True
 
     def __init__(self, penalty: float):
         self.penalty = np.float32(penalty)
@@ -53,6 +58,8 @@ class RepetitionPenalty(LogitsProcessor):
 
 class NoRepeatNGram(LogitsProcessor):
     """Ban any token that would complete an n-gram already present in the row."""
+
+    needs_history = True
 
     def __init__(self, size: int):
         self.size = size
