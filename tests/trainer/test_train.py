@@ -269,15 +269,31 @@ def test_device_backends():
             select_backend("cuda")
 
 
-def test_tensorboard_is_optional(tmp_path, corpus, tokenizer):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(TinygenError, match=r"pip install 'tinygen-trainer\[tensorboard\]'"):
-            Trainer.from_config(tiny(tmp_path, corpus, tokenizer, tensorboard_dir=tmp_path / "tb"))
-    else:
-        train(tiny(tmp_path, corpus, tokenizer, steps=2, tensorboard_dir=tmp_path / "tb"))
-        assert list((tmp_path / "tb").iterdir())
+def test_tensorboard_writes_the_scalars(tmp_path, corpus, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny(tmp_path, corpus, tokenizer, steps=4, log_every=2, tensorboard_dir=tmp_path / "tb"))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert any("loss" in t for t in tags)
+    loss_tag = next(t for t in tags if "loss" in t)
+    assert [e.step for e in events.Scalars(loss_tag)] == [2, 4]
+
+
+def test_tensorboard_is_an_optional_extra(tmp_path, corpus, tokenizer, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_tensorboard)
+    with pytest.raises(TinygenError, match=r"pip install 'tinygen-trainer\[tensorboard\]'"):
+        Trainer.from_config(tiny(tmp_path, corpus, tokenizer, tensorboard_dir=tmp_path / "tb"))
 
 
 # -- the command -------------------------------------------------------------------
