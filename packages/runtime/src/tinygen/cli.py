@@ -4,6 +4,7 @@
     tinygen generate "Hello" -n 5 --seed 42 --to-file texts.txt
     tinygen curate "Once upon a time" -k 3 --save story.json
     tinygen info --model DIR
+    tinygen serve --model DIR --port 8000       # OpenAI-compatible server (needs tinygen[server])
 
 Library errors (TinygenError) become one line on stderr and exit code 2.
 """
@@ -18,7 +19,7 @@ from .config import GenerationConfig
 from .errors import TinygenError
 from .generator import DELIMITER
 
-COMMANDS = ("generate", "curate", "info")
+COMMANDS = ("generate", "curate", "info", "serve")
 BOLD, RESET = "\033[1m", "\033[0m"
 PROB_COLOURS = (196, 202, 214, 226, 154, 46)  # xterm-256: red (unlikely) .. green (likely)
 
@@ -85,7 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
                                          formatter_class=fmt))
     info = sub.add_parser("info", help="describe a model directory", formatter_class=fmt)
     _add_model_arguments(info)
+    _add_serve_arguments(sub.add_parser("serve", help="serve the model over HTTP (OpenAI API, playground)",
+                                        formatter_class=fmt))
     return parser
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    from .serving.settings import ServerSettings
+
+    d = ServerSettings()
+    _add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback exposes the server)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $TINYGEN_API_KEY, else no key)")
+    p.add_argument("--model-name", default=None, help="the model id clients use (default: the directory name)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together")
+    p.add_argument("--max-waiting", type=int, default=d.max_waiting,
+                   help="requests queued for a place; more get 429")
+    p.add_argument("--max-tokens-limit", type=int, default=d.max_tokens_limit, help="largest max_tokens allowed")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -178,6 +198,21 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import os
+
+    from .serving.server import require_server_extra, serve
+    from .serving.settings import ServerSettings
+
+    require_server_extra()
+    settings = ServerSettings(
+        model_name=args.model_name, api_key=args.api_key or os.environ.get("TINYGEN_API_KEY") or None,
+        max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_limit=args.max_tokens_limit,
+        max_body_bytes=args.max_body_bytes).validated()
+    serve(_generator(args), settings, host=args.host, port=args.port, err=err)
+    return 0
+
+
 def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -186,7 +221,7 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
         argv.insert(0, "generate")
     args = build_parser().parse_args(argv)
     try:
-        run = {"info": run_info, "curate": run_curate}.get(args.command, run_generate)
+        run = {"info": run_info, "curate": run_curate, "serve": run_serve}.get(args.command, run_generate)
         return run(args, out, err)
     except TinygenError as exc:
         err.write(f"tinygen: error: {exc}\n")

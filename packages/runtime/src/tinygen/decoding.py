@@ -12,7 +12,7 @@ one prefill per half-window of tokens, and memory stays flat however long the te
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -67,17 +67,70 @@ class Piece(str):
         return self
 
 
-@dataclass
-class _Row:
-    prompt_ids: list[int]
-    seed: int | None
-    decoder: StreamDecoder
-    generated: list[int] = field(default_factory=list)
-    probs: list[TokenProb] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of `text` already handed out
-    probs_emitted: int = 0
-    finish_reason: str | None = None
+class SequenceState:
+    """One sequence's progress: its tokens and text, what was handed out, and why it ended.
+
+    The rules that make a text what it is live here, shared by BatchDecoding and the
+    serving engine: where it ends (EOS, stop string, length, window), which text may
+    be shown yet (stop strings held back), and the probabilities recorded per token.
+    """
+
+    def __init__(self, prompt_ids: Sequence[int], seed: int | None, decoder: StreamDecoder,
+                 config: GenerationConfig, eos: frozenset[int] | set[int], window: int):
+        self.prompt_ids, self.seed, self.decoder = list(prompt_ids), seed, decoder
+        self.config, self.eos, self.window = config, eos, window
+        self.generated: list[int] = []
+        self.probs: list[TokenProb] = []
+        self.text = ""
+        self.emitted = 0  # characters of `text` already handed out
+        self.probs_emitted = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def history(self) -> list[int]:
+        return self.prompt_ids + self.generated
+
+    def record_probs(self, probs: np.ndarray, token: int, token_text) -> None:
+        """probs: this step's distribution (vocab,); token_text: id -> shown text."""
+        top = ()
+        top_n = self.config.top_n
+        if top_n:
+            best = np.argpartition(-probs, min(top_n, len(probs) - 1))[:top_n]
+            best = best[np.argsort(-probs[best], kind="stable")]
+            top = tuple((token_text(int(i)), float(probs[i])) for i in best)
+        self.probs.append(TokenProb(token, token_text(token), float(probs[token]), top))
+
+    def advance(self, token: int, position: int) -> Piece:
+        """Take the token sampled at `position`; returns the text that can be shown now."""
+        if token in self.eos:
+            self.finish_reason = "eos"
+            if self.probs:
+                self.probs.pop()  # the EOS token is not part of the text
+        else:
+            self.generated.append(token)
+            self.text += self.decoder.step(token)
+            stops = self.config.stop
+            if stops:
+                cut = min((i for i in (self.text.find(s, max(0, self.emitted - len(s)))
+                                       for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    self.text, self.finish_reason = self.text[:cut], "stop"
+            if not self.finish_reason:
+                if len(self.generated) >= self.config.max_new_tokens:
+                    self.finish_reason = "length"
+                elif position + 1 >= self.window and not self.config.slide_window:
+                    self.finish_reason = "window"
+        end = len(self.text) if self.finish_reason else \
+            len(self.text) - _partial_stop(self.text, self.config.stop)
+        text, self.emitted = self.text[self.emitted:end], max(self.emitted, end)
+        probs = ()
+        if text or self.finish_reason:
+            probs, self.probs_emitted = tuple(self.probs[self.probs_emitted:]), len(self.probs)
+        return Piece(text, probs)
+
+    def completion(self) -> Completion:
+        return Completion(self.text, self.seed, tuple(self.generated), self.finish_reason or "length",
+                          tuple(self.probs))
 
 
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
@@ -99,7 +152,8 @@ class BatchDecoding:
         self.window = model.manifest.context_window
         # Tokens that end a text: EOS, and the next field's token under context conditioning.
         self.eos = (set(model.manifest.eos_token_ids) if config.stop_at_eos else set()) | set(end_ids)
-        self.rows = [_Row(list(p), s, tokenizer.stream_decoder()) for p, s in zip(prompts, seeds)]
+        self.rows = [SequenceState(p, s, tokenizer.stream_decoder(), config, self.eos, self.window)
+                     for p, s in zip(prompts, seeds)]
         self.processors = build_processors(config, suppress=suppress)
         self.needs_history = any(p.needs_history for p in self.processors)
         self.sampler = GreedySampler() if config.greedy else RandomSampler(seeds)
@@ -126,7 +180,7 @@ class BatchDecoding:
 
     def step(self) -> list[Piece]:
         """Generate one token for each unfinished row; returns the text each row gained."""
-        histories = [r.prompt_ids + r.generated for r in self.rows] if self.needs_history else None
+        histories = [r.history for r in self.rows] if self.needs_history else None
         logits = self.logits
         for processor in self.processors:
             logits = processor(logits, histories)
@@ -135,7 +189,7 @@ class BatchDecoding:
             self._record_probs(self.logits if self.config.raw_probs else logits, tokens)
         pieces = []
         for row, token, position in zip(self.rows, tokens.tolist(), self.next_position.tolist()):
-            pieces.append(Piece("") if row.finish_reason else self._advance(row, token, position))
+            pieces.append(Piece("") if row.finish_reason else row.advance(token, position))
         if not self.done:
             active = np.array([not r.finish_reason for r in self.rows])
             if self.next_position[active].max() >= self.window:
@@ -154,47 +208,13 @@ class BatchDecoding:
         """The window is full: restart the cache from the last half of each row's tokens."""
         keep = max(1, self.window // 2)
         self.slides += 1
-        self._prefill([(r.prompt_ids + r.generated)[-keep:] for r in self.rows])
+        self._prefill([r.history[-keep:] for r in self.rows])
 
     def _record_probs(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         probs = softmax(logits.astype(np.float64))
-        top_n = self.config.top_n
         for row, p, token in zip(self.rows, probs, tokens.tolist()):
-            if row.finish_reason:
-                continue
-            top = ()
-            if top_n:
-                best = np.argpartition(-p, min(top_n, len(p) - 1))[:top_n]
-                best = best[np.argsort(-p[best], kind="stable")]
-                top = tuple((self.tokenizer.token_text(int(i)), float(p[i])) for i in best)
-            row.probs.append(TokenProb(token, self.tokenizer.token_text(token), float(p[token]), top))
-
-    def _advance(self, row: _Row, token: int, position: int) -> Piece:
-        if token in self.eos:
-            row.finish_reason = "eos"
-            if row.probs:
-                row.probs.pop()  # the EOS token is not part of the text
-        else:
-            row.generated.append(token)
-            row.text += row.decoder.step(token)
-            stops = self.config.stop
-            if stops:
-                cut = min((i for i in (row.text.find(s, max(0, row.emitted - len(s)))
-                                       for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    row.text, row.finish_reason = row.text[:cut], "stop"
             if not row.finish_reason:
-                if len(row.generated) >= self.config.max_new_tokens:
-                    row.finish_reason = "length"
-                elif position + 1 >= self.window and not self.config.slide_window:
-                    row.finish_reason = "window"
-        end = len(row.text) if row.finish_reason else len(row.text) - _partial_stop(row.text, self.config.stop)
-        text, row.emitted = row.text[row.emitted:end], max(row.emitted, end)
-        probs = ()
-        if text or row.finish_reason:
-            probs, row.probs_emitted = tuple(row.probs[row.probs_emitted:]), len(row.probs)
-        return Piece(text, probs)
+                row.record_probs(p, token, self.tokenizer.token_text)
 
     def completions(self) -> list[Completion]:
-        return [Completion(r.text, r.seed, tuple(r.generated), r.finish_reason or "length", tuple(r.probs))
-                for r in self.rows]
+        return [r.completion() for r in self.rows]

@@ -1,0 +1,129 @@
+"""tinygen on a Ray cluster: batch generation over a pool of actors, and a Ray Serve deployment.
+
+    import ray
+    from tinygen.ray import generate
+    ray.init()
+    texts = generate("Once upon a time", model="my-model", n=1000, seed=7, num_workers=4)
+    texts[17].seed   # 24: TextGenerator("my-model").generate("Once upon a time", seed=24) is this text
+
+    from ray import serve
+    from tinygen.ray import deployment
+    serve.run(deployment("my-model", num_replicas=2), route_prefix="/")   # `tinygen serve` on Ray Serve
+
+`generate` hands out chunks of sequences to a pool of actors, one TextGenerator per
+actor (the model loads once per worker), and gives the texts back in order. Seeds are
+chosen on the driver exactly as TextGenerator.generate chooses them (sequence i gets
+seed + i), and a text does not depend on which worker or batch made it, so every text
+equals the one TextGenerator.generate makes with its seed. (Past the model's window, a
+batch of prompts of different lengths slides together, in TextGenerator too: such long
+texts are equal only when each chunk holds one prompt's texts or `batch_size` is 1.)
+
+An actor pool rather than Ray Data: it needs only `ray` itself (no pandas or pyarrow),
+and the work is already split by the seeds. `deployment` runs the same ASGI app as
+`tinygen serve` (OpenAI API, websocket, playground) in each replica; it needs
+`ray[serve]`. Ray is imported only when these functions run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from .config import GenerationConfig
+from .decoding import Completion
+from .errors import TinygenError
+from .generator import Prompt, TextGenerator, _is_token_ids, embedded_model_dir
+from .manifest import load_manifest
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise TinygenError("tinygen.ray needs Ray: pip install ray (ray[serve] for the deployment)") from None
+    return ray
+
+
+class _Worker:
+    """One actor: a TextGenerator, loaded once, generating the chunks it is given."""
+
+    def __init__(self, model: str, device: str, threads: int | None):
+        self.generator = TextGenerator(model, device=device, threads=threads)
+
+    def generate(self, prompts: list, seeds: list, batch_size: int, options: dict) -> list[tuple]:
+        texts = self.generator.generate(prompts, n=1, seed=seeds, batch_size=batch_size, **options)
+        # Plain tuples: Completion (a str subclass with extra fields) does not pickle as itself.
+        return [(str(t), t.seed, t.token_ids, t.finish_reason, t.token_probs) for t in texts]
+
+
+def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | None = None, n: int = 1,
+             seed: int | Sequence[int] | None = None, num_workers: int = 2, batch_size: int = 16,
+             chunk_size: int | None = None, device: str = "cpu", threads: int | None = None,
+             cpus_per_worker: float = 1, **options: Any) -> list[Completion]:
+    """TextGenerator.generate over Ray: `n` texts per prompt, in prompt order.
+
+    Needs a running Ray (ray.init()). num_workers actors each load the model (a path
+    every node can read); chunk_size sequences (default batch_size) go to an actor at a
+    time, decoded batch_size at once; options are GenerationConfig's. Each result is a
+    Completion whose `.seed` remakes it with TextGenerator alone.
+    """
+    ray = _ray()
+    if not ray.is_initialized():
+        raise TinygenError("Ray is not running here: call ray.init() (or ray.init(address=...)) first")
+    model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
+    config = GenerationConfig().merged(**load_manifest(model_dir).generation).merged(**options)
+    prompts = [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
+    if not prompts:
+        raise TinygenError("no prompts given")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise TinygenError(f"n must be an integer >= 1, got {n!r}")
+    for name, value in (("num_workers", num_workers), ("batch_size", batch_size),
+                        ("chunk_size", chunk_size or batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
+    rows = [p for p in prompts for _ in range(n)]
+    seeds = TextGenerator._seeds(seed, len(rows), config)
+    size = chunk_size or batch_size
+    chunks = [(rows[i:i + size], seeds[i:i + size]) for i in range(0, len(rows), size)]
+    worker = ray.remote(num_cpus=cpus_per_worker)(_Worker)
+    actors = [worker.remote(model_dir, device, threads) for _ in range(min(num_workers, len(chunks)))]
+    pool = ray.util.ActorPool(actors)
+    results: list[Completion] = []
+    try:
+        for done in pool.map(lambda actor, chunk: actor.generate.remote(*chunk, batch_size, options), chunks):
+            results.extend(Completion(*fields) for fields in done)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return results
+
+
+class _ServeReplica:
+    """One Ray Serve replica: the `tinygen serve` app over its own TextGenerator."""
+
+    def __init__(self, model: str, settings, device: str, threads: int | None):
+        from .serving.app import create_app
+
+        self._app = create_app(TextGenerator(model, device=device, threads=threads), settings)
+
+    def __serve_build_asgi_app__(self):
+        return self._app
+
+
+def deployment(model: str | os.PathLike | None = None, settings=None, device: str = "cpu",
+               threads: int | None = None, name: str = "tinygen", **deployment_options: Any):
+    """A Ray Serve application serving the model as `tinygen serve` does; pass it to serve.run.
+
+    settings: a tinygen.serving.ServerSettings (limits, API key); deployment_options go
+    to serve.deployment (num_replicas, ray_actor_options, ...). Each replica runs its
+    own engine, with continuous batching inside it.
+    """
+    _ray()
+    from ray import serve
+
+    from .serving.settings import ServerSettings
+
+    model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
+    settings = (settings or ServerSettings()).validated()
+    app = serve.deployment(serve.ingress()(_ServeReplica), name=name, **deployment_options)
+    return app.bind(model_dir, settings, device, threads)

@@ -1,0 +1,43 @@
+"""ServerSettings: the server's limits and access, documented once, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import TinygenError
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    # The id clients pass as `model` and /v1/models lists (None: the model directory's name).
+    model_name: str | None = None
+    # When set, every API call needs "Authorization: Bearer <api_key>" (the websocket also
+    # takes it as the `api_key` field of a message, since browsers cannot set headers).
+    api_key: str | None = None
+    # Sequences decoded together in one batch; one request's prompts x n must fit.
+    max_batch: int = 16
+    # Requests queued while the batch is full (0: none); one more gets 429.
+    max_waiting: int = 64
+    # Largest request body, and largest websocket message, in bytes (else 413).
+    max_body_bytes: int = 1 << 20
+    # Largest `max_tokens` one request may ask for.
+    max_tokens_limit: int = 4096
+    # Largest `n`.
+    max_n: int = 16
+    # Most probability alternatives per token (`logprobs`), OpenAI's limit.
+    max_logprobs: int = 5
+    # Most stop strings, OpenAI's limit.
+    max_stop: int = 4
+
+    def validated(self) -> "ServerSettings":
+        for name in ("max_batch", "max_body_bytes", "max_tokens_limit", "max_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("max_waiting", "max_logprobs", "max_stop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise TinygenError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise TinygenError("api_key must not be empty (leave it unset for no authentication)")
+        return self

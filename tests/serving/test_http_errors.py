@@ -1,0 +1,129 @@
+"""Bad input over HTTP: always a 4xx with OpenAI's error body, and the server goes on serving."""
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from tinygen.serving import ServerSettings  # noqa: E402
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def served(gpt2_gen, serve_on_loopback):
+    settings = ServerSettings(max_body_bytes=LIMIT, max_tokens_limit=500, max_n=4, max_batch=8)
+    with serve_on_loopback(gpt2_gen, settings) as (url, app):
+        yield url, app.state.server.model_id
+
+
+def assert_error(reply, status, message=None, param=None, code=None):
+    got_status, _, body = reply
+    assert got_status == status, body
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    if message:
+        assert message in body["error"]["message"]
+    if param:
+        assert body["error"]["param"] == param
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_malformed_json(served, call):
+    url, _ = served
+    assert_error(call("POST", f"{url}/v1/completions", b'{"prompt": "Hi",'), 400, "not valid JSON",
+                 code="invalid_json")
+    assert_error(call("POST", f"{url}/v1/completions", b'\xff\xfe'), 400, "not valid JSON")
+    assert_error(call("POST", f"{url}/v1/completions", b'["Hi"]'), 400, "must be a JSON object")
+
+
+def test_unknown_parameters_are_named(served, call):
+    url, model = served
+    error = assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": "Hi", "temprature": 1}),
+                         400, "unknown parameter 'temprature'", param="temprature")
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("field,value,param", [
+    ("temperature", -1, "temperature"), ("temperature", "hot", "temperature"), ("top_p", 0, "top_p"),
+    ("n", 0, "n"), ("n", 5, "n"), ("max_tokens", 0, "max_tokens"), ("max_tokens", 501, "max_tokens"),
+    ("logprobs", 6, "logprobs"), ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", [""], "stop"),
+    ("seed", -1, "seed"), ("seed", 1.5, "seed"), ("prompt", {"text": "Hi"}, "prompt"), ("prompt", [], "prompt"),
+    ("stream", "yes", "stream"), ("logit_bias", {"x": 1}, "logit_bias"), ("logit_bias", {"3": 500}, "logit_bias"),
+    ("presence_penalty", 0.5, "presence_penalty"), ("best_of", 2, "best_of"), ("suffix", "end", "suffix"),
+    ("top_k", -1, "top_k"), ("repetition_penalty", 0, "repetition_penalty"),
+])
+def test_bad_values_name_their_parameter(served, call, field, value, param):
+    url, model = served
+    assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": "Hi", field: value}), 400,
+                 param=param)
+
+
+def test_missing_and_unknown_models(served, call):
+    url, _ = served
+    assert_error(call("POST", f"{url}/v1/completions", {"prompt": "Hi"}), 400, param="model")
+    assert_error(call("POST", f"{url}/v1/completions", {"model": "gpt-4", "prompt": "Hi"}), 404,
+                 "does not exist", code="model_not_found")
+    assert_error(call("GET", f"{url}/v1/models/gpt-4"), 404, code="model_not_found")
+
+
+def test_oversized_bodies_are_refused_before_reading_them(served, call):
+    url, model = served
+    big = {"model": model, "prompt": "x" * LIMIT}
+    assert_error(call("POST", f"{url}/v1/completions", big), 413, "over the limit of 4096 bytes",
+                 code="request_too_large")
+
+
+def test_a_prompt_longer_than_the_window_is_a_400(served, call, gpt2_gen):
+    url, model = served
+    ids = [5] * gpt2_gen.manifest.context_window
+    assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ids}), 400,
+                 "the model's window is 128 tokens")
+    assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": [99999]}), 400,
+                 "outside the vocabulary")
+
+
+def test_too_many_sequences_in_one_request(served, call):
+    url, model = served
+    assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ["a", "b", "c"], "n": 4}),
+                 400, "12 sequences asked for")
+
+
+def test_unknown_routes_and_methods_are_json_too(served, call):
+    url, _ = served
+    assert_error(call("GET", f"{url}/v1/chat/completions"), 404)
+    assert_error(call("GET", f"{url}/v1/completions"), 405)
+
+
+def test_too_many_concurrent_requests_get_429(gpt2_gen, serve_on_loopback, call, eventually):
+    with serve_on_loopback(gpt2_gen, ServerSettings(max_batch=1, max_waiting=1)) as (url, app):
+        model = app.state.server.model_id
+        engine = app.state.server.engine
+        long = {"model": model, "prompt": "Once", "max_tokens": 4000, "seed": 1}
+        holders = [threading.Thread(target=call, args=("POST", f"{url}/v1/completions", long),
+                                    kwargs={"timeout": 60}) for _ in range(2)]
+        holders[0].start()  # it decodes
+        assert eventually(lambda: engine.active == 1, 10)
+        holders[1].start()  # it waits
+        assert eventually(lambda: engine.waiting == 1, 10)
+        status, headers, body = call("POST", f"{url}/v1/completions", long)
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert body["error"]["code"] == "server_busy" and "try again" in body["error"]["message"]
+        # Free the slots (the same as the clients going away) so the threads end.
+        for handle in {s.owner for s in engine._sequences} | {h for h, _ in engine._waiting}:
+            handle._loop.call_soon_threadsafe(handle.cancel)
+        for t in holders:
+            t.join(30)
+
+
+def test_the_server_still_serves_after_all_that(served, call):
+    url, model = served
+    status, _, body = call("POST", f"{url}/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 3,
+                                                             "seed": 1})
+    assert status == 200 and body["choices"][0]["seed"] == 1
+    assert json.dumps(body)  # plain JSON throughout
+

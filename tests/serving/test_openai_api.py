@@ -1,0 +1,182 @@
+"""The official `openai` client, unchanged, against `tinygen serve` on loopback."""
+
+import math
+import socket
+import threading
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from tinygen.serving import ServerSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(gpt2_gen, serve_on_loopback):
+    with serve_on_loopback(gpt2_gen, ServerSettings(max_batch=16)) as (url, app):
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=f"{served[0]}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+def test_models_lists_the_one_model(client, optimum_gpt2_dir):
+    [model] = client.models.list().data
+    assert model.id == optimum_gpt2_dir.name and model.owned_by == "tinygen"
+    assert client.models.retrieve(model.id).id == model.id
+
+
+def test_a_completion_with_a_seed_is_the_text_generate_makes(client, model_id, gpt2_gen):
+    reply = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=24, seed=11,
+                                      temperature=0.9, top_p=0.95)
+    [want] = gpt2_gen.generate("Once upon a time", seed=11, max_new_tokens=24, temperature=0.9, top_p=0.95)
+    [choice] = reply.choices
+    assert choice.text == str(want) and choice.seed == 11
+    assert choice.finish_reason == {"eos": "stop", "length": "length"}[want.finish_reason]
+    assert reply.usage.completion_tokens == len(want.token_ids)
+    assert reply.usage.prompt_tokens == len(gpt2_gen.tokenizer.encode("Once upon a time"))
+    assert reply.object == "text_completion" and reply.model == model_id
+
+
+def test_prompt_lists_and_n_number_choices_as_generate_seeds_them(client, model_id, gpt2_gen):
+    prompts = ["Once upon a time", "To be"]
+    reply = client.completions.create(model=model_id, prompt=prompts, n=3, max_tokens=12, seed=40)
+    want = gpt2_gen.generate(prompts, n=3, seed=40, max_new_tokens=12)
+    got = sorted(reply.choices, key=lambda c: c.index)
+    assert [c.text for c in got] == [str(w) for w in want]
+    assert [c.seed for c in got] == list(range(40, 46))
+
+
+def test_token_id_prompts(client, model_id, gpt2_gen):
+    ids = gpt2_gen.tokenizer.encode("The quick brown fox")
+    reply = client.completions.create(model=model_id, prompt=ids, max_tokens=10, seed=3)
+    assert reply.choices[0].text == str(gpt2_gen.generate(ids, seed=3, max_new_tokens=10)[0])
+
+
+def test_streaming_gives_the_same_text_and_usage_last(client, model_id, gpt2_gen):
+    stream = client.completions.create(model=model_id, prompt=["Once upon a time", "To be"], n=2,
+                                       max_tokens=30, seed=7, stream=True,
+                                       stream_options={"include_usage": True})
+    texts, finish, usage = {}, {}, None
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+        if chunk.usage:
+            usage = chunk.usage
+    want = gpt2_gen.generate(["Once upon a time", "To be"], n=2, seed=7, max_new_tokens=30)
+    assert [texts[i] for i in range(4)] == [str(w) for w in want]
+    assert sorted(finish) == [0, 1, 2, 3]
+    assert usage.completion_tokens == sum(len(w.token_ids) for w in want)
+
+
+def test_greedy_needs_no_seed(client, model_id, gpt2_gen):
+    reply = client.completions.create(model=model_id, prompt="To be", max_tokens=10, temperature=0)
+    assert reply.choices[0].seed is None
+    assert reply.choices[0].text == str(gpt2_gen.generate("To be", do_sample=False, max_new_tokens=10)[0])
+
+
+def test_logprobs_are_the_models_own(client, model_id, gpt2_gen):
+    reply = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=8, seed=5,
+                                      temperature=0.7, logprobs=3)
+    [want] = gpt2_gen.generate("Once upon a time", seed=5, max_new_tokens=8, temperature=0.7,
+                               return_probs=True, raw_probs=True, top_n=3)
+    lp = reply.choices[0].logprobs
+    assert lp.tokens == [tp.text for tp in want.token_probs]
+    assert lp.token_logprobs == pytest.approx([math.log(tp.prob) for tp in want.token_probs], abs=1e-4)
+    assert all(len(top) <= 3 for top in lp.top_logprobs)
+    assert lp.text_offset[0] == 0
+
+
+def test_echo_and_stop(client, model_id, gpt2_gen):
+    [want] = gpt2_gen.generate("Once upon a time", seed=9, max_new_tokens=40, stop=["e"])
+    reply = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=40, seed=9,
+                                      stop="e", echo=True)
+    assert reply.choices[0].text == "Once upon a time" + str(want)
+
+
+def test_concurrent_clients_share_decode_steps_and_keep_their_texts(client, model_id, gpt2_gen, served):
+    engine = served[1].state.server.engine
+    before = engine.stats.steps
+    results = {}
+
+    def ask(seed):
+        reply = client.completions.create(model=model_id, prompt="It read every book", max_tokens=40,
+                                          seed=seed, stream=seed % 2 == 0)
+        if seed % 2 == 0:
+            results[seed] = "".join(c.choices[0].text for c in reply if c.choices)
+        else:
+            results[seed] = reply.choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in range(200, 208)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    want = gpt2_gen.generate("It read every book", n=8, seed=200, max_new_tokens=40)
+    assert [results[s] for s in range(200, 208)] == [str(w) for w in want]
+    assert engine.stats.most_requests_in_a_step > 1
+    assert engine.stats.steps - before < sum(len(w.token_ids) for w in want)  # steps were shared
+
+
+def test_health_reports_the_engine(served, call):
+    status, _, body = call("GET", f"{served[0]}/health")
+    assert status == 200 and body["status"] == "ok" and body["active"] == 0
+    assert body["stats"]["steps"] > 0
+
+
+def test_a_client_that_disconnects_frees_its_rows_at_once(served, model_id, eventually):
+    url = served[0]
+    port = int(url.rsplit(":", 1)[1])
+    body = (b'{"model": "%s", "prompt": "Once upon a time", "max_tokens": 4000, "stream": true, '
+            b'"seed": 1}' % model_id.encode())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    received = b""
+    while b"data: " not in received:
+        received += sock.recv(4096)
+    engine = served[1].state.server.engine
+    assert eventually(lambda: engine.active == 1, 5)
+    cancelled = engine.stats.cancelled
+    sock.close()
+    # Dropped at the engine's next step, not run to its 4000 tokens.
+    assert eventually(lambda: engine.stats.cancelled == cancelled + 1 and not engine._sequences, 5)
+
+
+def test_a_blocking_request_whose_client_leaves_is_cancelled(served, model_id, eventually):
+    url = served[0]
+    port = int(url.rsplit(":", 1)[1])
+    body = b'{"model": "%s", "prompt": "Once", "max_tokens": 4000, "seed": 2}' % model_id.encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    engine = served[1].state.server.engine
+    assert eventually(lambda: engine.active == 1, 5)
+    cancelled = engine.stats.cancelled
+    sock.close()
+    # Dropped at the engine's next step, not run to its 4000 tokens.
+    assert eventually(lambda: engine.stats.cancelled == cancelled + 1 and not engine._sequences, 5)
+
+
+def test_an_api_key_is_required_when_set(gpt2_gen, serve_on_loopback):
+    with serve_on_loopback(gpt2_gen, ServerSettings(api_key="s3cret")) as (url, _):
+        anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as info:
+            anonymous.models.list()
+        assert info.value.body["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.completions.create(model="x", prompt="Hi", max_tokens=2)
+        keyed = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        model = keyed.models.list().data[0].id
+        assert keyed.completions.create(model=model, prompt="Hi", max_tokens=2, seed=1).choices[0].seed == 1

@@ -1,0 +1,76 @@
+"""tinygen.ray on a local Ray cluster started here: texts equal TextGenerator.generate's, seed for seed."""
+
+import socket
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import tinygen.ray as tray  # noqa: E402
+from tinygen import TinygenError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20,
+             configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_the_runtime_imports_ray_only_when_asked():
+    import subprocess
+
+    code = "import sys, tinygen, tinygen.ray; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_batch_generation_over_workers_keeps_every_seed(cluster, gpt2_gen, optimum_gpt2_dir):
+    prompts = ["Once upon a time", "To be", "The quick brown fox"]
+    texts = tray.generate(prompts, model=optimum_gpt2_dir, n=4, seed=70, num_workers=2, chunk_size=5,
+                          batch_size=3, max_new_tokens=16, top_p=0.9)
+    want = gpt2_gen.generate(prompts, n=4, seed=70, max_new_tokens=16, top_p=0.9)
+    assert [t.seed for t in texts] == list(range(70, 82))
+    assert [t.token_ids for t in texts] == [w.token_ids for w in want]
+    assert [str(t) for t in texts] == [str(w) for w in want]
+    assert [t.finish_reason for t in texts] == [w.finish_reason for w in want]
+
+
+def test_greedy_and_drawn_seeds(cluster, gpt2_gen, optimum_gpt2_dir):
+    [greedy] = tray.generate("To be", model=optimum_gpt2_dir, do_sample=False, max_new_tokens=8)
+    assert greedy.seed is None
+    assert greedy.token_ids == gpt2_gen.generate("To be", do_sample=False, max_new_tokens=8)[0].token_ids
+    [drawn] = tray.generate("To be", model=optimum_gpt2_dir, max_new_tokens=8)
+    assert drawn.token_ids == gpt2_gen.generate("To be", seed=drawn.seed, max_new_tokens=8)[0].token_ids
+
+
+def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
+    with pytest.raises(TinygenError, match="n must be"):
+        tray.generate("Hi", model=optimum_gpt2_dir, n=0)
+    with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
+        tray.generate("Hi", model=optimum_gpt2_dir, tempreature=1)
+
+
+def test_the_serve_deployment_answers_the_openai_client(cluster, gpt2_gen, optimum_gpt2_dir):
+    serve = pytest.importorskip("ray.serve")
+    openai = pytest.importorskip("openai")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(tray.deployment(optimum_gpt2_dir), name="tinygen", route_prefix="/")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
+                               timeout=300)  # Serve's first request is slow on a busy 2-core machine
+        model = client.models.list().data[0].id
+        reply = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, seed=8)
+        assert reply.choices[0].text == str(gpt2_gen.generate("Once upon a time", seed=8, max_new_tokens=12)[0])
+        stream = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, seed=8,
+                                           stream=True)
+        assert "".join(c.choices[0].text for c in stream if c.choices) == reply.choices[0].text
+    finally:
+        serve.shutdown()

@@ -1,0 +1,111 @@
+"""`tinygen serve`: flags, localhost by default, the API key from the environment, a missing extra."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tinygen.cli import main
+from tinygen.serving.server import is_loopback
+
+
+def test_help_shows_localhost_and_port_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--host HOST" in out and "(default: 127.0.0.1)" in out and "(default: 8000)" in out
+    assert "--api-key" in out and "TINYGEN_API_KEY" in out
+
+
+def test_a_missing_server_extra_is_one_line(monkeypatch, optimum_gpt2_dir):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
+    err = io.StringIO()
+    assert main(["serve", "--model", str(optimum_gpt2_dir)], out=io.StringIO(), err=err) == 2
+    assert err.getvalue() == \
+        "tinygen: error: tinygen serve needs the server extra: pip install 'tinygen[server]'\n"
+
+
+def test_bad_limits_are_one_line(optimum_gpt2_dir):
+    pytest.importorskip("uvicorn")
+    err = io.StringIO()
+    assert main(["serve", "--model", str(optimum_gpt2_dir), "--max-batch", "0"], out=io.StringIO(), err=err) == 2
+    assert "max_batch must be an integer >= 1" in err.getvalue()
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                           ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
+def test_loopback_detection(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def _get(port, path, key=None):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_serve_binds_to_loopback_and_takes_the_key_from_the_environment(optimum_gpt2_dir, tmp_path):
+    pytest.importorskip("uvicorn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 (the server's output, read after it stops)
+    process = subprocess.Popen([sys.executable, "-m", "tinygen.cli", "serve", "--model", str(optimum_gpt2_dir),
+                                "--port", str(port), "--model-name", "tiny"],
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "TINYGEN_API_KEY": "from-env"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, body = _get(port, "/health")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.1)
+        assert status == 200 and body["model"] == "tiny"
+        assert _get(port, "/v1/models")[0] == 401
+        status, body = _get(port, "/v1/models", key="from-env")
+        assert status == 200 and body["data"][0]["id"] == "tiny"
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                                   check=False)
+        if listening.returncode == 0:
+            assert f"127.0.0.1:{port}" in listening.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(20)
+    log.seek(0)
+    output = log.read()
+    assert code == 0, output
+    assert f"on http://127.0.0.1:{port}" in output and "warning" not in output
+
+
+def test_server_deps_load_only_with_the_app_and_torch_never(optimum_gpt2_dir):
+    pytest.importorskip("starlette")
+    code = (
+        "import asyncio, sys, tinygen.cli\n"
+        "tinygen.cli.build_parser()\n"
+        "print('cli:', sorted(m for m in ('starlette', 'uvicorn', 'ray') if m in sys.modules))\n"
+        "from tinygen import TextGenerator\n"
+        "from tinygen.serving import create_app\n"
+        "engine = create_app(TextGenerator(sys.argv[1], device='cpu')).state.server.engine\n"
+        "async def main():\n"
+        "    return await engine.submit('Hi', seed=1, max_new_tokens=3).completions()\n"
+        "print(len(asyncio.run(main())))\n"
+        "print('heavy:', sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(optimum_gpt2_dir)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "cli: []\n1\nheavy: []\n"

@@ -1,0 +1,116 @@
+"""The websocket: one message per token with its probability; cancel; bad messages; the API key."""
+
+import json
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+ws_client = pytest.importorskip("websockets.sync.client")
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+from tinygen.serving import ServerSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(gpt2_gen, serve_on_loopback):
+    with serve_on_loopback(gpt2_gen) as (url, app):
+        yield url.replace("http://", "ws://") + "/v1/stream", app
+
+
+def receive(ws):
+    return json.loads(ws.recv(timeout=30))
+
+
+def generation(ws, request):
+    ws.send(json.dumps(request))
+    messages = [receive(ws)]
+    while messages[-1]["type"] not in ("done", "error"):
+        messages.append(receive(ws))
+    return messages
+
+
+def test_tokens_stream_one_by_one_with_their_probabilities(served, gpt2_gen):
+    options = dict(seed=21, max_new_tokens=30, top_k=40, temperature=0.9)
+    with ws_client.connect(served[0]) as ws:
+        messages = generation(ws, {"prompt": "Once upon a time", "max_tokens": 30, "seed": 21, "top_k": 40,
+                                   "temperature": 0.9, "logprobs": 3})
+    [want] = gpt2_gen.generate("Once upon a time", return_probs=True, top_n=3, **options)
+    start, *tokens, done = messages
+    prompt_tokens = len(gpt2_gen.tokenizer.encode("Once upon a time"))
+    assert start == {"type": "start", "seed": 21, "prompt_tokens": prompt_tokens}
+    assert all(m["type"] == "token" for m in tokens)
+    assert "".join(m["text"] for m in tokens) == str(want) == done["text"]
+    streamed = [t for m in tokens for t in m["tokens"]]
+    assert [t["id"] for t in streamed] == [tp.token_id for tp in want.token_probs]
+    assert [t["prob"] for t in streamed] == pytest.approx([tp.prob for tp in want.token_probs], rel=1e-4)
+    assert all(0 < t["prob"] <= 1 and len(t["top"]) == 3 for t in streamed)
+    # A message a step, except that the tokens of a character split across tokens come together.
+    assert all(m["tokens"] for m in tokens) and len(tokens) > len(streamed) // 2
+    assert done["finish_reason"] == want.finish_reason and done["completion_tokens"] == len(want.token_ids)
+
+
+def test_cancel_stops_the_generation_and_the_connection_goes_on(served, gpt2_gen):
+    with ws_client.connect(served[0]) as ws:
+        ws.send(json.dumps({"prompt": "Once", "max_tokens": 4000, "seed": 1}))
+        assert receive(ws)["type"] == "start"
+        assert receive(ws)["type"] == "token"
+        ws.send(json.dumps({"type": "cancel"}))
+        while (message := receive(ws))["type"] == "token":
+            pass
+        assert message == {"type": "done", "finish_reason": "cancelled", "seed": 1}
+        done = generation(ws, {"prompt": "To be", "max_tokens": 5, "seed": 2})[-1]
+    assert done["text"] == str(gpt2_gen.generate("To be", seed=2, max_new_tokens=5)[0])
+
+
+def test_bad_messages_get_an_error_and_the_connection_stays(served):
+    with ws_client.connect(served[0]) as ws:
+        for bad, expected in [("not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
+                              ('{"prompt": "Hi", "n": 2}', "unknown parameter 'n'"),
+                              ('{"prompt": "Hi", "temperature": -1}', "temperature must be"),
+                              ('{"type": "dance"}', "unknown message type")]:
+            ws.send(bad)
+            message = receive(ws)
+            assert message["type"] == "error" and expected in message["error"]["message"]
+        assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "seed": 1})[-1]["type"] == "done"
+
+
+def test_a_second_request_while_one_runs_is_refused(served):
+    with ws_client.connect(served[0]) as ws:
+        ws.send(json.dumps({"prompt": "Once", "max_tokens": 4000, "seed": 1}))
+        assert receive(ws)["type"] == "start"
+        ws.send(json.dumps({"prompt": "Again"}))
+        while (message := receive(ws))["type"] == "token":
+            pass
+        assert message["type"] == "error" and message["error"]["code"] == "busy"
+        ws.send(json.dumps({"type": "cancel"}))
+        while (message := receive(ws))["type"] == "token":
+            pass
+        assert message["finish_reason"] == "cancelled"
+
+
+def test_closing_the_socket_cancels_the_generation(served, eventually):
+    engine = served[1].state.server.engine
+    with ws_client.connect(served[0]) as ws:
+        ws.send(json.dumps({"prompt": "Once", "max_tokens": 4000, "seed": 1}))
+        receive(ws)
+        receive(ws)
+        assert engine.active == 1
+        cancelled = engine.stats.cancelled
+    # Dropped at the engine's next step, not run to its 4000 tokens.
+    assert eventually(lambda: engine.stats.cancelled == cancelled + 1 and not engine._sequences, 5)
+
+
+def test_the_api_key_by_message_or_header(gpt2_gen, serve_on_loopback):
+    with serve_on_loopback(gpt2_gen, ServerSettings(api_key="k3y")) as (url, _):
+        url = url.replace("http://", "ws://") + "/v1/stream"
+        with ws_client.connect(url) as ws:
+            ws.send(json.dumps({"prompt": "Hi", "api_key": "wrong"}))
+            assert receive(ws)["error"]["code"] == "invalid_api_key"
+            with pytest.raises(ConnectionClosed):  # closed by the server: policy violation
+                ws.recv(timeout=5)
+            assert ws.close_code == 1008
+        with ws_client.connect(url) as ws:
+            assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "api_key": "k3y"})[-1]["type"] == "done"
+        with ws_client.connect(url, additional_headers={"Authorization": "Bearer k3y"}) as ws:
+            assert generation(ws, {"prompt": "Hi", "max_tokens": 2})[-1]["type"] == "done"
