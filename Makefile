@@ -8,7 +8,7 @@ PIP_QUIET ?= -q
 RUNTIME_SOURCES := $(shell find packages/runtime packages/tinymodel -type f -not -path '*/__pycache__/*' -not -path '*.egg-info*')
 DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml packages/tinymodel/pyproject.toml requirements-dev.txt
 
-.PHONY: generate test dev bench clean
+.PHONY: generate test test-xla dev bench clean
 
 # The runtime alone (no torch), with the embedded tiny model, in its own venv.
 $(RUNTIME_VENV)/.installed: $(RUNTIME_SOURCES)
@@ -32,6 +32,12 @@ dev: $(DEV_VENV)/.installed
 
 test: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m pytest -n 2 --dist loadfile
+
+# The XLA tests (tests/xla) on torch-xla's CPU device, in the XLA venv: torch-xla pins its own
+# torch, so tools/xla_venv.sh builds that venv outside the clone, cached by requirements-xla.txt.
+test-xla:
+	venv="$$(tools/xla_venv.sh)" && PJRT_DEVICE=CPU PYTHONPATH="$$(tools/xla_venv.sh --pythonpath)" \
+		"$$venv/bin/python" -m pytest -m xla tests/xla
 
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python tools/bench/bench_decode.py --record

@@ -39,16 +39,22 @@ TMP_PREFIX = ".tmp-"
 
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                    write_tokenizer: Callable[[Path], None], keep: int) -> Path:
-    """Write checkpoint `step` atomically, then drop all but the newest `keep`."""
+                    write_tokenizer: Callable[[Path], None], keep: int,
+                    backend: Backend | None = None) -> Path:
+    """Write checkpoint `step` atomically, then drop all but the newest `keep`.
+
+    `backend` writes the tensors as CPU tensors (XLA's live on the device), so
+    any device can resume any other's checkpoint; None: they are written as they are.
+    """
+    backend = backend or Backend()
     root = Path(output_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=root))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-        model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        backend.save_model(model, tmp)
+        torch.save(backend.to_host(optimizer.state_dict()), tmp / OPTIMIZER_FILE)
         write_tokenizer(tmp)
         payload = {"format_version": FORMAT_VERSION, "step": step, **state}
         (tmp / STATE_FILE).write_text(json.dumps(payload) + "\n", encoding="utf-8")

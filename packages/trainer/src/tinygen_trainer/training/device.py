@@ -7,21 +7,31 @@ device is a subclass overriding what differs (see XlaBackend).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
-from typing import Any, ContextManager, Iterable
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
 from tinygen.errors import TinygenError
 
+from .feed import Feed
+
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# torch-xla is built against exactly one torch release; requirements-xla.txt pins the same.
+TORCH_XLA_VERSION = "2.9.0"
+TORCH_XLA_PINS = f"torch=={TORCH_XLA_VERSION} torch-xla=={TORCH_XLA_VERSION}"
 
 
 class Backend:
     """CPU: fp32 by default; bf16 autocast when asked (slower on most CPUs, so not the default)."""
 
     name = "cpu"
+    # True: every batch carries the same tensors, chosen by the options rather than by the
+    # rows (XLA compiles a graph per program, so an optional mask would mean two graphs).
+    static_shapes = False
 
     def __init__(self, precision: str = "auto"):
         self.device = torch.device(self.name)
@@ -41,6 +51,9 @@ class Backend:
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=True)
 
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
@@ -56,9 +69,49 @@ class Backend:
         else:
             optimizer.step()
 
+    def feed(self, sampler, make_batch, batch_size: int, accum: int) -> Feed:
+        """A phase's batches: `make_batch` turns the sampler's rows into CPU tensors."""
+        return Feed(sampler, make_batch, batch_size, accum, self.to_device)
+
+    def when_ready(self, value: torch.Tensor, report: Callable[[float], None]) -> None:
+        """Call report(value as a float) once the device has computed it; here at once."""
+        report(value.item())  # waits for the device: the loop asks only on logging steps
+
+    def flush(self) -> None:
+        """Finish whatever when_ready still holds (before a checkpoint, at the end)."""
+
+    def step_metrics(self) -> dict[str, Any]:
+        """Device figures logged with the loss (XLA: how many graphs it has compiled)."""
+        return {}
+
+    def describe(self) -> str:
+        return self.name
+
+    def seed(self, seed: int) -> None:
+        """Seed the device's own generator, where torch.manual_seed does not reach it."""
+
     def fork_rng(self) -> ContextManager:
         """Run something random (sample generation) without moving the training RNG."""
         return torch.random.fork_rng(devices=[])
+
+    def for_sampling(self, model: torch.nn.Module) -> tuple[torch.nn.Module, "Backend"]:
+        """The model and backend that generate samples during training: these ones."""
+        return model, self
+
+    # -- saving ----------------------------------------------------------------
+
+    @property
+    def checkpoint_location(self) -> torch.device:
+        """Where optimizer state is loaded from a checkpoint (torch.load's map_location)."""
+        return self.device
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        """The model as a transformers folder (config.json, model.safetensors)."""
+        model.save_pretrained(folder, safe_serialization=True)
+
+    def to_host(self, tree: Any) -> Any:
+        """`tree` (e.g. an optimizer state dict) as torch.save may write it."""
+        return tree
 
     # -- checkpoint state (JSON-able) ----------------------------------------
 
@@ -108,50 +161,145 @@ class CudaBackend(Backend):
 
 
 class XlaBackend(Backend):
-    """TPUs (and other PJRT devices) through torch_xla.
+    """TPUs (and other PJRT devices) through torch_xla; the pins are TORCH_XLA_PINS.
 
-    XLA traces ops lazily: `mark_step` after each optimizer step cuts the graph
-    so every step compiles once and then replays.
+    XLA traces ops lazily and compiles one graph per distinct program, shapes
+    included, so this path keeps everything static: fixed block and batch
+    (the samplers never yield a short batch), the same tensors in every batch
+    (static_shapes), no .item() in the step (the loss is read by a step closure
+    on logging steps), and one torch_xla.sync() per step, after the optimizer.
+    The graph compiles during the first steps and replays from then on;
+    metrics.jsonl records the count (xla_compilations). Batches come through
+    MpDeviceLoader; several devices train SPMD data parallel (see xla.py).
     """
 
     name = "xla"
+    static_shapes = True
 
     def __init__(self, precision: str = "auto"):
-        try:
-            import torch_xla.core.xla_model as xm
-        except ImportError:
-            raise TinygenError(
-                "--device xla needs torch_xla: pip install torch-xla (matching torch 2.13), "
-                "and set PJRT_DEVICE=TPU"
-            ) from None
-        self._xm = xm
+        check_torch_xla()
+        from . import xla
+
+        self._xla = xla
+        self.runtime = xla.XlaRuntime()
+        self.device = self.runtime.device
         self.precision = self.resolve_precision(precision)
-        self.device = xm.xla_device()
         self.scaler = None
 
     def resolve_precision(self, precision: str) -> str:
         if precision == "fp16":
             raise TinygenError("fp16 is not supported on XLA devices; use bf16")
-        return "bf16" if precision == "auto" else precision
+        if precision == "fp32":
+            return precision
+        supported = self._xla.is_bf16_supported()
+        if precision == "bf16" and not supported:
+            raise TinygenError(f"this XLA device ({self.runtime.device_type}) has no bf16; "
+                               f"use --precision fp32")
+        if precision == "auto":
+            # bf16 on TPUs and GPUs; fp32 on the CPU device, as on the plain CPU backend.
+            return "bf16" if supported and self.runtime.device_type != "CPU" else "fp32"
+        return precision
 
     def autocast(self) -> ContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast("xla", dtype=torch.bfloat16)
 
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device)
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        # Moving to XLA makes a new Parameter per module, which unties shared weights
+        # (GPT-2's wte / lm_head): tie them again, or the two train apart.
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        return model
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],
                        grad_clip: float) -> None:
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
-        self._xm.optimizer_step(optimizer)
-        self._xm.mark_step()
+        self._xla.optimizer_step(optimizer)  # xm.optimizer_step, then torch_xla.sync()
+
+    def feed(self, sampler, make_batch, batch_size: int, accum: int):
+        return self._xla.XlaFeed(self.runtime, sampler, make_batch, batch_size, accum)
+
+    def when_ready(self, value: torch.Tensor, report: Callable[[float], None]) -> None:
+        # The step's graph has been launched; the closure runs at the next sync, when
+        # its result is device data, so reading it costs a copy and no new graph.
+        self._xla.add_step_closure(lambda: report(value.item()))
+
+    def flush(self) -> None:
+        self._xla.sync()
+
+    def step_metrics(self) -> dict[str, Any]:
+        return {"xla_compilations": self._xla.compilations()}
+
+    def describe(self) -> str:
+        return f"xla ({self.runtime.describe()})"
+
+    def seed(self, seed: int) -> None:
+        self._xla.set_rng_state(seed)
+
+    def for_sampling(self, model: torch.nn.Module) -> tuple[torch.nn.Module, Backend]:
+        # Generating grows the sequence a token at a time: on XLA, a new graph per length.
+        # A CPU copy samples at once and leaves the training graphs alone.
+        with torch.device("meta"):
+            copy = type(model)(model.config)
+        copy.load_state_dict(self._xla.to_host(model.state_dict()), assign=True)
+        copy.tie_weights()
+        return copy, Backend()
 
     def rng_state(self) -> list[list[int]]:
-        return [[int(self._xm.get_rng_state())]]
+        return [[self._xla.get_rng_state()]]
 
     def set_rng_state(self, state: list[list[int]]) -> None:
         if state:
-            self._xm.set_rng_state(state[0][0])
+            self._xla.set_rng_state(state[0][0])
+
+    @property
+    def checkpoint_location(self) -> torch.device:
+        # Checkpoints hold CPU tensors; optimizer.load_state_dict moves them to the params.
+        return torch.device("cpu")
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True,
+                              state_dict=self._xla.to_host(model.state_dict(keep_vars=True)))
+
+    def to_host(self, tree: Any) -> Any:
+        return self._xla.to_host(tree)
+
+
+def check_torch_xla() -> None:
+    """Raise a one-line TinygenError unless a torch_xla that matches torch is importable.
+
+    torch_xla is built against one torch release: with any other, importing it
+    fails on missing symbols or crashes, so the versions are compared first.
+    """
+    install = (f"pip install {TORCH_XLA_PINS} (tools/xla_venv.sh builds a venv with them; "
+               f"on a TPU VM add the [tpu] extra: torch-xla[tpu]=={TORCH_XLA_VERSION})")
+    try:
+        xla_version = importlib.metadata.version("torch-xla")
+    except importlib.metadata.PackageNotFoundError:
+        xla_version = None
+    if xla_version is None and importlib.util.find_spec("torch_xla") is None:
+        raise TinygenError(f"--device xla needs torch_xla: {install}")
+    torch_version = torch.__version__.split("+")[0]
+    if xla_version is not None and not _same_release(xla_version, torch_version):
+        raise TinygenError(
+            f"--device xla: torch-xla {xla_version} needs torch {xla_version.split('+')[0]}, "
+            f"but torch {torch_version} is installed: {install}")
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError as exc:
+        raise TinygenError(f"--device xla needs torch_xla, which failed to import "
+                           f"({str(exc).splitlines()[0][:120]}): {install}") from None
+
+
+def _same_release(a: str, b: str) -> bool:
+    """torch-xla X.Y.* goes with torch X.Y.* (local tags like +cpu aside)."""
+    return a.split("+")[0].split(".")[:2] == b.split("+")[0].split(".")[:2]
 
 
 def select_backend(device: str = "auto", precision: str = "auto") -> Backend:

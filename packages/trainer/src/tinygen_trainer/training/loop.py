@@ -3,7 +3,7 @@
 Trainer.from_config resolves and checks everything (setup.py) before the first
 step; fit() is the loop. Override the hooks (train_step, on_step_end,
 save_final) to change one part without copying the loop. Device specifics
-(autocast, loss scaling, XLA's mark_step) live in the backend, not here.
+(autocast, loss scaling, XLA's sync and loader) live in the backend, not here.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 from tinygen.errors import TinygenError
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 
-from ..data.dataset import Rows, Sampler
+from ..data.dataset import Rows
 from ..data.encoder import Encoder
 from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_optimizer,
                          read_state, restore_rng, save_checkpoint)
 from .config import TrainConfig
 from .device import Backend, select_backend
+from .feed import Feed, HostBatch
 from .loss import causal_lm_loss
 from .progress import Reporter
 from .samples import generate_sample
@@ -53,6 +54,8 @@ class Trainer:
         self.block_size = block_size
         self.reporter = reporter
         self.optimizer = make_optimizer(model, config, backend.device)
+        self.feeds: list[Feed] = [backend.feed(p.sampler, self.host_batch, config.batch_size,
+                                               config.grad_accum) for p in phases]
         self.step = 0  # optimizer steps done
         self.tokens_seen = 0
         self.tokens_per_step = config.batch_size * config.grad_accum * block_size
@@ -74,7 +77,8 @@ class Trainer:
                             config.progress)
         phases = build_phases(config, encoder, block_size, plan.pad_id)
         set_seed(config.seed)  # before the model: a fresh init depends on it
-        model = load_model(plan, checkpoint).to(backend.device)
+        backend.seed(config.seed)
+        model = backend.place_model(load_model(plan, checkpoint))
         trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
         if state is not None:
             trainer.restore(checkpoint, state)
@@ -97,25 +101,27 @@ class Trainer:
                 lr = phase.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss = self.train_step(phase.sampler)
+                loss = self.train_step(self.feeds[phase.index])
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step
                 self.reporter.advance()
                 self.on_step_end(phase, lr, loss)
             return self.save_final()
         finally:
+            for feed in self.feeds:
+                feed.close()
             self.reporter.close()
 
-    def train_step(self, sampler: Sampler) -> torch.Tensor:
+    def train_step(self, feed: Feed) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns its mean loss (on device)."""
         accum = self.config.grad_accum
         total = torch.zeros((), device=self.backend.device)
-        for _ in range(accum):
-            batch = self.to_device(sampler.next_rows(self.config.batch_size))
+        for batch in feed.next_step():
             with self.backend.autocast():
                 logits = self.model(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"], use_cache=False).logits
-            loss = causal_lm_loss(logits, batch["labels"], batch["loss_weights"]) / accum
+                                    attention_mask=batch.get("attention_mask"),
+                                    use_cache=False).logits
+            loss = causal_lm_loss(logits, batch["labels"], batch.get("loss_weights")) / accum
             self.backend.backward(loss)
             total += loss.detach()
         self.backend.optimizer_step(self.optimizer, self.model.parameters(), self.config.grad_clip)
@@ -129,13 +135,17 @@ class Trainer:
         if self.step % cfg.log_every == 0 or last:
             now = time.perf_counter()
             rate = (self.tokens_seen - self._log_tokens) / max(now - self._log_time, 1e-9)
-            # .item() waits for the device: only on logging steps, so GPUs run ahead in between.
-            self.reporter.log(self.step, {"loss": loss.item(), "lr": lr,
-                                          "tokens_per_s": round(rate, 1), "phase": phase.index})
+            step, rest = self.step, {"lr": lr, "tokens_per_s": round(rate, 1),
+                                     "phase": phase.index, **self.backend.step_metrics()}
+            # Reading the loss waits for the device: only on logging steps, so GPUs run ahead
+            # in between; on XLA it is read after the step's graph ran (a step closure).
+            self.backend.when_ready(
+                loss, lambda value: self.reporter.log(step, {"loss": value, **rest}))
             self._log_time, self._log_tokens = now, self.tokens_seen
         paused = time.perf_counter()
         if cfg.sample_every and self.step % cfg.sample_every == 0:
-            text = generate_sample(self.model, self.encoder, self.backend, cfg.sample_prompt,
+            model, backend = self.backend.for_sampling(self.model)
+            text = generate_sample(model, self.encoder, backend, cfg.sample_prompt,
                                    cfg.sample_length, model_window(self.model.config))
             self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
         if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
@@ -145,9 +155,10 @@ class Trainer:
     # -- saving and resuming -------------------------------------------------
 
     def save_checkpoint(self) -> Path:
+        self.backend.flush()  # metrics.jsonl reaches this step before the checkpoint exists
         state = {
             "tokens_seen": self.tokens_seen,
-            "data": [p.sampler.state_dict() for p in self.phases],
+            "data": [feed.state_dict() for feed in self.feeds],
             "rng": capture_rng(self.backend),
             "backend": self.backend.state_dict(),
             "tokenizer_sha256": self.encoder.fingerprint,
@@ -155,12 +166,12 @@ class Trainer:
             "config": self.config.resume_identity(),
         }
         return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, state,
-                               self.write_tokenizer, self.config.keep_checkpoints)
+                               self.write_tokenizer, self.config.keep_checkpoints, self.backend)
 
     def restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
-        load_optimizer(checkpoint, self.optimizer, self.backend.device)
-        for phase, sampler_state in zip(self.phases, state["data"], strict=True):
-            phase.sampler.load_state_dict(sampler_state)
+        load_optimizer(checkpoint, self.optimizer, self.backend.checkpoint_location)
+        for feed, sampler_state in zip(self.feeds, state["data"], strict=True):
+            feed.load_state_dict(sampler_state)
         restore_rng(state["rng"], self.backend)
         self.backend.load_state_dict(state["backend"])
         self.step = int(state["step"])
@@ -170,8 +181,9 @@ class Trainer:
             self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
 
     def save_final(self) -> Path:
+        self.backend.flush()
         out = self.config.output_dir
-        self.model.save_pretrained(out, safe_serialization=True)
+        self.backend.save_model(self.model, out)
         self.write_tokenizer(out)
         (out / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2) + "\n",
                                              encoding="utf-8")
@@ -203,23 +215,32 @@ class Trainer:
                 return phase
         return self.phases[-1]
 
-    def to_device(self, rows: Rows) -> dict[str, torch.Tensor | None]:
-        to = self.backend.to_device
-        # None when nothing is padded: lets the attention take its fast causal path.
-        mask = None if rows.attention_mask.all() else rows.attention_mask.astype(np.int64)
-        weights = None if np.all(rows.loss_weights == 1.0) else rows.loss_weights
-        return {
-            "input_ids": to(torch.from_numpy(rows.input_ids)),
-            "labels": to(torch.from_numpy(rows.labels)),
-            "attention_mask": None if mask is None else to(torch.from_numpy(mask)),
-            "loss_weights": None if weights is None else to(torch.from_numpy(weights)),
-        }
+    def host_batch(self, rows: Rows) -> HostBatch:
+        """One micro-batch as CPU tensors; the mask and weights only where they matter.
+
+        Without a mask the attention takes its fast causal path. With static
+        shapes (XLA) the choice follows the options, not the rows, so every
+        batch of the run has the same tensors and the step compiles once: a
+        mask for line-by-line rows (padded), weights always.
+        """
+        if self.backend.static_shapes:
+            padded, weighted = self.config.line_by_line, True
+        else:
+            padded = not rows.attention_mask.all()
+            weighted = not np.all(rows.loss_weights == 1.0)
+        batch = {"input_ids": torch.from_numpy(rows.input_ids),
+                 "labels": torch.from_numpy(rows.labels)}
+        if padded:
+            batch["attention_mask"] = torch.from_numpy(rows.attention_mask.astype(np.int64))
+        if weighted:
+            batch["loss_weights"] = torch.from_numpy(rows.loss_weights)
+        return batch
 
     def describe(self) -> str:
         cfg = self.config
         params = sum(p.numel() for p in self.model.parameters())
         what = f"preset {cfg.preset}" if cfg.preset else f"{cfg.model}"
-        return (f"training {what} ({params / 1e6:.1f}M parameters) on {self.backend.name} "
+        return (f"training {what} ({params / 1e6:.1f}M parameters) on {self.backend.describe()} "
                 f"{self.backend.precision}: {cfg.total_steps} steps x "
                 f"{self.tokens_per_step:,} tokens")
 

@@ -1,0 +1,140 @@
+"""Training on XLA (torch_xla's CPU device): one compile, CPU parity, checkpoints, export."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinygen import TextGenerator
+from tinygen_trainer.export import export_model
+from tinygen_trainer.training import Trainer, read_metrics, train
+from tinygen_trainer.training.device import select_backend
+
+pytest.importorskip("torch_xla")  # the main .venv has none: skip
+import torch_xla.debug.metrics as met  # noqa: E402
+
+from tinygen_trainer.training.xla import compilations
+
+pytestmark = pytest.mark.xla
+
+# fp32 on both sides; XLA's CPU kernels sum in another order than ATen's.
+PARITY_ATOL = 1e-4
+
+
+def losses(out, steps=None) -> list[float]:
+    return [m["loss"] for m in read_metrics(out) if steps is None or m["step"] in steps]
+
+
+def host_reads() -> int:
+    """How often a device value has been read to the host (.item(), bool(tensor), ...)."""
+    return met.counter_value("aten::_local_scalar_dense") or 0
+
+
+class Recording(Trainer):
+    """Notes, after every step, how many graphs XLA has compiled so far."""
+
+    def on_step_end(self, phase, lr, loss):
+        super().on_step_end(phase, lr, loss)
+        self.compiled.append(compilations())
+
+
+@pytest.fixture(scope="module")
+def xla_run(tiny, tmp_path_factory):
+    """20 steps on XLA, logging every 5, a checkpoint every 10."""
+    out = tmp_path_factory.mktemp("xla-run") / "out"
+    trainer = Recording.from_config(tiny(out, steps=20, log_every=5, checkpoint_every=10))
+    trainer.compiled = []
+    reads = host_reads()
+    trainer.fit()
+    return SimpleNamespace(out=out, compiled=trainer.compiled, reads=host_reads() - reads,
+                           metrics=read_metrics(out))
+
+
+def test_compiles_during_warmup_only(xla_run):
+    counts = xla_run.compiled
+    print(f"XLA compilations after steps 1..20: {counts}")
+    assert len(counts) == 20
+    assert counts[2] >= 1
+    assert counts[2:] == [counts[2]] * 18, f"recompiled after step 3: {counts}"
+    # metrics.jsonl reports the count with every logged loss
+    assert [(m["step"], m["xla_compilations"]) for m in xla_run.metrics] == \
+        [(5, counts[4]), (10, counts[9]), (15, counts[14]), (20, counts[19])]
+    # No .item() inside the step: the only host reads are the four logged losses.
+    assert xla_run.reads == 4
+    assert all(np.isfinite(m["loss"]) for m in xla_run.metrics)
+
+
+def test_loss_parity_with_cpu(tiny, tmp_path):
+    on_xla = losses(train(tiny(tmp_path / "xla", precision="fp32")))
+    on_cpu = losses(train(tiny(tmp_path / "cpu", device="cpu")))
+    diffs = np.abs(np.array(on_xla) - np.array(on_cpu))
+    print(f"xla {on_xla}\ncpu {on_cpu}\nmax |diff| {diffs.max():.2e}")
+    assert len(on_xla) == 8
+    np.testing.assert_allclose(on_xla, on_cpu, rtol=0, atol=PARITY_ATOL)
+    assert on_xla[-1] < on_xla[0] - 0.5  # and it learns
+
+
+def test_line_by_line_with_grad_accum(tiny, lines, tmp_path):
+    """Padded rows carry a mask in every batch (a static graph) and match the CPU."""
+    options = dict(data=(lines,), line_by_line=True, grad_accum=2, steps=6, block_size=16)
+    on_xla = read_metrics(train(tiny(tmp_path / "xla", **options)))
+    on_cpu = losses(train(tiny(tmp_path / "cpu", device="cpu", **options)))
+    counts = [m["xla_compilations"] for m in on_xla]
+    assert counts[2:] == [counts[2]] * 4, counts
+    np.testing.assert_allclose([m["loss"] for m in on_xla], on_cpu, rtol=0, atol=PARITY_ATOL)
+
+
+def test_samples_leave_the_graph_alone(tiny, tmp_path, capsys):
+    """Samples are drawn from a CPU copy: growing sequences would compile a graph per length."""
+    out = train(tiny(tmp_path / "out", steps=6, sample_every=3, sample_prompt="the cat",
+                     sample_length=12))
+    assert capsys.readouterr().err.count("--- sample at step") == 2
+    counts = [m["xla_compilations"] for m in read_metrics(out)]
+    assert counts[2:] == [counts[2]] * 4, counts
+
+
+def test_precision(tiny, tmp_path):
+    assert select_backend("xla").precision == "fp32"  # auto: fp32 on the CPU device, bf16 on TPU
+    with pytest.raises(Exception, match="fp16 is not supported on XLA"):
+        select_backend("xla", "fp16")
+    out = train(tiny(tmp_path / "bf16", precision="bf16", steps=3))
+    assert all(np.isfinite(losses(out)))
+
+
+# -- checkpoints and the trained model ------------------------------------------------
+
+def test_checkpoints_hold_cpu_tensors_and_resume_anywhere(xla_run, tiny, tmp_path):
+    step_10 = xla_run.out / "checkpoints" / "step-00000010"
+    state = torch.load(step_10 / "optimizer.pt", weights_only=True)  # refuses XLA tensors
+    tensors = [v for s in state["state"].values() for v in s.values() if torch.is_tensor(v)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert all(t.device.type == "cpu" for t in load_file(step_10 / "model.safetensors").values())
+
+    expected = losses(xla_run.out, steps={15, 20})
+    for device, atol in (("cpu", PARITY_ATOL), ("xla", 1e-6)):
+        # the run as it was at step 10, then resumed on `device`
+        out = tmp_path / device
+        shutil.copytree(xla_run.out, out)
+        shutil.rmtree(out / "checkpoints" / "step-00000020")
+        train(tiny(out, device=device, steps=20, log_every=5, checkpoint_every=10, resume=True))
+        # XLA's loader reads ahead: the checkpoint keeps the position of the rows trained on
+        np.testing.assert_allclose(losses(out, steps={15, 20}), expected, rtol=0, atol=atol)
+
+
+def test_trained_model_exports_and_generates(xla_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # the same file a CPU run writes: tied embeddings stored once, CPU tensors
+    saved = load_file(xla_run.out / "model.safetensors")
+    reference = tmp_path / "reference"
+    AutoModelForCausalLM.from_pretrained(xla_run.out).save_pretrained(reference)
+    assert set(saved) == set(load_file(reference / "model.safetensors"))
+
+    model = export_model(xla_run.out, tmp_path / "model")  # checks 32 greedy tokens itself
+    text = TextGenerator(str(model)).generate("the cat", do_sample=False, max_new_tokens=8)[0]
+    assert text.token_ids and isinstance(text, str)

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Delete the TPU VM (it bills while it exists). Usage: tools/tpu/delete.sh
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+tpu_vm delete "$TPU_NAME" --quiet

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A text file to an exported tinygen model on this machine's XLA devices (every chip of the
+# slice: on a pod slice each worker runs this same command, as launch.sh does).
+#
+#   tools/tpu/train.sh TEXT OUT [more tinygen-train train flags | --prepare-only]
+#
+# Writes OUT/TEXT's name (a copy of the text), OUT/tokenizer/tokenizer.json, OUT/train.tokens,
+# OUT/trained (the transformers model, metrics.jsonl with the XLA compile count, checkpoints)
+# and OUT/model (the export). Steps already done are skipped and training resumes, so a
+# second run continues. --prepare-only stops after the token cache (launch.sh makes it
+# locally). Settings (environment): PRESET, STEPS, BATCH_SIZE (a multiple of the chip
+# count), BLOCK_SIZE, VOCAB_SIZE, TINYGEN_PYTHON (default: the venv install.sh made).
+set -euo pipefail
+if [[ $# -lt 2 ]]; then
+    echo "usage: $0 TEXT OUT [tinygen-train train flags | --prepare-only]" >&2
+    exit 2
+fi
+text="$1" out="$2"
+shift 2
+python="${TINYGEN_PYTHON:-$HOME/tinygen-xla/bin/python}"
+export PJRT_DEVICE="${PJRT_DEVICE:-TPU}"
+tinygen_train() { "$python" -m tinygen_trainer.cli "$@"; }
+
+mkdir -p "$out"
+copy="$out/$(basename "$text")"
+[[ "$text" -ef "$copy" ]] || cp "$text" "$copy"
+if [[ ! -f "$out/tokenizer/tokenizer.json" ]]; then
+    tinygen_train tokenizer "$copy" -o "$out/tokenizer/tokenizer.json" \
+        --vocab-size "${VOCAB_SIZE:-16384}"
+fi
+if [[ ! -f "$out/train.tokens" ]]; then
+    tinygen_train encode "$copy" --tokenizer "$out/tokenizer/tokenizer.json" \
+        -o "$out/train.tokens" --quiet
+fi
+[[ "${1:-}" == "--prepare-only" ]] && exit 0
+tinygen_train train "$out/train.tokens" --tokenizer "$out/tokenizer/tokenizer.json" \
+    --preset "${PRESET:-gpt2-124m}" --steps "${STEPS:-5000}" --batch-size "${BATCH_SIZE:-64}" \
+    --block-size "${BLOCK_SIZE:-1024}" --device xla -o "$out/trained" --resume "$@"
+tinygen_train export "$out/trained" "$out/model"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build (or reuse) the XLA venv and print its path on stdout; progress goes to stderr.
+#
+# torch-xla pins torch exactly (2.9.0, a ~7 GB CUDA build from PyPI), while the main
+# .venv keeps the small CPU torch, so XLA work gets a venv of its own. It is cached
+# outside the clone, keyed by the sha256 of requirements-xla.txt:
+#
+#     ${TINYGEN_CACHE:-${XDG_CACHE_HOME:-~/.cache}/tinygen}/xla-venv-<sha256>
+#
+# so every clone on the machine shares it, an edit to the requirements builds a new
+# one, and a venv without its .complete marker (a build that died) is rebuilt from
+# scratch. Concurrent callers wait on a lock instead of building twice; venvs of
+# other requirements unused for two weeks are deleted. The tinygen
+# packages are not installed into it: run with the PYTHONPATH `tools/xla_venv.sh
+# --pythonpath` prints, so the venv never holds a stale copy of the code.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [[ "${1:-}" == "--pythonpath" ]]; then
+    echo "$root/packages/runtime/src:$root/packages/trainer/src:$root/packages/tinymodel/src"
+    exit 0
+fi
+
+req="$root/requirements-xla.txt"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+hash="$(sha256sum "$req" | cut -c1-64)"
+cache="${TINYGEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tinygen}"
+venv="$cache/xla-venv-$hash"
+mkdir -p "$cache"
+
+exec 9>"$venv.lock"
+flock 9  # one build at a time; the others then find it complete
+if [[ ! -f "$venv/.complete" ]]; then
+    echo "building the XLA venv in $venv (a few minutes, ~7 GB)" >&2
+    rm -rf "$venv"
+    log="$venv.log"
+    "$python" -m venv "$venv"
+    # -c as well as -r: no dependency may move a pin (above all torch) while resolving.
+    if ! "$venv/bin/pip" install --disable-pip-version-check -r "$req" -c "$req" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "building the XLA venv failed; the whole log is $log" >&2
+        exit 1
+    fi
+    PJRT_DEVICE=CPU "$venv/bin/python" - "$req" >&2 <<'EOF'
+import re, sys
+import torch, torch_xla
+pins = dict(re.findall(r"^(torch|torch-xla)==(\S+)", open(sys.argv[1]).read(), re.M))
+got = {"torch": torch.__version__.split("+")[0], "torch-xla": torch_xla.__version__.split("+")[0]}
+if got != pins:
+    sys.exit(f"XLA venv has {got}, requirements-xla.txt pins {pins}")
+EOF
+    echo "XLA venv ready" >&2
+fi
+touch "$venv/.complete"  # its age is the time since last use
+# Venvs of other requirements unused for two weeks go (each is ~7 GB).
+for old in "$cache"/xla-venv-*/.complete; do
+    dir="$(dirname "$old")"
+    if [[ "$dir" != "$venv" && -n "$(find "$old" -mtime +14)" ]]; then
+        rm -rf "$dir" "$dir.log" "$dir.lock"
+    fi
+done
+echo "$venv"
