@@ -97,3 +97,20 @@ def test_to_file_resume_from_the_cli(optimum_gpt2_dir, tmp_path):
     assert code == 2 and "--resume" in err
     assert run([*args, "-n", "5", "--resume"])[0] == 0
     assert re.findall(r"seed (\d+)", target.read_text()) == ["5", "6", "7", "8", "9"]
+
+
+def test_next_lists_the_likeliest_tokens(optimum_gpt2_dir):
+    from tinygen import TextGenerator
+
+    code, out, _ = run(["next", "Once upon a", "--model", str(optimum_gpt2_dir), "--top-n", "3"])
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3
+    expected = TextGenerator(optimum_gpt2_dir).next_token_probs("Once upon a", top_n=3)
+    assert [float(line.split("\t")[0]) for line in lines] == pytest.approx([p for _, p in expected], abs=1e-6)
+
+
+def test_context_flags_need_a_model_with_fields(optimum_gpt2_dir):
+    code, _, err = run(["", "--model", str(optimum_gpt2_dir), "--context", "title=Rain"])
+    assert code == 2 and "no fields.json" in err
+    code, _, err = run(["", "--model", str(optimum_gpt2_dir), "--context", "title"])
+    assert code == 2 and "--context takes FIELD=VALUE" in err

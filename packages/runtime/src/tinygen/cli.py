@@ -19,7 +19,7 @@ from .config import GenerationConfig
 from .errors import TinygenError
 from .generator import DELIMITER
 
-COMMANDS = ("generate", "curate", "info", "serve")
+COMMANDS = ("generate", "curate", "next", "info", "serve")
 BOLD, RESET = "\033[1m", "\033[0m"
 PROB_COLOURS = (196, 202, 214, 226, 154, 46)  # xterm-256: red (unlikely) .. green (likely)
 
@@ -65,6 +65,11 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
     p.add_argument("--to-file", metavar="PATH", help="write the texts, each with its seed, to this file")
     p.add_argument("--resume", action="store_true", help="with --to-file: continue an interrupted file")
+    p.add_argument("--context", action="append", default=None, metavar="FIELD=VALUE",
+                   help="a known field, for models trained on records with fields (repeatable; "
+                        "a value with commas is a list)")
+    p.add_argument("--target", default=None, metavar="FIELD",
+                   help="with --context: the field to generate (default: the last one not given)")
     p.add_argument("--dedupe", type=float, default=None, metavar="SHARE",
                    help="drop texts sharing at least this share of 8-grams with an earlier text")
     p.add_argument("--dedupe-against", metavar="CACHE",
@@ -82,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
     _add_generate_arguments(sub.add_parser("generate", help="generate text (the default command)", formatter_class=fmt))
+    probs = sub.add_parser("next", help="the most likely next tokens after a prompt, with probabilities",
+                           formatter_class=fmt)
+    probs.add_argument("prompt", help="text whose next token to predict")
+    _add_model_arguments(probs)
+    probs.add_argument("--top-n", type=int, default=10, help="how many tokens to list")
     _add_curate_arguments(sub.add_parser("curate", help="pick, reroll or edit continuations interactively",
                                          formatter_class=fmt))
     info = sub.add_parser("info", help="describe a model directory", formatter_class=fmt)
@@ -142,8 +152,13 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise TinygenError(f"-n must be >= 1, got {args.n}")
     if args.resume and not args.to_file:
         raise TinygenError("--resume needs --to-file")
+    if args.dedupe_against and args.dedupe is None:
+        raise TinygenError("--dedupe-against needs --dedupe SHARE")
+    context = _context(args)
     gen = _generator(args)
     options = _options(args)
+    if context is not None:
+        options.update(context=context, target=args.target)
     tty = out.isatty()
     shown_prompt = f"{BOLD}{args.prompt}{RESET}" if tty else args.prompt
     if args.to_file:
@@ -152,7 +167,7 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                              progress=err.isatty(), **options)
         err.write(f"wrote {args.n} texts to {args.to_file}\n")
         return 0
-    if args.n == 1:
+    if args.n == 1 and context is None and args.dedupe is None:
         stream = gen.stream(args.prompt, seed=args.seed, **options)
         out.write(shown_prompt)
         for piece in stream:
@@ -162,8 +177,6 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if stream.seed is not None:
             err.write(f"seed: {stream.seed}\n")
         return 0
-    if args.dedupe_against and args.dedupe is None:
-        raise TinygenError("--dedupe-against needs --dedupe SHARE")
     texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
                          progress=err.isatty(), dedupe=args.dedupe, dedupe_against=args.dedupe_against,
                          **options)
@@ -186,6 +199,29 @@ def run_curate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                      sys.stdin, out)
     if args.save:
         err.write(f"saved {len(session.rounds)} rounds to {args.save}\n")
+    return 0
+
+
+def _context(args: argparse.Namespace) -> dict | None:
+    """--context title=Rain --context keywords=wet,grey -> {"title": "Rain", "keywords": ["wet", "grey"]}"""
+    if not args.context:
+        if args.target:
+            raise TinygenError("--target needs --context")
+        return None
+    context = {}
+    for item in args.context:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise TinygenError(f"--context takes FIELD=VALUE, got {item!r}")
+        context[name] = [v.strip() for v in value.split(",")] if "," in value else value
+    return context
+
+
+def run_next(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.top_n < 1:
+        raise TinygenError(f"--top-n must be >= 1, got {args.top_n}")
+    for text, prob in _generator(args).next_token_probs(args.prompt, top_n=args.top_n):
+        out.write(f"{prob:.6f}\t{text!r}\n")
     return 0
 
 
@@ -221,7 +257,8 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
         argv.insert(0, "generate")
     args = build_parser().parse_args(argv)
     try:
-        run = {"info": run_info, "curate": run_curate, "serve": run_serve}.get(args.command, run_generate)
+        run = {"info": run_info, "curate": run_curate, "serve": run_serve,
+               "next": run_next}.get(args.command, run_generate)
         return run(args, out, err)
     except TinygenError as exc:
         err.write(f"tinygen: error: {exc}\n")
