@@ -256,7 +256,7 @@ def test_verification_rejects_a_broken_onnx_graph(tiny_gpt2_dir, tmp_path, monke
     (out / "tinygen.json").write_text("{}")
     (out / "marker").write_text("the earlier export")
     with pytest.raises(TinygenError, match="verification failed: the ONNX graph") as info:
-        run_export(ExportConfig(src=tiny_gpt2_dir, out=out))
+        run_export(ExportConfig(src=tiny_gpt2_dir, out=out, graph="optimum"))
     assert "\n" not in str(info.value)
     # OUT is untouched and the staging directory is gone.
     assert (out / "marker").read_text() == "the earlier export"
@@ -325,7 +325,7 @@ def test_replacements_naming_an_unknown_token_are_refused(tiny_gpt2_dir, tmp_pat
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"quantize": "int4"}, "unknown quantization 'int4'; choose one of: int8"),
+    ({"quantize": "int3"}, "unknown quantization 'int3'; choose one of: int8, int4"),
     ({"format": "tflite"}, "unknown format 'tflite'; choose one of: onnx, torchscript"),
     ({"format": "torchscript", "quantize": "int8"}, "works only with --format onnx"),
 ])
@@ -377,7 +377,7 @@ def test_cli_export(tiny_llama_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--quantize", "int4"], "unknown quantization 'int4'"),
+    (["--quantize", "int3"], "unknown quantization 'int3'"),
     (["--format", "tflite"], "unknown format 'tflite'"),
     (["--format", "torchscript", "--quantize", "int8"], "works only with --format onnx"),
 ])

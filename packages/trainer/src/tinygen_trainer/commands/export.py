@@ -9,7 +9,7 @@ HELP = ("Export a transformers causal LM (GPT-2, Llama, ...) to a tinygen model 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tinygen_trainer.export import FORMATS, QUANTIZATIONS
+    from tinygen_trainer.export import FORMATS, GRAPHS, QUANTIZATIONS
 
     parser.add_argument("src", metavar="SRC",
                         help="transformers model directory (config.json, weights, tokenizer)")
@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"model file format: {' or '.join(FORMATS)}")
     parser.add_argument("--quantize", default=None, metavar="TYPE",
                         help=f"quantize the weights: {', '.join(QUANTIZATIONS)} (ONNX only)")
+    parser.add_argument("--graph", default=None, metavar="GRAPH",
+                        help=f"ONNX graph: {' or '.join(GRAPHS)} (default: fused for GPT-2 and Llama, "
+                             f"whose KV cache it updates in place; optimum for the rest)")
     parser.add_argument("--verify", default=True, action=argparse.BooleanOptionalAction,
                         help="check that the export decodes 32 greedy tokens exactly like PyTorch")
 
@@ -29,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from tinygen_trainer.export import ExportConfig, run_export
 
     config = ExportConfig(src=args.src, out=args.out, format=args.format, quantize=args.quantize,
-                          verify=args.verify)
+                          verify=args.verify, graph=args.graph)
     run_export(config, echo=print)
     return 0

@@ -4,15 +4,16 @@
     export_model("my-gpt2", "my-gpt2-tinygen", quantize="int8")
 
 Modules, one step each: `config` (ExportConfig), `source` (check SRC), `assets`
-(tokenizer.json, replacements.json), `onnx_export` / `torchscript` (the model
-file), `quantize` (int8), `contract` (the manifest and the graph check),
+(tokenizer.json, replacements.json), `fused` (our own graph, in-place KV cache) /
+`onnx_export` (optimum's graph) / `torchscript` (the model file), `quantize` (int8;
+fused graphs: `fused.quantize`), `contract` (the manifest and the graph check),
 `verify` (greedy parity with PyTorch), `staging` (atomic OUT), `pipeline` (the
 order of the steps), `messages` (third-party errors as one line).
 """
 
-from .config import FORMATS, QUANTIZATIONS, ExportConfig
+from .config import FORMATS, GRAPHS, QUANTIZATIONS, ExportConfig
 from .pipeline import ExportResult, export_model, run_export
 from .verify import VerifyReport
 
-__all__ = ["ExportConfig", "ExportResult", "FORMATS", "QUANTIZATIONS", "VerifyReport",
+__all__ = ["ExportConfig", "ExportResult", "FORMATS", "GRAPHS", "QUANTIZATIONS", "VerifyReport",
            "export_model", "run_export"]

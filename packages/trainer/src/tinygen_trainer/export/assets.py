@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 from tinygen.errors import TinygenError
+from tinygen.fields import FILE_NAME as FIELDS_FILE
+from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
@@ -76,3 +78,18 @@ def copy_replacements(src: Path, dest_dir: Path, tokenizer_file: Path) -> str | 
     shutil.copyfile(path, dest_dir / REPLACEMENTS_FILE)
     return REPLACEMENTS_FILE
 
+
+
+def copy_fields(src: Path, dest_dir: Path, tokenizer_file: Path) -> str | None:
+    """Copy `fields.json` (context conditioning) when the source has one; its field tokens
+    must be in the tokenizer."""
+    path = src / FIELDS_FILE
+    if not path.is_file():
+        return None
+    schema = FieldSchema.load(path)
+    vocab = load_tokenizer(tokenizer_file).get_vocab(with_added_tokens=True)
+    missing = [t for t in schema.tokens() if t not in vocab]
+    if missing:
+        raise TinygenError(f"{path}: field token '{missing[0]}' is not in the tokenizer")
+    shutil.copyfile(path, dest_dir / FIELDS_FILE)
+    return FIELDS_FILE

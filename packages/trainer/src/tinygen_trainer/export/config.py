@@ -8,7 +8,8 @@ from pathlib import Path
 from tinygen.errors import TinygenError
 
 FORMATS = ("onnx", "torchscript")
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int4")
+GRAPHS = ("fused", "optimum")
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,14 @@ class ExportConfig:
     out: Path
     # "onnx" (what the runtime runs) or "torchscript" (a traced torch.jit module).
     format: str = "onnx"
-    # None keeps float32 weights; "int8" is onnxruntime dynamic quantization (ONNX only).
+    # None keeps float32 weights; "int8" is onnxruntime dynamic quantization (ONNX only); "int4"
+    # is weight-only MatMulNBits (fused graphs only; export/fused/quantize.py).
     quantize: str | None = None
     # Compare 32 greedy tokens of the exported model against PyTorch before writing OUT.
     verify: bool = True
+    # The ONNX graph: "fused" (ours: in-place KV cache, last-position logits; GPT-2 and Llama),
+    # "optimum" (optimum's text-generation-with-past) or None: fused where it exists, else optimum.
+    graph: str | None = None
 
     def __post_init__(self) -> None:
         # Accept str paths from Python callers; frozen, so set through object.__setattr__.
@@ -38,5 +43,9 @@ class ExportConfig:
             )
         if self.quantize and self.format != "onnx":
             raise TinygenError(f"--quantize {self.quantize} works only with --format onnx")
+        if self.graph is not None and self.graph not in GRAPHS:
+            raise TinygenError(f"unknown graph '{self.graph}'; choose one of: {', '.join(GRAPHS)}")
+        if self.graph and self.format != "onnx":
+            raise TinygenError(f"--graph {self.graph} works only with --format onnx")
         if not isinstance(self.verify, bool):
             raise TinygenError(f"verify must be true or false, got {self.verify!r}")

@@ -7,11 +7,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from tinygen.errors import TinygenError
 from tinygen.manifest import Manifest
 
-from .assets import copy_replacements, write_tokenizer
+from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
+from .fused import check_fused_graph, export_fused, supports_fused
+from .fused.quantize import quantize_nbits
 from .onnx_export import MODEL_FILE as ONNX_FILE
 from .onnx_export import export_onnx, read_signature
 from .quantize import quantize_int8
@@ -40,7 +43,8 @@ def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
     check_output_dir(config.out, config.src)
     with staged_dir(config.out) as stage:
         tokenizer = write_tokenizer(source.path, stage)
-        manifest = base_manifest(source, copy_replacements(source.path, stage, tokenizer))
+        manifest = replace(base_manifest(source, copy_replacements(source.path, stage, tokenizer)),
+                           fields_file=copy_fields(source.path, stage, tokenizer))
         manifest, reports = BUILDERS[config.format](config, source, manifest, stage, say)
         manifest.save(stage)
     say(f"wrote {config.out}")
@@ -50,27 +54,52 @@ def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
 def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
                 say: Say) -> tuple[Manifest, list[VerifyReport]]:
     model_path = stage / ONNX_FILE
-    say(f"exporting {source.path} to ONNX")
-    graph = export_onnx(source.path, model_path)
-    manifest = check_graph(manifest, graph, where=f"ONNX export of {source.path}")
+    model = None
+    if _graph_kind(config, source) == "fused":
+        say(f"writing the fused ONNX graph of {source.path}")
+        model = source.load_model()
+        manifest = export_fused(model, manifest, model_path)
+        check = check_fused_graph
+        graph = read_signature(model_path)
+    else:
+        say(f"exporting {source.path} to ONNX")
+        check = check_graph
+        graph = export_onnx(source.path, model_path)
+    manifest = check(manifest, graph, where=f"ONNX export of {source.path}")
     reports = []
-    ref = _reference(config, source, manifest, stage)
+    ref = _reference(config, source, manifest, stage, model)
     if ref is not None:
         # Before quantizing: int8 may legitimately change tokens, float32 may not.
         report = verify_model(OnnxStepper(model_path, manifest), ref)
         report.require_exact("the ONNX graph")
         reports.append(report)
         say(report.line())
-    if config.quantize == "int8":
-        say("quantizing weights to int8")
-        quantize_int8(model_path)
-        manifest = replace(check_graph(manifest, read_signature(model_path), where="int8 graph"),
-                           quantization="int8")
+    if config.quantize:
+        say(f"quantizing weights to {config.quantize}")
+        if config.quantize == "int4":  # weight-only MatMulNBits (fused graphs): fused/quantize.py
+            quantize_nbits(model_path, bits=4)
+        else:
+            quantize_int8(model_path)
+        where = f"{config.quantize} graph"
+        manifest = replace(check(manifest, read_signature(model_path), where=where),
+                           quantization=config.quantize)
         if ref is not None:
-            report = verify_model(OnnxStepper(model_path, manifest), ref, label="int8")
+            report = verify_model(OnnxStepper(model_path, manifest), ref, label=config.quantize)
             reports.append(report)
             say(report.line() + " (informational)")
     return manifest, reports
+
+
+def _graph_kind(config: ExportConfig, source: SourceModel) -> str:
+    """"fused" or "optimum": the one asked for, else fused wherever we have a builder."""
+    arch = source.architecture
+    if config.graph == "fused" and not supports_fused(arch):
+        raise TinygenError(f"no fused graph for '{arch}' models; export with --graph optimum")
+    kind = config.graph or ("fused" if supports_fused(arch) else "optimum")
+    if config.quantize == "int4" and kind != "fused":
+        hint = "drop --graph optimum" if supports_fused(arch) else f"'{arch}' models have none"
+        raise TinygenError(f"--quantize int4 needs the fused graph; {hint}")
+    return kind
 
 
 def _build_torchscript(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
@@ -105,8 +134,8 @@ def _reference(config: ExportConfig, source: SourceModel, manifest: Manifest, st
 
 
 def export_model(src: str | os.PathLike, out: str | os.PathLike, quantize: str | None = None,
-                 format: str = "onnx", verify: bool = True) -> Path:
+                 format: str = "onnx", verify: bool = True, graph: str | None = None) -> Path:
     """Export a transformers causal LM to a tinygen model directory; prints the report lines."""
     config = ExportConfig(src=Path(src), out=Path(out), format=format, quantize=quantize,
-                          verify=verify)
+                          verify=verify, graph=graph)
     return run_export(config, echo=print).path

@@ -6,10 +6,11 @@ from one call to the next, as the runtime will. Tokens must be identical; the
 largest absolute logit difference along the shared path is reported.
 
 Strict for float32 exports (ONNX and TorchScript): a single different token
-raises TinygenError. Informational for int8: quantization legitimately moves
-logits by ~0.1 and so can flip a close argmax on a real model, so the int8 graph
+raises TinygenError. Informational for int8 and int4: quantization legitimately moves
+logits by ~0.1 and so can flip a close argmax on a real model, so the quantized graph
 is reported (tokens in agreement, max logit diff) after its float32 source has
-passed the strict check; it is never a reason to fail.
+passed the strict check; it is never a reason to fail. Fused graphs compute logits
+for the last position only, so they are compared at the positions they return.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Stepper(Protocol):
     def empty_past(self) -> list: ...
 
     def __call__(self, ids: Sequence[int], past: list, past_len: int) -> tuple[np.ndarray, list]:
-        """Logits (len(ids), vocab) as float32 numpy, and the grown cache."""
+        """Logits (k, vocab) as float32 numpy for the last k positions of `ids` (k = len(ids),
+        or 1 for graphs that compute only the last position), and the grown cache."""
 
 
 def prompt_ids(tokenizer_file: Path, manifest: Manifest) -> list[int]:
@@ -116,27 +118,36 @@ def torch_reference(model, ids: list[int], manifest: Manifest, steps: int = STEP
     return Reference(tuple(ids), tokens, logits, tuple(eos))
 
 
-def greedy_path(step: Stepper, ref: Reference) -> tuple[list[int], np.ndarray]:
-    """Decode the reference's prompt greedily; returns tokens and logits laid out as Reference's."""
+def greedy_path(step: Stepper, ref: Reference) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Decode the reference's prompt greedily.
+
+    Returns the tokens, the logits the model gave, and for each logits row its
+    position (the row of Reference.logits it is to be compared with).
+    """
     past, past_len, feed = step.empty_past(), 0, list(ref.prompt_ids)
-    tokens, rows = [], []
+    tokens, rows, positions = [], [], []
     for _ in range(len(ref.tokens)):
         logits, past = step(feed, past, past_len)
         past_len += len(feed)
         rows.append(logits)
+        positions.extend(range(past_len - len(logits), past_len))
         scores = logits[-1].copy()
         scores[list(ref.suppressed)] = -np.inf
         tokens.append(int(scores.argmax()))
         feed = [tokens[-1]]
-    return tokens, np.concatenate(rows)
+    return tokens, np.concatenate(rows), np.array(positions)
 
 
-def compare(label: str, ref: Reference, tokens: list[int], logits: np.ndarray) -> VerifyReport:
+def compare(label: str, ref: Reference, tokens: list[int], logits: np.ndarray,
+            positions: np.ndarray | None = None) -> VerifyReport:
+    """`positions`: the Reference.logits row of each logits row (default: all rows, in order)."""
     differ = [i for i, (a, b) in enumerate(zip(ref.tokens, tokens)) if a != b]
     matched = differ[0] if differ else len(ref.tokens)
+    if positions is None:
+        positions = np.arange(len(logits))
     # Rows up to the one predicting the first different token saw identical inputs.
-    shared = len(ref.prompt_ids) + matched
-    diff = float(np.abs(logits[:shared] - ref.logits[:shared]).max())
+    shared = positions < len(ref.prompt_ids) + matched
+    diff = float(np.abs(logits[shared] - ref.logits[positions[shared]]).max())
     if matched == len(ref.tokens):
         return VerifyReport(label, len(ref.tokens), matched, diff)
     return VerifyReport(label, len(ref.tokens), matched, diff, ref.tokens[matched], tokens[matched])
@@ -146,14 +157,15 @@ def compare(label: str, ref: Reference, tokens: list[int], logits: np.ndarray) -
 
 class OnnxStepper:
     """The runtime's own session wrapper (IO binding, KV cache kept in onnxruntime),
+    chosen as the runtime chooses it (`load_causal_lm`: concat or shared KV cache),
     so verification checks exactly what users will run."""
 
     def __init__(self, path: Path, manifest: Manifest):
         from dataclasses import replace
 
-        from tinygen.onnx_model import OnnxCausalLM
+        from tinygen.onnx_model import load_causal_lm
 
-        self.lm = OnnxCausalLM(path.parent, replace(manifest, model_file=path.name), device="cpu")
+        self.lm = load_causal_lm(path.parent, replace(manifest, model_file=path.name), device="cpu")
 
     def empty_past(self) -> list:
         return self.lm.empty_cache(1)
@@ -163,7 +175,8 @@ class OnnxStepper:
         logits, present = self.lm.forward(
             np.array([ids], np.int64), np.ones((1, past_len + n), np.int64),
             np.arange(past_len, past_len + n, dtype=np.int64)[None], past)
-        return logits[0], present
+        # A fused graph returns only the last position, in a buffer its next step reuses.
+        return logits[0].copy(), present
 
 
 class TorchScriptStepper:
@@ -189,5 +202,5 @@ class TorchScriptStepper:
 
 
 def verify_model(step: Stepper, ref: Reference, label: str = "verified") -> VerifyReport:
-    tokens, logits = greedy_path(step, ref)
-    return compare(label, ref, tokens, logits)
+    tokens, logits, positions = greedy_path(step, ref)
+    return compare(label, ref, tokens, logits, positions)

@@ -1,0 +1,139 @@
+"""A causal LM whose graph updates one KV buffer per layer in place (manifest kv_cache "shared").
+
+The graph (written by `tinygen-train export --graph fused`, docs/model-format.md)
+runs onnxruntime's GroupQueryAttention with past and present bound to the same
+OrtValue of shape (batch, kv_heads, capacity, head_size): each step writes only
+the new positions, so a step costs the same at position 1000 as at position 32
+apart from attention itself, where a concat cache copies the whole past every step.
+
+The decode loop (decoding.py) speaks in left-padded rows with an attention mask,
+as optimum's graphs want. GroupQueryAttention wants right-padded rows and each
+row's length (`seqlens_k`), so `forward` repacks: a row's new tokens move to the
+front, and its length is counted from the mask. Rows never read one another's
+slots, so a row's text does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelFormatError, TinygenError
+from .manifest import Manifest
+from .onnx_model import _ORT_TYPES, OnnxCausalLM
+
+# Names of the extra inputs, as the manifest's `inputs` dict gives them.
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
+
+
+class SharedKVCache(list):
+    """The per-layer KV buffers (OrtValues, in Manifest.past_names() order) of one batch.
+
+    It also owns the step's reusable parts: the IO binding, with every past/present
+    pair bound once to the same buffer, and the logits array onnxruntime writes into.
+    """
+
+    binding: ort.IOBinding
+    logits: np.ndarray  # (batch, 1, vocab), overwritten by every forward with this cache
+
+
+class SharedKVCausalLM(OnnxCausalLM):
+    """Same interface as OnnxCausalLM; `empty_cache` allocates the buffers once per batch."""
+
+    def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
+                 threads: int | None = None):
+        super().__init__(model_dir, manifest, device=device, threads=threads)
+        self.capacity = manifest.context_window
+
+    def _check_graph(self, path) -> None:
+        m = self.manifest
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self._seqlens_name = m.inputs.get(SEQLENS_K) or SEQLENS_K
+        self._total_name = m.inputs.get(TOTAL_SEQUENCE_LENGTH) or TOTAL_SEQUENCE_LENGTH
+        wanted_in = [m.inputs["input_ids"], self._seqlens_name, self._total_name, *m.past_names()]
+        for name in wanted_in:
+            if name not in inputs:
+                raise ModelFormatError(f"{path}: graph has no input '{name}' that a shared-KV "
+                                       f"model needs")
+        for name in [m.outputs["logits"], *m.present_names()]:
+            if name not in outputs:
+                raise ModelFormatError(f"{path}: graph has no output '{name}' that the manifest "
+                                       f"names")
+        self.position_ids_name = m.inputs.get("position_ids")
+        if self.position_ids_name not in inputs:
+            self.position_ids_name = None  # rotary models derive positions from seqlens_k
+        past = inputs[m.past_names()[0]]
+        heads, size = past.shape[1], past.shape[3]
+        if (isinstance(heads, int) and heads != m.num_kv_heads) or \
+                (isinstance(size, int) and size != m.head_size):
+            raise ModelFormatError(f"{path}: KV cache is {heads} heads x {size}, manifest says "
+                                   f"{m.num_kv_heads} x {m.head_size}")
+        self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
+        self.logits_dtype = _ORT_TYPES.get(outputs[m.outputs["logits"]].type, np.float32)
+        self._past_names = m.past_names()
+        self._present_names = m.present_names()
+
+    def empty_cache(self, batch: int) -> SharedKVCache:
+        m = self.manifest
+        shape = (batch, m.num_kv_heads, self.capacity, m.head_size)
+        if self.device == "cpu":
+            # np.zeros maps zero pages lazily: only the positions written are ever touched.
+            buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))
+                       for _ in self._past_names]
+        else:
+            buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype,
+                                                                 self.device, 0)
+                       for _ in self._past_names]
+        cache = SharedKVCache(buffers)
+        cache.logits = np.empty((batch, 1, m.vocab_size), dtype=self.logits_dtype)
+        cache.binding = self.session.io_binding()
+        for past, present, value in zip(self._past_names, self._present_names, cache):
+            cache.binding.bind_ortvalue_input(past, value)
+            cache.binding.bind_ortvalue_output(present, value)  # the same buffer: updated in place
+        cache.binding.bind_output(m.outputs["logits"], "cpu", 0, self.logits_dtype,
+                                  cache.logits.shape, cache.logits.ctypes.data)
+        return cache
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                position_ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:
+        """input_ids, position_ids (batch, new), left-padded; attention_mask (batch, past + new).
+
+        Returns logits (batch, 1, vocab) at each row's last position, as float32, and
+        the cache (the same buffers, now holding the new positions). The logits array
+        belongs to the cache and is overwritten by its next forward.
+        """
+        batch, new = input_ids.shape
+        mask = np.asarray(attention_mask, dtype=bool)
+        fresh = mask[:, -new:]
+        lengths = mask.sum(axis=1)  # each row's tokens, past and new
+        if new > 1 and batch > 1 and mask[:, :-new].any():
+            raise TinygenError("a shared-KV model takes several new tokens per row only from an "
+                               "empty cache (a prompt) or at batch 1")
+        if fresh.all():
+            ids, positions = input_ids, position_ids
+        else:
+            # Right-pad: each row's new tokens to the front, in order (stable sort on "is pad").
+            order = np.argsort(~fresh, axis=1, kind="stable")[:, :fresh.sum(axis=1).max()]
+            ids = np.take_along_axis(input_ids, order, axis=1)
+            positions = np.take_along_axis(position_ids, order, axis=1)
+            positions[np.take_along_axis(~fresh, order, axis=1)] = 0  # padding: any valid position
+        if ids.shape[1] > self.capacity:
+            raise TinygenError(f"{ids.shape[1]} new tokens do not fit the model's window of "
+                               f"{self.capacity}")
+        # A finished row keeps stepping (its tokens are ignored) and may run past the
+        # buffer: it then rewrites the last slot instead of writing outside the buffer.
+        seqlens = np.minimum(lengths, self.capacity).astype(np.int32) - 1
+        binding = cache.binding
+        binding.bind_cpu_input(self.manifest.inputs["input_ids"],
+                               np.ascontiguousarray(ids, np.int64))
+        if self.position_ids_name:
+            binding.bind_cpu_input(self.position_ids_name,
+                                   np.ascontiguousarray(positions, np.int64))
+        binding.bind_cpu_input(self._seqlens_name, seqlens)
+        binding.bind_cpu_input(self._total_name, np.array(seqlens.max() + 1, dtype=np.int32))
+        self.session.run_with_iobinding(binding)
+        return cache.logits.astype(np.float32, copy=False), cache

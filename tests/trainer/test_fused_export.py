@@ -1,0 +1,155 @@
+"""`tinygen-train export --graph fused`: our own graph (GroupQueryAttention over one in-place KV
+buffer per layer, last-position logits) for the tiny GPT-2 and Llama (GQA) models.
+
+The float32 exports come from tests/trainer/conftest.py's `onnx_result`, which is the
+fused graph now that fused is the default for both architectures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tinygen.errors import TinygenError
+from tinygen.manifest import load_manifest
+from tinygen_trainer.cli import main
+from tinygen_trainer.export import ExportConfig, pipeline, run_export
+
+
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_fused_is_the_default_for_gpt2_and_llama(onnx_result, tiny_source_dir):
+    manifest = load_manifest(onnx_result.path)
+    assert manifest == onnx_result.manifest
+    assert manifest.kv_cache == "shared" and manifest.quantization is None
+    assert manifest.inputs["seqlens_k"] == "seqlens_k"
+    assert manifest.inputs["total_sequence_length"] == "total_sequence_length"
+    assert manifest.inputs["attention_mask"] is None
+    config = json.loads((tiny_source_dir / "config.json").read_text())
+    learned_positions = config["model_type"] == "gpt2"
+    assert (manifest.inputs["position_ids"] == "position_ids") is learned_positions
+
+    ops = _ops(onnx_result.path / "model.onnx")
+    assert ops.count("GroupQueryAttention") == manifest.num_layers
+    assert "Concat" not in ops  # nothing grows per step
+    graph = onnx.load(str(onnx_result.path / "model.onnx")).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    dims = [d.dim_value or d.dim_param for d in logits.type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, manifest.vocab_size]  # the last position only
+    # past and present are the same buffer, so they must have the same shape
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.input, *graph.output]}
+    for past, present in zip(manifest.past_names(), manifest.present_names()):
+        assert shapes[past] == shapes[present] == ["batch", manifest.num_kv_heads, "capacity",
+                                                   manifest.head_size]
+
+    report, = onnx_result.reports
+    assert report.exact and report.max_logit_diff < 1e-3
+
+
+def test_the_optimum_graph_on_request(tiny_gpt2_dir, tmp_path):
+    result = run_export(ExportConfig(src=tiny_gpt2_dir, out=tmp_path / "out", graph="optimum"))
+    assert result.manifest.kv_cache == "concat"
+    assert result.manifest.inputs["attention_mask"] == "attention_mask"
+    assert "GroupQueryAttention" not in _ops(result.path / "model.onnx")
+    assert result.reports[0].exact
+
+
+@pytest.fixture(scope="module")
+def int4_result(tiny_source_dir, tmp_path_factory):
+    return run_export(ExportConfig(src=tiny_source_dir, out=tmp_path_factory.mktemp("int4") / "m",
+                                   quantize="int4"))
+
+
+def test_int4_fused_graphs_use_matmulnbits(int4_result, onnx_result):
+    manifest = load_manifest(int4_result.path)
+    assert manifest.kv_cache == "shared" and manifest.quantization == "int4"
+    model = onnx.load(str(int4_result.path / "model.onnx"))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    # QKV, output projection, two MLP matrices per layer (Llama: gate+up packed), and the LM head
+    assert len(nbits) == 4 * manifest.num_layers + 1
+    assert all(next(a.i for a in n.attribute if a.name == "bits") == 4 for n in nbits)
+    weights = {i.name for i in model.graph.initializer}
+    assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    size = (int4_result.path / "model.onnx").stat().st_size
+    assert size < (onnx_result.path / "model.onnx").stat().st_size
+    fp32, quantized = int4_result.reports
+    assert fp32.exact and quantized.label == "int4" and np.isfinite(quantized.max_logit_diff)
+
+
+def test_int8_fused_graphs_keep_dynamic_quantization(int8_result):
+    """MatMulNBits 8-bit measured slower than dynamic int8 here (fused/quantize.py)."""
+    manifest = load_manifest(int8_result.path)
+    assert manifest.kv_cache == "shared" and manifest.quantization == "int8"
+    ops = set(_ops(int8_result.path / "model.onnx"))
+    assert "GroupQueryAttention" in ops and "MatMulNBits" not in ops
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def test_int4_needs_the_fused_graph(tiny_gpt2_dir, tmp_path):
+    with pytest.raises(TinygenError, match="int4 needs the fused graph"):
+        run_export(ExportConfig(src=tiny_gpt2_dir, out=tmp_path / "out", graph="optimum",
+                                quantize="int4"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_architectures_have_no_fused_graph(tiny_gpt2_dir, tmp_path):
+    import shutil
+
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    src = tmp_path / "neox"
+    config = GPTNeoXConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=64)
+    GPTNeoXForCausalLM(config).save_pretrained(src)
+    shutil.copy(tiny_gpt2_dir / "tokenizer.json", src / "tokenizer.json")
+    with pytest.raises(TinygenError, match="no fused graph for 'gpt_neox' models; export with "
+                                           "--graph optimum"):
+        run_export(ExportConfig(src=src, out=tmp_path / "out", graph="fused"))
+    assert pipeline._graph_kind(ExportConfig(src=src, out=tmp_path / "o2"),
+                                pipeline.read_source(src)) == "optimum"
+
+
+def test_verification_rejects_a_broken_fused_graph(tiny_llama_dir, tmp_path, monkeypatch):
+    real_export = pipeline.export_fused
+
+    def broken_export(model, manifest, dest):
+        manifest = real_export(model, manifest, dest)
+        graph = onnx.load(str(dest))
+        init = next(i for i in graph.graph.initializer if i.name.endswith("qkv_proj.weight"))
+        weights = numpy_helper.to_array(init)
+        noise = np.random.default_rng(0).normal(0, weights.std(), weights.shape)
+        noise = noise.astype(weights.dtype)
+        init.CopyFrom(numpy_helper.from_array(weights + noise, init.name))
+        onnx.save(graph, str(dest))
+        return manifest
+
+    monkeypatch.setattr(pipeline, "export_fused", broken_export)
+    with pytest.raises(TinygenError, match="verification failed: the ONNX graph"):
+        run_export(ExportConfig(src=tiny_llama_dir, out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"graph": "tflite"}, "unknown graph 'tflite'; choose one of: fused, optimum"),
+    ({"graph": "fused", "format": "torchscript"}, "--graph fused works only with --format onnx"),
+])
+def test_bad_graph_options_are_refused(tiny_gpt2_dir, tmp_path, options, message):
+    with pytest.raises(TinygenError, match=message):
+        ExportConfig(src=tiny_gpt2_dir, out=tmp_path / "out", **options)
+
+
+def test_cli_graph_flag(tiny_gpt2_dir, tmp_path, capsys):
+    assert main(["export", str(tiny_gpt2_dir), str(tmp_path / "out"), "--graph", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown graph 'nope'" in err
+    assert main(["export", str(tiny_gpt2_dir), str(tmp_path / "out"), "--graph", "fused",
+                 "--no-verify"]) == 0
+    assert "writing the fused ONNX graph" in capsys.readouterr().out
+    assert load_manifest(tmp_path / "out").kv_cache == "shared"
