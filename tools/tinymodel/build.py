@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import sys
@@ -28,7 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "tinymodel"))
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
 import corpus  # noqa: E402
+from perplexity import perplexity  # noqa: E402
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
 
@@ -53,23 +54,6 @@ def stage(path: Path, what: str) -> bool:
         print(f"= {what}: {path} exists, skipped")
         return False
     return True
-
-
-def heldout_perplexity(model_dir: Path, tokens: np.ndarray, block: int) -> float:
-    """exp(mean next-token NLL) over consecutive blocks of held-out tokens, through the runtime."""
-    from tinygen import TextGenerator
-
-    gen = TextGenerator(model_dir, device="cpu")
-    lm, nll, count = gen.model, 0.0, 0
-    for start in range(0, len(tokens) - block, block):
-        ids = tokens[start:start + block + 1].astype(np.int64)
-        x = ids[None, :-1]
-        logits, _ = lm.forward(x, np.ones_like(x), np.arange(block)[None], lm.empty_cache(1))
-        logits = logits[0].astype(np.float64)
-        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-        nll += float((logz - logits[np.arange(block), ids[1:]]).sum())
-        count += block
-    return math.exp(nll / count)
 
 
 def main() -> None:
@@ -112,8 +96,8 @@ def main() -> None:
 
     from tinygen_trainer.data import load_token_cache
 
-    holdout = np.asarray(load_token_cache(work / "holdout.tokens").tokens)[:40 * BLOCK]
-    ppl = {name: heldout_perplexity(d, holdout, BLOCK) for name, d in (("fp32", fp32), ("int8", exported))}
+    holdout = np.asarray(load_token_cache(work / "holdout.tokens").tokens)
+    ppl = {name: perplexity(d, holdout, BLOCK, 40, None) for name, d in (("fp32", fp32), ("int8", exported))}
     print(f"held-out perplexity: fp32 {ppl['fp32']:.2f}, int8 {ppl['int8']:.2f}")
 
     from tinygen import TextGenerator
