@@ -3,7 +3,7 @@ PYTHON ?= python3
 PROMPT ?= Once upon a time
 RUNTIME_VENV := .venv-runtime
 DEV_VENV := .venv
-PIP_QUIET ?= -q
+PIP_FLAGS ?= -q
 
 RUNTIME_SOURCES := $(shell find packages/runtime packages/tinymodel -type f -not -path '*/__pycache__/*' -not -path '*.egg-info*')
 DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml packages/tinymodel/pyproject.toml requirements-dev.txt
@@ -13,8 +13,8 @@ DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml pa
 # The runtime alone (no torch), with the embedded tiny model, in its own venv.
 $(RUNTIME_VENV)/.installed: $(RUNTIME_SOURCES)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(RUNTIME_VENV)/bin/pip install $(PIP_QUIET) ./packages/runtime ./packages/tinymodel
+	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) ./packages/runtime ./packages/tinymodel
 	touch $@
 
 generate: $(RUNTIME_VENV)/.installed
@@ -23,8 +23,8 @@ generate: $(RUNTIME_VENV)/.installed
 # Everything, editable, for development and tests.
 $(DEV_VENV)/.installed: $(DEV_INPUTS)
 	$(PYTHON) -m venv $(DEV_VENV)
-	$(DEV_VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(DEV_VENV)/bin/pip install $(PIP_QUIET) -r requirements-dev.txt \
+	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-dev.txt \
 		-e packages/runtime -e packages/trainer -e packages/tinymodel
 	touch $@
 
