@@ -133,6 +133,20 @@ class SequenceState:
                           tuple(self.probs))
 
 
+def left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of token ids -> (ids, attention_mask, position_ids), each (batch, longest).
+
+    Left padding, so every row's next token lands in the same last column.
+    """
+    width = max(len(c) for c in contexts)
+    ids = np.full((len(contexts), width), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, context in enumerate(contexts):
+        ids[i, width - len(context):] = context
+        mask[i, width - len(context):] = 1
+    return ids, mask, np.maximum(mask.cumsum(axis=1) - 1, 0)
+
+
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest end of `text` that begins some stop string (to hold back)."""
     best = 0
@@ -161,14 +175,7 @@ class BatchDecoding:
         self._prefill([r.prompt_ids for r in self.rows])
 
     def _prefill(self, contexts: list[list[int]]) -> None:
-        # Left padding, so every row's next token lands in the same last column.
-        width = max(len(c) for c in contexts)
-        ids = np.full((len(contexts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, context in enumerate(contexts):
-            ids[i, width - len(context):] = context
-            mask[i, width - len(context):] = 1
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        ids, mask, positions = left_pad(contexts, self.pad_id)
         logits, self.cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         self.logits = logits[:, -1, :]
         self.mask = mask

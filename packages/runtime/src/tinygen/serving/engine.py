@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 import numpy as np
 
 from ..config import GenerationConfig
-from ..decoding import Completion, Piece
+from ..decoding import Completion, Piece, left_pad
 from ..errors import TinygenError
 from ..processors import LogitsProcessor, build_processors, softmax
 from ..sampling import RandomSampler
@@ -463,13 +463,7 @@ class Engine:
 
     def _prefill(self, sequences: list[Sequence], contexts: list[list[int]]):
         """Run the contexts, left-padded, from an empty cache -> (logits (b, vocab), cache, mask)."""
-        width = max(len(c) for c in contexts)
-        ids = np.full((len(contexts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, context in enumerate(contexts):
-            ids[i, width - len(context):] = context
-            mask[i, width - len(context):] = 1
-        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        ids, mask, positions = left_pad(contexts, self.pad_id)
         logits, cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         for seq, context in zip(sequences, contexts):
             seq.next_position = len(context)
