@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bandwidth  # noqa: E402  (tools/bench/bandwidth.py)
 import models  # noqa: E402  (tools/bench/models.py: a script folder, not a package)
+from machine import describe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -313,23 +314,6 @@ def position_table(by_position: dict[int, list[Result]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    ram = "?"
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-        ram = f"{kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {ram} RAM, {platform.system()} {platform.release()}"
-
-
 def library_versions() -> str:
     parts = [f"python {platform.python_version()}"]
     for dist in ("tinygen", "onnxruntime", "torch", "transformers", "optimum", "optimum-onnx",
@@ -348,7 +332,7 @@ def record(table: str, args: argparse.Namespace, elapsed: float, outside: float)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"\n## {stamp}: decode, GPT-2-124M shape, random weights, CPU\n\n"
-        f"- machine: {machine()}\n"
+        f"- machine: {describe()}\n"
         f"- libraries: {library_versions()}\n"
         f"- settings: prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
         f"{args.repeats} repeats after 1 warm-up, {args.threads} threads for every engine, greedy; "
@@ -477,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"median of the runs before and after timing)")
     print()
     print(table)
-    print(f"\n{machine()}\n{library_versions()}\nthreads {args.threads}, took {elapsed:.0f} s, "
+    print(f"\n{describe()}\n{library_versions()}\nthreads {args.threads}, took {elapsed:.0f} s, "
           f"other processes used {outside.share:.0%} of the CPUs while timing")
     if outside.share > 0.05:
         print("warning: other processes shared the CPUs; the numbers are noisy", file=sys.stderr)

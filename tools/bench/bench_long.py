@@ -13,7 +13,6 @@ the process's resident memory as the text grows (goal: flat).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
 import models  # noqa: E402
+from machine import describe  # noqa: E402
 
 from tinygen import TextGenerator  # noqa: E402
 from tinygen.decoding import BatchDecoding  # noqa: E402
@@ -71,11 +71,8 @@ def main() -> None:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
         heading = (f"\n## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: unlimited generation "
-                   f"(sliding window), {model_dir.name}\n\n- machine: {cpu}, "
-                   f"{len(__import__('os').sched_getaffinity(0))} cores; greedy, batch 1\n\n")
+                   f"(sliding window), {model_dir.name}\n\n- machine: {describe()}; greedy, batch 1\n\n")
         with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
             f.write(heading + table + "\n")
 

@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402  (tools/bench/machine.py)
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -373,16 +376,6 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def library_versions() -> str:
     parts = [f"python {platform.python_version()}"]
     for dist in ("tinygen", "onnxruntime", "starlette", "uvicorn", "numpy"):
@@ -395,7 +388,7 @@ def library_versions() -> str:
 
 def record(title: str, settings: str, body: str) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"\n## {stamp}: {title}\n\n- machine: {machine()}\n- libraries: {library_versions()}\n"
+    section = (f"\n## {stamp}: {title}\n\n- machine: {describe()}\n- libraries: {library_versions()}\n"
                f"- settings: {settings}\n- how to reproduce: `.venv/bin/python tools/bench/bench_server.py "
                f"{' '.join(sys.argv[1:])}`\n\n{body}\n")
     with DOC.open("a", encoding="utf-8") as f:
