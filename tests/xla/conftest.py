@@ -16,11 +16,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import numpy as np
 import pytest
-import torch
 
-from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 from tinygen_trainer.training import TrainConfig
 
 if importlib.util.find_spec("torch_xla") is not None:
@@ -29,27 +26,7 @@ if importlib.util.find_spec("torch_xla") is not None:
 
     torch_xla.device()
 
-SENTENCES = [
-    "the cat sat on the mat.", "the dog ran in the park.", "a bird sang in the tree.",
-    "the sun rose over the hill.", "we read a book by the fire.", "the rain fell on the roof.",
-]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
-    path.write_text(" ".join(rng.choice(SENTENCES, size=300)), encoding="utf-8")
-    return path
+from training_corpus import SENTENCES, corpus, one_thread, tokenizer  # noqa: E402,F401 (fixtures)
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +35,6 @@ def lines(tmp_path_factory):
     path = tmp_path_factory.mktemp("lines") / "lines.txt"
     path.write_text("\n".join(SENTENCES * 5), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="session")
-def tokenizer(corpus):
-    tok = train_tokenizer([corpus.read_text()], TokenizerConfig(vocab_size=300, progress=False))
-    return save_tokenizer(tok, corpus.parent / "tokenizer.json")
 
 
 @pytest.fixture(scope="session")
