@@ -9,15 +9,14 @@ from pathlib import Path
 from tinygen.fields import FieldSchema
 from tinygen.replacements import Replacements
 
-from ..data.sources import ERRORS, read_documents
 from ..tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
+from .corpus_args import add_corpus_arguments, read_corpus
 
 HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", nargs="+", type=Path,
-                        help="text files, folders, or CSV/JSONL files")
+    add_corpus_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("tokenizer.json"),
                         help="where to write tokenizer.json (replacements.json goes beside it)")
     parser.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size,
@@ -36,12 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text a generated special token stands for, e.g. '<|url|>' '<url>'")
     parser.add_argument("--ban", action="append", default=[], metavar="TOKEN",
                         help="a special token the model must never generate (repeatable)")
-    parser.add_argument("--field", default=None,
-                        help="CSV column / JSONL key with the text; None: 'text'")
-    parser.add_argument("--errors", choices=ERRORS, default="strict",
-                        help="what to do with bytes that are not UTF-8")
-    parser.add_argument("--line-by-line", action="store_true",
-                        help="treat each line of a text file as its own document")
 
 
 def replacements_from_args(args: argparse.Namespace) -> Replacements:
@@ -58,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     specials = tuple(args.special_token) + tuple(schema.tokens() if schema else ())
     config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=specials,
                              min_frequency=args.min_frequency, replacements=replacements)
-    documents = []
-    for path in args.corpus:
-        documents.extend(read_documents(path, field=args.field, errors=args.errors,
-                                        line_by_line=args.line_by_line))
+    documents = read_corpus(args)
     tokenizer = train_tokenizer(documents, config)
     path = save_tokenizer(tokenizer, args.output, replacements)
     if schema:  # training and export find it beside the tokenizer, as replacements.json
