@@ -17,6 +17,8 @@ COMMANDS = {
     "tokenizer": "tokenizer",
     "encode": "encode",
     "train": "train",
+    "teacher-cache": "teacher_cache",
+    "distill": "distill",
     "export": "export",
 }
 

@@ -75,7 +75,7 @@ class Trainer:
             _check_resumable(config, encoder, checkpoint, state)
         reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
                             config.progress)
-        phases = build_phases(config, encoder, block_size, plan.pad_id)
+        phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
         set_seed(config.seed)  # before the model: a fresh init depends on it
         backend.seed(config.seed)
         model = backend.place_model(load_model(plan, checkpoint))
@@ -117,16 +117,19 @@ class Trainer:
         accum = self.config.grad_accum
         total = torch.zeros((), device=self.backend.device)
         for batch in feed.next_step():
-            with self.backend.autocast():
-                logits = self.model(input_ids=batch["input_ids"],
-                                    attention_mask=batch.get("attention_mask"),
-                                    use_cache=False).logits
-            loss = causal_lm_loss(logits, batch["labels"], batch.get("loss_weights")) / accum
+            loss = self.batch_loss(batch) / accum
             self.backend.backward(loss)
             total += loss.detach()
         self.backend.optimizer_step(self.optimizer, self.model.parameters(), self.config.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def batch_loss(self, batch: HostBatch) -> torch.Tensor:
+        """The loss of one micro-batch (the distillation trainer adds the teacher's term)."""
+        with self.backend.autocast():
+            logits = self.model(input_ids=batch["input_ids"],
+                                attention_mask=batch.get("attention_mask"), use_cache=False).logits
+        return causal_lm_loss(logits, batch["labels"], batch.get("loss_weights"))
 
     def on_step_end(self, phase: PhaseRun, lr: float, loss: torch.Tensor) -> None:
         """Log, sample and checkpoint. `self.step` is the number of steps done."""
@@ -208,6 +211,12 @@ class Trainer:
             shutil.copyfile(source / FIELDS_FILE, Path(folder) / FIELDS_FILE)
 
     # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def make_phases(config: TrainConfig, encoder: Encoder, block_size: int,
+                    pad_id: int) -> list[PhaseRun]:
+        """The run's phases and their row samplers (distillation draws from its teacher cache)."""
+        return build_phases(config, encoder, block_size, pad_id)
 
     def phase_at(self, step: int) -> PhaseRun:
         for phase in self.phases:

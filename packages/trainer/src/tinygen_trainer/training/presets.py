@@ -67,6 +67,8 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in (
     _gpt2("gpt2-124m", "GPT-2 small: 12 layers x 768 dims", 12, 12, 768, 1024, 6e-4),
     _gpt2("gpt2-355m", "GPT-2 medium: 24 layers x 1024 dims", 24, 16, 1024, 1024, 3e-4),
     _gpt2("gpt2-774m", "GPT-2 large: 36 layers x 1280 dims", 36, 20, 1280, 1024, 2.5e-4),
+    _llama("cpu-llama", "Llama shape, 4 layers x 256 dims, grouped-query attention: a student "
+           "for SmolLM2-family teachers (the embedded tiny model)", 4, 4, 2, 256, 768, 512, 2e-3),
     _llama("llama-tiny", "Llama shape, 2 layers x 64 dims, grouped-query attention: tests",
            2, 4, 2, 64, 128, 256, 2e-3),
     _llama("llama-135m", "SmolLM2-135M shape: 30 layers x 576 dims, 9 heads / 3 KV heads",

@@ -20,7 +20,7 @@ from tinygen.replacements import Replacements
 from ..data.blend import BlendSampler, derive_seed
 from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
-from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, TrainConfig
+from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
 from .schedule import LRSchedule
 
@@ -117,12 +117,16 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int,
         else:
             sampler = BlendSampler(samplers, [s.weight for s in phase.data],
                                    derive_seed(config.seed, index, len(samplers)))
-        peak = phase.learning_rate or config.learning_rate or default_learning_rate(config)
-        schedule = LRSchedule(peak, phase.steps, config.warmup_steps, config.lr_schedule,
-                              config.min_lr_ratio)
-        runs.append(PhaseRun(index, start, phase.steps, schedule, sampler))
+        runs.append(PhaseRun(index, start, phase.steps, phase_schedule(config, phase), sampler))
         start += phase.steps
     return runs
+
+
+def phase_schedule(config: TrainConfig, phase: Phase) -> LRSchedule:
+    """Warmup and decay over the phase's steps, to its peak learning rate."""
+    peak = phase.learning_rate or config.learning_rate or default_learning_rate(config)
+    return LRSchedule(peak, phase.steps, config.warmup_steps, config.lr_schedule,
+                      config.min_lr_ratio)
 
 
 def load_model(plan: ModelPlan, weights: Path | None) -> torch.nn.Module:

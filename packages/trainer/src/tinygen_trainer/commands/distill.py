@@ -1,0 +1,107 @@
+"""`tinygen-train distill`: train a student from a teacher, by its logits or by its texts.
+
+    # logits (one tokenizer): score the corpus once, then train on the cache
+    tinygen-train teacher-cache corpus.txt --teacher TEACHER -o cache/
+    tinygen-train distill --teacher-cache cache/ --preset cpu-llama --tokenizer TEACHER/tokenizer.json -o student/
+    # or both in one go (the cache goes to student/teacher-cache)
+    tinygen-train distill corpus.txt --teacher TEACHER --preset ... -o student/
+    # sequences (any tokenizer): the exported teacher writes N texts, the student trains on them
+    tinygen-train distill [corpus.txt] --teacher EXPORTED_TEACHER --teacher-texts 2000 --preset ... -o student/
+
+Every `train` option applies (steps, batch size, checkpoints, --resume, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from tinygen.errors import TinygenError
+
+from . import teacher_cache as cache_command
+from . import train as train_command
+
+HELP = "Distill a teacher into a student: logit distillation from a teacher cache, or sequence-level."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    train_command.add_arguments(parser)
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher", type=Path,
+                       help="transformers folder (logits; scored into OUTPUT/teacher-cache), or an "
+                            "exported tinygen model (with --teacher-texts)")
+    group.add_argument("--teacher-cache", type=Path,
+                       help="teacher cache from 'tinygen-train teacher-cache' (logits)")
+    group.add_argument("--kd-weight", type=float, default=0.9,
+                       help="share of the loss from the teacher's logits; the rest is cross-entropy")
+    group.add_argument("--temperature", type=float, default=1.0,
+                       help="softens teacher and student before the KL (scaled by T^2)")
+    group.add_argument("--top-k", type=int, default=32,
+                       help="teacher logits kept per position, when the cache is built here")
+    group.add_argument("--teacher-blocks", type=int,
+                       help="blocks the teacher scores, when the cache is built here; None: all")
+    group.add_argument("--teacher-texts", type=int, metavar="N",
+                       help="sequence-level: the teacher writes N texts to OUTPUT/teacher-texts.jsonl")
+    group.add_argument("--prompts", type=Path,
+                       help="sequence-level: a text file of prompts, one per line, cycled")
+    group.add_argument("--text-tokens", type=int, default=256,
+                       help="sequence-level: new tokens per teacher text")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.teacher_texts is not None:
+        return _sequences(args)
+    return _logits(args)
+
+
+def _logits(args: argparse.Namespace) -> int:
+    from ..distill import DistillConfig, cache_teacher, distill
+    from ..training.config import TrainConfig
+
+    cache = args.teacher_cache
+    if cache is None:
+        if args.teacher is None or not args.corpus:
+            raise TinygenError("give --teacher-cache DIR, or --teacher DIR and a corpus to score")
+        cache = args.output / "teacher-cache"
+        args.block_size = args.block_size or 256
+        built = cache_teacher(cache_command.request_from_args(args, cache))
+        if not built.complete:
+            raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
+    elif args.corpus:
+        raise TinygenError("with --teacher-cache the data is the cache; drop the corpus arguments")
+    args.corpus = [cache]
+    base = train_command.config_from_args(args)
+    config = DistillConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
+                           teacher_cache=cache, kd_weight=args.kd_weight,
+                           temperature=args.temperature)
+    out = distill(config)
+    print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
+    return 0
+
+
+def _sequences(args: argparse.Namespace) -> int:
+    from ..distill import TextsRequest, teacher_texts
+    from ..training import train
+
+    if args.teacher is None:
+        raise TinygenError("--teacher-texts needs --teacher EXPORTED_MODEL to write them")
+    if args.teacher_cache is not None:
+        raise TinygenError("--teacher-texts (sequences) and --teacher-cache (logits) exclude each other")
+    prompts = ("",)
+    if args.prompts is not None:
+        try:
+            lines = args.prompts.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise TinygenError(f"cannot read --prompts {args.prompts}: {exc.strerror}") from None
+        prompts = tuple(line for line in lines if line.strip()) or prompts
+    texts = teacher_texts(TextsRequest(args.teacher, args.output / "teacher-texts.jsonl",
+                                       args.teacher_texts, prompts, args.text_tokens, args.seed),
+                          progress=not args.quiet)
+    args.corpus = [*args.corpus, texts]
+    args.weights = args.weights and [*args.weights, 1.0]
+    args.loss_weights = args.loss_weights and [*args.loss_weights, 1.0]
+    out = train(train_command.config_from_args(args))
+    print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
+    return 0

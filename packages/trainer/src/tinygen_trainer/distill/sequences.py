@@ -1,0 +1,89 @@
+"""Sequence-level distillation: the teacher writes a corpus, the student trains on it.
+
+For a student whose tokenizer differs from the teacher's, the logits cannot be
+compared position by position; what transfers is the text (Kim & Rush 2016).
+The teacher generates through the tinygen runtime (so it must be an exported
+model folder), one JSONL record per text, {"text": ..., "seed": ...}, each
+seeded with seed + i so any text can be made again. The file is appended and
+synced per batch; a run that finds it part-written continues after its last
+complete line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from tinygen.errors import TinygenError
+
+
+@dataclass(frozen=True)
+class TextsRequest:
+    teacher: Path  # an exported tinygen model folder (tinygen.json)
+    output: Path  # the JSONL file to write (or continue)
+    count: int  # texts in all
+    prompts: tuple[str, ...] = ("",)  # cycled; "" starts a new document
+    max_new_tokens: int = 256
+    seed: int = 42
+    batch_size: int = 16
+    temperature: float = 1.0
+    top_p: float = 0.95
+
+
+def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
+    """Write (or finish) request.count teacher texts to request.output; returns the path."""
+    from tinygen import TextGenerator
+
+    if not (request.teacher / "tinygen.json").is_file():
+        raise TinygenError(
+            f"--teacher {request.teacher}: sequence-level distillation generates with the tinygen "
+            f"runtime; export the teacher first: tinygen-train export {request.teacher} OUT")
+    if request.count < 1:
+        raise TinygenError(f"--teacher-texts must be >= 1, got {request.count}")
+    done = _complete_lines(request.output)
+    if done >= request.count:
+        return request.output
+    generator = TextGenerator(request.teacher)
+    bar = _bar(request.count, done) if progress else None
+    with open(request.output, "a", encoding="utf-8") as f:
+        for start in range(done, request.count, request.batch_size):
+            count = min(request.batch_size, request.count - start)
+            # One prompt per batch keeps the batch one prefill; prompts cycle over batches.
+            prompt = request.prompts[(start // request.batch_size) % len(request.prompts)]
+            seeds = [request.seed + i for i in range(start, start + count)]
+            texts = generator.generate(prompt, n=count, seed=seeds, batch_size=count,
+                                       max_new_tokens=request.max_new_tokens,
+                                       temperature=request.temperature, top_p=request.top_p)
+            f.write("".join(json.dumps({"text": prompt + str(t), "seed": s}) + "\n"
+                            for t, s in zip(texts, seeds)))
+            f.flush()
+            os.fsync(f.fileno())
+            if bar is not None:
+                bar.update(count)
+    if bar is not None:
+        bar.close()
+    return request.output
+
+
+def _complete_lines(path: Path) -> int:
+    """Records in a part-written file; a torn last line (no newline) is cut off."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return data[:keep].count(b"\n")
+
+
+def _bar(total: int, done: int):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="teacher texts", unit="text", file=sys.stderr,
+                dynamic_ncols=True)
+

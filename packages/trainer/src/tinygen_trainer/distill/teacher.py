@@ -1,0 +1,110 @@
+"""The teacher side of distillation: load a teacher, score a corpus into a teacher cache."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tinygen.errors import TinygenError
+
+from ..data.dataset import TokenDataset
+from ..data.encoder import Encoder
+from ..training.config import TrainConfig
+from ..training.setup import build_encoder, model_window
+from .teacher_cache import TeacherCache, build_teacher_cache, teacher_fingerprint, torch_scorer
+
+
+@dataclass(frozen=True)
+class CacheRequest:
+    """What `tinygen-train teacher-cache` computes; the same request resumes the same cache."""
+
+    teacher: Path  # a transformers causal-LM folder
+    corpora: tuple[Path, ...]  # text files, folders, CSV/JSONL or token caches (teacher's tokenizer)
+    output: Path  # the cache folder
+    block_size: int = 256
+    top_k: int = 32
+    num_blocks: int | None = None  # None: every block of the corpus
+    seed: int = 42
+    batch_size: int = 4
+    max_minutes: float | None = None  # stop after this long; run again to continue
+    field: str | None = None
+    progress: bool = True
+
+
+def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Encoder:
+    """The teacher's tokenizer, end-of-text id and replacement rules, as training would use them."""
+    encoder, added = build_encoder(TrainConfig(output_dir=output, data=tuple(corpora),
+                                               model=teacher))
+    if added:
+        raise TinygenError(f"{teacher}: its tokenizer lacks tokens its replacement rules need")
+    return encoder
+
+
+def load_corpus(corpora: Sequence[Path], encoder: Encoder, field: str | None = None,
+                progress: bool = True) -> TokenDataset:
+    """Every corpus encoded (or read from its token cache) and joined into one stream."""
+    parts = [TokenDataset.from_path(p, encoder, field=field, progress=progress) for p in corpora]
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [p.num_tokens for p in parts[:-1]])
+    return TokenDataset(np.concatenate([p.tokens for p in parts]),
+                        np.concatenate([p.doc_ends + o for p, o in zip(parts, offsets)]),
+                        encoder.eos_id, ", ".join(str(c) for c in corpora))
+
+
+def load_teacher(teacher: Path):
+    """The teacher in eval mode, fp32, on the GPU when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (teacher / "config.json").is_file():
+        raise TinygenError(f"--teacher {teacher}: not a transformers model folder (no config.json); "
+                           f"convert GGUF files first (tools/teacher/smollm2.py shows how)")
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def cache_teacher(request: CacheRequest) -> TeacherCache:
+    """Build (or continue) the cache `request` describes; returns it, complete or not."""
+    encoder = teacher_encoder(request.teacher, request.corpora, request.output)
+    dataset = load_corpus(request.corpora, encoder, request.field, request.progress)
+    model = load_teacher(request.teacher)
+    window = model_window(model.config)
+    if request.block_size > window:
+        raise TinygenError(f"--block-size {request.block_size} is larger than the teacher's "
+                           f"window ({window})")
+    bar = _progress_bar(request.progress)
+    cache = build_teacher_cache(
+        request.output, dataset, encoder, teacher_fingerprint(request.teacher),
+        torch_scorer(model, request.top_k), request.block_size, request.top_k, request.seed,
+        request.num_blocks, batch_size=request.batch_size, max_minutes=request.max_minutes,
+        progress=bar)
+    if bar is not None:
+        bar.close()
+    return cache
+
+
+class _Bar:
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = None
+        self.tqdm = tqdm
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = self.tqdm(total=total, initial=0, desc="teacher", unit="block",
+                                 file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar(enabled: bool) -> _Bar | None:
+    return _Bar() if enabled else None

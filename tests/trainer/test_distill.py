@@ -1,0 +1,240 @@
+"""Distillation: the teacher cache (resume, corruption, settings) and students learning from it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tinygen.errors import TinygenError
+from tinygen_trainer.cli import main
+from tinygen_trainer.distill import (DistillConfig, DistillTrainer, TeacherCache,
+                                     TeacherCacheError, build_teacher_cache, mean_topk_kl)
+from tinygen_trainer.distill.teacher import load_corpus, load_teacher, teacher_encoder
+from tinygen_trainer.distill.teacher_cache import plan_blocks, teacher_fingerprint, torch_scorer
+from tinygen_trainer.training import read_metrics
+
+from training_corpus import corpus, one_thread, tokenizer  # noqa: F401 (fixtures)
+
+BLOCK, TOP_K = 32, 8
+# Text in the tiny teachers' domain (their tokenizer is trained on much the same, tests/conftest.py).
+TEXT = ("Once upon a time there was a little model that wanted to write stories. "
+        "It read every book in the library, from the first page to the last. "
+        "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question. ")
+
+
+@pytest.fixture(scope="module")
+def teacher_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher-corpus") / "corpus.txt"
+    path.write_text(TEXT * 60, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_parts(tiny_gpt2_dir, teacher_corpus, tmp_path_factory):
+    encoder = teacher_encoder(tiny_gpt2_dir, [teacher_corpus], tmp_path_factory.mktemp("enc"))
+    dataset = load_corpus([teacher_corpus], encoder, progress=False)
+    scorer = torch_scorer(load_teacher(tiny_gpt2_dir), TOP_K)
+    return encoder, dataset, scorer, teacher_fingerprint(tiny_gpt2_dir)
+
+
+def build(folder, parts, score=None, **options):
+    encoder, dataset, scorer, fingerprint = parts
+    settings = {"block_size": BLOCK, "top_k": TOP_K, "seed": 3, "num_blocks": 24,
+                "blocks_per_shard": 5, "batch_size": 2, **options}
+    return build_teacher_cache(folder, dataset, encoder, fingerprint, score or scorer, **settings)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(teacher_parts, tmp_path_factory):
+    return build(tmp_path_factory.mktemp("cache") / "cache", teacher_parts).folder
+
+
+# -- the cache ---------------------------------------------------------------------
+
+def test_cache_holds_the_teachers_top_k(cache_dir, teacher_parts, tiny_gpt2_dir):
+    import torch
+
+    blocks = TeacherCache.open(cache_dir).load()
+    assert blocks.tokens.shape == (24, BLOCK) and blocks.ids.shape == (24, BLOCK, TOP_K)
+    # the stored logits are the teacher's largest, in order, to float16 precision
+    teacher = load_teacher(tiny_gpt2_dir)
+    with torch.inference_mode():
+        full = teacher(input_ids=torch.from_numpy(blocks.tokens[:2].astype(np.int64))).logits
+    expected = full.topk(TOP_K, dim=-1)
+    assert np.array_equal(blocks.ids[:2], expected.indices.numpy())
+    np.testing.assert_allclose(blocks.logits[:2], expected.values.numpy(), rtol=2e-3, atol=2e-3)
+    # blocks are distinct, non-overlapping windows of the corpus, in the seeded plan's order
+    dataset = teacher_parts[1]
+    offsets = plan_blocks(dataset, BLOCK, seed=3, num_blocks=24)
+    assert len(set(offsets.tolist())) == 24 and np.all(offsets % BLOCK == 0)
+    assert np.array_equal(blocks.tokens, dataset.tokens[offsets[:, None] + np.arange(BLOCK)])
+
+
+def test_killed_cache_resumes_to_the_same_content(cache_dir, teacher_parts, tmp_path):
+    calls = []
+    scorer = teacher_parts[2]
+
+    def dies_after_two_shards(tokens):
+        if len(calls) == 5:  # batch_size 2, 5 blocks per shard: 3 calls a shard
+            raise KeyboardInterrupt
+        calls.append(len(tokens))
+        return scorer(tokens)
+
+    folder = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        build(folder, teacher_parts, score=dies_after_two_shards)
+    assert TeacherCache.open(folder).shards_done() == 1
+    calls.clear()
+    resumed = build(folder, teacher_parts, score=lambda t: (calls.append(len(t)), scorer(t))[1])
+    assert resumed.complete and sum(calls) == 24 - 5  # only the missing blocks were scored
+    again, whole = resumed.load(), TeacherCache.open(cache_dir).load()
+    for name in ("tokens", "ids", "logits"):
+        assert np.array_equal(getattr(again, name), getattr(whole, name)), name
+
+
+def test_max_minutes_splits_the_pass(teacher_parts, tmp_path):
+    stopped = build(tmp_path / "cache", teacher_parts, max_minutes=0)
+    assert not stopped.complete
+    with pytest.raises(TeacherCacheError, match="incomplete .0/5 shards.*run the same"):
+        stopped.load()
+    assert build(tmp_path / "cache", teacher_parts).complete
+
+
+def test_corrupt_shard_and_other_settings_are_refused(cache_dir, teacher_parts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    shard = copy / "shard-00002.msgpack"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(TeacherCacheError, match="shard-00002.*corrupt.*checksum"):
+        TeacherCache.open(copy).load()
+    with pytest.raises(TeacherCacheError, match="other settings .top_k"):
+        build(copy, teacher_parts, top_k=4)
+
+
+# -- students ----------------------------------------------------------------------
+
+def student_config(tmp_path, cache, tokenizer_path, **options) -> DistillConfig:
+    base = {"output_dir": tmp_path / "student", "teacher_cache": cache, "preset": "cpu-tiny",
+            "tokenizer": tokenizer_path, "steps": 40, "batch_size": 8, "warmup_steps": 4,
+            "log_every": 1, "checkpoint_every": 0, "progress": False, "seed": 5}
+    return DistillConfig(**{**base, **options})
+
+
+def test_distilled_student_moves_toward_the_teacher(cache_dir, tiny_gpt2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    blocks = TeacherCache.open(cache_dir).load()
+    kl = {}
+    for name, weight in (("distilled", 1.0), ("plain", 0.0)):  # same rows, same init
+        config = student_config(tmp_path / name, cache_dir, tiny_gpt2_dir / "tokenizer.json",
+                                learning_rate=5e-3, kd_weight=weight)
+        trainer = DistillTrainer.from_config(config)
+        kl["before"] = mean_topk_kl(trainer.model, blocks)
+        trainer.model.train()
+        out = trainer.fit()
+        kl[name] = mean_topk_kl(AutoModelForCausalLM.from_pretrained(out), blocks)
+        losses = [m["loss"] for m in read_metrics(out)]
+        assert np.mean(losses[-5:]) < np.mean(losses[:5]), name
+    # the teacher's logits teach what the text alone does not
+    assert kl["distilled"] < 0.75 * kl["before"], kl
+    assert kl["distilled"] < 0.85 * kl["plain"], kl
+
+
+def test_killed_distillation_resumes_exactly(cache_dir, tiny_gpt2_dir, tmp_path):
+    class Interrupted(Exception):
+        pass
+
+    class DiesAtStep4(DistillTrainer):
+        def on_step_end(self, phase, lr, loss):
+            super().on_step_end(phase, lr, loss)
+            if self.step == 4:
+                raise Interrupted
+
+    tok = tiny_gpt2_dir / "tokenizer.json"
+    whole = DistillTrainer.from_config(student_config(tmp_path / "a", cache_dir, tok, steps=6,
+                                                      checkpoint_every=2)).fit()
+    config = student_config(tmp_path / "b", cache_dir, tok, steps=6, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        DiesAtStep4.from_config(config).fit()
+    import dataclasses
+
+    resumed = DistillTrainer.from_config(dataclasses.replace(config, resume=True)).fit()
+    assert [m["loss"] for m in read_metrics(resumed)] == [m["loss"] for m in read_metrics(whole)]
+
+
+def test_student_with_another_tokenizer_is_refused(cache_dir, tokenizer, tmp_path):
+    with pytest.raises(TinygenError, match="tokenizer differs.*sequence-level"):
+        DistillTrainer.from_config(student_config(tmp_path, cache_dir, tokenizer))
+
+
+def test_bad_options_are_one_line_errors(cache_dir, tiny_gpt2_dir, tmp_path):
+    tok = tiny_gpt2_dir / "tokenizer.json"
+    with pytest.raises(TinygenError, match="kd_weight must be in"):
+        student_config(tmp_path, cache_dir, tok, kd_weight=1.5)
+    with pytest.raises(TinygenError, match="block-size 64 differs from the teacher cache"):
+        DistillTrainer.from_config(student_config(tmp_path, cache_dir, tok, block_size=64))
+    with pytest.raises(TinygenError, match="not a teacher cache"):
+        DistillTrainer.from_config(student_config(tmp_path, tmp_path, tok))
+
+
+# -- the CLI -----------------------------------------------------------------------
+
+def test_cli_cache_then_distill(tiny_gpt2_dir, teacher_corpus, tmp_path, capsys):
+    cache, out = tmp_path / "cache", tmp_path / "student"
+    assert main(["teacher-cache", str(teacher_corpus), "--teacher", str(tiny_gpt2_dir), "-o",
+                 str(cache), "--block-size", "32", "--top-k", "4", "--teacher-blocks", "8",
+                 "--quiet"]) == 0
+    assert json.loads((cache / "cache.json").read_text())["num_blocks"] == 8
+    assert main(["distill", "--teacher-cache", str(cache), "--preset", "cpu-tiny", "--tokenizer",
+                 str(tiny_gpt2_dir / "tokenizer.json"), "-o", str(out), "--steps", "3",
+                 "--batch-size", "2", "--warmup-steps", "1", "--quiet"]) == 0
+    assert (out / "config.json").is_file()
+    assert len(read_metrics(out)) >= 1
+    code = main(["distill", "--teacher-cache", str(cache), str(teacher_corpus), "--preset",
+                 "cpu-tiny", "--tokenizer", str(tiny_gpt2_dir / "tokenizer.json"), "-o",
+                 str(tmp_path / "x"), "--quiet"])
+    assert code == 2 and "drop the corpus" in capsys.readouterr().err
+
+
+def test_sequence_level_distillation(exported_gpt2_dir, tokenizer, tmp_path):
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", str(exported_gpt2_dir), "--teacher-texts", "6",
+            "--text-tokens", "12", "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+            "-o", str(out), "--steps", "2", "--batch-size", "2", "--block-size", "8",
+            "--warmup-steps", "1", "--quiet", "--seed", "11"]
+    assert main(args) == 0
+    texts_file = out / "teacher-texts.jsonl"
+    records = [json.loads(line) for line in texts_file.read_text().splitlines()]
+    assert [r["seed"] for r in records] == list(range(11, 17))
+    assert all(r["text"] for r in records)
+    assert (out / "config.json").is_file()
+    # a torn file (killed mid-write) is finished to the same texts: every text is seeded
+    whole = texts_file.read_bytes()
+    texts_file.write_bytes(whole[:whole.index(b"\n", len(whole) // 3) + 5])
+    from tinygen_trainer.distill import TextsRequest, teacher_texts
+
+    teacher_texts(TextsRequest(exported_gpt2_dir, texts_file, 6, max_new_tokens=12, seed=11),
+                  progress=False)
+    assert texts_file.read_bytes() == whole
+
+
+def test_cache_grows_and_shrinks_keeping_whole_shards(cache_dir, teacher_parts, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cache"
+    shutil.copytree(cache_dir, folder)  # 24 blocks: shards of 5, 5, 5, 5, 4
+    calls = []
+    scorer = teacher_parts[2]
+    counting = lambda t: (calls.append(len(t)), scorer(t))[1]  # noqa: E731
+    grown = build(folder, teacher_parts, score=counting, num_blocks=32)
+    assert grown.num_blocks == 32 and sum(calls) == 32 - 20  # the short last shard is redone
+    shrunk = build(folder, teacher_parts, score=counting, num_blocks=12)
+    assert shrunk.complete and len(shrunk.load()) == 12 and sum(calls) == 12 + 2
+    whole = TeacherCache.open(cache_dir).load()
+    assert np.array_equal(shrunk.load().ids, whole.ids[:12])
