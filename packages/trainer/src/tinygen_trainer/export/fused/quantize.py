@@ -28,14 +28,17 @@ import logging
 from pathlib import Path
 
 from ..onnx_export import external_data_files, remove_onnx
+from .tied_embedding import share_head_with_embedding
 
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 activations: integer kernels (see the module docstring)
 
 
 def quantize_nbits(path: Path, bits: int = 4, block_size: int = BLOCK_SIZE,
-                   accuracy_level: int = ACCURACY_LEVEL) -> None:
-    """Replace the float32 graph at `path` with its `bits`-bit (4 or 8) weight-only version."""
+                   accuracy_level: int = ACCURACY_LEVEL, tie_embedding: bool = True) -> None:
+    """Replace the float32 graph at `path` with its `bits`-bit (4 or 8) weight-only version.
+
+    tie_embedding: a tied token embedding reads the quantized head (tied_embedding.py)."""
     import onnx
 
     root = logging.getLogger()
@@ -57,6 +60,8 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int = BLOCK_SIZE,
     finally:
         logger.setLevel(node_level)
     model = quantizer.model.model
+    if tie_embedding:
+        share_head_with_embedding(model)
     remove_onnx(path)
     if large:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
