@@ -11,7 +11,7 @@ import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
 import torch
 
@@ -23,6 +23,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch-xla is built against exactly one torch release; requirements-xla.txt pins the same.
 TORCH_XLA_VERSION = "2.9.0"
 TORCH_XLA_PINS = f"torch=={TORCH_XLA_VERSION} torch-xla=={TORCH_XLA_VERSION}"
+T = TypeVar("T")
 
 
 class Backend:
@@ -98,6 +99,21 @@ class Backend:
         """The model and backend that generate samples during training: these ones."""
         return model, self
 
+    # -- processes: one here; one per host on a TPU pod slice ---------------------
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes files (checkpoints, the model, metrics): process 0."""
+        return True
+
+    def write_once(self, what: str, write: Callable[[], T]) -> T:
+        """Run `write` in the one process that writes; every process returns when it is done."""
+        return write()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value`, in process order (every process must call it)."""
+        return [value]
+
     # -- saving ----------------------------------------------------------------
 
     @property
@@ -171,6 +187,10 @@ class XlaBackend(Backend):
     The graph compiles during the first steps and replays from then on;
     metrics.jsonl records the count (xla_compilations). Batches come through
     MpDeviceLoader; several devices train SPMD data parallel (see xla.py).
+
+    On a pod slice each host runs one process of this backend: each feeds its
+    share of every global batch, process 0 alone writes files and the others
+    wait for it (write_once), and all resume from the same checkpoint (gather).
     """
 
     name = "xla"
@@ -241,6 +261,18 @@ class XlaBackend(Backend):
 
     def seed(self, seed: int) -> None:
         self._xla.set_rng_state(seed)
+
+    @property
+    def is_writer(self) -> bool:
+        return self.runtime.hosts.writer
+
+    def write_once(self, what: str, write: Callable[[], T]) -> T:
+        # Parameters and optimizer state are replicated, so process 0 copies them off
+        # its own chips (no collective); the other hosts only wait.
+        return self.runtime.hosts.once(what, write)
+
+    def gather(self, value: Any) -> list[Any]:
+        return self.runtime.hosts.gather(value)
 
     def for_sampling(self, model: torch.nn.Module) -> tuple[torch.nn.Module, Backend]:
         # Generating grows the sequence a token at a time: on XLA, a new graph per length.

@@ -8,16 +8,30 @@ multiprocessing "more complex, and not compatible with SPMD"; xr.use_spmd() is
 "the recommended way"): one process per host drives all of its chips,
 parameters are replicated, each batch is split along its first
 dimension over a 1-D `data` mesh of every chip in the slice, and the XLA
-partitioner adds the gradient all-reduce. On a pod slice every host runs the
-same command; each loads only its own rows of the global batch. With a single
-device nothing is sharded and the graph is the plain one.
+partitioner adds the gradient all-reduce. With a single device nothing is
+sharded and the graph is the plain one.
+
+On a pod slice every host runs the same command, and so one process per host
+(xr.process_index() of xr.process_count()):
+
+- Data: `--batch-size` is the global micro-batch. Each host keeps its contiguous
+  share of every global batch (feed.host_step) and hands it to MpDeviceLoader as
+  its local part of the globally sharded input (ShardingSpec(minibatch=True),
+  torch-xla's documented way to feed per-host data under SPMD).
+- Files: process 0 alone writes checkpoints, the trained model, metrics.jsonl and
+  TensorBoard; the others wait for it (Hosts.once), so none runs ahead of a
+  checkpoint being written, and each learns whether the write worked.
+- Coordination between hosts goes through a gloo process group that
+  torch-xla's `xla://` init method sets up (the pattern of its distributed
+  checkpoint guide); only small Python objects travel there. Tensors never do:
+  the training graph's own collectives move them.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +44,7 @@ from torch_xla.distributed.parallel_loader import MpDeviceLoader
 from tinygen.errors import TinygenError
 
 from ..data.dataset import Rows, Sampler
-from .feed import HostBatch
+from .feed import HostBatch, host_step
 
 # Rows drawn ahead of the step: enough to hide the host-to-device copy, small so a
 # phase switch or the end of the run throws little work away.
@@ -38,8 +52,97 @@ LOADER_PREFETCH = 4
 DEVICE_PREFETCH = 2
 
 
+T = TypeVar("T")
+
+
+class Hosts:
+    """The processes training one model, one per host: which one this is, and meeting points.
+
+    Process 0 writes every file. `group` is a torch.distributed process group
+    over the hosts (None with one host: then nothing needs to wait).
+    """
+
+    def __init__(self, index: int = 0, count: int = 1, group: Any = None):
+        if count > 1 and group is None:
+            raise ValueError("several hosts need a process group")
+        self.index = index
+        self.count = count
+        self.group = group
+
+    @property
+    def writer(self) -> bool:
+        return self.index == 0
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every host's `value` (picklable), in host order; all hosts must call it."""
+        if self.count == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.count
+        dist.all_gather_object(values, value, group=self.group)
+        return values
+
+    def once(self, what: str, write: Callable[[], T]) -> T:
+        """Run `write` on process 0 only; every host returns its result once it is done.
+
+        The others wait here, so none reads or runs past a file being written;
+        if the write fails, process 0 raises its error and the others a RuntimeError.
+        """
+        result: Any = None
+        failure: BaseException | None = None
+        if self.writer:
+            try:
+                result = write()
+            except BaseException as exc:  # the others must not wait for a write that died
+                failure = exc
+        if self.count > 1:
+            import torch.distributed as dist
+
+            message = None if failure is None else f"{type(failure).__name__}: {failure}"
+            box = [(result, message)]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            result, message = box[0]
+            if failure is None and message is not None:
+                raise RuntimeError(f"process 0 failed to write {what}: {message}")
+        if failure is not None:
+            raise failure
+        return result
+
+
+def join_hosts() -> Hosts:
+    """This process among the hosts of the slice; with several, the gloo group between them."""
+    count = xr.process_count()
+    if count == 1:
+        return Hosts()
+    import torch.distributed as dist
+    import torch_xla.distributed.xla_backend  # noqa: F401 (registers the xla:// init method)
+
+    if not dist.is_initialized():
+        # Rank process_index of process_count under SPMD; the address of process 0's
+        # host comes from the TPU metadata. Started before any training graph.
+        dist.init_process_group("gloo", init_method="xla://")
+    return Hosts(xr.process_index(), count, dist.group.WORLD)
+
+
+def check_batch(batch_size: int, hosts: int, local_devices: int) -> None:
+    """One line unless `batch_size` (global) splits evenly over hosts x local_devices chips."""
+    devices = hosts * local_devices
+    if batch_size % devices == 0:
+        return
+    fits = devices * max(1, batch_size // devices)
+    if hosts == 1:
+        raise TinygenError(
+            f"batch_size {batch_size} must be a multiple of the {devices} XLA devices "
+            f"it is split over; use --batch-size {fits}")
+    raise TinygenError(
+        f"batch_size {batch_size} is the global batch and must be a multiple of the {devices} "
+        f"XLA devices of the {hosts} hosts ({local_devices} each) it is split over; "
+        f"use --batch-size {fits} ({fits // hosts} rows per host)")
+
+
 class XlaRuntime:
-    """The PJRT runtime of this process: its device and, with several chips, the SPMD mesh."""
+    """The PJRT runtime of this process: its device, its place among the hosts, the SPMD mesh."""
 
     def __init__(self) -> None:
         self.devices = xr.global_runtime_device_count()  # every chip of the slice, all hosts
@@ -48,8 +151,8 @@ class XlaRuntime:
             # Before the first XLA tensor: afterwards SPMD has to replicate what exists.
             xr.use_spmd()
         self.device = torch_xla.device()
-        self.hosts = xr.process_count()
-        self.host = xr.process_index()
+        self.local_devices = xr.addressable_runtime_device_count()  # this host's chips
+        self.hosts = join_hosts()
         self.mesh = None
         if self.spmd:
             import torch_xla.distributed.spmd as xs
@@ -64,14 +167,10 @@ class XlaRuntime:
         if not self.spmd:
             return f"1 {self.device_type} device"
         return (f"{self.devices} {self.device_type} devices, SPMD data parallel"
-                + (f" over {self.hosts} hosts" if self.hosts > 1 else ""))
+                + (f" over {self.hosts.count} hosts" if self.hosts.count > 1 else ""))
 
     def check_batch(self, batch_size: int) -> None:
-        if batch_size % self.devices:
-            fits = self.devices * max(1, batch_size // self.devices)
-            raise TinygenError(
-                f"batch_size {batch_size} must be a multiple of the {self.devices} XLA devices "
-                f"it is split over; use --batch-size {fits}")
+        check_batch(batch_size, self.hosts.count, self.local_devices)
 
     def input_sharding(self):
         """How a (rows, ...) host batch is laid out: rows split over the `data` axis."""
@@ -79,9 +178,11 @@ class XlaRuntime:
             return None
         import torch_xla.distributed.spmd as xs
 
-        # (rows, grad_accum, block): only the first dimension is split. On several
-        # hosts each one sends its own rows (minibatch) and XLA assembles the batch.
-        return xs.ShardingSpec(self.mesh, ("data", None, None), minibatch=self.hosts > 1)
+        # (rows, grad_accum, block): only the first dimension is split. With several
+        # hosts each sends only its rows (minibatch) and XLA assembles the global
+        # batch from them; which chips a host's rows land on does not matter, the
+        # loss being a mean over all rows.
+        return xs.ShardingSpec(self.mesh, ("data", None, None), minibatch=self.hosts.count > 1)
 
 
 def compilations() -> int:
@@ -116,15 +217,11 @@ class XlaFeed:
         self._batches: Iterator[HostBatch] | None = None
 
     def _host_steps(self) -> Iterator[HostBatch]:
-        """(rows this host loads, accum, block) CPU tensors per field, forever."""
-        share = self.batch_size // self.runtime.hosts
-        mine = slice(self.runtime.host * share, (self.runtime.host + 1) * share)
+        """(rows this host trains, accum, block) CPU tensors per field, forever."""
+        hosts = self.runtime.hosts
         while True:
-            # Every host draws the whole global batch, so all samplers stay in step
-            # and a checkpoint from any host resumes all of them.
-            micro = [self.make_batch(self.sampler.next_rows(self.batch_size))
-                     for _ in range(self.accum)]
-            step = {key: torch.stack([m[key][mine] for m in micro], dim=1) for key in micro[0]}
+            step = host_step(self.sampler, self.make_batch, self.batch_size, self.accum,
+                             hosts.index, hosts.count)
             with self._lock:
                 self._states.append(self.sampler.state_dict())
             yield step
