@@ -9,10 +9,16 @@ keep. Nothing is pickled, so loading a checkpoint runs no code from it.
 Writes are atomic: everything goes into a `.tmp-step-...` folder, is fsynced,
 and the folder is renamed into place. A run killed mid-write leaves only a temp
 folder, which readers ignore, so the previous checkpoint stays the newest.
+
+On a TPU pod slice one process per host trains, and only process 0 writes
+(Backend.write_once); the others wait until the checkpoint is in place. A resume
+reads the same checkpoint on every host: resume_point checks that all hosts see
+the same newest one, which holds when --output is a folder they share.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -86,6 +92,27 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def resume_point(output_dir: Path, backend: Backend) -> Path | None:
+    """The newest checkpoint, the same one for every process (host), or a one-line error.
+
+    Process 0 writes checkpoints, so the other hosts of a pod slice find them only
+    if `output_dir` is a folder they all share; a resume from different points (or
+    from none on some hosts) would train different models, so it stops here.
+    """
+    latest = latest_checkpoint(output_dir)
+    seen = None
+    if latest is not None:
+        digest = hashlib.sha256((latest / STATE_FILE).read_bytes()).hexdigest()[:8]
+        seen = f"{latest.name} (state {digest})"
+    views = backend.gather(seen)
+    if any(view != views[0] for view in views):
+        each = ", ".join(f"host {i}: {view or 'none'}" for i, view in enumerate(views))
+        raise TinygenError(
+            f"the hosts see different checkpoints in {output_dir} ({each}); only process 0 "
+            f"writes them, so on a pod slice --output must be a folder every host shares")
+    return latest
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from tinygen.fields import FILE_NAME as FIELDS_FILE
 
 from ..data.dataset import Rows
 from ..data.encoder import Encoder
-from .checkpoint import (capture_rng, latest_checkpoint, list_checkpoints, load_optimizer,
-                         read_state, restore_rng, save_checkpoint)
+from .checkpoint import (capture_rng, load_optimizer, read_state, restore_rng, resume_point,
+                         save_checkpoint)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .feed import Feed, HostBatch
@@ -65,8 +65,8 @@ class Trainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Trainer":
         """Build a ready-to-fit trainer; any user error is raised here, before training."""
-        checkpoint = _checkpoint_to_resume(config)
         backend = select_backend(config.device, config.precision)
+        checkpoint = _checkpoint_to_resume(config, backend)
         encoder, added = build_encoder(config)
         plan = plan_model(config, encoder, added)
         block_size = resolve_block_size(config, plan)
@@ -74,7 +74,7 @@ class Trainer:
         if state is not None:
             _check_resumable(config, encoder, checkpoint, state)
         reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
-                            config.progress)
+                            config.progress, writes=backend.is_writer)
         phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
         set_seed(config.seed)  # before the model: a fresh init depends on it
         backend.seed(config.seed)
@@ -158,7 +158,11 @@ class Trainer:
     # -- saving and resuming -------------------------------------------------
 
     def save_checkpoint(self) -> Path:
+        """Write a checkpoint of this step (process 0 of a pod slice; the others wait)."""
         self.backend.flush()  # metrics.jsonl reaches this step before the checkpoint exists
+        return self.backend.write_once(f"checkpoint {self.step}", self._write_checkpoint)
+
+    def _write_checkpoint(self) -> Path:
         state = {
             "tokens_seen": self.tokens_seen,
             "data": [feed.state_dict() for feed in self.feeds],
@@ -184,12 +188,17 @@ class Trainer:
             self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
 
     def save_final(self) -> Path:
+        """Write the trained model (process 0 of a pod slice; the others wait for it)."""
         self.backend.flush()
         out = self.config.output_dir
-        self.backend.save_model(self.model, out)
-        self.write_tokenizer(out)
-        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2) + "\n",
-                                             encoding="utf-8")
+
+        def write() -> None:
+            self.backend.save_model(self.model, out)
+            self.write_tokenizer(out)
+            (out / TRAIN_CONFIG_FILE).write_text(
+                json.dumps(self.config.to_json(), indent=2) + "\n", encoding="utf-8")
+
+        self.backend.write_once("the trained model", write)
         return out
 
     def write_tokenizer(self, folder: Path) -> None:
@@ -272,10 +281,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator too
 
 
-def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
+def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
+    latest = resume_point(config.output_dir, backend)  # the same on every host, or an error
     if config.resume:
-        return latest_checkpoint(config.output_dir)  # none yet: start from the beginning
-    if list_checkpoints(config.output_dir):
+        return latest  # none yet: start from the beginning
+    if latest is not None:
         raise TinygenError(
             f"{config.output_dir} already has checkpoints; pass --resume to continue that run, "
             f"or choose another --output"

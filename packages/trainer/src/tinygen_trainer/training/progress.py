@@ -3,6 +3,10 @@
 metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
 "tokens_per_s", "phase"}); it is the record a resumed run continues, so on
 resume the lines after the checkpoint's step are dropped first.
+
+On a TPU pod slice only process 0 reports (writes=True); the Reporter of every
+other host writes no file and prints nothing, so there is one metrics.jsonl,
+one TensorBoard log and one progress bar for the whole slice.
 """
 
 from __future__ import annotations
@@ -33,21 +37,24 @@ def summary_writer(log_dir: Path):
 
 class Reporter:
     def __init__(self, output_dir: Path, total_steps: int, tensorboard_dir: Path | None = None,
-                 progress: bool = True):
+                 progress: bool = True, writes: bool = True):
         self.metrics_path = Path(output_dir) / METRICS_FILE
         self.total_steps = total_steps
-        self.progress = progress
-        self.writer = summary_writer(tensorboard_dir) if tensorboard_dir else None
+        self.writes = writes  # False: another process reports, this one stays silent
+        self.progress = progress and writes
+        self.writer = summary_writer(tensorboard_dir) if tensorboard_dir and writes else None
         self.bar: tqdm | None = None
 
     def start(self, step: int) -> None:
+        if not self.writes:
+            return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="training",
                         disable=not self.progress, dynamic_ncols=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop metrics of steps after `step`: the resumed run logs them again."""
-        if not self.metrics_path.is_file():
+        if not self.writes or not self.metrics_path.is_file():
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
@@ -58,6 +65,8 @@ class Reporter:
             self.bar.update(1)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.writer is not None:
@@ -70,7 +79,8 @@ class Reporter:
 
     def write(self, text: str) -> None:
         """Print to stderr (with the bar), above the bar without breaking it."""
-        tqdm.write(text, file=sys.stderr)
+        if self.writes:
+            tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
