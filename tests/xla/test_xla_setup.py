@@ -144,6 +144,7 @@ def test_tpu_launch_rehearsed_on_the_cpu_device(tmp_path):
                            "--warmup-steps", "1", "--quiet"], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "exported the model to runs/stories/model" in done.stderr  # train.sh on the writer
     calls = (tmp_path / "gcloud.log").read_text().splitlines()
     assert [c.split()[3] for c in calls] == ["ssh", "scp", "ssh", "scp"]
     assert all("--worker=all" in c for c in calls[:3]) and "--worker=0" in calls[3]
@@ -153,3 +154,43 @@ def test_tpu_launch_rehearsed_on_the_cpu_device(tmp_path):
     text = TextGenerator(str(tmp_path / "model")).generate("the cat", do_sample=False,
                                                            max_new_tokens=4)[0]
     assert text.token_ids
+
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Stands in for the XLA venv's python: notes each tinygen-train command; `train` writes the
+# trained model only as process 0 does (FAKE_WRITER=1).
+echo "${*:3}" >> "$FAKE_LOG"
+if [[ "$3" == train && -n "${FAKE_WRITER:-}" ]]; then
+    mkdir -p "$TRAIN_DIR" && echo {} > "$TRAIN_DIR/train_config.json"
+fi
+"""
+
+
+@pytest.mark.parametrize("writer", [True, False])
+def test_tpu_train_exports_only_where_process_0_wrote_the_model(tmp_path, writer):
+    """On a pod slice train.sh runs on every worker; only process 0's has a model to export."""
+    python, log = tmp_path / "python", tmp_path / "calls.log"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    out, shared = tmp_path / "run", tmp_path / "shared" / "trained"
+    (out / "tokenizer").mkdir(parents=True)  # launch.sh made these: train.sh keeps them
+    (out / "tokenizer" / "tokenizer.json").write_text("{}")
+    (out / "train.tokens").write_text("")
+    text = tmp_path / "stories.txt"
+    text.write_text("the cat sat.")
+    env = {**os.environ, "TINYGEN_PYTHON": str(python), "FAKE_LOG": str(log),
+           "TRAIN_DIR": str(shared), "STEPS": "7", "BATCH_SIZE": "32"}
+    if writer:
+        env["FAKE_WRITER"] = "1"
+    done = subprocess.run([str(TPU / "train.sh"), str(text), str(out), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("train ") and f" -o {shared} --resume --quiet" in calls[0]
+    assert "--steps 7 --batch-size 32" in calls[0] and "--device xla" in calls[0]
+    if writer:
+        assert calls[1:] == [f"export {shared} {out}/model"]
+        assert "exported the model to" in done.stderr
+    else:
+        assert calls[1:] == []
+        assert "process 0 wrote the model on another worker" in done.stderr

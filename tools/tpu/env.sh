@@ -1,7 +1,8 @@
 # Settings shared by the TPU scripts (sourced, not run). Override any in the environment.
 # The defaults follow torch-xla's TPU VM guide: a v4-8 (one host, 4 chips) on Ubuntu 22.04.
 # A v5e host: TPU_TYPE=v5litepod-8 TPU_RUNTIME=v2-alpha-tpuv5-lite (and a zone that has them).
-# A pod slice (several hosts, e.g. v4-32) needs nothing else: every script acts on all workers.
+# A pod slice (several hosts, e.g. v4-32) needs nothing else: every script acts on all workers,
+# and training runs one process per worker (see train.sh for where process 0 writes).
 TPU_NAME="${TPU_NAME:-tinygen}"
 TPU_ZONE="${TPU_ZONE:-us-central2-b}"
 TPU_TYPE="${TPU_TYPE:-v4-8}"

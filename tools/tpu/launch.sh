@@ -5,9 +5,13 @@
 #
 # The tokenizer and the token cache are made here (LOCAL_PYTHON, default .venv from
 # `make dev`), so every worker of a pod slice trains on the very same tokens. They go
-# to every worker, tools/tpu/train.sh runs on all of them at once (SPMD over every chip
-# of the slice), and worker 0's exported model comes back to LOCAL_OUT. PRESET, STEPS,
-# BATCH_SIZE, BLOCK_SIZE and VOCAB_SIZE are passed on to train.sh.
+# to every worker, tools/tpu/train.sh runs on all of them at once (one process per
+# worker, SPMD over every chip of the slice, each worker loading its share of every
+# batch), and the exported model comes back to LOCAL_OUT from TPU_MODEL_WORKER
+# (default 0): only process 0 writes the model, and it runs on worker 0 unless the
+# runtime numbered them otherwise (train.sh names the worker that exported).
+# PRESET, STEPS, BATCH_SIZE (global), BLOCK_SIZE, VOCAB_SIZE and TRAIN_DIR are passed
+# on to train.sh.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 if [[ $# -lt 2 ]]; then
@@ -23,7 +27,7 @@ local_python="${LOCAL_PYTHON:-$root/.venv/bin/python}"
 
 TINYGEN_PYTHON="$local_python" PJRT_DEVICE=CPU "$(dirname "$0")/train.sh" "$text" "$prep" --prepare-only
 settings=""
-for var in PRESET STEPS BATCH_SIZE BLOCK_SIZE VOCAB_SIZE; do
+for var in PRESET STEPS BATCH_SIZE BLOCK_SIZE VOCAB_SIZE TRAIN_DIR; do
     if [[ -n "${!var:-}" ]]; then settings+="$var=$(printf '%q' "${!var}") "; fi
 done
 extra=""
@@ -35,5 +39,6 @@ tpu_vm scp --recurse "$prep" "$TPU_NAME:$TPU_REPO_DIR/$run" --worker=all
 tpu_vm ssh "$TPU_NAME" --worker=all --command="cd ~/$TPU_REPO_DIR && \
 ${settings}tools/tpu/train.sh $run/$(basename "$text") $run$extra"
 mkdir -p "$(dirname "$local_out")"
-tpu_vm scp --recurse "$TPU_NAME:$TPU_REPO_DIR/$run/model" "$local_out" --worker=0
+tpu_vm scp --recurse "$TPU_NAME:$TPU_REPO_DIR/$run/model" "$local_out" \
+    --worker="${TPU_MODEL_WORKER:-0}"
 echo "exported model: $local_out (try: tinygen generate 'Once upon a time' --model $local_out)" >&2

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # A text file to an exported tinygen model on this machine's XLA devices (every chip of the
-# slice: on a pod slice each worker runs this same command, as launch.sh does).
+# slice: on a pod slice each worker runs this same command at once, as launch.sh does).
 #
 #   tools/tpu/train.sh TEXT OUT [more tinygen-train train flags | --prepare-only]
 #
 # Writes OUT/TEXT's name (a copy of the text), OUT/tokenizer/tokenizer.json, OUT/train.tokens,
-# OUT/trained (the transformers model, metrics.jsonl with the XLA compile count, checkpoints)
-# and OUT/model (the export). Steps already done are skipped and training resumes, so a
-# second run continues. --prepare-only stops after the token cache (launch.sh makes it
-# locally). Settings (environment): PRESET, STEPS, BATCH_SIZE (a multiple of the chip
-# count), BLOCK_SIZE, VOCAB_SIZE, TINYGEN_PYTHON (default: the venv install.sh made).
+# TRAIN_DIR (default OUT/trained: the transformers model, metrics.jsonl with the XLA compile
+# count, checkpoints) and OUT/model (the export). Steps already done are skipped and training
+# resumes, so a second run continues. --prepare-only stops after the token cache (launch.sh
+# makes it locally). Settings (environment): PRESET, STEPS, BATCH_SIZE (the global batch: a
+# multiple of the chip count of the whole slice), BLOCK_SIZE, VOCAB_SIZE, TRAIN_DIR,
+# TINYGEN_PYTHON (default: the venv install.sh made).
+#
+# On a pod slice only process 0 writes TRAIN_DIR, so only the worker it runs on exports; the
+# others say so and stop. To resume there, TRAIN_DIR must be a folder every worker shares (an
+# NFS mount such as Filestore): otherwise the other workers see no checkpoint and the trainer
+# stops with a one-line error instead of training from different starting points.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TEXT OUT [tinygen-train train flags | --prepare-only]" >&2
@@ -33,7 +39,13 @@ if [[ ! -f "$out/train.tokens" ]]; then
         -o "$out/train.tokens" --quiet
 fi
 [[ "${1:-}" == "--prepare-only" ]] && exit 0
+trained="${TRAIN_DIR:-$out/trained}"
 tinygen_train train "$out/train.tokens" --tokenizer "$out/tokenizer/tokenizer.json" \
     --preset "${PRESET:-gpt2-124m}" --steps "${STEPS:-5000}" --batch-size "${BATCH_SIZE:-64}" \
-    --block-size "${BLOCK_SIZE:-1024}" --device xla -o "$out/trained" --resume "$@"
-tinygen_train export "$out/trained" "$out/model"
+    --block-size "${BLOCK_SIZE:-1024}" --device xla -o "$trained" --resume "$@"
+if [[ ! -f "$trained/train_config.json" ]]; then
+    echo "$(hostname): trained; process 0 wrote the model on another worker" >&2
+    exit 0
+fi
+tinygen_train export "$trained" "$out/model"
+echo "$(hostname): exported the model to $out/model" >&2
