@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, help="optimizer steps; None: 1000, or the phases' sum")
     opt.add_argument("--batch-size", type=int, default=_default("batch_size"),
-                     help="rows per micro-batch")
+                     help="rows per micro-batch, over all devices and hosts (split among them)")
     opt.add_argument("--grad-accum", type=int, default=_default("grad_accum"),
                      help="micro-batches per optimizer step")
     opt.add_argument("--lr", type=float,

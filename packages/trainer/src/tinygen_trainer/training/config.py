@@ -99,7 +99,8 @@ class TrainConfig:
     # -- optimisation --------------------------------------------------------
     # Optimizer steps; default 1000. With phases, their sum (leave this None).
     steps: int | None = None
-    # Rows per micro-batch; one step sees batch_size * grad_accum rows.
+    # Rows per micro-batch, global: split over every device and host (XLA data parallel);
+    # one step sees batch_size * grad_accum rows.
     batch_size: int = 8
     grad_accum: int = 1
     # Peak learning rate; default: the preset's, or 5e-5 when finetuning.
