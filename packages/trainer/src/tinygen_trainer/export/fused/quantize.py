@@ -1,11 +1,12 @@
-"""int4 for fused graphs: each MatMul with a constant weight becomes MatMulNBits (weight-only).
+"""Weight-only quantization of fused graphs: each MatMul with a constant weight becomes MatMulNBits.
 
 onnxruntime's MatMulNBitsQuantizer stores each weight column in blocks of
-BLOCK_SIZE values along K, one float scale and a 4-bit zero point per block, and
-the MatMulNBits kernel reads the packed weights directly, so a decode step reads
-~0.16x the float32 bytes; batch-1 decoding is bound by exactly those bytes. The LM
-head is a MatMul too (graph.DecoderGraph.lm_head), so it is quantized like the
-rest; the token embedding stays float32 (a Gather reads one column per token).
+BLOCK_SIZE values along K with one float scale per block (and, asymmetric, a zero
+point), and the MatMulNBits kernel reads the packed weights directly, so a decode
+step reads ~0.16x (4-bit) or ~0.29x (8-bit) the float32 bytes; batch-1 decoding is
+bound by exactly those bytes. The LM head is a MatMul too (graph.DecoderGraph.lm_head),
+so it is quantized like the rest, and a tied token embedding then gathers the head's
+packed rows (tied_embedding.py).
 
 Measured on this project's CPU (AMD EPYC, AVX2, no VNNI; onnxruntime 1.31, 2 threads;
 docs/benchmarks.md, "Fused graph"), GPT-2-124M shape, ms per decode step at batch 1 / 8:
@@ -17,9 +18,18 @@ docs/benchmarks.md, "Fused graph"), GPT-2-124M shape, ms per decode step at batc
     int8 dynamic (export/quantize.py)          5.8 / 11.7   perplexity +0.12%
 
 (perplexity: a trained 4-layer GPT-2 on held-out text, tools/bench/perplexity.py.)
-So int8 keeps onnxruntime's dynamic quantization, on fused graphs too, and int4 is
-this module; ACCURACY_LEVEL 4 (int8 activations, integer dot products) because the
-float path (level 0) is several times slower on this CPU.
+So GPT-2's int8 is onnxruntime's dynamic quantization and int4 is this module;
+Llama's int8 is this module too (8-bit; pipeline.py says why). ACCURACY_LEVEL 4
+(int8 activations, integer dot products) because the float path (level 0) is
+several times slower on this CPU.
+
+Zero points: 4-bit blocks keep them (asymmetric: 16 levels over the block's range,
+not its largest magnitude), 8-bit blocks do without. An integer zero point shifts
+the whole block by up to half a step, and with 256 levels that shared offset costs
+more than the range it saves: SmolLM2-135M held-out perplexity (24 blocks x 256,
+fp32 32.24) is 32.47 asymmetric and 32.26 symmetric at 8 bits, but 42.41
+asymmetric and 46.47 symmetric at 4 bits (8 blocks, fp32 33.46); speed measured
+the same either way.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int = BLOCK_SIZE,
         root.handlers[:], root.level = handlers, level
     large = bool(external_data_files(path))
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
-                                     is_symmetric=False, accuracy_level=accuracy_level)
+                                     is_symmetric=bits == 8, accuracy_level=accuracy_level)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     node_level = logger.level
     logger.setLevel(logging.WARNING)
