@@ -361,7 +361,9 @@ def cases(args: argparse.Namespace, window: int) -> list[Case]:
     position_tokens = min(args.position_tokens, window - LONGEST_PROMPT)
     if position_tokens >= 2:  # a window shorter than 1002 has no position 1000 to time
         out.append(Case("pos1000", LONGEST_PROMPT, 1, position_tokens))
-    return [c for c in out if c.prompt_len + c.new_tokens <= window]
+    wanted = [c for c in out if (c.name if c.batch == 1 and c.prompt_len != 32 else "decode")
+              in args.cases]
+    return [c for c in wanted if c.prompt_len + c.new_tokens <= window]
 
 
 @dataclass
@@ -545,7 +547,7 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
         for w in every if "every" in locals() else workers:
             w.close()
     _compare_tokens(list(results.values()))
-    for row in group.rows:
+    for row in group.rows if args.cold_runs else []:
         r = results[row.label]
         if row.label in stalled:
             continue
@@ -563,7 +565,7 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
     for label, why in stalled.items():
         results[label].stalled = why
     cli = None
-    if group.key == "tiny":
+    if group.key == "tiny" and args.cold_runs:
         cli = cli_cold_start(envs["tinygen"], group.rows[0].model, args.threads,
                              max(args.cold_runs, 5))
         print(f"tinygen CLI cold start: {statistics.median(cli):.2f} s", flush=True)
@@ -733,6 +735,7 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
 # -- command line ------------------------------------------------------------------
 
 GROUPS = ("gpt2", "smollm2", "tiny")
+CASES = ("decode", "ttft512", "pos1000")
 
 
 def _csv(kind, choices=None):
@@ -760,7 +763,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=128, help="N at batch 1 (and for cold runs)")
     p.add_argument("--batch-new-tokens", type=int, default=32, help="N at batch > 1")
     p.add_argument("--position-tokens", type=int, default=64, help="N from the 1000-token prompt")
-    p.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine")
+    p.add_argument("--cases", type=_csv(str, CASES), default=list(CASES),
+                   help="what to time (decode: at every batch of --batches)")
+    p.add_argument("--cold-runs", type=int, default=3,
+                   help="fresh processes per engine for cold start and peak RSS (0: none)")
+    p.add_argument("--also", action="append", default=[], metavar="MODEL:NAME=DIR",
+                   help="an extra tinygen row for an experiment, e.g. smollm2:int4-sym=/tmp/m")
     p.add_argument("--stall-timeout", type=float, default=180,
                    help="seconds a single request may take before its engine is dropped")
     p.add_argument("--no-roofline", action="store_true", help="skip the bandwidth measurement")
@@ -788,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             g = tiny_group()
         g.rows = [r for r in g.rows if r.engine in engines]
+        for spec in args.also:
+            where, _, rest = spec.partition(":")
+            precision, _, folder = rest.partition("=")
+            if where == key:
+                g.rows.append(Row("tinygen", precision, Path(folder), Path(folder) / "model.onnx"))
         if g.rows:
             groups.append(g)
     print(f"venvs (built once, cached under {venvs.cache_root()}):", flush=True)
