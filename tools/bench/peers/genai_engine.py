@@ -20,6 +20,7 @@ def load(args):
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
         "intra_op_num_threads": args.threads, "inter_op_num_threads": 1}}}}))
     model = og.Model(config)
+    og.Tokenizer(model)  # loaded as an application would, so cold starts compare like for like
 
     def generate(prompt, batch, new_tokens):
         params = og.GeneratorParams(model)

@@ -29,6 +29,9 @@ def load(args):
         model = ORTModelForCausalLM.from_pretrained(args.model, use_cache=True,
                                                     session_options=options,
                                                     provider="CPUExecutionProvider")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(args.model)  # as an application would: cold starts compare alike
     eos = model.generation_config.eos_token_id
     pad = eos[0] if isinstance(eos, list) else eos
 
