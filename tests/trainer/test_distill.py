@@ -238,3 +238,21 @@ def test_cache_grows_and_shrinks_keeping_whole_shards(cache_dir, teacher_parts, 
     assert shrunk.complete and len(shrunk.load()) == 12 and sum(calls) == 12 + 2
     whole = TeacherCache.open(cache_dir).load()
     assert np.array_equal(shrunk.load().ids, whole.ids[:12])
+
+
+def test_student_embeddings_start_from_the_teachers(cache_dir, tiny_gpt2_dir, tmp_path):
+    import torch
+
+    from tinygen_trainer.distill.trainer import projected_embeddings
+
+    teacher = load_teacher(tiny_gpt2_dir).get_input_embeddings().weight.detach()
+    # same width (64): the projection is a rotation, so every dot product between tokens stays
+    table = projected_embeddings(tiny_gpt2_dir, teacher.shape[0], 64)
+    torch.testing.assert_close(table @ table.T, teacher @ teacher.T, atol=1e-3, rtol=1e-3)
+    config = student_config(tmp_path, cache_dir, tiny_gpt2_dir / "tokenizer.json",
+                            teacher_embeddings=tiny_gpt2_dir, steps=2)
+    trainer = DistillTrainer.from_config(config)
+    torch.testing.assert_close(trainer.model.get_input_embeddings().weight.detach(), table)
+    assert trainer.fit().is_dir()
+    with pytest.raises(TinygenError, match="wider than the teacher"):
+        projected_embeddings(tiny_gpt2_dir, teacher.shape[0], 128)

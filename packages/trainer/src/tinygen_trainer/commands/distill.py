@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="share of the loss from the teacher's logits; the rest is cross-entropy")
     group.add_argument("--temperature", type=float, default=1.0,
                        help="softens teacher and student before the KL (scaled by T^2)")
+    group.add_argument("--teacher-embeddings", type=Path, metavar="DIR",
+                       help="start the student's token embeddings from this transformers "
+                            "teacher's, projected to the student's width (same tokenizer)")
     group.add_argument("--top-k", type=int, default=32,
                        help="teacher logits kept per position, when the cache is built here")
     group.add_argument("--teacher-blocks", type=int,
@@ -75,7 +78,8 @@ def _logits(args: argparse.Namespace) -> int:
     base = train_command.config_from_args(args)
     config = DistillConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
                            teacher_cache=cache, kd_weight=args.kd_weight,
-                           temperature=args.temperature)
+                           temperature=args.temperature,
+                           teacher_embeddings=args.teacher_embeddings)
     out = distill(config)
     print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0

@@ -38,11 +38,17 @@ class DistillConfig(TrainConfig):
     kd_weight: float = 0.9
     # Softens both distributions before comparing them; the KL term is scaled by T^2.
     temperature: float = 1.0
+    # Start the student's token embeddings from this teacher's (a transformers folder),
+    # projected onto their top principal directions to the student's width; None: random.
+    teacher_embeddings: Path | None = None
 
     # A resume must keep the teacher and the loss, as well as the rows.
-    RESUME_FIXED = TrainConfig.RESUME_FIXED + ("teacher_cache", "kd_weight", "temperature")
+    RESUME_FIXED = TrainConfig.RESUME_FIXED + ("teacher_cache", "kd_weight", "temperature",
+                                               "teacher_embeddings")
 
     def __post_init__(self) -> None:
+        if self.teacher_embeddings is not None:
+            object.__setattr__(self, "teacher_embeddings", Path(self.teacher_embeddings))
         if self.teacher_cache is not None:
             object.__setattr__(self, "teacher_cache", Path(self.teacher_cache))
             if not self.data and not self.phases:
@@ -118,6 +124,17 @@ def _cache_block_size(folder: Path) -> int | None:
 class DistillTrainer(Trainer):
     config: DistillConfig
 
+    @classmethod
+    def from_config(cls, config: DistillConfig) -> "DistillTrainer":
+        trainer = super().from_config(config)
+        if config.teacher_embeddings is not None and trainer.step == 0:  # a resume has its own
+            embedding = trainer.model.get_input_embeddings().weight
+            table = projected_embeddings(config.teacher_embeddings, embedding.shape[0],
+                                         embedding.shape[1])
+            with torch.no_grad():
+                embedding.copy_(table.to(embedding.device))
+        return trainer
+
     @staticmethod
     def make_phases(config: DistillConfig, encoder: Encoder, block_size: int,
                     pad_id: int) -> list[PhaseRun]:
@@ -144,6 +161,31 @@ class DistillTrainer(Trainer):
             loss = loss + (1 - w) * causal_lm_loss(logits, batch["labels"],
                                                    batch.get("loss_weights"))
         return loss
+
+
+def projected_embeddings(teacher: Path, vocab_size: int, width: int) -> torch.Tensor:
+    """The teacher's (vocab, d) token embeddings on their top `width` principal directions.
+
+    With a shared tokenizer the teacher's embeddings already place every token, rare ones
+    included, which a small student would otherwise have to learn from few occurrences;
+    most of a small student's parameters are that table (DistilBERT starts from its
+    teacher's weights for the same reason). The SVD keeps the directions of most variance.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(teacher) / "config.json").is_file():
+        raise TinygenError(f"--teacher-embeddings {teacher}: not a transformers model folder")
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    table = model.get_input_embeddings().weight.detach()
+    if table.shape[0] < vocab_size:
+        raise TinygenError(f"--teacher-embeddings {teacher}: {table.shape[0]} token embeddings, "
+                           f"the student has {vocab_size}; they must share the tokenizer")
+    if width > table.shape[1]:
+        raise TinygenError(f"--teacher-embeddings: the student ({width} dims) is wider than "
+                           f"the teacher ({table.shape[1]})")
+    table = table[:vocab_size]
+    _, _, basis = torch.linalg.svd(table - table.mean(0), full_matrices=False)
+    return table @ basis[:width].T
 
 
 def distill(config: DistillConfig) -> Path:
