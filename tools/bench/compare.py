@@ -684,6 +684,15 @@ def goals(results: list[GroupResult]) -> str:
     return "\n".join(["| goal | measured | met |", "|---|---|---|", *rows])
 
 
+def _commit() -> str:
+    """The checked-out commit, and whether files differ from it (other work in the tree)."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True,
+                              text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" plus uncommitted changes" if git("status", "--porcelain", "-uno") else "")
+
+
 def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argparse.Namespace,
            read_gbs: float | None, elapsed: float, load_before: float) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -697,6 +706,7 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
         f"## {stamp}: every engine side by side (tools/bench/compare.py), CPU",
         "",
         f"- machine: {describe()}",
+        f"- code: tinygen commit {_commit()}",
         f"- venvs (tools/bench/pins/): {versions}",
         f"- settings: {args.threads} threads for every engine, greedy, EOS ignored; medians of "
         f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
@@ -725,7 +735,8 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
             install_table(envs),
             "", "install MB: every file in the venv (python's own pip and setuptools included, "
                 "~15 MB in each); build time: the venv's first build on this machine, downloads "
-                "included (llama-cpp-python compiles llama.cpp with one job)"]
+                "included; pip caches the wheel llama-cpp-python compiles (llama.cpp, one job), so "
+                "its time here is a rebuild from that cache"]
     goal_table = goals(results)
     if goal_table:
         out += ["", "### Goals (issue #7)", "", goal_table]
