@@ -53,3 +53,11 @@ def test_model_card_shows_distillation_beating_the_plain_student():
     for prompt in ("Once upon a time", "To be, or not to be", "And God said"):
         assert "```\n" + prompt in card
     assert "Apache-2.0" in card and load_manifest(folder).architecture == "llama"
+
+
+def test_embedded_model_never_generates_markers_it_never_saw():
+    gen = TextGenerator()
+    vocab = {gen.tokenizer.token_text(i): i for i in range(17)}  # SmolLM2's special tokens
+    assert vocab["<|im_start|>"] in gen.tokenizer.banned_ids
+    assert vocab["<filename>"] in gen.tokenizer.banned_ids
+    assert not {vocab["<|endoftext|>"], vocab["<|im_end|>"]} & set(gen.tokenizer.banned_ids)

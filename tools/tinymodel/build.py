@@ -54,6 +54,7 @@ EVAL_BLOCKS = 40  # held-out perplexity over 40 x 256 tokens
 EVAL_CHARS = 50_000  # bits per character (any tokenizer) over the first 50,000 held-out characters
 # kd_weight of each student: the distilled one, and the baseline on the same rows without teacher.
 STUDENTS = {"distilled": 0.9, "plain": 0.0}
+END_TOKENS = {"<|endoftext|>", "<|im_end|>"}  # SmolLM2's, the export's end-of-text ids
 SAMPLE_PROMPTS = ["Once upon a time", "To be, or not to be", "And God said", "ROMEO:\n"]
 
 
@@ -107,10 +108,24 @@ def train_students(work: Path, args) -> dict[str, Path]:
     return {name: work / name for name in STUDENTS}
 
 
+def write_replacements(student: Path, tokenizer: Path) -> None:
+    """The student never saw SmolLM2's chat and code markers (<|im_start|>, <filename>, ...):
+    a replacements.json that bans them, so the runtime never generates one. The end-of-text
+    tokens stay, so a text can still end."""
+    added = json.loads(tokenizer.read_text(encoding="utf-8"))["added_tokens"]
+    ban = [t["content"] for t in added if t["special"] and t["content"] not in END_TOKENS]
+    path = student / "replacements.json"
+    text = json.dumps({"format_version": 1, "encode": [], "decode": {}, "ban": ban}, indent=1)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
 def export(src: Path, out: Path, *options: str) -> Path:
-    if (out / "tinygen.json").is_file() and out.stat().st_mtime >= (src / "config.json").stat().st_mtime:
+    sources = [f for f in (src / "config.json", src / "replacements.json") if f.is_file()]
+    if (out / "tinygen.json").is_file() and \
+            out.stat().st_mtime >= max(f.stat().st_mtime for f in sources):
         return out
-    shutil.rmtree(out, ignore_errors=True)  # stale: training went further since
+    shutil.rmtree(out, ignore_errors=True)  # stale: the student changed since
     run(["export", str(src), str(out), *options])
     return out
 
@@ -150,6 +165,7 @@ def main() -> None:
     with clock("students" + (" (in parallel)" if args.parallel else "")):
         students = train_students(work, args)
     with clock("exports, evaluation, samples"):
+        write_replacements(students["distilled"], tokenizer)
         exports = {name: export(path, work / f"{name}-int8", "--quantize", "int8")
                    for name, path in students.items()}
         exports["distilled-fp32"] = export(students["distilled"], work / "distilled-fp32",
@@ -208,6 +224,11 @@ def evaluate(work: Path, teacher_fp32: Path, exports: dict, holdout_txt: Path):
     return ppl, bpc, samples
 
 
+def _banned(model_dir: Path) -> list[str]:
+    path = model_dir / "replacements.json"
+    return json.loads(path.read_text(encoding="utf-8"))["ban"] if path.is_file() else []
+
+
 def _installed_differs(model_dir: Path) -> bool:
     """Whether the package ships another model than `model_dir` (then the two are compared)."""
     installed = PACKAGE_MODEL / "model.onnx"
@@ -260,7 +281,9 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         f"{_final_loss(work / 'distilled'):.3f}.",
         "- Baseline: the same student from a random start, same rows and order, cross-entropy only "
         f"(final loss {_final_loss(work / 'plain'):.3f}).",
-        f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk.", "",
+        f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk. "
+        f"replacements.json bans the {len(_banned(model_dir))} chat and code markers of SmolLM2's "
+        "tokenizer that the student never saw.", "",
         "## Held-out perplexity", "",
         f"On the first {EVAL_BLOCKS} x {BLOCK} held-out tokens (SmolLM2 tokenizer), each block "
         "scored from an empty cache:", "",
