@@ -14,10 +14,14 @@ so a killed build continues where it was:
 5. students: the distilled one (token embeddings started from the teacher's, projected to its
    width; KL to the teacher + cross-entropy) and, as the baseline, the same model from a random
    start trained on the same rows in the same order with cross-entropy only;
-6. export (int8) and held-out perplexity of teacher, distilled and plain student;
-7. the distilled student, its model card and samples, into packages/tinymodel.
+6. export (int8) and held-out perplexity and bits per character of teacher, distilled and
+   plain student (and of the package's current model);
+7. the distilled student, its model card and samples, into packages/tinymodel, if it beats
+   the model there.
 
-Seeded throughout: the same command on the same machine gives the same model.
+About 40 minutes on 2 CPU cores from nothing (stage times land in the card). Seeded throughout:
+the same command on the same machine gives the same model (a fresh build reproduced the shipped
+model.onnx byte for byte).
 """
 
 from __future__ import annotations
@@ -193,11 +197,13 @@ class StageClock:
     @contextmanager
     def __call__(self, name: str):
         t0 = time.time()
-        yield
-        self.totals[name] = self.totals.get(name, 0.0) + time.time() - t0
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.totals, indent=1))
-        tmp.replace(self.path)
+        try:
+            yield
+        finally:  # a stage that fails still spent the time
+            self.totals[name] = self.totals.get(name, 0.0) + time.time() - t0
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.totals, indent=1))
+            tmp.replace(self.path)
 
 
 def evaluate(work: Path, teacher_fp32: Path, exports: dict, holdout_txt: Path):
