@@ -58,6 +58,19 @@ class SharedKVCache(list):
 
     binding: ort.IOBinding
     logits: np.ndarray  # (batch, 1, vocab), overwritten by every forward with this cache
+    inputs: dict  # input name -> (array, OrtValue over it) bound to the binding
+
+    def feed(self, name: str, values: np.ndarray) -> None:
+        """Write a step's input into the array bound for it; bind anew only when its shape
+        changes (a prompt, then single tokens), so a decode step rebinds nothing."""
+        held = self.inputs.get(name)
+        if held is not None and held[0].shape == values.shape:
+            np.copyto(held[0], values)
+            return
+        array = np.array(values, copy=True, order="C")
+        value = ort.OrtValue.ortvalue_from_numpy(array)  # on the CPU: over the array's memory
+        self.binding.bind_ortvalue_input(name, value)
+        self.inputs[name] = (array, value)
 
 
 class SharedKVCausalLM(OnnxCausalLM):
@@ -109,6 +122,7 @@ class SharedKVCausalLM(OnnxCausalLM):
                        for _ in self._past_names]
         cache = SharedKVCache(buffers)
         cache.logits = np.empty((batch, 1, m.vocab_size), dtype=self.logits_dtype)
+        cache.inputs = {}
         cache.binding = self.session.io_binding()
         for past, present, value in zip(self._past_names, self._present_names, cache):
             cache.binding.bind_ortvalue_input(past, value)
@@ -146,13 +160,10 @@ class SharedKVCausalLM(OnnxCausalLM):
         # A finished row keeps stepping (its tokens are ignored) and may run past the
         # buffer: it then rewrites the last slot instead of writing outside the buffer.
         seqlens = np.minimum(lengths, self.capacity).astype(np.int32) - 1
-        binding = cache.binding
-        binding.bind_cpu_input(self.manifest.inputs["input_ids"],
-                               np.ascontiguousarray(ids, np.int64))
+        cache.feed(self.manifest.inputs["input_ids"], ids.astype(np.int64, copy=False))
         if self.position_ids_name:
-            binding.bind_cpu_input(self.position_ids_name,
-                                   np.ascontiguousarray(positions, np.int64))
-        binding.bind_cpu_input(self._seqlens_name, seqlens)
-        binding.bind_cpu_input(self._total_name, np.array(seqlens.max() + 1, dtype=np.int32))
-        self.session.run_with_iobinding(binding)
+            cache.feed(self.position_ids_name, positions.astype(np.int64, copy=False))
+        cache.feed(self._seqlens_name, seqlens)
+        cache.feed(self._total_name, np.array(seqlens.max() + 1, dtype=np.int32))
+        self.session.run_with_iobinding(cache.binding)
         return cache.logits.astype(np.float32, copy=False), cache
