@@ -167,3 +167,41 @@ def test_cli_graph_flag(tiny_gpt2_dir, tmp_path, capsys):
                  "--no-verify"]) == 0
     assert "writing the fused ONNX graph" in capsys.readouterr().out
     assert load_manifest(tmp_path / "out").kv_cache == "shared"
+
+
+def _dequantized_int4(model, node):
+    """The (K, N) float weights a 4-bit symmetric MatMulNBits node computes with."""
+    tensors = {t.name: t for t in model.graph.initializer}
+    attrs = {a.name: a.i for a in node.attribute}
+    k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+    packed = numpy_helper.to_array(tensors[node.input[1]]).reshape(n, k // block, block // 2)
+    codes = np.empty((n, k // block, block), np.int8)
+    codes[..., 0::2], codes[..., 1::2] = packed & 0x0F, packed >> 4  # low nibble first
+    scales = numpy_helper.to_array(tensors[node.input[2]]).reshape(n, k // block, 1)
+    return ((codes.astype(np.float32) - 8) * scales).reshape(n, k).T
+
+
+def test_int4_blocks_refit_to_beat_round_to_nearest(int4_result, onnx_result):
+    """Every 4-bit block's scale is refit for the least squared error: the weights the kernel
+    reconstructs are closer to the float ones than round-to-nearest's."""
+    model = onnx.load(str(int4_result.path / "model.onnx"))
+    floats = {t.name: numpy_helper.to_array(t)
+              for t in onnx.load(str(onnx_result.path / "model.onnx")).graph.initializer}
+    checked, ours_total, rtn_total = 0, 0.0, 0.0
+    for node in model.graph.node:
+        weight = floats.get(node.input[1].removesuffix("_Q4")) if node.op_type == "MatMulNBits" \
+            else None
+        if weight is None:
+            continue
+        assert len(node.input) < 4 or not node.input[3]  # symmetric: no zero points
+        ours = _dequantized_int4(model, node)
+        k, n = weight.shape
+        blocks = weight.T.reshape(n, -1, 32)
+        peak = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)
+        rtn_scale = np.where(peak == 0, 1, peak) / -8
+        rtn = (np.clip(np.rint(blocks / rtn_scale), -8, 7) * rtn_scale).reshape(n, k).T
+        ours_err, rtn_err = np.square(ours - weight).sum(), np.square(rtn - weight).sum()
+        assert ours_err <= rtn_err * (1 + 1e-5) and ours_err < 0.01 * np.square(weight).sum()
+        checked, ours_total, rtn_total = checked + 1, ours_total + ours_err, rtn_total + rtn_err
+    assert checked >= 4 * load_manifest(int4_result.path).num_layers
+    assert ours_total < 0.95 * rtn_total, f"refit {ours_total:.4g}, round-to-nearest {rtn_total:.4g}"
