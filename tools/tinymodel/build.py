@@ -183,8 +183,7 @@ def main() -> None:
         if PACKAGE_MODEL.exists():
             shutil.rmtree(PACKAGE_MODEL)
         shutil.copytree(exports["distilled"], PACKAGE_MODEL)
-        size = sum(f.stat().st_size for f in PACKAGE_MODEL.iterdir()) / 1e6
-        print(f"installed into {PACKAGE_MODEL} ({size:.1f} MB)")
+        print(f"installed into {PACKAGE_MODEL} ({_model_mb(PACKAGE_MODEL):.1f} MB and its card)")
 
 
 class StageClock:
@@ -230,6 +229,11 @@ def evaluate(work: Path, teacher_fp32: Path, exports: dict, holdout_txt: Path):
     return ppl, bpc, samples
 
 
+def _model_mb(model_dir: Path) -> float:
+    """The model's files, without a card an earlier run wrote there."""
+    return sum(f.stat().st_size for f in model_dir.iterdir() if f.name != "MODEL_CARD.md") / 1e6
+
+
 def _banned(model_dir: Path) -> list[str]:
     path = model_dir / "replacements.json"
     return json.loads(path.read_text(encoding="utf-8"))["ban"] if path.is_file() else []
@@ -258,7 +262,7 @@ def _final_loss(run_dir: Path) -> float:
 def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
                timings: dict) -> None:
     manifest = json.loads((model_dir / "tinygen.json").read_text())
-    size = sum(f.stat().st_size for f in model_dir.iterdir()) / 1e6
+    size = _model_mb(model_dir)
     cache = json.loads((work / "teacher-cache" / "cache.json").read_text())
     tokens = args.steps * args.batch_size * BLOCK
     gain = (ppl["plain"] - ppl["distilled"]) / ppl["plain"] * 100
