@@ -100,10 +100,44 @@ def test_int8_fused_graphs(int8_result):
         nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
         assert nbits and all(next(a.i for a in n.attribute if a.name == "bits") == 8
                              for n in nbits)
+        # every K of the tiny Llama (64, 128) is a multiple of 64: 8-bit blocks of 64
+        assert {_attr(n, "block_size") for n in nbits} == {64}
         assert "GatherBlockQuantized" in ops
     else:
         assert "MatMulNBits" not in ops
         assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def _attr(node, name):
+    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+
+
+@pytest.mark.parametrize("bits, k, block", [(8, 128, 64), (8, 96, 32), (4, 128, 32)])
+def test_weights_per_scale_follow_the_width_and_fit_k(tmp_path, bits, k, block):
+    """8-bit weights take a scale per 64 (as accurate, fewer bytes), falling back to 32 where a
+    K is no multiple of 64; 4-bit weights always per 32. The result still computes x @ W."""
+    from onnx import TensorProto, helper
+
+    from tinygen_trainer.export.fused.quantize import quantize_nbits
+
+    weight = np.random.default_rng(0).normal(size=(k, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(weight, "w")])
+    path = tmp_path / "model.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    quantize_nbits(path, bits=bits, tie_embedding=False)
+    [node] = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert (_attr(node, "bits"), _attr(node, "block_size")) == (bits, block)
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).normal(size=(1, k)).astype(np.float32)
+    [y] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    exact = x @ weight
+    assert np.abs(y - exact).max() < (0.05 if bits == 8 else 0.5) * np.abs(exact).max()
 
 
 def test_int4_needs_the_fused_graph(tiny_gpt2_dir, tmp_path):

@@ -82,7 +82,7 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         elif kind == "fused" and source.architecture == "llama":
             # Llama's activations have outlier channels that one dynamic scale per tensor
             # flattens: SmolLM2-135M held-out perplexity +7.3% with quantize_dynamic, +0.8%
-            # with 8-bit MatMulNBits (int8 activations per block of 32).
+            # with 8-bit MatMulNBits (int8 activations, a scale per block of weights).
             quantize_nbits(model_path, bits=8)
         else:
             quantize_int8(model_path)
