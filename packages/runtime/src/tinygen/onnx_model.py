@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import hugepages
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
 
@@ -58,11 +59,15 @@ class OnnxCausalLM:
             options.intra_op_num_threads = threads
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" \
             else ["CPUExecutionProvider"]
+        before = hugepages.anonymous_regions() if self.device == "cpu" and hugepages.enabled() \
+            else None
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        if before is not None:  # the weights onnxruntime just allocated: huge pages (hugepages.py)
+            hugepages.advise_new_memory(before)
         self._check_graph(path)
 
     def _check_graph(self, path: Path) -> None:
