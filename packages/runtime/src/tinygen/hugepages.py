@@ -4,8 +4,8 @@ A batch-1 decode step reads every weight once, so a step of SmolLM2-135M at fp32
 walks ~130,000 pages of 4 KiB. onnxruntime takes its weight buffers from malloc,
 which on a kernel whose transparent huge pages are "madvise" (the usual default)
 stays in 4 KiB pages, and where those pages lie in physical memory then moves a
-step's time: the same worker ran 5-10% slower when it was the first process started
-after others had exited (docs/benchmarks.md). So once a session is loaded, the
+step's time: the same worker ran 5-10% slower when it was the first of several
+processes started (docs/benchmarks.md). So once a session is loaded, the
 anonymous memory that appeared during the load is advised MADV_HUGEPAGE and
 collapsed into 2 MiB pages at once (MADV_COLLAPSE, Linux 6.1+; older kernels leave
 it to khugepaged). Only whole 2 MiB spans inside the new memory are touched, and
