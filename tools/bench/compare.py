@@ -416,7 +416,7 @@ def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: 
 def start_order(rows: list[Row]) -> list[Row]:
     """The order workers start in: one row of each engine in turn (tinygen's first).
 
-    Where a worker starts among the others moved its speed by up to 7%: the same six
+    Where a worker starts among the others moved its speed by up to 10%: the same six
     SmolLM2 workers, tinygen's three started first, had tinygen fp32 at 0.93x
     onnxruntime-genai's; genai's three first, 1.03x (docs/benchmarks.md). Taking turns
     keeps every engine's rows spread over the start order; tinygen starting each turn
