@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import sys
 from pathlib import Path
@@ -34,8 +35,6 @@ def test_memory_mapped_after_the_snapshot_is_advised_and_keeps_its_contents():
     before = hugepages.anonymous_regions()
     memory = mmap.mmap(-1, 8 * hugepages.HUGE_PAGE, flags=mmap.MAP_PRIVATE)
     memory.write(b"weights" * 1000)
-    import ctypes
-
     address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
     assert "hg" not in _vm_flags(address + 4 * hugepages.HUGE_PAGE)
     advised = hugepages.advise_new_memory(before)
@@ -50,8 +49,6 @@ def test_memory_mapped_after_the_snapshot_is_advised_and_keeps_its_contents():
 def test_memory_that_was_there_before_is_left_alone():
     memory = mmap.mmap(-1, 8 * hugepages.HUGE_PAGE, flags=mmap.MAP_PRIVATE)
     memory.write(b"x")
-    import ctypes
-
     address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
     hugepages.advise_new_memory(hugepages.anonymous_regions())
     assert "hg" not in _vm_flags(address + 4 * hugepages.HUGE_PAGE)

@@ -22,8 +22,9 @@ How it measures. All workers of one model are loaded together, started one engin
 after another in turn (start_order); every case is timed in rounds, each round
 timing every engine once in a rotating order that runs backwards every other
 round, so a burst of outside load lands on all engines alike and no engine always
-follows the same one; medians over --repeats rounds after one warm-up. Every engine: --threads threads, greedy, EOS ignored, the same
-prompt ids, and exactly the tokens asked for (checked).
+follows the same one; medians over --repeats rounds after one warm-up. Every
+engine: --threads threads, greedy, EOS ignored, the same prompt ids, and exactly
+the tokens asked for (checked).
 
     decode tok/s   batch x (N - 1) / (t_N - t_1) from a 32-token prompt: t_N the time to
                    generate N tokens, t_1 to generate 1, so the prefill is excluded
@@ -419,8 +420,8 @@ def start_order(rows: list[Row]) -> list[Row]:
     Where a worker starts among the others moved its speed by up to 10%: the same six
     SmolLM2 workers, tinygen's three started first, had tinygen fp32 at 0.93x
     onnxruntime-genai's; genai's three first, 1.03x (docs/benchmarks.md). Taking turns
-    keeps every engine's rows spread over the start order; tinygen starting each turn
-    leaves it any advantage of starting later.
+    keeps every engine's rows spread over the start order, and tinygen starting each turn
+    leaves any advantage of starting later to the others.
     """
     by_engine: dict[str, list[Row]] = {}
     for row in rows:
