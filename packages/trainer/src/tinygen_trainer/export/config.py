@@ -10,6 +10,7 @@ from tinygen.errors import TinygenError
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8", "int4")
 GRAPHS = ("fused", "optimum")
+KV_CACHES = ("float32", "int8")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class ExportConfig:
     # The ONNX graph: "fused" (ours: in-place KV cache, last-position logits; GPT-2 and Llama),
     # "optimum" (optimum's text-generation-with-past) or None: fused where it exists, else optimum.
     graph: str | None = None
+    # The KV buffers: "float32", or "int8" with a scale per channel calibrated on text the model
+    # samples itself (fused graphs only; export/fused/kv_int8.py): a quarter of the bytes per
+    # position, so long texts decode faster, but prompts prefill slower.
+    kv_cache: str = "float32"
 
     def __post_init__(self) -> None:
         # Accept str paths from Python callers; frozen, so set through object.__setattr__.
@@ -47,5 +52,10 @@ class ExportConfig:
             raise TinygenError(f"unknown graph '{self.graph}'; choose one of: {', '.join(GRAPHS)}")
         if self.graph and self.format != "onnx":
             raise TinygenError(f"--graph {self.graph} works only with --format onnx")
+        if self.kv_cache not in KV_CACHES:
+            raise TinygenError(f"unknown KV cache '{self.kv_cache}'; choose one of: "
+                               f"{', '.join(KV_CACHES)}")
+        if self.kv_cache != "float32" and self.format != "onnx":
+            raise TinygenError(f"--kv-cache {self.kv_cache} works only with --format onnx")
         if not isinstance(self.verify, bool):
             raise TinygenError(f"verify must be true or false, got {self.verify!r}")

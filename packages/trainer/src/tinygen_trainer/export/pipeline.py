@@ -13,7 +13,7 @@ from tinygen.manifest import Manifest
 from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
-from .fused import check_fused_graph, export_fused, supports_fused
+from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
 from .fused.quantize import quantize_nbits
 from .onnx_export import MODEL_FILE as ONNX_FILE
 from .onnx_export import export_onnx, read_signature
@@ -75,6 +75,11 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         report.require_exact("the ONNX graph")
         reports.append(report)
         say(report.line())
+    kv_ranges = None
+    if config.kv_cache == "int8":  # calibrated on the float graph, applied after the weights
+        kv_int8.check_head_size(manifest)
+        say("calibrating int8 KV buffers on text the model samples itself")
+        kv_ranges = kv_int8.calibrate(stage, manifest, kv_int8.rotary_dim(model_path))
     if config.quantize:
         say(f"quantizing weights to {config.quantize}")
         if config.quantize == "int4":  # weight-only MatMulNBits (fused graphs): fused/quantize.py
@@ -86,11 +91,15 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
             quantize_nbits(model_path, bits=8)
         else:
             quantize_int8(model_path)
-        where = f"{config.quantize} graph"
-        manifest = replace(check(manifest, read_signature(model_path), where=where),
-                           quantization=config.quantize)
+        manifest = replace(manifest, quantization=config.quantize)
+    if kv_ranges is not None:
+        kv_int8.quantize_kv_cache(model_path, manifest, kv_ranges)
+    label = " + ".join(([config.quantize] if config.quantize else []) +
+                       (["int8 KV"] if kv_ranges is not None else []))
+    if label:
+        manifest = check(manifest, read_signature(model_path), where=f"{label} graph")
         if ref is not None:
-            report = verify_model(OnnxStepper(model_path, manifest), ref, label=config.quantize)
+            report = verify_model(OnnxStepper(model_path, manifest), ref, label=label)
             reports.append(report)
             say(report.line() + " (informational)")
     return manifest, reports
@@ -102,9 +111,12 @@ def _graph_kind(config: ExportConfig, source: SourceModel) -> str:
     if config.graph == "fused" and not supports_fused(arch):
         raise TinygenError(f"no fused graph for '{arch}' models; export with --graph optimum")
     kind = config.graph or ("fused" if supports_fused(arch) else "optimum")
-    if config.quantize == "int4" and kind != "fused":
+    fused_only = [option for option, asked in (("--quantize int4", config.quantize == "int4"),
+                                               ("--kv-cache int8", config.kv_cache == "int8"))
+                  if asked]
+    if fused_only and kind != "fused":
         hint = "drop --graph optimum" if supports_fused(arch) else f"'{arch}' models have none"
-        raise TinygenError(f"--quantize int4 needs the fused graph; {hint}")
+        raise TinygenError(f"{fused_only[0]} needs the fused graph; {hint}")
     return kind
 
 
@@ -140,8 +152,9 @@ def _reference(config: ExportConfig, source: SourceModel, manifest: Manifest, st
 
 
 def export_model(src: str | os.PathLike, out: str | os.PathLike, quantize: str | None = None,
-                 format: str = "onnx", verify: bool = True, graph: str | None = None) -> Path:
+                 format: str = "onnx", verify: bool = True, graph: str | None = None,
+                 kv_cache: str = "float32") -> Path:
     """Export a transformers causal LM to a tinygen model directory; prints the report lines."""
     config = ExportConfig(src=Path(src), out=Path(out), format=format, quantize=quantize,
-                          verify=verify, graph=graph)
+                          verify=verify, graph=graph, kv_cache=kv_cache)
     return run_export(config, echo=print).path
