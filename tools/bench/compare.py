@@ -168,13 +168,15 @@ def _complete(path: Path) -> bool:
 
 
 def gpt2_group(work: Path) -> Group:
-    dirs = models.gpt2_124m(work, int8=True, fused=True, int4=True)
+    dirs = models.gpt2_124m(work, int8=True, fused=True, int4=True, kv8=True)
     rows = [
         Row("tinygen", "fp32", dirs["fused"], dirs["fused"] / "model.onnx",
             note="tinygen: `tinygen-train export` (fused graph; int8 dynamic QUInt8 per channel; "
-                 "int4 MatMulNBits block 32)"),
+                 "int4 MatMulNBits block 32; kv8: `--kv-cache int8`, 8-bit KV buffers)"),
         Row("tinygen", "int8", dirs["fused-int8"], dirs["fused-int8"] / "model.onnx"),
         Row("tinygen", "int4", dirs["fused-int4"], dirs["fused-int4"] / "model.onnx"),
+        Row("tinygen", "int8 kv8", dirs["fused-int8-kv8"], dirs["fused-int8-kv8"] / "model.onnx"),
+        Row("tinygen", "int4 kv8", dirs["fused-int4-kv8"], dirs["fused-int4-kv8"] / "model.onnx"),
         Row("transformers", "fp32", dirs["source"], dirs["onnx"] / "model.onnx"),
         Row("transformers", "fp32", dirs["source"], dirs["onnx"] / "model.onnx", batching=False,
             passive=True, note="(OMP passive): OMP_WAIT_POLICY=PASSIVE, OpenMP threads sleep at "
@@ -194,14 +196,15 @@ def smollm2_group(work: Path, engines: set[str]) -> Group:
     if not (SMOLLM2 / "config.json").is_file():
         raise SystemExit(f"{SMOLLM2} is missing: .venv/bin/python tools/teacher/smollm2.py "
                          f"--precisions fp32 int8 int4")
-    ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}") for p in ("fp32", "int8", "int4")}
+    ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}")
+            for p in ("fp32", "int8", "int4", "int4-kv8")}
     missing = [p for p, d in ours.items() if not (d / "tinygen.json").is_file()]
     if missing and "tinygen" in engines:
         _run_logged([sys.executable, str(REPO / "tools" / "teacher" / "smollm2.py"),
                      "--precisions", *missing], work / "logs" / "smollm2-export.log",
                     f"exporting SmolLM2 with tinygen-train at {', '.join(missing)}")
     root = work / "smollm2-135m"
-    rows = [Row("tinygen", p, d, d / "model.onnx") for p, d in ours.items()]
+    rows = [Row("tinygen", p.replace("-", " "), d, d / "model.onnx") for p, d in ours.items()]
     rows[0] = Row("tinygen", "fp32", ours["fp32"], ours["fp32"] / "model.onnx",
                   note="tinygen: tools/teacher/smollm2.py (`tinygen-train export`, fused graph)")
     if "ort-genai" in engines:
@@ -736,7 +739,8 @@ def _gpt2_goals(by: dict[str, RowResult]) -> list[str]:
         x = fp32.decode[8] / fp32.decode[1]
         rows.append(f"| GPT-2 shape, fp32: batch 8 >= 5x batch 1 | {fp32.decode[8]:.1f} vs "
                     f"{fp32.decode[1]:.1f} tok/s = {x:.2f}x | {'yes' if x >= 5 else 'no'} |")
-    for label in ("tinygen fp32", "tinygen int8", "tinygen int4"):
+    for label in ("tinygen fp32", "tinygen int8", "tinygen int4", "tinygen int8 kv8",
+                  "tinygen int4 kv8"):
         r = by.get(label)
         if r and {32, 1000} <= set(r.ms_per_token):
             x = r.ms_per_token[1000] / r.ms_per_token[32]

@@ -119,8 +119,10 @@ def build_int8(onnx_dir: Path, path: Path) -> Path:
     return path
 
 
-def build_fused(source: Path, path: Path, quantize: str | None = None) -> Path:
-    """`tinygen-train export --graph fused [--quantize int8|int4]`: our graph, in-place KV cache.
+def build_fused(source: Path, path: Path, quantize: str | None = None,
+                kv_cache: str = "float32") -> Path:
+    """`tinygen-train export --graph fused [--quantize int8|int4] [--kv-cache int8]`: our graph,
+    in-place KV cache.
 
     The float32 graph is verified against PyTorch (32 greedy tokens) as every export is.
     """
@@ -130,18 +132,20 @@ def build_fused(source: Path, path: Path, quantize: str | None = None) -> Path:
         return path
     if path.exists():
         shutil.rmtree(path)
-    run_export(ExportConfig(src=source, out=path, graph="fused", quantize=quantize),
+    run_export(ExportConfig(src=source, out=path, graph="fused", quantize=quantize,
+                            kv_cache=kv_cache),
                echo=lambda line: print(f"  {line}", flush=True))
     _mark_built(path)
     return path
 
 
 def gpt2_124m(work_dir: Path, int8: bool = False, fused: bool = False,
-              int4: bool = False) -> dict[str, Path]:
+              int4: bool = False, kv8: bool = False) -> dict[str, Path]:
     """Build (or reuse) the benchmark model.
 
     Returns {"source", "onnx"} directories, plus "int8" (optimum graph, int8) with
-    `int8`; "fused" with `fused`; "fused-int8" with `fused` and `int8`; "fused-int4" with `int4`.
+    `int8`; "fused" with `fused`; "fused-int8" with `fused` and `int8`; "fused-int4" with `int4`;
+    and with `kv8`, "fused-int8-kv8" / "fused-int4-kv8" beside those two (int8 KV buffers).
     """
     root = Path(work_dir) / "gpt2-124m"
     dirs = {"source": build_source(root / "source")}
@@ -154,4 +158,8 @@ def gpt2_124m(work_dir: Path, int8: bool = False, fused: bool = False,
         dirs["fused-int8"] = build_fused(dirs["source"], root / "fused-int8", quantize="int8")
     if int4:
         dirs["fused-int4"] = build_fused(dirs["source"], root / "fused-int4", quantize="int4")
+    for bits in ("int8", "int4"):
+        if kv8 and f"fused-{bits}" in dirs:
+            dirs[f"fused-{bits}-kv8"] = build_fused(dirs["source"], root / f"fused-{bits}-kv8",
+                                                    quantize=bits, kv_cache="int8")
     return dirs
