@@ -138,6 +138,14 @@ def test_the_runtime_generates_from_int8_buffers(kv8_result):
     assert third.token_ids == seeded[2].token_ids
 
 
+def test_info_names_the_kv_buffers(kv8_result, onnx_result, capsys):
+    from tinygen.cli import main as tinygen_main
+
+    for model, kind in ((kv8_result.path, "int8"), (onnx_result.path, "float32")):
+        assert tinygen_main(["info", "--model", str(model), "--device", "cpu"]) == 0
+        assert f'"kv_buffers": "{kind}"' in capsys.readouterr().out
+
+
 def test_int8_kv_with_int4_weights(tiny_gpt2_dir, tmp_path):
     out = tmp_path / "int4-kv8"
     assert main(["export", str(tiny_gpt2_dir), str(out), "--quantize", "int4",

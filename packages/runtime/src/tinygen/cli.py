@@ -228,9 +228,13 @@ def run_next(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import json
 
+    import numpy as np
+
     gen = _generator(args)
+    # The KV buffers' type is the graph's (float32, or int8 from `export --kv-cache int8`).
+    kv = np.dtype(gen.model.kv_dtype).name
     out.write(json.dumps({"model_dir": str(gen.model_dir), "device": gen.device,
-                          **gen.manifest.to_json()}, indent=2) + "\n")
+                          "kv_buffers": kv, **gen.manifest.to_json()}, indent=2) + "\n")
     return 0
 
 
