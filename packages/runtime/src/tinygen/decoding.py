@@ -178,8 +178,26 @@ class BatchDecoding:
         ids, mask, positions = left_pad(contexts, self.pad_id)
         logits, self.cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         self.logits = logits[:, -1, :]
-        self.mask = mask
+        # The mask grows a column a step: kept in a buffer with room to grow into, so a
+        # step writes one column instead of copying the whole mask.
+        self._mask = np.ones((len(ids), 2 * mask.shape[1] + 64), np.int64)
+        self._mask[:, :mask.shape[1]] = mask
+        self._width = mask.shape[1]
         self.next_position = positions[:, -1] + 1
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The attention mask so far, (batch, width): left padding 0, tokens 1."""
+        return self._mask[:, :self._width]
+
+    def _grow_mask(self) -> np.ndarray:
+        """The mask with one more column of ones (finished rows included: static batch)."""
+        if self._width == self._mask.shape[1]:
+            grown = np.ones((self._mask.shape[0], 2 * self._width), np.int64)
+            grown[:, :self._width] = self._mask
+            self._mask = grown
+        self._width += 1
+        return self._mask[:, :self._width]
 
     @property
     def done(self) -> bool:
@@ -194,21 +212,21 @@ class BatchDecoding:
         tokens = self.sampler(logits)
         if self.config.return_probs:
             self._record_probs(self.logits if self.config.raw_probs else logits, tokens)
-        pieces = []
+        pieces, furthest = [], -1  # the furthest next position of a row still going
         for row, token, position in zip(self.rows, tokens.tolist(), self.next_position.tolist()):
             pieces.append(Piece("") if row.finish_reason else row.advance(token, position))
-        if not self.done:
-            active = np.array([not r.finish_reason for r in self.rows])
-            if self.next_position[active].max() >= self.window:
-                self._slide()
-            else:
-                # Finished rows keep a slot (static batch shape); their tokens are ignored,
-                # and their positions are clamped so they never run past the window.
-                self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-                positions = np.minimum(self.next_position, self.window - 1)[:, None]
-                logits, self.cache = self.model.forward(tokens[:, None], self.mask, positions, self.cache)
-                self.logits = logits[:, -1, :]
-                self.next_position = self.next_position + 1
+            if not row.finish_reason:
+                furthest = max(furthest, position)
+        if furthest >= self.window:
+            self._slide()
+        elif furthest >= 0:
+            # Finished rows keep a slot (static batch shape); their tokens are ignored,
+            # and their positions are clamped so they never run past the window.
+            positions = np.minimum(self.next_position, self.window - 1)[:, None]
+            logits, self.cache = self.model.forward(tokens[:, None], self._grow_mask(), positions,
+                                                    self.cache)
+            self.logits = logits[:, -1, :]
+            self.next_position += 1
         return pieces
 
     def _slide(self) -> None:

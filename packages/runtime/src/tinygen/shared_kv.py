@@ -60,17 +60,17 @@ class SharedKVCache(list):
     logits: np.ndarray  # (batch, 1, vocab), overwritten by every forward with this cache
     inputs: dict  # input name -> (array, OrtValue over it) bound to the binding
 
-    def feed(self, name: str, values: np.ndarray) -> None:
-        """Write a step's input into the array bound for it; bind anew only when its shape
-        changes (a prompt, then single tokens), so a decode step rebinds nothing."""
+    def input_array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """The array bound as input `name`, to write a step's values into; bound anew only
+        when its shape changes (a prompt, then single tokens), so a decode step rebinds nothing."""
         held = self.inputs.get(name)
-        if held is not None and held[0].shape == values.shape:
-            np.copyto(held[0], values)
-            return
-        array = np.array(values, copy=True, order="C")
+        if held is not None and held[0].shape == shape:
+            return held[0]
+        array = np.empty(shape, dtype)
         value = ort.OrtValue.ortvalue_from_numpy(array)  # on the CPU: over the array's memory
         self.binding.bind_ortvalue_input(name, value)
         self.inputs[name] = (array, value)
+        return array
 
 
 class SharedKVCausalLM(OnnxCausalLM):
@@ -85,6 +85,7 @@ class SharedKVCausalLM(OnnxCausalLM):
         m = self.manifest
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
+        self._ids_name = m.inputs["input_ids"]
         self._seqlens_name = m.inputs.get(SEQLENS_K) or SEQLENS_K
         self._total_name = m.inputs.get(TOTAL_SEQUENCE_LENGTH) or TOTAL_SEQUENCE_LENGTH
         wanted_in = [m.inputs["input_ids"], self._seqlens_name, self._total_name, *m.past_names()]
@@ -140,30 +141,39 @@ class SharedKVCausalLM(OnnxCausalLM):
         belongs to the cache and is overwritten by its next forward.
         """
         batch, new = input_ids.shape
-        mask = np.asarray(attention_mask, dtype=bool)
-        fresh = mask[:, -new:]
-        lengths = mask.sum(axis=1)  # each row's tokens, past and new
-        if new > 1 and batch > 1 and mask[:, :-new].any():
-            raise TinygenError("a shared-KV model takes several new tokens per row only from an "
-                               "empty cache (a prompt) or at batch 1")
-        if fresh.all():
+        lengths = attention_mask.sum(axis=1)  # each row's tokens, past and new
+        if new == 1 and attention_mask[:, -1].all():  # a decode step: nothing to repack
             ids, positions = input_ids, position_ids
         else:
-            # Right-pad: each row's new tokens to the front, in order (stable sort on "is pad").
-            order = np.argsort(~fresh, axis=1, kind="stable")[:, :fresh.sum(axis=1).max()]
-            ids = np.take_along_axis(input_ids, order, axis=1)
-            positions = np.take_along_axis(position_ids, order, axis=1)
-            positions[np.take_along_axis(~fresh, order, axis=1)] = 0  # padding: any valid position
+            mask = np.asarray(attention_mask, dtype=bool)
+            fresh = mask[:, -new:]
+            if new > 1 and batch > 1 and mask[:, :-new].any():
+                raise TinygenError("a shared-KV model takes several new tokens per row only from "
+                                   "an empty cache (a prompt) or at batch 1")
+            ids, positions = _right_padded(input_ids, position_ids, fresh)
         if ids.shape[1] > self.capacity:
             raise TinygenError(f"{ids.shape[1]} new tokens do not fit the model's window of "
                                f"{self.capacity}")
         # A finished row keeps stepping (its tokens are ignored) and may run past the
         # buffer: it then rewrites the last slot instead of writing outside the buffer.
-        seqlens = np.minimum(lengths, self.capacity).astype(np.int32) - 1
-        cache.feed(self.manifest.inputs["input_ids"], ids.astype(np.int64, copy=False))
+        cache.input_array(self._ids_name, ids.shape, np.int64)[...] = ids
         if self.position_ids_name:
-            cache.feed(self.position_ids_name, positions.astype(np.int64, copy=False))
-        cache.feed(self._seqlens_name, seqlens)
-        cache.feed(self._total_name, np.array(seqlens.max() + 1, dtype=np.int32))
+            cache.input_array(self.position_ids_name, ids.shape, np.int64)[...] = positions
+        seqlens = cache.input_array(self._seqlens_name, (batch,), np.int32)
+        np.minimum(lengths, self.capacity, out=seqlens, casting="unsafe")
+        seqlens -= 1
+        cache.input_array(self._total_name, (), np.int32)[...] = seqlens.max() + 1
         self.session.run_with_iobinding(cache.binding)
         return cache.logits.astype(np.float32, copy=False), cache
+
+
+def _right_padded(input_ids: np.ndarray, position_ids: np.ndarray,
+                  fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's new tokens (`fresh`, bool) moved to the front in order, padding after."""
+    if fresh.all():
+        return input_ids, position_ids
+    order = np.argsort(~fresh, axis=1, kind="stable")[:, :fresh.sum(axis=1).max()]  # stable: in order
+    ids = np.take_along_axis(input_ids, order, axis=1)
+    positions = np.take_along_axis(position_ids, order, axis=1)
+    positions[np.take_along_axis(~fresh, order, axis=1)] = 0  # padding: any valid position
+    return ids, positions
