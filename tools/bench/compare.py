@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import statistics
 import subprocess
@@ -332,6 +333,15 @@ class Worker:
                              f"got {answer['lengths']}")
         return answer
 
+    def memory(self) -> str:
+        """Resident and huge-page memory now: 2 MiB pages or not moves a step by up to 10%."""
+        try:
+            with open(f"/proc/{self.proc.pid}/smaps_rollup", encoding="utf-8") as f:
+                kb = {m[1]: int(m[2]) for m in map(re.compile(r"(\w+):\s+(\d+) kB").match, f) if m}
+        except OSError:
+            return "memory n/a"
+        return f"RSS {kb.get('Rss', 0) // 1024} MB, huge pages {kb.get('AnonHugePages', 0) // 1024} MB"
+
     def cpu_seconds(self) -> float:
         try:  # a stalled worker is killed but not yet reaped: its /proc entry stays
             with open(f"/proc/{self.proc.pid}/stat", encoding="utf-8") as f:
@@ -537,6 +547,7 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
             workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
                                   logs / f"{group.key}-{row.label.replace(' ', '-')}.log",
                                   args.stall_timeout))
+            print(f"  {workers[-1].memory()}", flush=True)
         every = list(workers)  # `workers` loses the ones that stall
         busy0, own0 = _busy_cpu_seconds(), time.process_time()
         workers_cpu0 = sum(w.cpu_seconds() for w in every)
