@@ -20,7 +20,7 @@ from .manifest import Manifest
 
 DEVICES = ("auto", "cpu", "cuda")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(int8)": np.int8,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 KVCache = list  # list[ort.OrtValue], ordered as Manifest.past_names()

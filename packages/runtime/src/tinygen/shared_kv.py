@@ -154,11 +154,11 @@ class SharedKVCausalLM(OnnxCausalLM):
         if ids.shape[1] > self.capacity:
             raise TinygenError(f"{ids.shape[1]} new tokens do not fit the model's window of "
                                f"{self.capacity}")
-        # A finished row keeps stepping (its tokens are ignored) and may run past the
-        # buffer: it then rewrites the last slot instead of writing outside the buffer.
         cache.input_array(self._ids_name, ids.shape, np.int64)[...] = ids
         if self.position_ids_name:
             cache.input_array(self.position_ids_name, ids.shape, np.int64)[...] = positions
+        # A finished row keeps stepping (its tokens are ignored) and may run past the
+        # buffer: it then rewrites the last slot instead of writing outside the buffer.
         seqlens = cache.input_array(self._seqlens_name, (batch,), np.int32)
         np.minimum(lengths, self.capacity, out=seqlens, casting="unsafe")
         seqlens -= 1
@@ -172,7 +172,8 @@ def _right_padded(input_ids: np.ndarray, position_ids: np.ndarray,
     """Each row's new tokens (`fresh`, bool) moved to the front in order, padding after."""
     if fresh.all():
         return input_ids, position_ids
-    order = np.argsort(~fresh, axis=1, kind="stable")[:, :fresh.sum(axis=1).max()]  # stable: in order
+    # A stable sort on "is padding" keeps each row's new tokens in order.
+    order = np.argsort(~fresh, axis=1, kind="stable")[:, :fresh.sum(axis=1).max()]
     ids = np.take_along_axis(input_ids, order, axis=1)
     positions = np.take_along_axis(position_ids, order, axis=1)
     positions[np.take_along_axis(~fresh, order, axis=1)] = 0  # padding: any valid position
