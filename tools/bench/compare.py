@@ -335,12 +335,13 @@ class Worker:
 
     def memory(self) -> str:
         """Resident and huge-page memory now: 2 MiB pages or not moves a step by up to 10%."""
+        field = re.compile(r"(\w+):\s+(\d+) kB")
         try:
             with open(f"/proc/{self.proc.pid}/smaps_rollup", encoding="utf-8") as f:
-                kb = {m[1]: int(m[2]) for m in map(re.compile(r"(\w+):\s+(\d+) kB").match, f) if m}
+                mb = {m[1]: int(m[2]) // 1024 for m in map(field.match, f) if m}
         except OSError:
             return "memory n/a"
-        return f"RSS {kb.get('Rss', 0) // 1024} MB, huge pages {kb.get('AnonHugePages', 0) // 1024} MB"
+        return f"RSS {mb.get('Rss', 0)} MB, huge pages {mb.get('AnonHugePages', 0)} MB"
 
     def cpu_seconds(self) -> float:
         try:  # a stalled worker is killed but not yet reaped: its /proc entry stays
