@@ -1,4 +1,4 @@
-"""8-bit KV buffers for fused graphs: a static scale per channel, calibrated on the model's own text.
+"""8-bit KV buffers for fused graphs: a static scale per channel, calibrated on the model's text.
 
 onnxruntime's GroupQueryAttention (1.31) keeps past and present as int8 when given
 `k_quant_type`/`v_quant_type` "PER_CHANNEL" and a float scale per channel (kv_heads x
