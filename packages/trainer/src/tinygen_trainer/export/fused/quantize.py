@@ -79,6 +79,8 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
         block_size = BLOCK_SIZE[bits]
         if any(k % block_size for k in _matmul_input_sizes(float_model)):
             block_size = 32
+    # The quantizer rewrites float_model in place: keep the float weights the refit starts from.
+    float_weights = _matmul_weights(float_model) if bits == 4 else {}
     quantizer = MatMulNBitsQuantizer(float_model, bits=bits, block_size=block_size,
                                      is_symmetric=True, accuracy_level=accuracy_level)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
@@ -90,7 +92,7 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
         logger.setLevel(node_level)
     model = quantizer.model.model
     if bits == 4:
-        refit_int4_scales(model, onnx.load(str(path)), block_size)  # the quantizer changed its copy
+        refit_int4_scales(model, float_weights, block_size)
     if tie_embedding:
         share_head_with_embedding(model)
     remove_onnx(path)
@@ -99,6 +101,15 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
                         location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+
+
+def _matmul_weights(model) -> dict:
+    """name -> float array (K, N) of every MatMul weight that is a constant."""
+    from onnx import numpy_helper
+
+    names = {node.input[1] for node in model.graph.node if node.op_type == "MatMul"}
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.name in names and len(t.dims) == 2}
 
 
 def _matmul_input_sizes(model) -> set[int]:
@@ -113,29 +124,29 @@ def _matmul_input_sizes(model) -> set[int]:
 _DIVISORS = [d / 4 for d in range(-36, -25)] + [d / 4 for d in range(26, 37)]
 
 
-def refit_int4_scales(model, float_model, block_size: int) -> int:
+def refit_int4_scales(model, float_weights: dict, block_size: int) -> int:
     """Give every symmetric 4-bit MatMulNBits block the scale with the least squared error.
 
     MatMulNBitsQuantizer's round-to-nearest maps each block's largest magnitude to -8 and
     rounds the rest; a slightly smaller scale, clipping that one weight, often fits the
     other 31 better. Each block tries _DIVISORS and keeps the scale whose codes
-    reconstruct it best. `model` (quantized) is changed in place; `float_model` holds
-    the float weights it was made from. Returns the number of weights refit.
+    reconstruct it best. `model` (quantized) is changed in place; `float_weights` maps each
+    MatMul weight's name to the float array it was made from. Returns the number of weights
+    refit.
     """
     import numpy as np
     from onnx import numpy_helper
 
-    floats = {t.name: t for t in float_model.graph.initializer}
     tensors = {t.name: t for t in model.graph.initializer}
     done = 0
     for node in model.graph.node:
         if node.op_type != "MatMulNBits" or (len(node.input) > 3 and node.input[3]):
             continue  # not 4-bit symmetric (zero points): leave it as quantized
         packed, scales = node.input[1], node.input[2]
-        source = floats.get(packed.removesuffix("_Q4"))
+        source = float_weights.get(packed.removesuffix("_Q4"))
         if not packed.endswith("_Q4") or source is None or packed not in tensors:
             continue
-        weight = numpy_helper.to_array(source).astype(np.float32)  # (K, N)
+        weight = source.astype(np.float32)  # (K, N)
         k, n = weight.shape
         if k % block_size:
             continue  # the quantizer padded K: its layout is not plain blocks
