@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from tinygen import TextGenerator
-from tinygen.decoding import BatchDecoding
-from tinygen.errors import ModelFormatError
+from tinygen.decoding import BatchDecoding, left_pad
+from tinygen.errors import ModelFormatError, TinygenError
 from tinygen.shared_kv import SharedKVCausalLM
 
 PROMPTS = ["Once upon a time", "The quick brown fox jumps over", "To be"]
@@ -142,6 +142,36 @@ def test_the_cache_is_updated_in_place(case):
     keys = cache[0].numpy()
     assert np.abs(keys[0, :, : n + 1]).sum(axis=-1).all()  # positions 0..n written...
     assert not keys[0, :, n + 1:].any()  # ...and nothing beyond
+
+
+def test_a_step_equals_a_forward_with_the_whole_mask(case):
+    """`step` counts each row's length itself instead of reading the mask: 20 steps of a
+    left-padded 2-row batch give the logits and inputs `forward` gives from the mask, on a
+    twin cache."""
+    gen, _, _ = case
+    model = gen.model
+    ids, mask, positions = left_pad([gen.tokenizer.encode(p) for p in PROMPTS[:2]], 0)
+    stepped_cache, twin = model.empty_cache(2), model.empty_cache(2)
+    model.forward(ids, mask, positions, stepped_cache)
+    model.forward(ids, mask, positions, twin)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        tokens = rng.integers(0, gen.manifest.vocab_size, size=2)
+        positions = positions[:, -1:] + 1
+        stepped, _ = model.step(tokens, positions[:, 0].tolist(), None, stepped_cache)
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        expected, _ = model.forward(tokens[:, None], mask, positions, twin)
+        np.testing.assert_allclose(stepped, expected[:, -1, :], atol=1e-5)
+        # ...and binds the same inputs (seqlens_k, total_sequence_length, positions, ids)
+        assert twin.inputs.keys() == stepped_cache.inputs.keys()
+        for name, (array, _) in twin.inputs.items():
+            assert np.array_equal(stepped_cache.inputs[name][0], array), name
+
+
+def test_a_step_needs_a_filled_cache(case):
+    gen, _, _ = case
+    with pytest.raises(TinygenError, match="a decode step needs a cache that a forward has filled"):
+        gen.model.step(np.array([1]), [0], None, gen.model.empty_cache(1))
 
 
 def test_a_finished_row_past_the_window_leaves_the_others_alone(case):

@@ -82,6 +82,7 @@ class SequenceState:
         self.generated: list[int] = []
         self.probs: list[TokenProb] = []
         self.text = ""
+        self.undecoded = 0  # generated tokens not yet in `text` (see advance's `show`)
         self.emitted = 0  # characters of `text` already handed out
         self.probs_emitted = 0
         self.finish_reason: str | None = None
@@ -100,16 +101,24 @@ class SequenceState:
             top = tuple((token_text(int(i)), float(probs[i])) for i in best)
         self.probs.append(TokenProb(token, token_text(token), float(probs[token]), top))
 
-    def advance(self, token: int, position: int) -> Piece:
-        """Take the token sampled at `position`; returns the text that can be shown now."""
+    def advance(self, token: int, position: int, show: bool = True) -> Piece | None:
+        """Take the token sampled at `position`; returns the text that can be shown now.
+
+        show=False (nobody reads the pieces, as in `generate`): the token's text is left
+        for later, since one cold call into the tokenizer per token costs more than a
+        batch of warm ones at the end, and None comes back. Stop strings need the text
+        as it grows, so with stop strings it is decoded every step anyway.
+        """
         if token in self.eos:
             self.finish_reason = "eos"
             if self.probs:
                 self.probs.pop()  # the EOS token is not part of the text
         else:
             self.generated.append(token)
-            self.text += self.decoder.step(token)
+            self.undecoded += 1
             stops = self.config.stop
+            if show or stops:
+                self.decode_pending()
             if stops:
                 cut = min((i for i in (self.text.find(s, max(0, self.emitted - len(s)))
                                        for s in stops) if i >= 0), default=-1)
@@ -120,6 +129,9 @@ class SequenceState:
                     self.finish_reason = "length"
                 elif position + 1 >= self.window and not self.config.slide_window:
                     self.finish_reason = "window"
+        if not show:
+            return None
+        self.decode_pending()
         end = len(self.text) if self.finish_reason else \
             len(self.text) - _partial_stop(self.text, self.config.stop)
         text, self.emitted = self.text[self.emitted:end], max(self.emitted, end)
@@ -128,7 +140,15 @@ class SequenceState:
             probs, self.probs_emitted = tuple(self.probs[self.probs_emitted:]), len(self.probs)
         return Piece(text, probs)
 
+    def decode_pending(self) -> None:
+        """Bring `text` up to the last generated token."""
+        if self.undecoded:
+            step = self.decoder.step
+            self.text += "".join([step(t) for t in self.generated[-self.undecoded:]])
+        self.undecoded = 0
+
     def completion(self) -> Completion:
+        self.decode_pending()
         return Completion(self.text, self.seed, tuple(self.generated), self.finish_reason or "length",
                           tuple(self.probs))
 
@@ -172,39 +192,36 @@ class BatchDecoding:
         self.needs_history = any(p.needs_history for p in self.processors)
         self.sampler = GreedySampler() if config.greedy else RandomSampler(seeds)
         self.slides = 0
+        self.done = False  # every row finished
         self._prefill([r.prompt_ids for r in self.rows])
 
     def _prefill(self, contexts: list[list[int]]) -> None:
         ids, mask, positions = left_pad(contexts, self.pad_id)
         logits, self.cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         self.logits = logits[:, -1, :]
-        # The mask grows a column a step: kept in a buffer with room to grow into, so a
-        # step writes one column instead of copying the whole mask.
+        # The mask grows a column of ones a step (finished rows included: static batch): kept
+        # in a buffer with room to grow into, and only for models whose steps read it.
         self._mask = np.ones((len(ids), 2 * mask.shape[1] + 64), np.int64)
         self._mask[:, :mask.shape[1]] = mask
         self._width = mask.shape[1]
-        self.next_position = positions[:, -1] + 1
+        self.next_position = (positions[:, -1] + 1).tolist()
 
     @property
     def mask(self) -> np.ndarray:
         """The attention mask so far, (batch, width): left padding 0, tokens 1."""
-        return self._mask[:, :self._width]
-
-    def _grow_mask(self) -> np.ndarray:
-        """The mask with one more column of ones (finished rows included: static batch)."""
-        if self._width == self._mask.shape[1]:
+        if self._width > self._mask.shape[1]:
             grown = np.ones((self._mask.shape[0], 2 * self._width), np.int64)
-            grown[:, :self._width] = self._mask
+            grown[:, :self._mask.shape[1]] = self._mask
             self._mask = grown
-        self._width += 1
         return self._mask[:, :self._width]
 
-    @property
-    def done(self) -> bool:
-        return all(r.finish_reason for r in self.rows)
+    def step(self, show: bool = True) -> list[Piece] | None:
+        """Generate one token for each unfinished row; returns the text each row gained.
 
-    def step(self) -> list[Piece]:
-        """Generate one token for each unfinished row; returns the text each row gained."""
+        show=False: nothing reads the text until `completions` (see SequenceState.advance),
+        and None comes back. A step runs once per token, after a model run that has pushed
+        everything else out of the CPU caches, so it keeps to few numpy calls.
+        """
         histories = [r.history for r in self.rows] if self.needs_history else None
         logits = self.logits
         for processor in self.processors:
@@ -213,21 +230,23 @@ class BatchDecoding:
         if self.config.return_probs:
             self._record_probs(self.logits if self.config.raw_probs else logits, tokens)
         pieces, furthest = [], -1  # the furthest next position of a row still going
-        for row, token, position in zip(self.rows, tokens.tolist(), self.next_position.tolist()):
-            pieces.append(Piece("") if row.finish_reason else row.advance(token, position))
+        for row, token, position in zip(self.rows, tokens.tolist(), self.next_position):
+            pieces.append(Piece("") if row.finish_reason else row.advance(token, position, show))
             if not row.finish_reason:
                 furthest = max(furthest, position)
+        self.done = furthest < 0
         if furthest >= self.window:
             self._slide()
         elif furthest >= 0:
             # Finished rows keep a slot (static batch shape); their tokens are ignored,
             # and their positions are clamped so they never run past the window.
-            positions = np.minimum(self.next_position, self.window - 1)[:, None]
-            logits, self.cache = self.model.forward(tokens[:, None], self._grow_mask(), positions,
-                                                    self.cache)
-            self.logits = logits[:, -1, :]
-            self.next_position += 1
-        return pieces
+            last = self.window - 1
+            positions = [p if p < last else last for p in self.next_position]
+            self._width += 1
+            self.logits, self.cache = self.model.step(
+                tokens, positions, self.mask if self.model.step_reads_mask else None, self.cache)
+            self.next_position = [p + 1 for p in self.next_position]
+        return pieces if show else None
 
     def _slide(self) -> None:
         """The window is full: restart the cache from the last half of each row's tokens."""

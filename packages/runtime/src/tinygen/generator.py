@@ -108,7 +108,7 @@ class TextGenerator:
             decoding = self._decoding(rows[start:start + batch_size],
                                       seeds[start:start + batch_size], config, end_ids)
             while not decoding.done:
-                decoding.step()
+                decoding.step(show=False)
             results.extend(decoding.completions())
             if bar:
                 bar.update(len(decoding.rows))

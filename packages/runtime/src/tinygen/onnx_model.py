@@ -49,6 +49,8 @@ def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str
 
 
 class OnnxCausalLM:
+    step_reads_mask = True  # `step` needs the attention mask (a concat cache's graph reads it)
+
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
         self.manifest = manifest
@@ -131,3 +133,12 @@ class OnnxCausalLM:
         self.session.run_with_iobinding(binding)
         present = binding.get_outputs()[1:]
         return logits.astype(np.float32, copy=False), present
+
+    def step(self, tokens: np.ndarray, positions: list[int], attention_mask: np.ndarray | None,
+             cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """A decode step: one new token per row, tokens (batch,) at `positions`, after a
+        forward with this cache. attention_mask: (batch, past + 1), or None where
+        step_reads_mask is False. Returns logits (batch, vocab) as float32 and the cache."""
+        logits, cache = self.forward(tokens[:, None], attention_mask,
+                                     np.array(positions, np.int64)[:, None], cache)
+        return logits[:, -1, :], cache

@@ -9,8 +9,10 @@ apart from attention itself, where a concat cache copies the whole past every st
 The decode loop (decoding.py) speaks in left-padded rows with an attention mask,
 as optimum's graphs want. GroupQueryAttention wants right-padded rows and each
 row's length (`seqlens_k`), so `forward` repacks: a row's new tokens move to the
-front, and its length is counted from the mask. Rows never read one another's
-slots, so a row's text does not depend on what else is in the batch.
+front, and its length is counted from the mask. A decode step (`step`: one token
+per row) needs no mask: every row is one token longer, so seqlens_k grows by one.
+Rows never read one another's slots, so a row's text does not depend on what else
+is in the batch.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class SharedKVCache(list):
 
     binding: ort.IOBinding
     logits: np.ndarray  # (batch, 1, vocab), overwritten by every forward with this cache
+    last_logits: np.ndarray  # logits[:, 0, :]: the view a step returns
     inputs: dict  # input name -> (array, OrtValue over it) bound to the binding
+    total: int  # total_sequence_length of the last run: the longest row's length
 
     def input_array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """The array bound as input `name`, to write a step's values into; bound anew only
@@ -75,6 +79,8 @@ class SharedKVCache(list):
 
 class SharedKVCausalLM(OnnxCausalLM):
     """Same interface as OnnxCausalLM; `empty_cache` allocates the buffers once per batch."""
+
+    step_reads_mask = False  # the cache counts each row's length itself (seqlens_k)
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
@@ -123,7 +129,9 @@ class SharedKVCausalLM(OnnxCausalLM):
                        for _ in self._past_names]
         cache = SharedKVCache(buffers)
         cache.logits = np.empty((batch, 1, m.vocab_size), dtype=self.logits_dtype)
+        cache.last_logits = cache.logits[:, 0, :]
         cache.inputs = {}
+        cache.total = 0
         cache.binding = self.session.io_binding()
         for past, present, value in zip(self._past_names, self._present_names, cache):
             cache.binding.bind_ortvalue_input(past, value)
@@ -162,9 +170,35 @@ class SharedKVCausalLM(OnnxCausalLM):
         seqlens = cache.input_array(self._seqlens_name, (batch,), np.int32)
         np.minimum(lengths, self.capacity, out=seqlens, casting="unsafe")
         seqlens -= 1
-        cache.input_array(self._total_name, (), np.int32)[...] = seqlens.max() + 1
+        cache.total = int(seqlens.max()) + 1
+        cache.input_array(self._total_name, (), np.int32)[()] = cache.total
         self.session.run_with_iobinding(cache.binding)
         return cache.logits.astype(np.float32, copy=False), cache
+
+    def step(self, tokens: np.ndarray, positions: list[int], attention_mask: np.ndarray | None,
+             cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:
+        """OnnxCausalLM.step without the mask: every row is one token longer than in the
+        last run, so seqlens_k, still bound from it, grows by one. A handful of numpy calls
+        where `forward` makes twenty: right after a run, with the CPU caches full of weights,
+        each costs tens of microseconds (docs/benchmarks.md, "The decode step's own time")."""
+        held = cache.inputs.get(self._seqlens_name)
+        if held is None:
+            raise TinygenError("a decode step needs a cache that a forward has filled")
+        batch = len(tokens)
+        cache.input_array(self._ids_name, (batch, 1), np.int64)[:, 0] = tokens
+        if self.position_ids_name:
+            cache.input_array(self.position_ids_name, (batch, 1), np.int64)[:, 0] = positions
+        seqlens = held[0]
+        if cache.total < self.capacity:
+            for row in range(batch):  # not `seqlens += 1`: a ufunc, cold, costs ~60 us here
+                seqlens[row] += 1
+            cache.total += 1
+        else:  # a finished row is at the buffer's end: it rewrites its last slot (see forward)
+            np.minimum(seqlens + 1, self.capacity - 1, out=seqlens)
+        cache.input_array(self._total_name, (), np.int32)[()] = cache.total
+        self.session.run_with_iobinding(cache.binding)
+        logits = cache.last_logits
+        return (logits if self.logits_dtype is np.float32 else logits.astype(np.float32)), cache
 
 
 def _right_padded(input_ids: np.ndarray, position_ids: np.ndarray,
