@@ -67,6 +67,7 @@ def calibrate(model_dir: Path, manifest: Manifest, rotary: int | None) -> list[n
     order, over text the float graph in `model_dir` samples itself. Keys of a rotary graph
     (`rotary`: rotary_dim) get their pairs' largest norm."""
     from tinygen.onnx_model import load_causal_lm
+    from tinygen.processors import softmax
 
     lm = load_causal_lm(model_dir, manifest, device="cpu")
     rows, length = CALIBRATION_ROWS, min(CALIBRATION_TOKENS, manifest.context_window)
@@ -79,9 +80,7 @@ def calibrate(model_dir: Path, manifest: Manifest, rotary: int | None) -> list[n
     for t in range(length):
         logits, cache = lm.forward(ids, np.ones((rows, t + 1), np.int64),
                                    np.full((rows, 1), t, np.int64), cache)
-        scores = logits[:, -1].astype(np.float64)
-        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
+        probs = softmax(logits[:, -1].astype(np.float64))
         # Inverse-CDF sampling, one uniform draw per row: seeded, vectorised.
         picks = (probs.cumsum(axis=-1) < rng.random((rows, 1))).sum(axis=-1)
         ids = np.minimum(picks, probs.shape[-1] - 1)[:, None].astype(np.int64)
