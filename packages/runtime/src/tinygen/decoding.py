@@ -199,17 +199,16 @@ class BatchDecoding:
         ids, mask, positions = left_pad(contexts, self.pad_id)
         logits, self.cache = self.model.forward(ids, mask, positions, self.model.empty_cache(len(ids)))
         self.logits = logits[:, -1, :]
-        # The mask grows a column of ones a step (finished rows included: static batch): kept
-        # in a buffer with room to grow into, and only for models whose steps read it.
-        self._mask = np.ones((len(ids), 2 * mask.shape[1] + 64), np.int64)
-        self._mask[:, :mask.shape[1]] = mask
+        # The mask grows a column of ones a step (finished rows included: static batch). Only
+        # the width is counted here; `mask` builds the columns when a model's steps read them.
+        self._mask = mask
         self._width = mask.shape[1]
         self.next_position = (positions[:, -1] + 1).tolist()
 
     @property
     def mask(self) -> np.ndarray:
         """The attention mask so far, (batch, width): left padding 0, tokens 1."""
-        if self._width > self._mask.shape[1]:
+        if self._width > self._mask.shape[1]:  # room for as many steps again
             grown = np.ones((self._mask.shape[0], 2 * self._width), np.int64)
             grown[:, :self._mask.shape[1]] = self._mask
             self._mask = grown
