@@ -29,7 +29,9 @@ the tokens asked for (checked).
     decode tok/s   batch x (N - 1) / (t_N - t_1) from a 32-token prompt: t_N the time to
                    generate N tokens, t_1 to generate 1, so the prefill is excluded
     TTFT           t_1 at batch 1 (prefill + first token) for a 32- and a 512-token prompt
-    ms/token at P  (t_N - t_1) / (N - 1) at batch 1 from a P-token prompt, P = 32 and 1000
+    ms/token at P  the median time from one new token to the next at batch 1 (each engine
+                   notes when its tokens are ready) from a P-token prompt, P = 32 and
+                   1000, the two back to back in each round (this machine's speed drifts)
     peak RSS       of a fresh process that loads the model and generates 1 + 128 tokens
     cold start     from starting that process to its first token (median of --cold-runs)
     roofline       bytes of weights a batch-1 token reads x tok/s, over the machine's read
@@ -369,6 +371,9 @@ class Case:
     prompt_len: int
     batch: int
     new_tokens: int  # N; 1 means only t_1 is timed (TTFT)
+    # Also time the same N tokens after a prompt this long, right after each long-prompt
+    # run: a per-token cost at two positions compares only within the same minute.
+    near_prompt_len: int | None = None
 
 
 def cases(args: argparse.Namespace, window: int) -> list[Case]:
@@ -377,7 +382,7 @@ def cases(args: argparse.Namespace, window: int) -> list[Case]:
     out.append(Case("ttft512", 512, 1, 1))
     position_tokens = min(args.position_tokens, window - LONGEST_PROMPT)
     if position_tokens >= 2:  # a window shorter than 1002 has no position 1000 to time
-        out.append(Case("pos1000", LONGEST_PROMPT, 1, position_tokens))
+        out.append(Case("pos1000", LONGEST_PROMPT, 1, position_tokens, near_prompt_len=32))
     wanted = [c for c in out if (c.name if c.batch == 1 and c.prompt_len != 32 else "decode")
               in args.cases]
     return [c for c in wanted if c.prompt_len + c.new_tokens <= window]
@@ -388,19 +393,21 @@ class Timing:
     t_1: list[float] = field(default_factory=list)
     t_n: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # row 0's new tokens (last t_N run)
+    steps: list[float] = field(default_factory=list)  # each t_N run's median token-to-token time
+    near: "Timing | None" = None  # the case's near_prompt_len timings, same rounds
 
 
 def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: int,
                  stalled: dict[str, str]) -> dict[str, Timing]:
     """Timings of every worker that takes this case. A worker that stalls (see Stalled) is
     dropped from `workers` for the rest of the model, with the reason in `stalled`."""
-    ids = prompt[:case.prompt_len]
     active = [w for w in workers if case.batch == 1 or w.row.batching]
-    times = {w.row.label: Timing() for w in active}
+    times = {w.row.label: Timing(near=Timing() if case.near_prompt_len else None)
+             for w in active}
 
-    def attempt(w: Worker, new_tokens: int) -> dict | None:
+    def attempt(w: Worker, new_tokens: int, prompt_len: int = case.prompt_len) -> dict | None:
         try:
-            return w.generate(ids, case.batch, new_tokens)
+            return w.generate(prompt[:prompt_len], case.batch, new_tokens)
         except Stalled as exc:
             stalled[w.row.label] = f"{case.name}: {exc}"
             print(f"  {w.row.label} stalled ({exc}); dropped", flush=True)
@@ -409,22 +416,31 @@ def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: 
             del times[w.row.label]
             return None
 
+    def timed(w: Worker, t: Timing, prompt_len: int) -> bool:
+        """One round of the worker: t_1, and t_N where N > 1; False if it stalled."""
+        first = attempt(w, 1, prompt_len)
+        if first is None:
+            return False
+        if case.new_tokens > 1:
+            answer = attempt(w, case.new_tokens, prompt_len)
+            if answer is None:
+                return False
+            t.t_n.append(answer["seconds"])
+            t.tokens = answer["tokens"]
+            ready = answer["token_at"]
+            t.steps.append(statistics.median(b - a for a, b in zip(ready, ready[1:])))
+        t.t_1.append(first["seconds"])
+        return True
+
     for w in list(active):  # warm-up: the first call at a new shape allocates
         attempt(w, case.new_tokens)
     for round_ in range(repeats):
         shift = round_ % max(1, len(active))
         order = active[shift:] + active[:shift]
         for w in order[::-1] if round_ % 2 else order:
-            first = attempt(w, 1)
-            if first is None:
-                continue
-            if case.new_tokens > 1:
-                answer = attempt(w, case.new_tokens)
-                if answer is None:
-                    continue
-                times[w.row.label].t_n.append(answer["seconds"])
-                times[w.row.label].tokens = answer["tokens"]
-            times[w.row.label].t_1.append(first["seconds"])
+            t = times[w.row.label]
+            if timed(w, t, case.prompt_len) and case.near_prompt_len:
+                timed(w, t.near, case.near_prompt_len)
     return times
 
 
@@ -570,10 +586,13 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
                 elif case.name == "ttft512":
                     r.ttft[512] = statistics.median(t.t_1)
                     print(f"  {label}: TTFT {r.ttft[512] * 1000:.0f} ms", flush=True)
-                else:
-                    r.ms_per_token[case.prompt_len] = \
-                        1000 / decode_rate(t, 1, case.new_tokens)
-                    print(f"  {label}: {r.ms_per_token[case.prompt_len]:.1f} ms/token", flush=True)
+                else:  # token-to-token: t_N - t_1 here is mostly the long prefill's spread
+                    r.ms_per_token[case.prompt_len] = 1000 * statistics.median(t.steps)
+                    # Replaces the batch-1 run's figure, timed minutes away from this one.
+                    r.ms_per_token[case.near_prompt_len] = 1000 * statistics.median(t.near.steps)
+                    print(f"  {label}: {r.ms_per_token[case.prompt_len]:.1f} ms/token, "
+                          f"{r.ms_per_token[case.near_prompt_len]:.1f} at "
+                          f"{case.near_prompt_len}", flush=True)
         wall = time.perf_counter() - wall0
         workers_cpu = sum(w.cpu_seconds() for w in every) - workers_cpu0
         outside = max(0.0, _busy_cpu_seconds() - busy0 - (time.process_time() - own0)
@@ -789,8 +808,11 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
         f"- settings: {args.threads} threads for every engine, greedy, EOS ignored; medians of "
         f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
         f"prompt, N = {args.new_tokens} at batch 1 and {args.batch_new_tokens} at larger "
-        f"batches; ms/token at 32 from the batch-1 run, at 1000 over the next "
-        f"{args.position_tokens} tokens (fewer where the window ends); cold start and peak RSS: "
+        f"batches; ms/token at 1000: median time from one new token to the next over "
+        f"{args.position_tokens} tokens from a 1000-token prompt (fewer where the window ends), "
+        f"and at 32 the same from a 32-token prompt right after each of those runs (where "
+        f"there is no position 1000, 1000 / the batch-1 tok/s); "
+        f"cold start and peak RSS: "
         f"median of {args.cold_runs} fresh processes (page cache warm) that load the model, "
         f"generate 1 token (cold start: process start to that token) and then "
         f"{args.new_tokens} more at batch 1",

@@ -12,6 +12,7 @@ DISTS = ("onnxruntime-genai", "onnxruntime", "numpy")
 
 def load(args):
     import json
+    import time
 
     import numpy as np
     import onnxruntime_genai as og
@@ -22,7 +23,7 @@ def load(args):
     model = og.Model(config)
     og.Tokenizer(model)  # loaded as an application would, so cold starts compare like for like
 
-    def generate(prompt, batch, new_tokens):
+    def generate(prompt, batch, new_tokens, ready):
         params = og.GeneratorParams(model)
         total = len(prompt) + new_tokens
         params.set_search_options(do_sample=False, batch_size=batch, max_length=total,
@@ -31,6 +32,7 @@ def load(args):
         generator.append_tokens(np.array([prompt] * batch, dtype=np.int32))
         while not generator.is_done():
             generator.generate_next_token()
+            ready.append(time.perf_counter())
         return [list(generator.get_sequence(i)[len(prompt):]) for i in range(batch)]
 
     return generate

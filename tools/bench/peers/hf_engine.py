@@ -12,6 +12,8 @@ DISTS = ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "num
 
 
 def load(args):
+    import time
+
     import torch
 
     torch.set_num_threads(args.threads)  # the model's ops, or generate's own ops (optimum)
@@ -35,10 +37,25 @@ def load(args):
     eos = model.generation_config.eos_token_id
     pad = eos[0] if isinstance(eos, list) else eos
 
-    def generate(prompt, batch, new_tokens):
+    class Clock:
+        """A streamer that only notes the time: generate passes it the prompt, then each token."""
+
+        def __init__(self, ready):
+            self.ready, self.calls = ready, 0
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls > 1:
+                self.ready.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def generate(prompt, batch, new_tokens, ready):
         ids = torch.tensor([prompt] * batch, dtype=torch.long)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 streamer=Clock(ready),
                                  num_beams=1, use_cache=True, max_new_tokens=new_tokens,
                                  min_new_tokens=new_tokens, pad_token_id=pad, top_k=None,
                                  top_p=None, temperature=None)

@@ -12,12 +12,14 @@ DISTS = ("llama_cpp_python", "numpy")
 
 
 def load(args):
+    import time
+
     from llama_cpp import Llama
 
     llm = Llama(model_path=args.model, n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
 
-    def generate(prompt, batch, new_tokens):
+    def generate(prompt, batch, new_tokens, ready):
         if batch != 1:
             raise ValueError("llama-cpp-python decodes one sequence at a time")
         llm.reset()
@@ -25,6 +27,7 @@ def load(args):
         for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
                                   repeat_penalty=1.0, reset=True):
             out.append(token)
+            ready.append(time.perf_counter())
             if len(out) == new_tokens:
                 break
         return [out]

@@ -11,7 +11,12 @@ and then answers each request line on stdin with one line on stdout:
 
     {"op": "generate", "prompt": [ids], "batch": B, "new_tokens": N}
         -> {"seconds": wall time of the whole call, "lengths": [new tokens per row],
-            "tokens": [row 0's new token ids]}
+            "tokens": [row 0's new token ids], "token_at": [seconds into the call at
+            which each new token was ready]}
+
+`token_at` comes from the engine's own token loop (or streamer): the step between two
+tokens is one decode and one sampling in every engine, so its median is a per-token
+cost without the prefill in it, whose run-to-run spread swamps a few dozen tokens.
     {"op": "stats"}  -> {"rss_mb": ..., "peak_rss_mb": ..., "cpu_s": ...}
 
 Cold start (--cold, the prompt ids comma-separated): the worker generates one token
@@ -80,15 +85,18 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, load, dists: tuple[str, ...]) -> None:
-    """Load the engine (`load()` returns generate(prompt, batch, new_tokens) -> rows of new
-    ids) and serve requests or do the cold start, as `args` says."""
+    """Load the engine and serve requests or do the cold start, as `args` says.
+
+    `load()` returns generate(prompt, batch, new_tokens, ready) -> rows of new ids, where
+    `ready` is a list the engine appends time.perf_counter() to as each new token is ready.
+    """
     started = time.perf_counter()
     generate = load()
     if args.cold is not None:
         prompt = [int(t) for t in args.cold.split(",")]
-        first = generate(prompt, 1, 1)
+        first = generate(prompt, 1, 1, [])
         reply({"first_token_at": time.time(), "lengths": [len(r) for r in first]})
-        rows = generate(prompt, 1, args.cold_tokens)
+        rows = generate(prompt, 1, args.cold_tokens, [])
         reply({"peak_rss_mb": peak_rss_mb(), "lengths": [len(r) for r in rows]})
         return
     reply({"ready": True, "load_s": time.perf_counter() - started, "versions": versions(*dists),
@@ -97,11 +105,12 @@ def run(args: argparse.Namespace, load, dists: tuple[str, ...]) -> None:
         request = json.loads(line)
         if request["op"] == "generate":
             prompt, batch, new = request["prompt"], request["batch"], request["new_tokens"]
+            ready: list[float] = []
             start = time.perf_counter()
-            rows = generate(prompt, batch, new)
+            rows = generate(prompt, batch, new, ready)
             seconds = time.perf_counter() - start
             reply({"seconds": seconds, "lengths": [len(r) for r in rows],
-                   "tokens": [int(t) for t in rows[0]]})
+                   "tokens": [int(t) for t in rows[0]], "token_at": [t - start for t in ready]})
         elif request["op"] == "stats":
             usage = resource.getrusage(resource.RUSAGE_SELF)
             reply({"rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),

@@ -1,4 +1,8 @@
-"""Worker: the tinygen runtime (TextGenerator), greedy, EOS ignored. Runs in the tinygen venv."""
+"""Worker: the tinygen runtime (TextGenerator), greedy, EOS ignored. Runs in the tinygen venv.
+
+The loop is `TextGenerator.generate`'s own (a BatchDecoding stepped without text until
+done), written out so that the time each token is ready can be noted.
+"""
 
 import protocol  # first: it moves stdout out of the protocol's way
 
@@ -6,14 +10,20 @@ DISTS = ("tinygen", "onnxruntime", "numpy", "tokenizers")
 
 
 def load(args):
+    import time
+
     from tinygen import TextGenerator
 
     gen = TextGenerator(args.model, device="cpu", threads=args.threads)
 
-    def generate(prompt, batch, new_tokens):
-        out = gen.generate(prompt, n=batch, batch_size=batch, do_sample=False,
-                           max_new_tokens=new_tokens, stop_at_eos=False)
-        return [list(c.token_ids) for c in out]
+    def generate(prompt, batch, new_tokens, ready):
+        config = gen.defaults.merged(do_sample=False, max_new_tokens=new_tokens,
+                                     stop_at_eos=False)
+        decoding = gen._decoding([prompt] * batch, [None] * batch, config)
+        while not decoding.done:
+            decoding.step(show=False)
+            ready.append(time.perf_counter())
+        return [list(c.token_ids) for c in decoding.completions()]
 
     return generate
 
