@@ -55,10 +55,9 @@ def load(args):
         ids = torch.tensor([prompt] * batch, dtype=torch.long)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 streamer=Clock(ready),
                                  num_beams=1, use_cache=True, max_new_tokens=new_tokens,
                                  min_new_tokens=new_tokens, pad_token_id=pad, top_k=None,
-                                 top_p=None, temperature=None)
+                                 top_p=None, temperature=None, streamer=Clock(ready))
         return out[:, len(prompt):].tolist()
 
     return generate
