@@ -1,0 +1,72 @@
+"""tools/bench/compare.py's own arithmetic and its tinygen worker, on a tiny fused export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+sys.path.insert(0, str(BENCH))
+import compare  # noqa: E402
+
+
+def test_the_tinygen_worker_notes_when_each_token_is_ready(exported_llama_dir):
+    """Its loop is generate's: the same greedy tokens, and one timestamp per token."""
+    from tinygen import TextGenerator
+
+    prompt, new = [5, 17, 42, 9], 6
+    worker = subprocess.Popen(
+        [sys.executable, str(BENCH / "peers" / "tinygen_engine.py"), "--model",
+         str(exported_llama_dir), "--threads", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(worker.stdout.readline())["ready"]
+        worker.stdin.write(json.dumps({"op": "generate", "prompt": prompt, "batch": 2,
+                                       "new_tokens": new}) + "\n")
+        worker.stdin.flush()
+        answer = json.loads(worker.stdout.readline())
+    finally:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+    expected = TextGenerator(exported_llama_dir, device="cpu").generate(
+        prompt, do_sample=False, max_new_tokens=new, stop_at_eos=False)[0].token_ids
+    assert answer["lengths"] == [new, new]
+    assert answer["tokens"] == list(expected)
+    ready = answer["token_at"]
+    assert len(ready) == new and ready == sorted(ready)
+    assert 0 < ready[0] and ready[-1] <= answer["seconds"]
+
+
+def _row(model: Path, at_32: float, at_1000: float) -> "compare.RowResult":
+    r = compare.RowResult(compare.Row("tinygen", "fp32", model.parent, model))
+    r.ms_per_token = {32: at_32, 1000: at_1000}
+    return r
+
+
+def test_the_position_goal_and_its_bandwidth_floor(exported_llama_dir):
+    model = exported_llama_dir / "model.onnx"
+    graph = onnx.load(str(model), load_external_data=False).graph
+    [key] = [i for i in graph.input if i.name == "past_key_values.0.key"]
+    heads, head_size = (key.type.tensor_type.shape.dim[i].dim_value for i in (1, 3))
+    layers = sum(i.name.startswith("past_key_values") for i in graph.input) // 2
+    assert layers > 0 and heads * head_size > 0
+    kv = compare.kv_bytes_per_position(model)
+    assert kv == layers * 2 * heads * head_size * 4  # float32 keys and values
+
+    weights = compare.weight_bytes_per_token(model)
+    floor = (weights + 1000 * kv) / (weights + 32 * kv)
+    met, missed = compare._position_goals("tiny", {"a": _row(model, 10.0, 11.9),
+                                                   "b": _row(model, 10.0, 12.1)})
+    assert met.endswith("| yes |") and "= 1.19x" in met
+    assert missed.endswith("| no |") and "= 1.21x" in missed
+    assert f"(bandwidth floor {floor:.2f}x)" in met
+
+
+@pytest.mark.parametrize("engine", ["ort-genai", "llama.cpp"])
+def test_the_position_goal_is_only_ours(exported_llama_dir, engine):
+    r = _row(exported_llama_dir / "model.onnx", 10.0, 11.0)
+    r.row = compare.Row(engine, "int4", exported_llama_dir, None)
+    assert compare._position_goals("tiny", {"x": r}) == []
