@@ -13,11 +13,11 @@ and then answers each request line on stdin with one line on stdout:
         -> {"seconds": wall time of the whole call, "lengths": [new tokens per row],
             "tokens": [row 0's new token ids], "token_at": [seconds into the call at
             which each new token was ready]}
+    {"op": "stats"}  -> {"rss_mb": ..., "peak_rss_mb": ..., "cpu_s": ...}
 
 `token_at` comes from the engine's own token loop (or streamer): the step between two
 tokens is one decode and one sampling in every engine, so its median is a per-token
 cost without the prefill in it, whose run-to-run spread swamps a few dozen tokens.
-    {"op": "stats"}  -> {"rss_mb": ..., "peak_rss_mb": ..., "cpu_s": ...}
 
 Cold start (--cold, the prompt ids comma-separated): the worker generates one token
 from the prompt, writes {"first_token_at": time.time()} (compare.py subtracts the
