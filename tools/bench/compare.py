@@ -417,10 +417,13 @@ def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: 
             return None
 
     def timed(w: Worker, t: Timing, prompt_len: int) -> bool:
-        """One round of the worker: t_1, and t_N where N > 1; False if it stalled."""
-        first = attempt(w, 1, prompt_len)
-        if first is None:
-            return False
+        """One round of the worker: t_1 (not for a position case, which reads only the steps
+        between tokens), and t_N where N > 1; False if it stalled."""
+        if not case.near_prompt_len:
+            first = attempt(w, 1, prompt_len)
+            if first is None:
+                return False
+            t.t_1.append(first["seconds"])
         if case.new_tokens > 1:
             answer = attempt(w, case.new_tokens, prompt_len)
             if answer is None:
@@ -429,7 +432,6 @@ def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: 
             t.tokens = answer["tokens"]
             ready = answer["token_at"]
             t.steps.append(statistics.median(b - a for a, b in zip(ready, ready[1:])))
-        t.t_1.append(first["seconds"])
         return True
 
     for w in list(active):  # warm-up: the first call at a new shape allocates
