@@ -138,7 +138,7 @@ def test_stream_shorter_than_a_block():
 
 # -- line by line ----------------------------------------------------------------
 
-def test_line_by_line_pads_short_records():
+def test_line_by_line_pads_short_records(capsys):
     data = records([3, 5, 12])
     sampler = RecordSampler(data, block_size=8, seed=0, pad_id=EOS)
     rows = sampler.next_rows(3)  # one epoch: every record once
@@ -153,6 +153,28 @@ def test_line_by_line_pads_short_records():
     long = by_doc[3]
     assert rows.input_ids[long].tolist() == [3] * 8 and rows.attention_mask[long].all()
     assert sampler.truncated == 1
+    assert ("warning: records: 1 of 3 records are longer than block_size 8; --line-by-line trains "
+            "on their first 8 tokens only") in capsys.readouterr().err
+
+
+def test_line_by_line_refuses_mostly_cut_records(tmp_path, encoder):
+    # `encode train.txt` (no --line-by-line) makes the file one document: line by line,
+    # training would see its first block and nothing else.
+    text = tmp_path / "train.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 40, encoding="utf-8")
+    whole = TokenDataset.from_path(text, encoder, progress=False)
+    cache = whole.save(tmp_path / "train.tokens", encoder)
+    with pytest.raises(TinygenError, match=r"train.tokens: 1 of 1 records are longer than "
+                       r"block_size 32, so --line-by-line would train on their first 32 tokens "
+                       r"only; drop --line-by-line, or encode with 'tinygen-train encode "
+                       r"--line-by-line' if each line is a record$"):
+        RecordSampler(TokenDataset.from_path(cache, encoder), block_size=32, seed=0, pad_id=EOS)
+    lines = TokenDataset.from_path(text, encoder, line_by_line=True, progress=False)
+    lines.save(cache, encoder)
+    sampler = RecordSampler(TokenDataset.from_path(cache, encoder), 32, seed=0, pad_id=EOS)
+    assert sampler.truncated == 0
+    with pytest.raises(TinygenError, match="2 of 3 records are longer"):
+        RecordSampler(records([3, 12, 12]), block_size=8, seed=0, pad_id=EOS)
 
 
 def test_line_by_line_epochs_are_shuffled_permutations():

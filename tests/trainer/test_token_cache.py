@@ -149,3 +149,69 @@ def test_failed_write_keeps_the_old_cache(tmp_path, encoder, dataset, monkeypatc
         dataset.save(path, encoder)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["corpus.tokens"]  # no temp file left
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_damaged_header_is_corrupt_not_text(tmp_path, encoder, dataset, compress):
+    # Not recognised as a cache, it was read as text: "not UTF-8", or binary garbage
+    # trained on with --errors replace.
+    path = dataset.save(tmp_path / "corpus.tokens", encoder, compress=compress)
+    data = path.read_bytes()
+    failed = []
+    for at in range(40):
+        for mask in (0x01, 0x10, 0xff):
+            damaged = bytearray(data)
+            damaged[at] ^= mask
+            path.write_bytes(bytes(damaged))
+            try:
+                loaded = TokenDataset.from_path(path, encoder, errors="replace", progress=False)
+            except TokenCacheError as exc:
+                message = str(exc)
+                if mask == 0x10 and at == 37 and not compress:  # format_version 1 became 17
+                    assert "newer than" in message
+                    continue
+                assert "token cache is corrupt" in message and "\n" not in message, (at, mask)
+                failed.append(at)
+            else:  # gzip's mtime, xfl and OS bytes, and its FTEXT flag, are not checked
+                np.testing.assert_array_equal(loaded.tokens, dataset.tokens)
+    assert {3, 12, 15} <= set(failed)
+
+
+def test_text_and_other_files_are_not_caches(tmp_path, encoder):
+    cp1252 = tmp_path / "quotes.txt"
+    cp1252.write_bytes("\u201eGuten Tag\u201c, sagte sie.".encode("cp1252"))  # starts with 0x84
+    assert not is_token_cache(cp1252)
+    assert TokenDataset.from_path(cp1252, encoder, errors="replace", progress=False).num_tokens
+    words = tmp_path / "format.txt"
+    # a cache's first bytes but for its three string lengths: close, but UTF-8 text
+    words.write_text("# magic tinygen-tokens format_version 1\n", encoding="utf-8")
+    assert not is_token_cache(words)
+    packed = tmp_path / "corpus.txt.gz"
+    packed.write_bytes(gzip.compress("plain text, compressed".encode()))
+    with pytest.raises(TokenCacheError, match="not a tinygen token cache .a gzip file: decompress"):
+        TokenDataset.from_path(packed, encoder, errors="replace", progress=False)
+
+
+def test_other_eos_names_both_tokens_and_the_option(tmp_path):
+    tok = train_tokenizer(TEXTS, TokenizerConfig(vocab_size=300, special_tokens=("<|im_end|>",),
+                                                 progress=False))
+    tok_path = save_tokenizer(tok, tmp_path / "tokenizer.json")
+    default = Encoder.load(tok_path)  # the first candidate, <|endoftext|>
+    path = TokenDataset.from_documents(TEXTS, default, progress=False).save(
+        tmp_path / "corpus.tokens", default)
+    chat = Encoder.load(tok_path, eos_token="<|im_end|>")  # what an Instruct model ends with
+    with pytest.raises(TokenCacheError) as caught:
+        TokenDataset.load(path, chat)
+    assert str(caught.value) == (
+        f"{path}: documents end with <|endoftext|> (token {default.eos_id}), this run uses "
+        f"<|im_end|> (token {chat.eos_id}); re-encode it with tinygen-train encode --eos-token "
+        f"'<|im_end|>', or train with --eos-token '<|endoftext|>'")
+
+
+def test_damaged_header_key_is_corrupt_not_another_tokenizer(tmp_path, encoder, dataset):
+    path = dataset.save(tmp_path / "corpus.tokens", encoder, compress=False)
+    data = path.read_bytes()
+    at = data.index(b"tokenizer_sha256")
+    path.write_bytes(data[:at] + b"X" + data[at + 1:])
+    with pytest.raises(TokenCacheError, match="token cache is corrupt: its header is damaged"):
+        TokenDataset.load(path, encoder)

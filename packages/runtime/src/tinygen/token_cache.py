@@ -18,9 +18,11 @@ an interrupted write never leaves a half file under the real name.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import os
+import shlex
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -35,6 +37,11 @@ from .errors import TinygenError
 FORMAT_VERSION = 1
 MAGIC = "tinygen-tokens"
 GZIP_MAGIC = b"\x1f\x8b"
+# How every cache begins, to know one whose first bytes are damaged: gzip's header
+# as save_token_cache writes it (deflate, no flags, mtime 0, unknown OS), and,
+# after the header map's size byte(s), its first key and value and second key.
+GZIP_HEADER = GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00\x00\xff"
+HEADER_START = msgpack.packb("magic") + msgpack.packb(MAGIC) + msgpack.packb("format_version")
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 DOC_ENDS_DTYPE = np.dtype("<i8")
 
@@ -83,25 +90,36 @@ def save_token_cache(path: str | Path, tokens: np.ndarray, doc_ends: np.ndarray,
     return path
 
 
-def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None) -> TokenCache:
-    """Read and verify a cache; `expect` (an `Encoder.describe()`) must match its header."""
+def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None,
+                     token_name: Callable[[int], str | None] | None = None) -> TokenCache:
+    """Read and verify a cache; `expect` (an `Encoder.describe()`) must match its header.
+
+    `token_name` (the tokenizer's id_to_token) names tokens in a mismatch message.
+    """
     path = Path(path)
     if not path.is_file():
         raise TinygenError(f"token cache not found: {path}")
     raw = path.read_bytes()
-    if raw[:2] == GZIP_MAGIC:
+    gzipped = raw[:2] == GZIP_MAGIC
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error):
             raise _corrupt(path, "its gzip stream is truncated or damaged") from None
+    elif _damaged_copy_of(raw, GZIP_HEADER):
+        raise _corrupt(path, "its gzip header is damaged")
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1))
     unpacker.feed(raw)
     header = _next(unpacker, path, "header")
     if not isinstance(header, dict) or header.get("magic") != MAGIC:
-        raise TokenCacheError(f"{path}: not a tinygen token cache")
+        if _header_start_in(raw):
+            raise _corrupt(path, "its header is damaged")
+        # No corpus reader decompresses, so a gzip file that is not a cache is nothing we read.
+        what = " (a gzip file: decompress it to use its text)" if gzipped else ""
+        raise TokenCacheError(f"{path}: not a tinygen token cache{what}")
     _check_version(path, header.get("format_version"))
     if expect is not None:
-        check_encoder(path, header, expect)
+        check_encoder(path, header, expect, token_name)
     token_bytes = _next(unpacker, path, "tokens")
     end_bytes = _next(unpacker, path, "document ends")
     if next(unpacker, None) is not None:
@@ -121,8 +139,12 @@ def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None) -> 
     return TokenCache(tokens, doc_ends, header)
 
 
-def check_encoder(path: Path, header: dict[str, Any], expect: dict[str, Any]) -> None:
+def check_encoder(path: Path, header: dict[str, Any], expect: dict[str, Any],
+                  token_name: Callable[[int], str | None] | None = None) -> None:
     """The cache must come from the same tokenizer and replacement rules as the run using it."""
+    if any(key not in header for key in ("tokenizer_sha256", "replacements_sha256", "eos_id")):
+        # A damaged key, not another tokenizer: "fingerprint None" would mislead.
+        raise _corrupt(path, "its header is damaged")
     redo = "re-encode it with 'tinygen-train encode' using this tokenizer"
     if header.get("tokenizer_sha256") != expect["tokenizer_sha256"]:
         theirs, ours = str(header.get("tokenizer_sha256"))[:12], expect["tokenizer_sha256"][:12]
@@ -131,23 +153,35 @@ def check_encoder(path: Path, header: dict[str, Any], expect: dict[str, Any]) ->
     if header.get("replacements_sha256") != expect["replacements_sha256"]:
         raise TokenCacheError(f"{path}: encoded with different replacement rules; {redo}")
     if header.get("eos_id") != expect["eos_id"]:
-        raise TokenCacheError(f"{path}: documents end with token {header.get('eos_id')}, "
-                              f"this run uses {expect['eos_id']}; {redo}")
+        # Same tokenizer, other end-of-text token (a model whose EOS is not the first
+        # candidate encode picks, e.g. <|im_end|>): re-encoding as before cannot help.
+        theirs, ours = header.get("eos_id"), expect["eos_id"]
+        their_name, our_name = (token_name(i) if token_name and isinstance(i, int) else None
+                                for i in (theirs, ours))
+        fix = (f"re-encode it with tinygen-train encode --eos-token {shlex.quote(our_name)}, "
+               f"or train with --eos-token {shlex.quote(their_name)}"
+               if their_name and our_name else
+               "re-encode it with tinygen-train encode --eos-token naming this run's token")
+        raise TokenCacheError(f"{path}: documents end with {_token(theirs, their_name)}, "
+                              f"this run uses {_token(ours, our_name)}; {fix}")
 
 
 def is_token_cache(path: str | Path) -> bool:
-    """Whether `path` is a token cache (by content, not by name)."""
+    """Whether `path` is a token cache, maybe a damaged one (by content, not by name).
+
+    Loose on purpose, so a cache with damaged first bytes reaches load_token_cache
+    and its "corrupt" error instead of being read as text: any gzip file (no corpus
+    reader decompresses, and 0x1f 0x8b is never UTF-8), or a file that is not UTF-8
+    and begins as every cache does but for a few bytes.
+    """
     path = Path(path)
     if not path.is_file():
         return False
     with open(path, "rb") as f:
-        head = f.read(4096)
+        head = f.read(64)
     if head[:2] == GZIP_MAGIC:
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
-        except zlib.error:
-            return False
-    return MAGIC.encode() in head[:64]
+        return True
+    return (_damaged_copy_of(head, GZIP_HEADER) or _header_start_in(head)) and not _utf8(head)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -182,6 +216,30 @@ def _next(unpacker: msgpack.Unpacker, path: Path, what: str) -> Any:
         raise _corrupt(path, f"it ends before its {what} (truncated)") from None
     except (ValueError, TypeError, msgpack.UnpackException):
         raise _corrupt(path, f"its {what} cannot be decoded") from None
+
+
+def _damaged_copy_of(data: bytes, start: bytes) -> bool:
+    """Whether `data` begins with `start`, or with `start` but for a quarter of its bytes."""
+    same = sum(a == b for a, b in zip(data, start))
+    return len(data) >= len(start) and 4 * same >= 3 * len(start)
+
+
+def _header_start_in(data: bytes) -> bool:
+    # After a fixmap's 1 size byte, or a map16's 3 (more than 15 header keys).
+    return any(_damaged_copy_of(data[skip:skip + len(HEADER_START)], HEADER_START)
+               for skip in (1, 3))
+
+
+def _utf8(head: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: may end mid-character
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _token(token_id: Any, name: str | None) -> str:
+    return f"{name} (token {token_id})" if name else f"token {token_id}"
 
 
 def _corrupt(path: Path, why: str) -> TokenCacheError:

@@ -7,6 +7,9 @@ Two ways to draw rows of `block_size` tokens:
   just at multiples of block_size. An epoch is len(stream) // block_size windows.
 - RecordSampler (line-by-line): each document is one row, shuffled per epoch,
   truncated to block_size and padded; padding gets label -100 and no attention.
+  A few long records are cut with a warning; when most are, the corpus is not
+  short records (a cache encoded without --line-by-line holds whole files), so
+  it is an error rather than training on first blocks only.
 
 Both are deterministic functions of (seed, epoch, index), and their whole state
 is two integers in a JSON-able dict, so a resumed run draws exactly the rows
@@ -15,6 +18,7 @@ the interrupted one would have drawn.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -61,7 +65,8 @@ class TokenDataset:
 
     @classmethod
     def load(cls, path: str | Path, encoder: Encoder) -> "TokenDataset":
-        cache = load_token_cache(path, expect=encoder.describe())
+        cache = load_token_cache(path, expect=encoder.describe(),
+                                 token_name=encoder.tokenizer.id_to_token)
         if cache.tokens.size == 0:
             raise TinygenError(f"{path}: corpus is empty")
         return cls(cache.tokens, cache.doc_ends, encoder.eos_id, str(path))
@@ -203,6 +208,21 @@ class RecordSampler(_EpochSampler):
         self._starts = starts
         self._lengths = np.minimum(dataset.doc_ends - starts, block_size)
         self.truncated = int(np.sum(dataset.doc_ends - starts > block_size))
+        self._check_truncation()
+
+    def _check_truncation(self) -> None:
+        n, cut, size = self.dataset.num_documents, self.truncated, self.block_size
+        if not cut:
+            return
+        what = f"{self.dataset.name}: {cut:,} of {n:,} records are longer than block_size {size}"
+        if 2 * cut > n:
+            raise TinygenError(
+                f"{what}, so --line-by-line would train on their first {size} tokens only; "
+                f"drop --line-by-line, or encode with 'tinygen-train encode --line-by-line' "
+                f"if each line is a record"
+            )
+        print(f"tinygen-train: warning: {what}; --line-by-line trains on their first "
+              f"{size} tokens only", file=sys.stderr)
 
     def _make_plan(self, rng: np.random.Generator) -> np.ndarray:
         return rng.permutation(self.epoch_size)
