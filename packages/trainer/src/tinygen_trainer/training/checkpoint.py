@@ -64,11 +64,11 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
         write_tokenizer(tmp)
         payload = {"format_version": FORMAT_VERSION, "step": step, **state}
         (tmp / STATE_FILE).write_text(json.dumps(payload) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():  # only when an unreadable newer checkpoint was skipped on resume
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -171,15 +171,15 @@ def _readable(path: Path) -> bool:
             and any(path.glob("model*.safetensors")))
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # A rename is durable only once its folder is synced. Not possible on Windows; skip there.
     if os.name == "nt":
         return

@@ -232,10 +232,11 @@ class TrainConfig:
 
         return plain(asdict(self))
 
-    # Options that fix which rows come in which order: a resume must not change them.
-    # (Not annotated, so not a dataclass field.)
+    # Options that fix which rows (and tokens: errors) come in which order: a resume must
+    # not change them. (Not annotated, so not a dataclass field.)
     RESUME_FIXED = ("model", "preset", "tokenizer", "replacements", "eos_token", "data", "phases",
-                    "block_size", "line_by_line", "batch_size", "grad_accum", "seed", "recency")
+                    "block_size", "line_by_line", "errors", "batch_size", "grad_accum", "seed",
+                    "recency")
 
     def resume_identity(self) -> dict[str, Any]:
         data = self.to_json(absolute_paths=True)  # "corpus.txt" and "/work/corpus.txt" are one file

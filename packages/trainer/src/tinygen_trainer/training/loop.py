@@ -9,8 +9,10 @@ save_final) to change one part without copying the loop. Device specifics
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,18 +25,19 @@ from tinygen.fields import FILE_NAME as FIELDS_FILE
 
 from ..data.dataset import Rows
 from ..data.encoder import Encoder
-from .checkpoint import (capture_rng, load_optimizer, read_state, restore_rng, resume_point,
-                         save_checkpoint)
+from .checkpoint import (TMP_PREFIX, fsync_dir, fsync_tree, capture_rng, load_optimizer,
+                         read_state, restore_rng, resume_point, save_checkpoint)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .feed import Feed, HostBatch
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, target_count
 from .progress import Reporter
 from .samples import generate_sample
 from .setup import (PhaseRun, build_encoder, build_phases, load_model, model_window, plan_model,
                     resolve_block_size)
 
 TRAIN_CONFIG_FILE = "train_config.json"
+FINAL_TMP = "final-"  # save_final's temp folder in --output: .tmp-final-XXXX
 
 
 def train(config: TrainConfig) -> Path:
@@ -113,11 +116,19 @@ class Trainer:
             self.reporter.close()
 
     def train_step(self, feed: Feed) -> torch.Tensor:
-        """One optimizer step over grad_accum micro-batches; returns its mean loss (on device)."""
-        accum = self.config.grad_accum
+        """One optimizer step over grad_accum micro-batches; returns its mean loss per target
+        token (on device), the loss of one batch of batch_size x grad_accum rows."""
+        batches = feed.next_step()  # the whole step up front: its target count weights each part
+        # A micro-batch counts by its share of the step's targets, not 1 / grad_accum: padded
+        # (--line-by-line) rows hold fewer, and a split must not change what a step trains.
+        # Counts stay tensors (no sync; one graph on XLA, where SPMD sums over every chip).
+        # A data-parallel backend whose ranks each see part of the rows (torchrun DDP, which
+        # averages gradients) would all_reduce `targets` and scale by the world size here.
+        counts = [target_count(batch["labels"]) for batch in batches]
+        targets = torch.stack(counts).sum().clamp(min=1)
         total = torch.zeros((), device=self.backend.device)
-        for batch in feed.next_step():
-            loss = self.batch_loss(batch) / accum
+        for batch, count in zip(batches, counts):
+            loss = self.batch_loss(batch) * (count / targets)
             self.backend.backward(loss)
             total += loss.detach()
         self.backend.optimizer_step(self.optimizer, self.model.parameters(), self.config.grad_clip)
@@ -125,7 +136,7 @@ class Trainer:
         return total
 
     def batch_loss(self, batch: HostBatch) -> torch.Tensor:
-        """The loss of one micro-batch (the distillation trainer adds the teacher's term)."""
+        """The mean loss per target token of one micro-batch (distillation adds the teacher's)."""
         with self.backend.autocast():
             logits = self.model(input_ids=batch["input_ids"],
                                 attention_mask=batch.get("attention_mask"), use_cache=False).logits
@@ -188,15 +199,31 @@ class Trainer:
             self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
 
     def save_final(self) -> Path:
-        """Write the trained model (process 0 of a pod slice; the others wait for it)."""
+        """Write the trained model (process 0 of a pod slice; the others wait for it).
+
+        Everything is written into a temp folder inside --output, then renamed into
+        place with the weights last: a run killed while saving leaves no partial
+        model.safetensors there for export to take for a trained model.
+        """
         self.backend.flush()
         out = self.config.output_dir
 
         def write() -> None:
-            self.backend.save_model(self.model, out)
-            self.write_tokenizer(out)
-            (out / TRAIN_CONFIG_FILE).write_text(
-                json.dumps(self.config.to_json(), indent=2) + "\n", encoding="utf-8")
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(f"{TMP_PREFIX}{FINAL_TMP}*"):  # left by a kill while saving
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{FINAL_TMP}", dir=out))
+            try:
+                self.backend.save_model(self.model, tmp)
+                self.write_tokenizer(tmp)
+                (tmp / TRAIN_CONFIG_FILE).write_text(
+                    json.dumps(self.config.to_json(), indent=2) + "\n", encoding="utf-8")
+                fsync_tree(tmp)
+                for path in sorted(tmp.iterdir(), key=_weights_last):
+                    os.replace(path, out / path.name)
+                fsync_dir(out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
         self.backend.write_once("the trained model", write)
         return out
@@ -281,6 +308,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator too
 
 
+def _weights_last(path: Path) -> tuple[bool, bool]:
+    """Rename order for save_final: other files, then weight shards, then their index."""
+    name = path.name
+    return ".safetensors" in name or name.endswith(".bin"), name.endswith(".index.json")
+
+
 def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
     latest = resume_point(config.output_dir, backend)  # the same on every host, or an error
     if config.resume:
@@ -297,12 +330,18 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
                      state: dict[str, Any]) -> None:
     saved = state.get("config", {})
     for name, value in config.resume_identity().items():
-        if saved.get(name) != value:
+        # A checkpoint from before `name` was recorded (errors) cannot tell: not a mismatch.
+        if name in saved and saved[name] != value:
             raise TinygenError(
                 f"cannot resume {checkpoint}: it was trained with {name}={saved.get(name)!r}, "
                 f"this run has {value!r}; keep the options or start a new --output"
             )
     if state.get("tokenizer_sha256") != encoder.fingerprint:
         raise TinygenError(f"cannot resume {checkpoint}: its tokenizer differs from this run's")
+    # Same replacements path, other rules (the file edited): other tokens from the same text.
+    if state.get("replacements_sha256") != encoder.replacements_fingerprint:
+        raise TinygenError(
+            f"cannot resume {checkpoint}: its replacement rules differ from this run's; "
+            f"restore the rules it was trained with or start a new --output")
     if len(state.get("data", [])) != len(config.resolved_phases()):
         raise TinygenError(f"cannot resume {checkpoint}: it has a different number of phases")

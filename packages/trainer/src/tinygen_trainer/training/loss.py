@@ -24,5 +24,13 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
                                 ignore_index=IGNORE_INDEX, reduction="none")
     if weights is not None:
         per_token = per_token * weights[:, 1:].reshape(-1)
-    count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    return per_token.sum() / count
+    return per_token.sum() / target_count(labels).clamp(min=1)
+
+
+def target_count(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens causal_lm_loss predicts from `labels`, as a tensor (no device sync).
+
+    The loop weights each micro-batch's mean loss by its share of this count over
+    the whole optimizer step: padded rows hold fewer targets than full ones.
+    """
+    return (labels[:, 1:] != IGNORE_INDEX).sum()

@@ -2,7 +2,8 @@
 
 metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
 "tokens_per_s", "phase"}); it is the record a resumed run continues, so on
-resume the lines after the checkpoint's step are dropped first.
+resume the lines after the checkpoint's step (and a line torn by a kill) are
+dropped first.
 
 On a TPU pod slice only process 0 reports (writes=True); the Reporter of every
 other host writes no file and prints nothing, so there is one metrics.jsonl,
@@ -12,6 +13,7 @@ one TensorBoard log and one progress bar for the whole slice.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tinygen.errors import TinygenError
+from tinygen.token_cache import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,12 +56,26 @@ class Reporter:
                         disable=not self.progress, dynamic_ncols=True)
 
     def truncate_after(self, step: int) -> None:
-        """Drop metrics of steps after `step`: the resumed run logs them again."""
-        if not self.writes or not self.metrics_path.is_file():
+        """Drop metrics of steps after `step`: the resumed run logs them again.
+
+        A torn last line (a kill during log) goes too. The file is replaced
+        atomically, so a kill here leaves the old file or the new one.
+        """
+        path = self.metrics_path
+        if not self.writes or not path.is_file():
             return
-        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        # A fresh run (step 0) keeps nothing, so an old damaged file need not parse.
+        kept = [line for line, record in _records(path) if record.get("step", 0) <= step] \
+            if step > 0 else []
+        text = "".join(line + "\n" for line in kept).encode("utf-8")
+        mode = path.stat().st_mode & 0o777
+
+        def write(f) -> None:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)  # the temp file is private; keep the log's mode
+            f.write(text)
+
+        atomic_write(path, write)
 
     def advance(self) -> None:
         if self.bar is not None:
@@ -93,5 +110,27 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
     path = Path(output_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return [record for _, record in _records(path)]
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """metrics.jsonl's (line, record) pairs; a torn last line is left out.
+
+    Reporter.log appends one line at a time, so a kill can cut only the last
+    one; a bad line before it means the file was damaged some other way.
+    """
+    lines = [(number, line) for number, line in
+             enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if i == len(lines) - 1:
+                break  # torn by a kill: the resumed run logs that step again
+            raise TinygenError(f"{path}: line {number} is not JSON; delete that line or the file")
+        records.append((line, record))
+    return records
