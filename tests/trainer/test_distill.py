@@ -256,3 +256,128 @@ def test_student_embeddings_start_from_the_teachers(cache_dir, tiny_gpt2_dir, tm
     assert trainer.fit().is_dir()
     with pytest.raises(TinygenError, match="wider than the teacher"):
         projected_embeddings(tiny_gpt2_dir, teacher.shape[0], 128)
+
+
+# -- corrupt caches, ignored options, options checked before the teacher runs ------------
+
+def test_corrupt_manifest_and_shard_are_one_line_errors(cache_dir, tmp_path):
+    import shutil
+
+    import msgpack
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    for decoded in ([1, 2, 3], "shard", 7):  # valid msgpack, but not a map
+        (copy / "shard-00001.msgpack").write_bytes(msgpack.packb(decoded))
+        with pytest.raises(TeacherCacheError, match="shard-00001.*corrupt: it is not this cache"):
+            TeacherCache.open(copy).load()
+    manifest = json.loads((copy / "cache.json").read_text())
+    broken = [({k: v for k, v in manifest.items() if k != "blocks_per_shard"}, "blocks_per_shard"),
+              ({k: v for k, v in manifest.items() if k != "num_blocks"}, "num_blocks"),
+              ({**manifest, "top_k": "8"}, "top_k"), ({**manifest, "block_size": 0}, "block_size"),
+              ({**manifest, "blocks_per_shard": True}, "blocks_per_shard"),
+              ({**manifest, "ids_dtype": "<f8"}, "ids_dtype"),
+              ({**manifest, "format_version": "1"}, "format_version"),
+              ([manifest], "not a JSON object"), ("cache", "not a JSON object")]
+    for content, why in broken:
+        (copy / "cache.json").write_text(json.dumps(content))
+        with pytest.raises(TeacherCacheError, match=f"cache.json: corrupt .*{why}.*delete") as info:
+            TeacherCache.open(copy)
+        assert "\n" not in str(info.value)
+
+
+def test_options_distillation_would_ignore_are_refused(cache_dir, tiny_gpt2_dir, tmp_path, capsys):
+    from tinygen_trainer.training import DataSource
+
+    tok = tiny_gpt2_dir / "tokenizer.json"
+    with pytest.raises(TinygenError, match="drop --recency"):
+        student_config(tmp_path, cache_dir, tok, recency=2.0)
+    with pytest.raises(TinygenError, match="drop --loss-weights"):
+        student_config(tmp_path, cache_dir, tok, data=(DataSource(cache_dir, loss_weight=0.5),))
+    base = ["distill", "--teacher-cache", str(cache_dir), "--preset", "cpu-tiny", "--tokenizer",
+            str(tok), "-o", str(tmp_path / "student"), "--quiet"]
+    for extra, flag in ((["--recency", "2"], "--recency"),
+                        (["--loss-weights", "0.5"], "--loss-weights"), (["--weights", "2"], "--weights")):
+        assert main(base + extra) == 2
+        assert f"drop {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists()
+
+
+@pytest.fixture
+def no_teacher(monkeypatch):
+    """Fails the test if the teacher scores or writes anything."""
+    from tinygen_trainer.distill import sequences, teacher
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the teacher ran before the options were checked")
+
+    monkeypatch.setattr(teacher, "cache_teacher", must_not_run)
+    monkeypatch.setattr(sequences, "teacher_texts", must_not_run)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kd-weight", "1.5"], "kd_weight must be in"),
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--steps", "0"], "steps must be an integer >= 1"),
+    (["--loss-weights", "0.5"], "drop --loss-weights"),
+    (["--recency", "2"], "drop --recency"),
+    (["--no-tokenizer"], "a preset needs --tokenizer"),
+])
+def test_one_step_distill_checks_options_before_the_teacher_runs(no_teacher, tmp_path, capsys,
+                                                                  extra, message):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    tok = [] if extra == ["--no-tokenizer"] else ["--tokenizer", str(tmp_path / "tokenizer.json")]
+    extra = [] if extra == ["--no-tokenizer"] else extra
+    args = ["distill", str(corpus), "--teacher", str(tmp_path / "teacher"), "--preset", "cpu-tiny",
+            *tok, "-o", str(tmp_path / "student"), "--quiet", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "steps must be an integer >= 1"),
+    (["--no-tokenizer"], "a preset needs --tokenizer"),
+    (["--loss-weights", "0.5"], "--loss-weights needs one value per corpus (0), got 1"),
+])
+def test_sequence_distill_checks_options_before_the_teacher_writes(no_teacher, tmp_path, capsys,
+                                                                    extra, message):
+    tok = [] if extra == ["--no-tokenizer"] else ["--tokenizer", str(tmp_path / "tokenizer.json")]
+    extra = [] if extra == ["--no-tokenizer"] else extra
+    args = ["distill", "--teacher", str(tmp_path / "teacher"), "--teacher-texts", "4", "--preset",
+            "cpu-tiny", *tok, "-o", str(tmp_path / "student"), "--quiet", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from tinygen_trainer.distill import sequences, teacher, trainer
+    from tinygen_trainer.training import DataSource, loop
+
+    calls = []
+    monkeypatch.setattr(teacher, "cache_teacher",
+                        lambda request: calls.append(request) or SimpleNamespace(complete=True))
+    monkeypatch.setattr(trainer, "distill",
+                        lambda config: calls.append(config) or config.output_dir)
+    corpus, out, tok = tmp_path / "corpus.txt", tmp_path / "student", tmp_path / "tokenizer.json"
+    assert main(["distill", str(corpus), "--teacher", str(tmp_path / "teacher"), "--preset",
+                 "cpu-tiny", "--tokenizer", str(tok), "-o", str(out), "--quiet", "--field", "body",
+                 "--kd-weight", "0.5"]) == 0
+    request, config = calls
+    assert request.corpora == (corpus,) and request.output == out / "teacher-cache"
+    assert request.field == "body" and request.block_size == 256
+    assert config.teacher_cache == out / "teacher-cache" and config.kd_weight == 0.5
+    assert config.data == (DataSource(out / "teacher-cache", field="body"),)
+    # sequence-level: the texts file joins the corpora the student trains on
+    calls.clear()
+    monkeypatch.setattr(sequences, "teacher_texts",
+                        lambda request, progress: calls.append(request) or request.output)
+    monkeypatch.setattr(loop, "train", lambda config: calls.append(config) or config.output_dir)
+    assert main(["distill", str(corpus), "--teacher", str(tmp_path / "teacher"), "--teacher-texts",
+                 "4", "--preset", "cpu-tiny", "--tokenizer", str(tok), "-o", str(out), "--quiet",
+                 "--weights", "3"]) == 0
+    request, config = calls
+    assert request.count == 4 and request.output == out / "teacher-texts.jsonl"
+    assert config.data == (DataSource(corpus, weight=3.0), DataSource(request.output))

@@ -63,23 +63,31 @@ def _logits(args: argparse.Namespace) -> int:
     from ..distill import DistillConfig, cache_teacher, distill
     from ..training.config import TrainConfig
 
-    cache = args.teacher_cache
+    # The rows are the cache's blocks, one source: a blend or its weights would be ignored.
+    for flag, values in (("--weights", args.weights), ("--loss-weights", args.loss_weights)):
+        if values is not None:
+            raise TinygenError(f"logit distillation trains on the teacher cache's blocks, all "
+                               f"weighted alike; drop {flag}")
+    cache, request = args.teacher_cache, None
     if cache is None:
         if args.teacher is None or not args.corpus:
             raise TinygenError("give --teacher-cache DIR, or --teacher DIR and a corpus to score")
         cache = args.output / "teacher-cache"
         args.block_size = args.block_size or 256
-        built = cache_teacher(cache_command.request_from_args(args, cache))
-        if not built.complete:
-            raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
+        request = cache_command.request_from_args(args, cache)
     elif args.corpus:
         raise TinygenError("with --teacher-cache the data is the cache; drop the corpus arguments")
     args.corpus = [cache]
+    # Every option is checked before the teacher runs: scoring a corpus takes hours on a CPU.
     base = train_command.config_from_args(args)
     config = DistillConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
                            teacher_cache=cache, kd_weight=args.kd_weight,
                            temperature=args.temperature,
                            teacher_embeddings=args.teacher_embeddings)
+    if request is not None:
+        built = cache_teacher(request)
+        if not built.complete:
+            raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
     out = distill(config)
     print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0
@@ -100,12 +108,19 @@ def _sequences(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise TinygenError(f"cannot read --prompts {args.prompts}: {exc.strerror}") from None
         prompts = tuple(line for line in lines if line.strip()) or prompts
-    texts = teacher_texts(TextsRequest(args.teacher, args.output / "teacher-texts.jsonl",
-                                       args.teacher_texts, prompts, args.text_tokens, args.seed),
-                          progress=not args.quiet)
-    args.corpus = [*args.corpus, texts]
+    n = len(args.corpus)
+    for flag, values in (("--weights", args.weights), ("--loss-weights", args.loss_weights)):
+        if values is not None and len(values) != n:  # counted before the texts join, at weight 1
+            raise TinygenError(f"{flag} needs one value per corpus ({n}), got {len(values)}; "
+                               f"the teacher's texts get 1")
+    request = TextsRequest(args.teacher, args.output / "teacher-texts.jsonl", args.teacher_texts,
+                           prompts, args.text_tokens, args.seed)
+    args.corpus = [*args.corpus, request.output]
     args.weights = args.weights and [*args.weights, 1.0]
     args.loss_weights = args.loss_weights and [*args.loss_weights, 1.0]
-    out = train(train_command.config_from_args(args))
+    # Checked before the teacher writes a text; the texts file need not exist yet.
+    config = train_command.config_from_args(args)
+    teacher_texts(request, progress=not args.quiet)
+    out = train(config)
     print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0

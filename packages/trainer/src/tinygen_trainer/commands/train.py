@@ -163,17 +163,30 @@ def load_phases(path: Path, default_field: str | None = None) -> tuple[Phase, ..
         where = f"{path}: phase {i + 1}"
         if not isinstance(item, dict) or set(item) - {"data", "steps", "learning_rate"}:
             raise TinygenError(f"{where}: expected an object with data, steps, learning_rate")
+        data = item.get("data") or []
+        if not isinstance(data, list):  # a bare string would be read as one corpus per character
+            raise TinygenError(f"{where}: data must be a list of corpora")
         sources = []
-        for entry in item.get("data") or []:
+        for entry in data:
             entry = {"path": entry} if isinstance(entry, str) else entry
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or \
                     set(entry) - {"path", "weight", "loss_weight", "field"}:
                 raise TinygenError(f"{where}: each data entry is a path or "
                                    f"{{path, weight, loss_weight, field}}")
-            sources.append(DataSource(path.parent / entry["path"], weight=entry.get("weight", 1.0),
-                                      loss_weight=entry.get("loss_weight", 1.0),
-                                      field=entry.get("field", default_field)))
-        phases.append(Phase(tuple(sources), item.get("steps"), item.get("learning_rate")))
+            try:
+                sources.append(DataSource(path.parent / entry["path"],
+                                          weight=entry.get("weight", 1.0),
+                                          loss_weight=entry.get("loss_weight", 1.0),
+                                          field=entry.get("field", default_field)))
+            except TinygenError as exc:
+                raise TinygenError(f"{where}: {exc}") from None
+        if item.get("steps") is None:
+            raise TinygenError(f"{where}: no \"steps\"; give each phase its steps "
+                               f"(an integer >= 1)")
+        try:
+            phases.append(Phase(tuple(sources), item.get("steps"), item.get("learning_rate")))
+        except TinygenError as exc:  # Phase's own message says what, not which file or phase
+            raise TinygenError(f"{where}: {exc}") from None
     return tuple(phases)
 
 

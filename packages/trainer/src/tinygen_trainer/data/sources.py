@@ -100,7 +100,10 @@ def _csv_documents(path: Path, text: str, field: str) -> list[str]:
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
     schema = FieldSchema.parse(field)
     docs = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: splitlines() also splits on U+2028, U+0085, ..., which JSON strings may hold
+    # raw (json.dumps(ensure_ascii=False) writes them), cutting records in two.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

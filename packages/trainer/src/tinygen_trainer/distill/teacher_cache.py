@@ -45,10 +45,19 @@ FORMAT_VERSION = 1
 MANIFEST = "cache.json"
 LOGITS_DTYPE = np.dtype("<f2")  # top-k logits: float16 keeps 3 significant digits, half the bytes
 TOKENS_DTYPE = np.dtype("<u4")
+IDS_DTYPES = ("<u2", "<u4")  # top-k ids: uint16 while the vocabulary fits
 
 
 class TeacherCacheError(TinygenError):
     """A teacher cache that is corrupt, incomplete, or made for other settings."""
+
+
+def _corrupt_manifest(path: Path, why: str) -> TeacherCacheError:
+    return TeacherCacheError(f"{path}: corrupt ({why}); delete {path.parent} and build it again")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,25 @@ class TeacherCache:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise TeacherCacheError(f"{path}: corrupt; delete {folder} and build it again") from None
+        if not isinstance(manifest, dict):
+            raise _corrupt_manifest(path, "not a JSON object")
         if manifest.get("magic") != MAGIC:
             raise TeacherCacheError(f"{folder}: not a teacher cache")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise TeacherCacheError(f"{folder}: teacher cache format {manifest['format_version']} "
+        version = manifest.get("format_version", 0)
+        if not _is_int(version):
+            raise _corrupt_manifest(path, f"format_version is {version!r}")
+        if version > FORMAT_VERSION:
+            raise TeacherCacheError(f"{folder}: teacher cache format {version} "
                                     f"is newer than this tinygen-trainer reads; upgrade it")
+        # Checked here, so a damaged manifest is this one line, not a KeyError deep in training.
+        for key in ("num_blocks", "block_size", "top_k", "blocks_per_shard"):
+            value = manifest.get(key)
+            if not (_is_int(value) and value >= 1):
+                found = "missing" if value is None else repr(value)
+                raise _corrupt_manifest(path, f"{key} is {found}, not an integer >= 1")
+        if manifest.get("ids_dtype") not in IDS_DTYPES:
+            raise _corrupt_manifest(path, f"ids_dtype is {manifest.get('ids_dtype')!r}, not one of "
+                                          f"{', '.join(IDS_DTYPES)}")
         return cls(folder, manifest)
 
     # -- geometry ------------------------------------------------------------
@@ -147,9 +170,10 @@ class TeacherCache:
             raise self._corrupt(path, "it cannot be decoded") from None
         start, end = self.shard_range(index)
         n, t, k = end - start, self.block_size, self.top_k
+        if not isinstance(shard, dict):  # valid msgpack, but not a map: no .get
+            raise self._corrupt(path, "it is not this cache's shard")
         arrays = [shard.get(name) for name in ("tokens", "ids", "logits")]
-        if (not isinstance(shard, dict) or shard.get("shard") != index
-                or not all(isinstance(a, bytes) for a in arrays)):
+        if shard.get("shard") != index or not all(isinstance(a, bytes) for a in arrays):
             raise self._corrupt(path, "it is not this cache's shard")
         digest = hashlib.sha256(b"".join(arrays)).hexdigest()
         if digest != shard.get("sha256"):
@@ -209,7 +233,7 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
             np.ascontiguousarray(dataset.tokens, TOKENS_DTYPE).tobytes()).hexdigest(),
         "block_size": block_size, "top_k": top_k, "seed": seed,
         "num_blocks": int(offsets.size), "blocks_per_shard": blocks_per_shard,
-        "ids_dtype": "<u2" if encoder.vocab_size <= 1 << 16 else "<u4",
+        "ids_dtype": IDS_DTYPES[0] if encoder.vocab_size <= 1 << 16 else IDS_DTYPES[1],
     }
     if (folder / MANIFEST).is_file():
         cache = TeacherCache.open(folder)

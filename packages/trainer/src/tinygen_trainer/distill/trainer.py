@@ -65,6 +65,14 @@ class DistillConfig(TrainConfig):
             raise TinygenError("distillation trains on its teacher cache; phases do not apply")
         if self.line_by_line:
             raise TinygenError("distillation trains on the cache's blocks; drop --line-by-line")
+        # TeacherSampler weights every cached position alike: it has no place in the corpus to
+        # ramp by, and a weight on the one source would only rescale the cross-entropy term.
+        if self.recency != 1.0:
+            raise TinygenError("distillation draws the cache's blocks without their place in the "
+                               "corpus, so recency cannot weight them; drop --recency")
+        if any(source.loss_weight != 1.0 for source in self.data):
+            raise TinygenError("distillation weights every position of the teacher cache alike; "
+                               "drop --loss-weights")
         if not (isinstance(self.kd_weight, (int, float)) and 0 <= self.kd_weight <= 1):
             raise TinygenError(f"kd_weight must be in [0, 1], got {self.kd_weight!r}")
         t = self.temperature
