@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..data.dataset import IGNORE_INDEX
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
