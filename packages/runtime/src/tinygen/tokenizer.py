@@ -7,6 +7,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
@@ -29,6 +30,7 @@ class TextTokenizer:
         self.decode_map = {vocab[t]: text for t, text in self.replacements.decode.items()}
         self.banned_ids = sorted(vocab[t] for t in self.replacements.ban)
         self._token_bytes: list[bytes] | None = None
+        self._shown_bytes: list[bytes] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -45,8 +47,14 @@ class TextTokenizer:
         decoder = self.stream_decoder()
         return "".join(decoder.step(i) for i in ids)
 
-    def stream_decoder(self) -> "StreamDecoder":
-        return StreamDecoder(self)
+    def stream_decoder(self, prompt_ids: Sequence[int] | None = None) -> "StreamDecoder":
+        """A decoder for one generated text; `prompt_ids`: the tokens the text continues.
+
+        With the prompt, the first generated token is decoded as a continuation (for
+        SentencePiece/Metaspace tokenizers: "Hello" + "▁world" gives " world", not the
+        "world" a text's first token gives). Without it, the text decodes as a new one.
+        """
+        return StreamDecoder(self, prompt_ids)
 
     def token_text(self, token_id: int) -> str:
         """One token's text as shown to a user (partial UTF-8 bytes show as \ufffd)."""
@@ -64,8 +72,30 @@ class TextTokenizer:
         wanted = {s.encode("utf-8") for s in strings}
         return [i for i, b in enumerate(self.token_bytes) if b in wanted]
 
+    @property
+    def shown_bytes(self) -> list[bytes]:
+        """The bytes each token id adds to a generated text, as `StreamDecoder` shows it.
+
+        As `token_bytes`, except for added tokens: a special token shows nothing (the
+        text skips it), and a token with a replacement shows the replacement's text.
+        """
+        if self._shown_bytes is None:
+            shown = list(self.token_bytes)
+            for i in self.tokenizer.get_added_tokens_decoder():
+                if i < len(shown) and not self.tokenizer.decode([i], skip_special_tokens=True):
+                    shown[i] = b""
+            for i, text in self.decode_map.items():
+                shown[i] = text.encode("utf-8")
+            self._shown_bytes = shown
+        return self._shown_bytes
+
     def ids_for_chars(self, chars: str) -> list[int]:
-        return list(_ids_for_chars(tuple(self.token_bytes), "".join(sorted(set(chars)))))
+        """Every token whose text in the output could contain, or form, one of `chars`.
+
+        Judged by the text a token shows (`shown_bytes`), not its name: EOS
+        (`<|endoftext|>`) shows nothing, so no character excludes it.
+        """
+        return sorted(_ids_for_chars(tuple(self.shown_bytes), "".join(sorted(set(chars)))))
 
 
 class StreamDecoder:
@@ -73,17 +103,47 @@ class StreamDecoder:
 
     `step` returns "" while a character's bytes are still incomplete; special
     tokens become their replacement text, or nothing.
+
+    `prompt_ids`: the tokens the text continues. The stream starts from their last
+    few (`PRIME_TOKENS`), so the first token decodes as it would inside the text: a
+    Metaspace decoder strips the leading space of a text's first token only. Costs
+    one decode of those few tokens, once; each step costs what it did without.
     """
 
-    def __init__(self, tokenizer: TextTokenizer):
+    PRIME_TOKENS = 8
+
+    def __init__(self, tokenizer: TextTokenizer, prompt_ids: Sequence[int] | None = None):
         self._tok = tokenizer
-        self._stream = DecodeStream(skip_special_tokens=True)
+        prime = self._prime(prompt_ids) if prompt_ids is not None else []
+        self._stream = DecodeStream(prime, skip_special_tokens=True) if prime else DecodeStream(
+            skip_special_tokens=True)
+        # While a primed stream has emitted nothing, the ids it took: to start over
+        # unprimed if the tokenizer's decoding of prompt + text is not prefix-stable.
+        self._pending: list[int] | None = [] if prime else None
+
+    def _prime(self, prompt_ids: Sequence[int]) -> list[int]:
+        # Replacement tokens never reach the stream while generating; nor here.
+        tail = [int(i) for i in prompt_ids[-self.PRIME_TOKENS:] if int(i) not in self._tok.decode_map]
+        # A prompt that ends inside a character: decode the text on its own, as before.
+        if not tail or self._tok.tokenizer.decode(tail, skip_special_tokens=True).endswith("\ufffd"):
+            return []
+        return tail
 
     def step(self, token_id: int) -> str:
         replacement = self._tok.decode_map.get(token_id)
         if replacement is not None:
             return replacement
-        return self._stream.step(self._tok.tokenizer, int(token_id)) or ""
+        if self._pending is None:
+            return self._stream.step(self._tok.tokenizer, int(token_id)) or ""
+        self._pending.append(int(token_id))
+        try:
+            text = self._stream.step(self._tok.tokenizer, int(token_id))
+        except Exception:  # tokenizers: "Invalid prefix encountered"
+            self._stream = DecodeStream(skip_special_tokens=True)
+            text = self._stream.step(self._tok.tokenizer, self._pending)
+        if text:
+            self._pending = None
+        return text or ""
 
 
 def _byte_decoder() -> dict[str, int]:

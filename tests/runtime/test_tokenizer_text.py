@@ -1,0 +1,137 @@
+"""The tokenizer's view of output text: which tokens exclude_chars bans, and how a
+continuation is decoded after its prompt."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from tinygen import TextGenerator
+from tinygen.replacements import Replacements
+from tinygen.tokenizer import TextTokenizer
+
+import tinygen.tokenizer as tokenizer_module
+
+
+@pytest.fixture(scope="module")
+def bpe_path(tmp_path_factory):
+    """A byte-level BPE trained on a few lines, with <|endoftext|> special, a special
+    token with a replacement (<|url|>) and a plain added token (<fox>)."""
+    from conftest import train_tokenizer
+
+    path = train_tokenizer(tmp_path_factory.mktemp("bpe") / "tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    tok.add_special_tokens(["<|url|>"])
+    tok.add_tokens([AddedToken("<fox>", special=False)])
+    tok.save(str(path))
+    return path
+
+
+# -- exclude_chars judges tokens by the text they show --------------------------------
+
+
+def test_exclude_chars_never_bans_a_special_token_that_shows_nothing(bpe_path):
+    tok = TextTokenizer(bpe_path)
+    eos = tok.tokenizer.token_to_id("<|endoftext|>")
+    for chars in ("x", "e", "<|>", "endoftx"):
+        assert eos not in tok.ids_for_chars(chars), chars
+    banned = tok.ids_for_chars("x")
+    # ordinary tokens are still judged by their text
+    assert tok.tokenizer.token_to_id("x") in banned
+    shown = [tok.tokenizer.decode([i], skip_special_tokens=True) for i in range(tok.vocab_size)]
+    assert all("x" not in shown[i] for i in range(tok.vocab_size) if i not in banned)
+    # a non-special added token shows its text, so it is banned by it
+    fox = tok.tokenizer.token_to_id("<fox>")
+    assert fox in banned and fox not in tok.ids_for_chars("q")
+    # exclude_strings still finds special tokens by name
+    assert tok.ids_for_strings(["<|endoftext|>"]) == [eos]
+
+
+def test_exclude_chars_judges_a_replacement_token_by_its_shown_text(bpe_path):
+    tok = TextTokenizer(bpe_path, Replacements(decode={"<|url|>": "[link]"}))
+    url = tok.tokenizer.token_to_id("<|url|>")
+    assert url in tok.ids_for_chars("k")  # "[link]" is shown
+    assert url not in tok.ids_for_chars("|")  # "<|url|>" is not
+    assert url not in tok.ids_for_chars("u")
+
+
+def test_exclude_chars_keeps_the_embedded_models_eos():
+    gen = TextGenerator()
+    eos = set(gen.manifest.eos_token_ids)
+    assert eos and not eos & set(gen.tokenizer.ids_for_chars("x"))
+    assert not eos & set(gen.tokenizer.ids_for_chars("endoftx<|>"))
+    # end to end: EOS forced by a bias still ends the text with exclude_chars set
+    [text] = gen.generate("Once upon a time", do_sample=False, max_new_tokens=4, exclude_chars="x",
+                          logit_bias={min(eos): 1000.0})
+    assert text.finish_reason == "eos"
+
+
+# -- a continuation decodes as part of its prompt's text ------------------------------
+
+LLAMA2_DECODER = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+
+
+def _metaspace(tmp_path, decoder) -> TextTokenizer:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁Hello": 3, "▁world": 4, "▁again": 5, "Hello": 6,
+             "▁Once": 7, "!": 8}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoder
+    tok.add_special_tokens(["<s>", "</s>"])
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    return TextTokenizer(path)
+
+
+def _streamed(tok: TextTokenizer, prompt_ids, ids) -> str:
+    decoder = tok.stream_decoder(prompt_ids)
+    return "".join(decoder.step(i) for i in ids)
+
+
+@pytest.mark.parametrize("decoder", [decoders.Metaspace(), LLAMA2_DECODER], ids=["metaspace", "llama2"])
+def test_metaspace_continuation_keeps_its_leading_space(tmp_path, decoder):
+    tok = _metaspace(tmp_path, decoder)
+    prompt = tok.encode("Hello")
+    assert tok.tokenizer.decode(prompt) == "Hello"
+    ids = [4, 5, 8]  # ▁world ▁again !
+    full = tok.tokenizer.decode(prompt + ids)
+    assert full == "Hello world again!"
+    assert "Hello" + _streamed(tok, prompt, ids) == full
+    # a text that starts at BOS has no leading space, as a full decode
+    assert _streamed(tok, [1], [7, 4]) == tok.tokenizer.decode([1, 7, 4]) == "Once world"
+    # EOS mid-prompt is skipped; no prompt: decoded as a text of its own (the default)
+    assert _streamed(tok, [1, 3, 2], [4]) == tok.tokenizer.decode([1, 3, 2, 4])[len("Hello"):]
+    assert _streamed(tok, [], ids) == _streamed(tok, None, ids) == tok.decode(ids) == "world again!"
+
+
+def test_priming_leaves_byte_level_text_unchanged(bpe_path):
+    """GPT-2 style byte-level BPE, and the embedded model's tokenizer: the same text,
+    split anywhere between prompt and continuation, even inside a character."""
+    for tok in (TextTokenizer(bpe_path), TextGenerator().tokenizer):
+        for text in ["Once upon a time, café 🙂 naïve", " crème brûlée — ünïcödé", "🙂🙂 x"]:
+            ids = tok.encode(text)
+            for k in range(len(ids) + 1):
+                assert _streamed(tok, ids[:k], ids[k:]) == tok.decode(ids[k:]), (text, k)
+                prompt_text = tok.tokenizer.decode(ids[:k], skip_special_tokens=True)
+                if "\ufffd" not in prompt_text:  # not inside a character
+                    assert prompt_text + _streamed(tok, ids[:k], ids[k:]) == text
+
+
+def test_a_primed_stream_that_fails_starts_over_unprimed(tmp_path, monkeypatch):
+    tok = _metaspace(tmp_path, decoders.Metaspace())
+    real = tokenizer_module.DecodeStream
+
+    class Fussy:
+        """A stream whose prompt + text decoding is not prefix-stable."""
+
+        def __init__(self, ids=None, skip_special_tokens=False):
+            self.primed, self.inner = bool(ids), real(skip_special_tokens=skip_special_tokens)
+
+        def step(self, tokenizer, ids):
+            if self.primed:
+                raise Exception("Invalid prefix encountered")
+            return self.inner.step(tokenizer, ids)
+
+    monkeypatch.setattr(tokenizer_module, "DecodeStream", Fussy)
+    assert _streamed(tok, tok.encode("Hello"), [4, 5]) == "world again"
