@@ -135,3 +135,46 @@ def test_a_primed_stream_that_fails_starts_over_unprimed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tokenizer_module, "DecodeStream", Fussy)
     assert _streamed(tok, tok.encode("Hello"), [4, 5]) == "world again"
+
+
+def test_generated_text_continues_its_prompt_with_a_metaspace_tokenizer(exported_llama_dir, tmp_path):
+    """generate, stream and the serving engine prime each text's decoder with its prompt:
+    prompt + text is the whole sequence decoded at once (the space after the prompt kept)."""
+    import asyncio
+    import shutil
+
+    from tinygen.serving.engine import Engine
+
+    model_dir = shutil.copytree(exported_llama_dir, tmp_path / "model")
+    gen = TextGenerator(model_dir)
+    size = gen.manifest.vocab_size
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(3, size):  # words that start one ("▁w5") or go on from the last ("w6")
+        vocab[f"▁w{i}" if i % 2 else f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = LLAMA2_DECODER
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.save(str(model_dir / gen.manifest.tokenizer_file))
+    gen = TextGenerator(model_dir)
+
+    ids = gen.tokenizer.encode("w3 w5")
+    assert [gen.tokenizer.tokenizer.id_to_token(i) for i in ids] == ["▁w3", "▁w5"]
+    prompt = gen.tokenizer.tokenizer.decode(ids)
+    texts = gen.generate(prompt, n=3, seed=7, max_new_tokens=12, stop_at_eos=False)
+    for text in texts:
+        assert prompt + text == gen.tokenizer.tokenizer.decode(ids + list(text.token_ids))
+    assert any(text.startswith(" ") for text in texts)  # a new word right after the prompt
+    streamed = "".join(gen.stream(prompt, seed=texts[0].seed, max_new_tokens=12, stop_at_eos=False))
+    assert streamed == texts[0]
+
+    engine = Engine(gen)
+
+    async def served():
+        handle = engine.submit(prompt, n=3, seed=7, max_new_tokens=12, stop_at_eos=False)
+        return await handle.completions()
+
+    try:
+        assert [str(t) for t in asyncio.run(served())] == [str(t) for t in texts]
+    finally:
+        engine.close()

@@ -5,9 +5,12 @@ token per unfinished row and returns the text each row gained, so `generate`
 collects it and `stream` yields it. Stop strings are held back while they may
 still be forming, so streamed text never shows a stop string or half of one.
 
-Past the model's window the batch slides: every row keeps the last half of its
-tokens as context and the cache is rebuilt from them in one prefill. That costs
-one prefill per half-window of tokens, and memory stays flat however long the text.
+Past the model's window a row slides: when its next token would fall past the
+window, it keeps the last half of its tokens as context and its cache is rebuilt
+from them in a prefill of its own (`_slide`), written into its rows of the batch's
+cache; the other rows' caches are not touched. So a text slides where it would
+alone and is the same text in any batch. That costs one prefill per half-window of
+a row's tokens, and memory stays flat however long the text.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ class BatchDecoding:
         self.window = model.manifest.context_window
         # Tokens that end a text: EOS, and the next field's token under context conditioning.
         self.eos = (set(model.manifest.eos_token_ids) if config.stop_at_eos else set()) | set(end_ids)
-        self.rows = [SequenceState(p, s, tokenizer.stream_decoder(), config, self.eos, self.window)
+        self.rows = [SequenceState(p, s, tokenizer.stream_decoder(p), config, self.eos, self.window)
                      for p, s in zip(prompts, seeds)]
         self.processors = build_processors(config, suppress=suppress)
         self.needs_history = any(p.needs_history for p in self.processors)
@@ -235,7 +238,7 @@ class BatchDecoding:
                 furthest = max(furthest, position)
         self.done = furthest < 0
         if furthest >= self.window:
-            self._slide()
+            self._slide(tokens)
         elif furthest >= 0:
             # Finished rows keep a slot (static batch shape); their tokens are ignored,
             # and their positions are clamped so they never run past the window.
@@ -247,11 +250,44 @@ class BatchDecoding:
             self.next_position = [p + 1 for p in self.next_position]
         return pieces if show else None
 
-    def _slide(self) -> None:
-        """The window is full: restart the cache from the last half of each row's tokens."""
+    def _step_model(self, tokens: np.ndarray) -> None:
+        """`step`'s model run (written out there too, to keep the step lean)."""
+        last = self.window - 1
+        positions = [p if p < last else last for p in self.next_position]
+        self._width += 1
+        self.logits, self.cache = self.model.step(
+            tokens, positions, self.mask if self.model.step_reads_mask else None, self.cache)
+        self.next_position = [p + 1 for p in self.next_position]
+
+    def _slide(self, tokens: np.ndarray) -> None:
+        """A row's next token would fall past the window: that row (every row that got there
+        this step) restarts its cache from the last half of its tokens, prefilled on its own,
+        as it would alone. The other rows take their step as usual, their cache untouched."""
         keep = max(1, self.window // 2)
         self.slides += 1
-        self._prefill([r.history[-keep:] for r in self.rows])
+        sliding = [i for i, (row, position) in enumerate(zip(self.rows, self.next_position))
+                   if not row.finish_reason and position >= self.window]
+        if len(sliding) == len(self.rows):  # the whole batch (a text alone): one prefill
+            self._prefill([r.history[-keep:] for r in self.rows])
+            return
+        if any(not row.finish_reason and position < self.window
+               for row, position in zip(self.rows, self.next_position)):
+            # The sliding rows step too, as finished rows do (clamped to the window's last
+            # position): whatever they write is replaced just below.
+            self._step_model(tokens)
+        mask = self.mask.copy()
+        for i, row in enumerate(self.rows):
+            if row.finish_reason:  # its logits are ignored: keep its last column only, so
+                mask[i, :-1] = 0  # it does not hold the cache wide (concat)
+        ids, new_mask, positions = left_pad([self.rows[i].history[-keep:] for i in sliding],
+                                            self.pad_id)
+        logits, self.cache, self._mask = self.model.restart_rows(
+            self.cache, mask, sliding, ids, new_mask, positions)
+        self._width = self._mask.shape[1]
+        self.logits = np.array(self.logits, dtype=np.float32)  # its own, to write rows into
+        self.logits[sliding] = logits
+        for i, position in zip(sliding, (positions[:, -1] + 1).tolist()):
+            self.next_position[i] = position
 
     def _record_probs(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         probs = softmax(logits.astype(np.float64))

@@ -142,3 +142,44 @@ class OnnxCausalLM:
         logits, cache = self.forward(tokens[:, None], attention_mask,
                                      np.array(positions, np.int64)[:, None], cache)
         return logits[:, -1, :], cache
+
+    def restart_rows(self, cache: KVCache, mask: np.ndarray, rows: list[int], input_ids: np.ndarray,
+                     new_mask: np.ndarray, position_ids: np.ndarray
+                     ) -> tuple[np.ndarray, KVCache, np.ndarray]:
+        """Prefill `input_ids` (left-padded, one row for each of `rows`) on their own, and put
+        their cache in place of those rows of the batch's; every other row's cache is kept as
+        it is, so what those rows compute next does not change (sliding rows one at a time).
+
+        cache, mask (batch, width): the batch's cache and attention mask as they stand.
+        Returns the new rows' last logits (len(rows), vocab) as float32, the batch's cache
+        and its mask. Here (a concat cache) rows are left-padded to a common width, so the
+        cache is rebuilt through numpy: one pass over it per call.
+        """
+        logits, fresh = self.forward(input_ids, new_mask, position_ids,
+                                     self.empty_cache(len(input_ids)))
+        mask, added, start = restarted_mask(mask, rows, new_mask)
+        arrays = []
+        for old, new in zip(cache, fresh):
+            old = old.numpy()
+            joined = np.zeros((old.shape[0], old.shape[1], added + old.shape[2], old.shape[3]),
+                              old.dtype)
+            joined[:, :, added:] = old
+            joined[rows, :, joined.shape[2] - new_mask.shape[1]:] = new.numpy()
+            arrays.append(np.ascontiguousarray(joined[:, :, start:]))
+        cache = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
+        return logits[:, -1, :], cache, mask
+
+
+def restarted_mask(mask: np.ndarray, rows: list[int], new_mask: np.ndarray
+                   ) -> tuple[np.ndarray, int, int]:
+    """The batch's attention mask (batch, width) with `rows` replaced by `new_mask`
+    (len(rows), new width), both left-padded to a common width, and the leading columns no
+    row uses dropped. Returns (mask, columns added on the left, first column kept)."""
+    added = max(0, new_mask.shape[1] - mask.shape[1])
+    joined = np.zeros((mask.shape[0], added + mask.shape[1]), mask.dtype)
+    joined[:, added:] = mask
+    joined[rows] = 0
+    joined[rows, joined.shape[1] - new_mask.shape[1]:] = new_mask
+    used = joined.any(axis=0)
+    start = int(used.argmax()) if used.any() else joined.shape[1] - 1
+    return np.ascontiguousarray(joined[:, start:]), added, start

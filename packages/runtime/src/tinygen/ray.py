@@ -14,9 +14,8 @@
 actor (the model loads once per worker), and gives the texts back in order. Seeds are
 chosen on the driver exactly as TextGenerator.generate chooses them (sequence i gets
 seed + i), and a text does not depend on which worker or batch made it, so every text
-equals the one TextGenerator.generate makes with its seed. (Past the model's window, a
-batch of prompts of different lengths slides together, in TextGenerator too: such long
-texts are equal only when each chunk holds one prompt's texts or `batch_size` is 1.)
+equals the one TextGenerator.generate makes with its seed, past the model's window too
+(a row slides on its own, where it would alone: decoding.py).
 
 An actor pool rather than Ray Data: it needs only `ray` itself (no pandas or pyarrow),
 and the work is already split by the seeds. `deployment` runs the same ASGI app as

@@ -12,7 +12,8 @@ row's length (`seqlens_k`), so `forward` repacks: a row's new tokens move to the
 front, and its length is counted from the mask. A decode step (`step`: one token
 per row) needs no mask: every row is one token longer, so seqlens_k grows by one.
 Rows never read one another's slots, so a row's text does not depend on what else
-is in the batch.
+is in the batch; a row that slides past the window is prefilled again on its own and
+copied into its slots (`restart_rows`), the other rows' slots untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import onnxruntime as ort
 
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
-from .onnx_model import _ORT_TYPES, OnnxCausalLM
+from .onnx_model import _ORT_TYPES, OnnxCausalLM, restarted_mask
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
@@ -59,6 +60,7 @@ class SharedKVCache(list):
     """
 
     binding: ort.IOBinding
+    arrays: list[np.ndarray] | None  # on the CPU, the numpy arrays under the buffers (writable)
     logits: np.ndarray  # (batch, 1, vocab), overwritten by every forward with this cache
     last_logits: np.ndarray  # logits[:, 0, :]: the view a step returns
     inputs: dict  # input name -> (array, OrtValue over it) bound to the binding
@@ -120,14 +122,16 @@ class SharedKVCausalLM(OnnxCausalLM):
     def empty_cache(self, batch: int) -> SharedKVCache:
         m = self.manifest
         shape = (batch, m.num_kv_heads, self.capacity, m.head_size)
+        arrays = None
         if self.device == "cpu":
-            buffers = [ort.OrtValue.ortvalue_from_numpy(lazy_zeros(shape, self.kv_dtype))
-                       for _ in self._past_names]
+            arrays = [lazy_zeros(shape, self.kv_dtype) for _ in self._past_names]
+            buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # over their memory
         else:
             buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype,
                                                                  self.device, 0)
                        for _ in self._past_names]
         cache = SharedKVCache(buffers)
+        cache.arrays = arrays
         cache.logits = np.empty((batch, 1, m.vocab_size), dtype=self.logits_dtype)
         cache.last_logits = cache.logits[:, 0, :]
         cache.inputs = {}
@@ -199,6 +203,37 @@ class SharedKVCausalLM(OnnxCausalLM):
         self.session.run_with_iobinding(cache.binding)
         logits = cache.last_logits
         return (logits if self.logits_dtype is np.float32 else logits.astype(np.float32)), cache
+
+    def restart_rows(self, cache: SharedKVCache, mask: np.ndarray, rows: list[int],
+                     input_ids: np.ndarray, new_mask: np.ndarray, position_ids: np.ndarray
+                     ) -> tuple[np.ndarray, SharedKVCache, np.ndarray]:
+        """OnnxCausalLM.restart_rows on the in-place buffers: the rows are prefilled in a
+        cache of their own, then copied into their slots of the batch's buffers, and their
+        lengths (seqlens_k) set; no other row's slots or length change.
+
+        On the CPU the buffers are numpy arrays, written in place. Elsewhere (CUDA) they
+        are device memory that Python cannot write a part of: each layer's buffer makes a
+        round trip through the host (OrtValue.update_inplace keeps its address, which the
+        binding holds), a copy of the whole batch's cache per call; slides are rare.
+        """
+        held = cache.inputs.get(self._seqlens_name)
+        if held is None:
+            raise TinygenError("rows can be restarted only in a cache that a forward has filled")
+        fresh = self.empty_cache(len(rows))
+        logits, fresh = self.forward(input_ids, new_mask, position_ids, fresh)
+        logits = logits[:, -1, :].copy()  # the fresh cache's buffer
+        if cache.arrays is not None:
+            for array, new in zip(cache.arrays, fresh.arrays):
+                array[rows] = new  # the whole capacity: slots past the new tokens are zero again
+        else:
+            for value, new in zip(cache, fresh):
+                whole = value.numpy()
+                whole[rows] = new.numpy()
+                value.update_inplace(whole)
+        seqlens = held[0]
+        seqlens[rows] = np.minimum(new_mask.sum(axis=1), self.capacity) - 1
+        cache.total = int(seqlens.max()) + 1
+        return logits, cache, restarted_mask(mask, rows, new_mask)[0]
 
 
 def _right_padded(input_ids: np.ndarray, position_ids: np.ndarray,

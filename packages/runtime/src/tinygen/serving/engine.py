@@ -24,6 +24,9 @@ Models whose KV cache is not the "concat" layout (the in-place "shared" buffer o
 shared_kv.py) cannot have rows taken out or put in. For them the engine falls back to
 static batches: the requests waiting when the batch is empty start together, finished
 rows keep stepping (their tokens ignored), and new requests wait until all are done.
+There too a sequence that reaches the window slides on its own: its rows of the cache
+are prefilled again from the last half of its tokens (model.restart_rows) while the
+others keep theirs, so the texts are still the ones `generate` makes alone.
 """
 
 from __future__ import annotations
@@ -226,7 +229,7 @@ class Engine:
         eos = frozenset(self.manifest.eos_token_ids) if config.stop_at_eos else frozenset()
         handle = RequestHandle(self, asyncio.get_running_loop(), [len(r) for r in rows], seeds, config)
         sequences = [Sequence(handle, i, ids, s, config, suppress, eos, self.window,
-                              gen.tokenizer.stream_decoder())
+                              gen.tokenizer.stream_decoder(ids))
                      for i, (ids, s) in enumerate(zip(rows, seeds))]
         with self._lock:
             if self._closing:
@@ -448,18 +451,45 @@ class Engine:
         if not live:
             self._reset()
             return
-        if max(sequences[i].next_position for i in live) >= self.window:
+        sliding = [i for i in live if sequences[i].next_position >= self.window]
+        if len(sliding) == len(sequences):  # every row slides: one prefill, as alone
             keep = max(1, self.window // 2)
             self._logits, self._cache, self._mask = self._prefill(
                 sequences, [s.history[-keep:] for s in sequences])
             return
-        # Finished rows keep their slot and step on padding, their positions clamped to the window.
-        self._mask = np.concatenate([self._mask, np.ones((len(sequences), 1), self._mask.dtype)], axis=1)
-        positions = np.array([[min(s.next_position, self.window - 1)] for s in sequences], dtype=np.int64)
-        out, self._cache = self.model.forward(tokens[:, None], self._mask, positions, self._cache)
-        self._logits = out[:, -1, :]
-        for seq in sequences:
-            seq.next_position += 1
+        if len(sliding) < len(live):
+            # Finished rows keep their slot and step on padding, their positions clamped to the
+            # window; so do sliding rows, whose cache is replaced next.
+            ones = np.ones((len(sequences), 1), self._mask.dtype)
+            self._mask = np.concatenate([self._mask, ones], axis=1)
+            positions = np.array([[min(s.next_position, self.window - 1)] for s in sequences],
+                                 dtype=np.int64)
+            out, self._cache = self.model.forward(tokens[:, None], self._mask, positions,
+                                                  self._cache)
+            self._logits = out[:, -1, :]
+            for seq in sequences:
+                seq.next_position += 1
+        if sliding:
+            self._slide_rows(sliding)
+
+    def _slide_rows(self, sliding: list[int]) -> None:
+        """Static batches: the `sliding` rows restart from the last half of their tokens, each
+        prefilled on its own into its slot (model.restart_rows); the others keep their cache,
+        as in BatchDecoding._slide."""
+        keep = max(1, self.window // 2)
+        sequences = self._sequences
+        mask = self._mask.copy()
+        for i, seq in enumerate(sequences):
+            if seq.finish_reason or seq.owner.cancelled:  # ignored: keep its last column only
+                mask[i, :-1] = 0
+        contexts = [sequences[i].history[-keep:] for i in sliding]
+        ids, new_mask, positions = left_pad(contexts, self.pad_id)
+        logits, self._cache, self._mask = self.model.restart_rows(
+            self._cache, mask, sliding, ids, new_mask, positions)
+        self._logits = np.array(self._logits, dtype=np.float32)
+        self._logits[sliding] = logits
+        for i, context in zip(sliding, contexts):
+            sequences[i].next_position = len(context)
 
     def _prefill(self, sequences: list[Sequence], contexts: list[list[int]]):
         """Run the contexts, left-padded, from an empty cache -> (logits (b, vocab), cache, mask)."""
