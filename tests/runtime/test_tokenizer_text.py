@@ -14,13 +14,11 @@ import tinygen.tokenizer as tokenizer_module
 
 
 @pytest.fixture(scope="module")
-def bpe_path(tmp_path_factory):
-    """A byte-level BPE trained on a few lines, with <|endoftext|> special, a special
-    token with a replacement (<|url|>) and a plain added token (<fox>)."""
-    from conftest import train_tokenizer
-
-    path = train_tokenizer(tmp_path_factory.mktemp("bpe") / "tokenizer.json")
-    tok = Tokenizer.from_file(str(path))
+def bpe_path(tiny_gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2's byte-level BPE (<|endoftext|> special), with a special token that
+    has a replacement (<|url|>) and a plain added token (<fox>)."""
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok = Tokenizer.from_file(str(tiny_gpt2_dir / "tokenizer.json"))
     tok.add_special_tokens(["<|url|>"])
     tok.add_tokens([AddedToken("<fox>", special=False)])
     tok.save(str(path))

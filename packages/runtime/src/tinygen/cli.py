@@ -12,6 +12,7 @@ Library errors (TinygenError) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TextIO
 
@@ -46,7 +47,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat n-grams of this size")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="end a text at this string (repeatable)")
+                   help=r"end a text at this string (repeatable; \n, \t, \r and \\ are escapes)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the first text; text i uses seed+i (default: drawn and reported)")
     p.add_argument("--exclude-chars", default=None, metavar="CHARS",
@@ -63,8 +64,10 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-probs", action="store_true",
                    help="colour each token by its probability (on a terminal)")
     p.add_argument("--batch-size", type=int, default=16, help="texts decoded together")
-    p.add_argument("--to-file", metavar="PATH", help="write the texts, each with its seed, to this file")
-    p.add_argument("--resume", action="store_true", help="with --to-file: continue an interrupted file")
+    p.add_argument("--to-file", metavar="PATH",
+                   help="write the texts, each with its seed, to this file (its settings go to PATH.tinygen.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --to-file: continue an interrupted file, with the settings it was started with")
     p.add_argument("--context", action="append", default=None, metavar="FIELD=VALUE",
                    help="a known field, for models trained on records with fields (repeatable; "
                         "a value with commas is a list)")
@@ -124,11 +127,24 @@ def _options(args: argparse.Namespace) -> dict:
         do_sample=False if args.greedy else None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop=[unescape(s) for s in args.stop] if args.stop else None,
         exclude_chars=args.exclude_chars, exclude_strings=args.exclude,
         slide_window=False if args.no_slide else None,
         return_probs=True if getattr(args, "show_probs", False) else None,
     )
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""The shell gives `--stop "\n\n"` as backslash-n characters: make \n, \t, \r and \\ what they say.
+
+    Other backslashes are left as they are, and so is any other text (unicode_escape
+    would garble non-ASCII characters).
+    """
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def _generator(args):
@@ -152,9 +168,20 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise TinygenError(f"-n must be >= 1, got {args.n}")
     if args.resume and not args.to_file:
         raise TinygenError("--resume needs --to-file")
+    if args.batch_size < 1:
+        raise TinygenError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.dedupe_against and args.dedupe is None:
         raise TinygenError("--dedupe-against needs --dedupe SHARE")
+    if args.dedupe is not None and not 0 < args.dedupe <= 1:
+        raise TinygenError(f"--dedupe must be a share in (0, 1], got {args.dedupe}")
+    if args.dedupe is not None and args.to_file:
+        raise TinygenError("--dedupe does not work with --to-file (texts are written as they are made); "
+                           "drop one of them")
     context = _context(args)
+    streamed = args.n == 1 and context is None and args.dedupe is None and not args.to_file
+    if args.show_probs and not streamed:
+        raise TinygenError("--show-probs works only for one streamed text: drop it, or drop -n, --context, "
+                           "--dedupe and --to-file")
     gen = _generator(args)
     options = _options(args)
     if context is not None:
@@ -162,12 +189,16 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tty = out.isatty()
     shown_prompt = f"{BOLD}{args.prompt}{RESET}" if tty else args.prompt
     if args.to_file:
-        gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
-                             batch_size=args.batch_size, resume=args.resume,
-                             progress=err.isatty(), **options)
-        err.write(f"wrote {args.n} texts to {args.to_file}\n")
+        written = gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
+                                       batch_size=args.batch_size, resume=args.resume,
+                                       progress=err.isatty(), **options)
+        if written.written:
+            more = f" ({written.texts} in all)" if written.texts != written.written else ""
+            err.write(f"wrote {written.written} texts to {args.to_file}{more}\n")
+        else:
+            err.write(f"{args.to_file} already holds {written.texts} texts (-n {args.n}): nothing to do\n")
         return 0
-    if args.n == 1 and context is None and args.dedupe is None:
+    if streamed:
         stream = gen.stream(args.prompt, seed=args.seed, **options)
         out.write(shown_prompt)
         for piece in stream:

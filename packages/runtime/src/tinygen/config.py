@@ -64,56 +64,87 @@ class GenerationConfig:
             if name not in known:
                 raise TinygenError(f"unknown generation option '{name}'")
         changes = {k: v for k, v in overrides.items() if v is not None}
+        # Collections become tuples (the config is hashable); anything else is refused
+        # here, with the option named, rather than failing later as "not iterable".
         for name in ("stop", "exclude_strings"):
-            if isinstance(changes.get(name), str):
-                changes[name] = (changes[name],)
-            elif name in changes:
-                changes[name] = tuple(changes[name])
+            if name not in changes:
+                continue
+            value = changes[name]
+            if isinstance(value, str):
+                changes[name] = (value,)
+            elif isinstance(value, (list, tuple)):
+                changes[name] = tuple(value)
+            else:
+                raise TinygenError(f"{name} must be a string or a list of strings, got {value!r}")
         if "exclude_ids" in changes:
-            changes["exclude_ids"] = tuple(changes["exclude_ids"])
-        if isinstance(changes.get("logit_bias"), dict):
-            changes["logit_bias"] = tuple(sorted(changes["logit_bias"].items()))
+            value = changes["exclude_ids"]
+            if isinstance(value, (set, frozenset)) and all(is_int(i) for i in value):
+                changes["exclude_ids"] = tuple(sorted(value))
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                changes["exclude_ids"] = tuple(value)
+            else:
+                raise TinygenError(f"exclude_ids must be a list of token ids, got {value!r}")
+        if "logit_bias" in changes:
+            changes["logit_bias"] = _bias_pairs(changes["logit_bias"])
         return replace(self, **changes).validated()
 
     def validated(self) -> "GenerationConfig":
         def bad(name: str, rule: str) -> TinygenError:
             return TinygenError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", "an integer >= 1")
-        if not _is_number(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or self.temperature < 0:
             raise bad("temperature", ">= 0")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "in (0, 1]")
-        if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
+        if not is_number(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "in [0, 1]")
-        if not _is_number(self.typical_p) or not 0 < self.typical_p <= 1:
+        if not is_number(self.typical_p) or not 0 < self.typical_p <= 1:
             raise bad("typical_p", "in (0, 1]")
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+        if not is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise bad("repetition_penalty", "> 0")
-        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+        if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "an integer >= 0")
-        if not all(isinstance(s, str) and s for s in self.stop):
+        if not _is_seq(self.stop) or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "non-empty strings")
-        if not all(_is_int(i) and i >= 0 for i in self.exclude_ids):
+        if not _is_seq(self.exclude_ids) or not all(is_int(i) and i >= 0 for i in self.exclude_ids):
             raise bad("exclude_ids", "token ids (integers >= 0)")
-        if not all(isinstance(s, str) and s for s in self.exclude_strings):
+        if not _is_seq(self.exclude_strings) or not all(isinstance(s, str) and s for s in self.exclude_strings):
             raise bad("exclude_strings", "non-empty strings")
         if not isinstance(self.exclude_chars, str):
             raise bad("exclude_chars", "a string of characters")
-        if not all(isinstance(p, tuple) and len(p) == 2 and _is_int(p[0]) and _is_number(p[1])
-                   for p in self.logit_bias):
-            raise bad("logit_bias", "a mapping of token id to number")
-        if not _is_int(self.top_n) or self.top_n < 0:
+        if not _is_seq(self.logit_bias) or not all(
+                isinstance(p, tuple) and len(p) == 2 and is_int(p[0]) and p[0] >= 0 and is_number(p[1])
+                and abs(p[1]) != float("inf") for p in self.logit_bias):
+            raise bad("logit_bias", "a mapping of token id (>= 0) to a finite number")
+        if not is_int(self.top_n) or self.top_n < 0:
             raise bad("top_n", "an integer >= 0")
         return self
 
 
-def _is_int(value: Any) -> bool:
+def _bias_pairs(value: Any) -> Any:
+    """logit_bias as given ({id: bias} or [(id, bias), ...]) -> ((id, bias), ...) sorted by id."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise TinygenError(f"logit_bias must be a mapping of token id to number, got {value!r}")
+    if not all(is_int(i) for i, _ in pairs):
+        raise TinygenError(f"logit_bias must be a mapping of token id to number, got {value!r}")
+    return tuple(sorted(pairs, key=lambda p: p[0]))
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, (tuple, list))
+
+
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -55,16 +55,29 @@ class Curator:
             raise TinygenError(f"-k must be >= 1, got {k}")
         self.gen, self.k, self.options = gen, k, options
         self.next_seed = draw_seed() if seed is None else seed
-        self.max_new = gen.defaults.merged(**options).max_new_tokens
+        config = gen.defaults.merged(**options)
+        self.room = prompt_room(gen.manifest.context_window, config.max_new_tokens, config.slide_window)
 
     def candidates(self, text: str) -> Round:
         # Keep the prompt inside the window, leaving room for the continuation.
         ids = self.gen.tokenizer.encode(text)
-        room = self.gen.manifest.context_window - self.max_new
-        prompt = ids[-room:] if len(ids) > room > 0 else (ids or text)
+        prompt = ids[-self.room:] if len(ids) > self.room else (ids or text)
         texts = self.gen.generate(prompt, n=self.k, seed=self.next_seed, **self.options)
         self.next_seed += self.k
         return Round([t.seed for t in texts], [str(t) for t in texts])
+
+
+def prompt_room(window: int, max_new: int, slide: bool) -> int:
+    """How many tokens of the text so far to give as the prompt (always 1..window-1).
+
+    Room for the whole continuation when it fits in the window. When it does not, the
+    text either slides past the window, keeping its last half (so keep that much), or
+    stops at the window (so keep one token and let it run as far as it can).
+    """
+    room = window - max_new
+    if room < 1:
+        room = window // 2 if slide else 1
+    return max(1, min(window - 1, room))
 
 
 def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, options: dict,

@@ -13,16 +13,17 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-from .config import GenerationConfig
+from .config import GenerationConfig, is_int, is_number
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
-from .errors import TinygenError
+from .errors import ModelFormatError, TinygenError
 from .fields import FieldSchema
-from .manifest import Manifest, load_manifest
+from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .onnx_model import load_causal_lm
 from .replacements import Replacements
 from .sampling import draw_seed
+from .text_file import WrittenFile, resume_point, save_settings, settings_path, text_options
 from .tokenizer import TextTokenizer
 
 Prompt = Union[str, Sequence[int]]  # text, or token ids
@@ -55,7 +56,10 @@ class TextGenerator:
         self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads)
         self.fields = FieldSchema.load(self.model_dir / self.manifest.fields_file) \
             if self.manifest.fields_file else None
-        self.defaults = GenerationConfig().merged(**self.manifest.generation)
+        try:
+            self.defaults = GenerationConfig().merged(**self.manifest.generation)
+        except TinygenError as exc:
+            raise ModelFormatError(f"{self.model_dir / MANIFEST_NAME}: 'generation': {exc}") from None
         self._indexes: dict = {}
 
     def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:
@@ -96,10 +100,10 @@ class TextGenerator:
         config = self.defaults.merged(**options)
         prompt, end_ids = self._conditioned(prompt, context, target)
         prompts = self._encode_prompts(prompt)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise TinygenError(f"n must be an integer >= 1, got {n!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise TinygenError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        _check_count("n", n)
+        _check_count("batch_size", batch_size)
+        # Checked (and the training-data index built) before decoding, not after it.
+        reference = self._dedupe_reference(dedupe, dedupe_ngram, dedupe_against)
         rows = [ids for ids in prompts for _ in range(n)]
         seeds = self._seeds(seed, len(rows), config)
         results: list[Completion] = []
@@ -116,11 +120,22 @@ class TextGenerator:
             bar.close()
         if dedupe is None:
             return Generations(results)
-        reference = self._ngram_index(dedupe_against, dedupe_ngram) if dedupe_against else None
         found = find_duplicates([r.token_ids for r in results], dedupe, dedupe_ngram, reference)
         drop = {d.index for d in found}
         return Generations([r for i, r in enumerate(results) if i not in drop],
                            [(results[d.index], d) for d in found])
+
+    def _dedupe_reference(self, dedupe, ngram, against) -> NgramIndex | None:
+        """Check the dedupe settings; the n-gram index of `against` (training data), if given."""
+        if dedupe is None:
+            if against is not None:
+                raise TinygenError("dedupe_against needs dedupe (the share of n-grams that makes a duplicate)")
+            return None
+        if not is_number(dedupe) or not 0 < dedupe <= 1:
+            raise TinygenError(f"dedupe must be a share in (0, 1], got {dedupe!r}")
+        if not is_int(ngram) or ngram < 1:
+            raise TinygenError(f"dedupe_ngram must be an integer >= 1, got {ngram!r}")
+        return self._ngram_index(against, ngram) if against is not None else None
 
     def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
         key = (str(path), n)
@@ -148,55 +163,91 @@ class TextGenerator:
 
     def generate_to_file(self, path: str | os.PathLike, prompt: Prompt = "", n: int = 1,
                          seed: int | None = None, batch_size: int = 16, resume: bool = False,
-                         delimiter: str = DELIMITER, progress: bool = False, **options) -> Path:
+                         delimiter: str = DELIMITER, progress: bool = False, context: dict | None = None,
+                         target: str | None = None, **options) -> "WrittenFile":
         """Write n texts to `path`, each under a header naming its seed, batch by batch.
 
         The file is appended and synced after every batch, so an interrupted run keeps
-        what it finished; `resume=True` continues an interrupted file with the next seeds
-        (its last record is made again, since it may have been cut short).
+        what it finished. Beside it, `PATH.tinygen.json` records the settings the file
+        was started with (prompt, context, options, first seed) and how much of it is
+        complete. `resume=True` continues an interrupted file with the next seeds: it
+        refuses other settings (the texts would be mixed), and never cuts a complete text;
+        when the file already holds n texts there is nothing to do. context and target
+        are `generate`'s. Returns the path, with `.written` (the texts this call wrote)
+        and `.texts` (the complete texts the file holds now).
         """
+        _check_count("n", n)
+        _check_count("batch_size", batch_size)
+        if not (isinstance(prompt, str) or _is_token_ids(prompt)):
+            raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
+        if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
+            raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
         path = Path(path)
+        # Everything that can be refused is, before the file is touched.
         config = self.defaults.merged(**options)
-        done, base = 0, seed
+        conditioned, _ = self._conditioned(prompt, context, target)
+        self._encode_prompts(conditioned, single=True)
+        self._excluded_ids(config)
+        prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
+        settings = {
+            # What the model continues: the prompt, with any context fields written in.
+            "prompt": conditioned if isinstance(conditioned, str) else self.tokenizer.decode(list(conditioned)),
+            "delimiter": delimiter,
+            "options": text_options(config),
+        }
+        sidecar = settings_path(path)
+        done, offset, base = 0, 0, seed
         if resume and path.exists():
-            done, found_base, offset = _scan_records(path, delimiter)
-            if done and base is not None and found_base is not None and found_base != base:
-                raise TinygenError(f"{path} was started with seed {found_base}, not {base}")
+            done, offset, found_base = resume_point(path, sidecar, settings, prompt_text)
+            if done and not config.greedy and base is not None and found_base is not None and found_base != base:
+                raise TinygenError(f"{path} was started with seed {found_base}, not {base}; "
+                                   f"resume with the same settings, or choose a new file")
             base = found_base if base is None else base
-            done = max(0, done - 1)  # redo the last record: it may be incomplete
-            with open(path, "r+b") as f:
-                f.truncate(offset)
-        elif path.exists() and not resume and path.stat().st_size:
+            if done >= n:
+                return WrittenFile.of(path, 0, done)  # nothing to do: the file is left as it is
+        elif path.exists() and path.stat().st_size:
             raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
         seeds = self._seeds(base, n, config)
-        prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
+        settings["seed"] = seeds[0]
         bar = _progress_bar(n) if progress else None
         if bar:
             bar.update(done)
+        written = 0
         try:
-            with open(path, "a", encoding="utf-8") as f:
+            with open(path, "ab") as f:
+                if f.seek(0, os.SEEK_END) > offset:  # an unfinished batch, or a text cut short
+                    f.truncate(offset)
+                    f.seek(offset)
+                save_settings(sidecar, settings, done, offset)
                 for start in range(done, n, batch_size):
                     count = min(batch_size, n - start)
                     texts = self.generate(prompt, n=count, seed=seeds[start:start + count],
-                                          batch_size=batch_size, **options)
+                                          batch_size=batch_size, context=context, target=target, **options)
                     f.write("".join(f"{delimiter} seed {t.seed if t.seed is not None else 'greedy'}\n"
-                                    f"{prompt_text}{t}\n" for t in texts))
+                                    f"{prompt_text}{t}\n" for t in texts).encode("utf-8"))
                     f.flush()
                     os.fsync(f.fileno())
+                    # Only now are these texts complete: a resume keeps them, and redoes what follows.
+                    done, offset, written = done + count, f.tell(), written + count
+                    save_settings(sidecar, settings, done, offset)
                     if bar:
                         bar.update(count)
         except OSError as exc:
-            raise TinygenError(f"cannot write {path}: {exc.strerror}") from None
+            raise TinygenError(f"cannot write {exc.filename or path}: {exc.strerror}") from None
         finally:
             if bar:
                 bar.close()
-        return path
+        return WrittenFile.of(path, written, done)
 
     # -- internals --------------------------------------------------------------
 
     def _decoding(self, prompts, seeds, config, end_ids=()) -> BatchDecoding:
-        return BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id(),
-                             suppress=self._excluded_ids(config), end_ids=end_ids)
+        decoding = BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id(),
+                                 suppress=self._excluded_ids(config), end_ids=end_ids)
+        # Finished rows stay in the batch, their tokens unused: only rows still going
+        # must have a token left to sample (sampling.Sampler.rows).
+        decoding.sampler.rows = decoding.rows
+        return decoding
 
     def _conditioned(self, prompt, context, target) -> tuple:
         """The prompt with its context fields written in, and the field tokens that end the text."""
@@ -212,20 +263,40 @@ class TextGenerator:
         if not isinstance(prompt, str):
             raise TinygenError("with a context, the prompt is the start of the target field: one string")
         head, _ = self.fields.prompt(context, target)
+        return head + prompt, self._field_token_ids()
+
+    def _field_token_ids(self) -> tuple[int, ...]:
+        """The ids of the field tokens (<|title|>, ...): fields.json must match the tokenizer and model."""
         vocab = self.tokenizer.tokenizer.get_vocab(with_added_tokens=True)
-        return head + prompt, tuple(vocab[t] for t in self.fields.tokens())
+        source = self.model_dir / self.manifest.fields_file
+        ids = []
+        for token in self.fields.tokens():
+            if token not in vocab:
+                raise ModelFormatError(f"{source}: the field token '{token}' is not in the vocabulary of "
+                                       f"{self.manifest.tokenizer_file}; the two files do not belong together")
+            if vocab[token] >= self.manifest.vocab_size:
+                raise ModelFormatError(f"{source}: the field token '{token}' has id {vocab[token]}, outside "
+                                       f"the model's vocabulary (0..{self.manifest.vocab_size - 1})")
+            ids.append(vocab[token])
+        return tuple(ids)
 
     def _excluded_ids(self, config: GenerationConfig) -> list[int]:
+        """The token ids never to generate; also checks the ids the config names against the vocabulary."""
         vocab = self.manifest.vocab_size
-        bad = [i for i in config.exclude_ids if i >= vocab]
-        if bad:
-            raise TinygenError(f"exclude_ids: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        for name, named in (("exclude_ids", config.exclude_ids), ("logit_bias", [i for i, _ in config.logit_bias])):
+            bad = [i for i in named if not 0 <= i < vocab]
+            if bad:
+                raise TinygenError(f"{name}: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         ids = set(self.tokenizer.banned_ids) | set(config.exclude_ids)
         if config.exclude_strings:
             ids |= set(self.tokenizer.ids_for_strings(config.exclude_strings))
         if config.exclude_chars:
             ids |= set(self.tokenizer.ids_for_chars(config.exclude_chars))
-        return sorted(i for i in ids if i < vocab)
+        excluded = sorted(i for i in ids if i < vocab)
+        if len(excluded) >= vocab:
+            raise TinygenError(f"no token is left to sample: the exclusions remove all {vocab} tokens "
+                               f"of the vocabulary; allow more tokens")
+        return excluded
 
     def _pad_id(self) -> int:
         m = self.manifest
@@ -319,19 +390,9 @@ def _is_token_ids(value) -> bool:
         all(isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
-def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int]:
-    """(records in a generate_to_file file, the first record's seed, byte offset of the last header)."""
-    header = f"{delimiter} seed ".encode("utf-8")
-    count, first_seed, last_offset, offset = 0, None, 0, 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.startswith(header):
-                value = line[len(header):].strip().decode("utf-8", "replace")
-                if count == 0 and value.isdigit():
-                    first_seed = int(value)
-                count, last_offset = count + 1, offset
-            offset += len(line)
-    return count, first_seed, last_offset
+def _check_count(name: str, value) -> None:
+    if not is_int(value) or value < 1:
+        raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _progress_bar(total: int):

@@ -115,8 +115,17 @@ class Manifest:
                 raise ModelFormatError(f"{source}: missing key '{name}'")
         kwargs = dict(data)
         kwargs["eos_token_ids"] = tuple(_as_id_list(data["eos_token_ids"], source))
-        kwargs["inputs"] = {**DEFAULT_INPUTS, **data.get("inputs", {})}
-        kwargs["outputs"] = {**DEFAULT_OUTPUTS, **data.get("outputs", {})}
+        for name, defaults in (("inputs", DEFAULT_INPUTS), ("outputs", DEFAULT_OUTPUTS)):
+            names = data.get(name, {})
+            if not isinstance(names, dict):
+                raise ModelFormatError(f"{source}: '{name}' must be an object of graph names, "
+                                       f"got {type(names).__name__}")
+            if not all(isinstance(v, str) or (v is None and name == "inputs") for v in names.values()):
+                raise ModelFormatError(f"{source}: '{name}' must map names to strings, got {names!r}")
+            kwargs[name] = {**defaults, **names}
+        if not isinstance(data.get("generation", {}), dict):
+            raise ModelFormatError(f"{source}: 'generation' must be an object of generation options, "
+                                   f"got {type(data['generation']).__name__}")
         manifest = cls(**kwargs)
         manifest._check_types(source)
         return manifest
@@ -137,6 +146,20 @@ class Manifest:
                                    f"got {self.kv_cache!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ModelFormatError(f"{source}: unsupported dtype '{self.dtype}'")
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ModelFormatError(f"{source}: 'architecture' must be a model type name, got {self.architecture!r}")
+        for name, optional in (("model_file", False), ("tokenizer_file", False),
+                               ("replacements_file", True), ("fields_file", True)):
+            value = getattr(self, name)
+            if not ((isinstance(value, str) and value) or (optional and value is None)):
+                raise ModelFormatError(f"{source}: '{name}' must be a file name, got {value!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not _is_token_id(value):
+                raise ModelFormatError(f"{source}: '{name}' must be a token id (an integer >= 0) or null, "
+                                       f"got {value!r}")
+        if self.quantization is not None and not isinstance(self.quantization, str):
+            raise ModelFormatError(f"{source}: 'quantization' must be a string or null, got {self.quantization!r}")
 
 
 def _as_id_list(value: Any, source: str) -> list[int]:
@@ -171,23 +194,45 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
             f"{source}: cannot tell the model's shape (need model_type, layers, heads, "
             f"hidden size and context window)"
         )
+    if config.get("vocab_size") is None:
+        raise ModelFormatError(f"{source}: missing 'vocab_size'")
+
+    def count(value: Any, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ModelFormatError(f"{source}: {what} must be a positive integer, got {value!r}")
+        try:
+            number = int(value)
+        except (ValueError, OverflowError):
+            number = 0
+        if number < 1 or number != float(value):
+            raise ModelFormatError(f"{source}: {what} must be a positive integer, got {value!r}")
+        return number
+
+    heads, hidden = count(heads, "the number of attention heads"), count(hidden, "the hidden size")
     kv_heads = _first(config, "num_key_value_heads", default=heads)
     head_size = _first(config, "head_dim", default=hidden // heads)
     eos = _first(gen, "eos_token_id", default=config.get("eos_token_id"))
     pad = _first(gen, "pad_token_id", default=config.get("pad_token_id"))
     bos = _first(gen, "bos_token_id", default=config.get("bos_token_id"))
-    return Manifest(
-        architecture=arch,
-        num_layers=int(layers),
-        num_attention_heads=int(heads),
-        num_kv_heads=int(kv_heads),
-        head_size=int(head_size),
-        vocab_size=int(config["vocab_size"]),
-        context_window=int(window),
+    manifest = Manifest(
+        architecture=str(arch),
+        num_layers=count(layers, "the number of layers"),
+        num_attention_heads=heads,
+        num_kv_heads=count(kv_heads, "'num_key_value_heads'"),
+        head_size=count(head_size, "'head_dim'"),
+        vocab_size=count(config["vocab_size"], "'vocab_size'"),
+        context_window=count(window, "the context window"),
         eos_token_ids=tuple(_as_id_list(eos, source)),
-        bos_token_id=bos if isinstance(bos, int) else None,
-        pad_token_id=pad if isinstance(pad, int) else None,
+        # Some configs say -1 for "none" (e.g. pad_token_id): anything but a token id is none.
+        bos_token_id=bos if _is_token_id(bos) else None,
+        pad_token_id=pad if _is_token_id(pad) else None,
     )
+    manifest._check_types(source)
+    return manifest
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _read_json(path: Path) -> Any:

@@ -3,9 +3,10 @@
 Each takes `logits` of shape (batch, vocab), float32, and `history`, one list of
 token ids per row (prompt + generated so far, no padding), and returns new
 logits. They reproduce transformers' processors of the same name on the same
-logits (tests/runtime/test_processors.py checks this against transformers), and
-are applied in transformers' order: penalties first, then temperature, top-k,
-top-p, min-p, typical-p.
+logits (tests/runtime/test_processors.py checks this against transformers).
+`build_processors` applies them in this order: logit bias, then token suppression
+(bans and exclusions), then the penalties (repetition, no-repeat n-gram), then the
+warpers in transformers' order: temperature, top-k, top-p, min-p, typical-p.
 """
 
 from __future__ import annotations

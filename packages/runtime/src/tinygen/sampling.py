@@ -12,7 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import TinygenError
 from .processors import softmax
+
+NOTHING_LEFT = ("no token is left to sample: the exclusions, logit bias and repetition bans "
+                "remove every token; allow more tokens")
 
 
 def draw_seed() -> int:
@@ -21,14 +25,36 @@ def draw_seed() -> int:
 
 
 class Sampler:
+    # The sequences behind the rows (objects with `finish_reason`). When the caller sets
+    # them, a row still going whose every token was removed (all logits -inf) raises
+    # TinygenError instead of silently getting token 0; finished rows, which a static
+    # batch keeps with their tokens unused, are not checked. Unset (as in the serving
+    # engine, where one request's error must not fail the others in its batch), nothing
+    # is checked. The check costs O(batch) a step.
+    rows = None
+
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """logits (batch, vocab) -> chosen token ids (batch,)"""
         raise NotImplementedError
 
+    def _check(self, empty: np.ndarray) -> None:
+        """empty: (batch,) True where no token is left; raise if such a row is still going."""
+        rows = self.rows
+        for i in np.flatnonzero(empty).tolist():
+            if i >= len(rows) or not rows[i].finish_reason:
+                raise TinygenError(NOTHING_LEFT)
+
 
 class GreedySampler(Sampler):
     def __call__(self, logits):
-        return logits.argmax(axis=-1)
+        chosen = logits.argmax(axis=-1)
+        if self.rows is not None:
+            # A row whose best logit is -inf (or NaN) has nothing left: argmax says token 0.
+            # Scalar reads, not array ops: numpy's ufuncs are cold after each model run.
+            empty = [not logits[i, t] > -np.inf for i, t in enumerate(chosen.tolist())]
+            if any(empty):
+                self._check(np.array(empty))
+        return chosen
 
 
 class RandomSampler(Sampler):
@@ -39,6 +65,9 @@ class RandomSampler(Sampler):
         # Inverse-CDF sampling in float64: one uniform draw per row per step.
         probs = softmax(logits.astype(np.float64))
         cumulative = np.cumsum(probs, axis=-1)
+        # All -inf makes the row NaN; without the check such a row would get token 0.
+        if self.rows is not None and not (cumulative[:, -1] > 0).all():
+            self._check(~(cumulative[:, -1] > 0))
         draws = np.array([g.random() for g in self.generators]) * cumulative[:, -1]
         # The first index whose cumulative mass exceeds the draw; zero-probability
         # tokens never qualify, since their cumulative equals their predecessor's.

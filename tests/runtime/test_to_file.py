@@ -1,0 +1,209 @@
+"""`generate_to_file` / `--to-file`: context conditioning, resuming safely, and its checks."""
+
+import io
+import json
+import re
+import shutil
+
+import pytest
+
+from tinygen import TextGenerator, TinygenError
+from tinygen.cli import main
+from tinygen.manifest import Manifest, load_manifest
+
+HEADER = re.compile(r"^=+ seed (\d+)$", re.M)
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def seeds_in(path):
+    return [int(s) for s in HEADER.findall(path.read_text())]
+
+
+@pytest.fixture(scope="module")
+def fields_model(tiny_gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2, its tokenizer given the field tokens <|title|> and <|body|>, with fields.json."""
+    from optimum.exporters.onnx import main_export
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    src = tmp_path_factory.mktemp("fields-src") / "model"
+    shutil.copytree(tiny_gpt2_dir, src)
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken("<|title|>", special=True), AddedToken("<|body|>", special=True)])
+    tok.save(str(src / "tokenizer.json"))
+    PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), eos_token="<|endoftext|>",
+                            bos_token="<|endoftext|>").save_pretrained(src)
+    model = GPT2LMHeadModel.from_pretrained(src)
+    model.resize_token_embeddings(tok.get_vocab_size(with_added_tokens=True))
+    model.save_pretrained(src)
+    out = tmp_path_factory.mktemp("fields-model")
+    main_export(str(src), output=str(out), task="text-generation-with-past")
+    (out / "fields.json").write_text(json.dumps({"format_version": 1, "names": ["title", "body"]}))
+    Manifest.from_json({**load_manifest(out).to_json(), "fields_file": "fields.json"}).save(out)
+    return out
+
+
+# -- 1. context conditioning into a file -------------------------------------------
+
+def test_generate_to_file_takes_a_context(fields_model, tmp_path):
+    gen = TextGenerator(fields_model)
+    target = tmp_path / "texts.txt"
+    gen.generate_to_file(target, "It", n=3, seed=4, batch_size=2, context={"title": "Rain"},
+                         max_new_tokens=6)
+    expected = gen.generate("It", n=3, seed=4, context={"title": "Rain"}, max_new_tokens=6)
+    blocks = re.findall(r"^=+ seed (\d+)\n(.*?)(?=^=+ seed |\Z)", target.read_text(), re.S | re.M)
+    assert [int(s) for s, _ in blocks] == [4, 5, 6]
+    assert [b for _, b in blocks] == [f"It{t}\n" for t in expected]
+
+
+def test_context_with_to_file_from_the_cli(fields_model, tmp_path):
+    target = tmp_path / "texts.txt"
+    code, out, err = run(["", "--model", str(fields_model), "--context", "title=Rain", "-n", "2",
+                          "--seed", "1", "--max-new-tokens", "5", "--to-file", str(target)])
+    assert code == 0, err
+    assert "wrote 2 texts" in err and seeds_in(target) == [1, 2]
+    # Resuming under another context is refused: the texts would be mixed.
+    code, _, err = run(["", "--model", str(fields_model), "--context", "title=Sun", "-n", "4",
+                        "--max-new-tokens", "5", "--to-file", str(target), "--resume"])
+    assert code == 2 and err.count("\n") == 1 and "different prompt" in err
+    assert seeds_in(target) == [1, 2]
+
+
+# -- 2. resuming ----------------------------------------------------------------------
+
+def test_resume_with_fewer_texts_asked_keeps_every_complete_record(optimum_gpt2_dir, tmp_path):
+    target = tmp_path / "t.txt"
+    args = ["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "--to-file", str(target)]
+    assert run([*args, "-n", "3", "--seed", "5"])[0] == 0
+    whole = target.read_text()
+    code, _, err = run([*args, "-n", "1", "--resume"])
+    assert code == 0 and target.read_text() == whole
+    assert "nothing to do" in err and "wrote" not in err
+    code, _, err = run([*args, "-n", "3", "--resume"])
+    assert code == 0 and target.read_text() == whole and "nothing to do" in err
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--prompt", "Bye"], "different prompt"),
+    (["--top-k", "5"], "top_k"),
+    (["--max-new-tokens", "6"], "max_new_tokens"),
+    (["--greedy"], "do_sample"),
+    (["--seed", "9"], "seed 5, not 9"),
+])
+def test_resume_refuses_other_settings(optimum_gpt2_dir, tmp_path, change, message):
+    target = tmp_path / "t.txt"
+    prompt = change[1] if change[0] == "--prompt" else "Hi"
+    extra = [] if change[0] == "--prompt" else change
+    base = ["--model", str(optimum_gpt2_dir), "--to-file", str(target)]
+    new_tokens = [] if "--max-new-tokens" in extra else ["--max-new-tokens", "5"]
+    assert run(["Hi", *base, "--max-new-tokens", "5", "-n", "2", "--seed", "5"])[0] == 0
+    whole = target.read_text()
+    code, out, err = run([prompt, *base, *new_tokens, *extra, "-n", "4", "--resume"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("tinygen: error: ")
+    assert message in err and "choose a new file" in err
+    assert target.read_text() == whole
+
+
+def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, tmp_path, monkeypatch):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    whole_file = tmp_path / "whole.txt"
+    gen.generate_to_file(whole_file, "Hi", n=5, seed=20, batch_size=2, max_new_tokens=6)
+
+    real = TextGenerator.generate
+    calls = []
+
+    def dies_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextGenerator, "generate", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_to_file(target, "Hi", n=5, seed=20, batch_size=2, max_new_tokens=6)
+    monkeypatch.setattr(TextGenerator, "generate", real)
+    assert seeds_in(target) == [20, 21]
+    result = gen.generate_to_file(target, "Hi", n=5, batch_size=2, max_new_tokens=6, resume=True)
+    assert result == target and result.written == 3 and result.texts == 5
+    assert target.read_text() == whole_file.read_text()
+
+
+def test_cli_reports_the_texts_written_by_this_run(optimum_gpt2_dir, tmp_path):
+    target = tmp_path / "t.txt"
+    args = ["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "--to-file", str(target)]
+    assert run([*args, "-n", "2", "--seed", "5"])[0] == 0
+    code, _, err = run([*args, "-n", "5", "--resume"])
+    assert code == 0 and "wrote 3 texts" in err and seeds_in(target) == [5, 6, 7, 8, 9]
+
+
+def test_a_cut_record_is_made_again(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Once", n=4, seed=3, batch_size=4, max_new_tokens=8)
+    whole = target.read_text()
+    target.write_text(whole[:whole.index("seed 6") + 9])  # the last record cut short
+    result = gen.generate_to_file(target, "Once", n=4, max_new_tokens=8, resume=True)
+    assert target.read_text() == whole and result.written == 1
+
+
+# -- 3. batch size ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_batch_size_is_checked_before_anything_is_written(optimum_gpt2_dir, tmp_path, batch_size):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    with pytest.raises(TinygenError, match="batch_size must be an integer >= 1"):
+        gen.generate_to_file(target, "Hi", n=2, seed=1, batch_size=batch_size, max_new_tokens=4)
+    assert not target.exists()
+
+
+def test_bad_batch_size_from_the_cli(optimum_gpt2_dir, tmp_path):
+    for size in ("0", "-1"):
+        code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "-n", "2", "--batch-size", size,
+                            "--to-file", str(tmp_path / "t.txt")])
+        assert code == 2 and err.count("\n") == 1 and "--batch-size must be >= 1" in err
+
+
+def test_n_is_checked_by_generate_to_file(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    with pytest.raises(TinygenError, match="n must be an integer >= 1"):
+        gen.generate_to_file(tmp_path / "t.txt", "Hi", n=0)
+
+
+# -- 7. options --to-file would ignore -------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [["--dedupe", "0.5"], ["--dedupe", "0.5", "--dedupe-against", "x.tokens"]])
+def test_dedupe_with_to_file_is_refused(optimum_gpt2_dir, tmp_path, extra):
+    target = tmp_path / "t.txt"
+    code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "-n", "2", *extra, "--to-file", str(target)])
+    assert code == 2 and err.count("\n") == 1 and "--dedupe" in err and "--to-file" in err
+    assert not target.exists()
+
+
+def test_settings_file_sits_next_to_the_texts(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=2, seed=1, max_new_tokens=4)
+    sidecar = json.loads((tmp_path / "t.txt.tinygen.json").read_text())
+    assert sidecar["prompt"] == "Hi" and sidecar["seed"] == 1 and sidecar["texts"] == 2
+    assert sidecar["bytes"] == target.stat().st_size
+
+
+def test_files_written_before_settings_were_kept_still_resume(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=5, seed=1, max_new_tokens=4)
+    whole = target.read_text()
+    (tmp_path / "t.txt.tinygen.json").unlink()
+    target.write_text(whole[:whole.index("seed 4")])
+    gen.generate_to_file(target, "Hi", n=5, max_new_tokens=4, resume=True)
+    assert target.read_text() == whole
+    shutil.copy(target, tmp_path / "copy.txt")
+    with pytest.raises(TinygenError, match="different prompt"):
+        gen.generate_to_file(tmp_path / "copy.txt", "Bye", n=7, max_new_tokens=4, resume=True)
