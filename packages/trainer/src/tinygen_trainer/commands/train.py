@@ -8,6 +8,9 @@ A cross-training schedule comes from a JSON file (--phases), a list like:
      {"data": ["chat.txt"], "steps": 500, "learning_rate": 1e-4}]
 
 Relative paths in it are relative to the JSON file.
+
+Under torchrun the same command trains data parallel, one process per GPU:
+`torchrun --nproc_per_node 8 -m tinygen_trainer.cli train ...` (training/distributed.py).
 """
 
 from __future__ import annotations
@@ -192,7 +195,9 @@ def load_phases(path: Path, default_field: str | None = None) -> tuple[Phase, ..
 
 def run(args: argparse.Namespace) -> int:
     from ..training import train  # torch and transformers load only when training runs
+    from ..training.distributed import process_rank
 
     out = train(config_from_args(args))
-    print(f"saved the model to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
+    if process_rank() == 0:  # under torchrun: once, not once per process
+        print(f"saved the model to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0

@@ -3,7 +3,8 @@
 config (TrainConfig, DataSource, Phase), presets (model shapes), setup (resolve
 and check everything before the first step), loop (Trainer), schedule, loss,
 device (cpu / cuda / xla backends), feed (batches onto the device), xla (what
-the xla backend needs from torch_xla), checkpoint, progress, samples.
+the xla backend needs from torch_xla), distributed (torchrun data parallel),
+checkpoint, progress, samples.
 
 The config names import without torch; `train` and `Trainer` load it on first use,
 so `tinygen-train --help` stays fast.

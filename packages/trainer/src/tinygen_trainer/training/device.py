@@ -1,7 +1,8 @@
 """Device backends: where tensors live, mixed precision, the optimizer step, device RNG.
 
 The loop calls only these methods, so CPU, CUDA and XLA share one loop. A new
-device is a subclass overriding what differs (see XlaBackend).
+device is a subclass overriding what differs (see XlaBackend). Under torchrun
+the cpu and cuda backends train data parallel (distributed.DataParallel).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Backend:
     def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The bare model inside what place_model returned (DDP wraps it)."""
+        return model
+
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
@@ -69,6 +74,30 @@ class Backend:
             self.scaler.update()
         else:
             optimizer.step()
+
+    # -- data parallel over processes (torchrun; see distributed.py) ------------
+
+    def check_batch(self, batch_size: int) -> None:
+        """One-line TinygenError unless the global batch splits over the processes."""
+
+    @property
+    def averaged_over(self) -> int:
+        """How many processes' gradients the optimizer step averages (DDP); 1: none."""
+        return 1
+
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over the processes that each train part of every batch."""
+        return value  # one process, or XLA SPMD, whose graph already spans every chip
+
+    def accumulating(self, model: torch.nn.Module, sync: bool) -> ContextManager:
+        """Around a micro-batch's forward and backward: sync=False defers DDP's all-reduce."""
+        return contextlib.nullcontext()
+
+    def seed_processes(self, seed: int) -> None:
+        """Once the model is built: seed what differs between processes (DDP's dropout)."""
+
+    def close(self) -> None:
+        """Leave the process group, if any (the end of a run)."""
 
     def feed(self, sampler, make_batch, batch_size: int, accum: int) -> Feed:
         """A phase's batches: `make_batch` turns the sampler's rows into CPU tensors."""
@@ -105,6 +134,11 @@ class Backend:
     def is_writer(self) -> bool:
         """Whether this process writes files (checkpoints, the model, metrics): process 0."""
         return True
+
+    @property
+    def process(self) -> int:
+        """This process's index among those training the model (gather's order)."""
+        return 0
 
     def write_once(self, what: str, write: Callable[[], T]) -> T:
         """Run `write` in the one process that writes; every process returns when it is done."""
@@ -266,6 +300,10 @@ class XlaBackend(Backend):
     def is_writer(self) -> bool:
         return self.runtime.hosts.writer
 
+    @property
+    def process(self) -> int:
+        return self.runtime.hosts.index
+
     def write_once(self, what: str, write: Callable[[], T]) -> T:
         # Parameters and optimizer state are replicated, so process 0 copies them off
         # its own chips (no collective); the other hosts only wait.
@@ -335,7 +373,16 @@ def _same_release(a: str, b: str) -> bool:
 
 
 def select_backend(device: str = "auto", precision: str = "auto") -> Backend:
-    """auto: cuda if visible, then xla (torch_xla installed, PJRT_DEVICE set), else cpu."""
+    """auto: cuda if visible, then xla (torch_xla installed, PJRT_DEVICE set), else cpu.
+
+    Under torchrun (WORLD_SIZE > 1) cpu and cuda train data parallel, one GPU per process.
+    """
+    from .distributed import data_parallel_backend, torchrun_env
+
+    if torchrun_env() is not None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return data_parallel_backend(device, precision)
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"

@@ -7,7 +7,8 @@ position of the last batch handed out rather than the sampler's.
 
 `batch_size` is the global micro-batch: rows summed over every device of every
 host. On a pod slice each host keeps only its share of every global batch
-(host_step), so the same options train the same on one chip, one host or a slice.
+(host_step), and so does each torchrun process (Feed's `part`), so the same
+options train the same on one chip, one host, a slice or several GPUs.
 """
 
 from __future__ import annotations
@@ -25,19 +26,30 @@ HostBatch = Dict[str, torch.Tensor]
 
 
 class Feed:
+    """`part` of `parts` (a torchrun process of several) trains its share of every batch.
+
+    Every part draws the whole global batch, as a host of a pod slice does
+    (host_step), so all samplers stay at the same position and one checkpoint
+    resumes them all.
+    """
+
     def __init__(self, sampler: Sampler, make_batch: Callable[[Rows], HostBatch],
-                 batch_size: int, accum: int, to_device: Callable[[torch.Tensor], torch.Tensor]):
+                 batch_size: int, accum: int, to_device: Callable[[torch.Tensor], torch.Tensor],
+                 part: int = 0, parts: int = 1):
         self.sampler = sampler
         self.make_batch = make_batch
         self.batch_size = batch_size
         self.accum = accum
         self.to_device = to_device
+        self.rows = host_rows(batch_size, part, parts)
 
     def next_step(self) -> list[HostBatch]:
-        """The `accum` micro-batches of the next optimizer step, on the device."""
-        return [{key: self.to_device(value) for key, value in
-                 self.make_batch(self.sampler.next_rows(self.batch_size)).items()}
-                for _ in range(self.accum)]
+        """The `accum` micro-batches of the next optimizer step, this part's rows, on the device."""
+        step = []
+        for _ in range(self.accum):
+            rows = _rows(self.sampler.next_rows(self.batch_size), self.rows)
+            step.append({key: self.to_device(t) for key, t in self.make_batch(rows).items()})
+        return step
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -52,7 +64,7 @@ class Feed:
 def host_rows(batch_size: int, host: int, hosts: int) -> slice:
     """The rows of a global batch that host `host` of `hosts` trains: its contiguous share.
 
-    batch_size must divide by hosts (XlaRuntime.check_batch says so first).
+    batch_size must divide by hosts (XlaRuntime.check_batch, Backend.check_batch say so first).
     """
     share = batch_size // hosts
     return slice(host * share, (host + 1) * share)

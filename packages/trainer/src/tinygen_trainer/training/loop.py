@@ -8,6 +8,7 @@ save_final) to change one part without copying the loop. Device specifics
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -68,25 +69,33 @@ class Trainer:
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Trainer":
         """Build a ready-to-fit trainer; any user error is raised here, before training."""
-        backend = select_backend(config.device, config.precision)
-        checkpoint = _checkpoint_to_resume(config, backend)
-        encoder, added = build_encoder(config)
-        plan = plan_model(config, encoder, added)
-        block_size = resolve_block_size(config, plan)
-        state = read_state(checkpoint) if checkpoint else None
-        if state is not None:
-            _check_resumable(config, encoder, checkpoint, state)
-        reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
-                            config.progress, writes=backend.is_writer)
-        phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
-        set_seed(config.seed)  # before the model: a fresh init depends on it
-        backend.seed(config.seed)
-        model = backend.place_model(load_model(plan, checkpoint))
-        trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
-        if state is not None:
-            trainer.restore(checkpoint, state)
-        else:
-            reporter.truncate_after(0)
+        backend = select_backend(config.device, config.precision)  # under torchrun: joins the group
+        if config.progress and not backend.is_writer:
+            config = dataclasses.replace(config, progress=False)  # process 0's bars alone
+        try:
+            backend.check_batch(config.batch_size)
+            checkpoint = _checkpoint_to_resume(config, backend)
+            encoder, added = build_encoder(config)
+            plan = plan_model(config, encoder, added)
+            block_size = resolve_block_size(config, plan)
+            state = read_state(checkpoint) if checkpoint else None
+            if state is not None:
+                _check_resumable(config, encoder, checkpoint, state)
+            reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
+                                config.progress, writes=backend.is_writer)
+            phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
+            set_seed(config.seed)  # before the model: a fresh init depends on it
+            backend.seed(config.seed)
+            model = backend.place_model(load_model(plan, checkpoint))
+            backend.seed_processes(config.seed)  # data parallel: dropout differs per process
+            trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
+            if state is not None:
+                trainer.restore(checkpoint, state)
+            else:
+                reporter.truncate_after(0)
+        except BaseException:
+            backend.close()
+            raise
         return trainer
 
     # -- the loop ------------------------------------------------------------
@@ -114,6 +123,7 @@ class Trainer:
             for feed in self.feeds:
                 feed.close()
             self.reporter.close()
+            self.backend.close()
 
     def train_step(self, feed: Feed) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns its mean loss per target
@@ -122,18 +132,23 @@ class Trainer:
         # A micro-batch counts by its share of the step's targets, not 1 / grad_accum: padded
         # (--line-by-line) rows hold fewer, and a split must not change what a step trains.
         # Counts stay tensors (no sync; one graph on XLA, where SPMD sums over every chip).
-        # A data-parallel backend whose ranks each see part of the rows (torchrun DDP, which
-        # averages gradients) would all_reduce `targets` and scale by the world size here.
+        # Under torchrun each process holds part of the step's rows: all_sum makes the count
+        # the step's global one. DDP averages the processes' gradients; scaling each loss by
+        # their number makes that average the sum, the gradient of the step's global mean.
         counts = [target_count(batch["labels"]) for batch in batches]
-        targets = torch.stack(counts).sum().clamp(min=1)
+        targets = self.backend.all_sum(torch.stack(counts).sum()).clamp(min=1)
+        scale = self.backend.averaged_over
         total = torch.zeros((), device=self.backend.device)
-        for batch, count in zip(batches, counts):
-            loss = self.batch_loss(batch) * (count / targets)
-            self.backend.backward(loss)
+        last = len(batches) - 1
+        for i, (batch, count) in enumerate(zip(batches, counts)):
+            # DDP all-reduces the gradients once per step, in the last micro-batch's backward.
+            with self.backend.accumulating(self.model, sync=i == last):
+                loss = self.batch_loss(batch) * (count / targets)
+                self.backend.backward(loss * scale if scale > 1 else loss)
             total += loss.detach()
         self.backend.optimizer_step(self.optimizer, self.model.parameters(), self.config.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return self.backend.all_sum(total)  # the whole step's mean, over every process's rows
 
     def batch_loss(self, batch: HostBatch) -> torch.Tensor:
         """The mean loss per target token of one micro-batch (distillation adds the teacher's)."""
@@ -169,15 +184,19 @@ class Trainer:
     # -- saving and resuming -------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of this step (process 0 of a pod slice; the others wait)."""
+        """Write a checkpoint of this step (process 0 of a pod slice or torchrun; others wait)."""
         self.backend.flush()  # metrics.jsonl reaches this step before the checkpoint exists
-        return self.backend.write_once(f"checkpoint {self.step}", self._write_checkpoint)
+        # Every process's RNG: data-parallel processes draw different dropout.
+        rngs = self.backend.gather(capture_rng(self.backend))
+        return self.backend.write_once(f"checkpoint {self.step}",
+                                       lambda: self._write_checkpoint(rngs))
 
-    def _write_checkpoint(self) -> Path:
+    def _write_checkpoint(self, rngs: list[dict[str, Any]]) -> Path:
         state = {
             "tokens_seen": self.tokens_seen,
             "data": [feed.state_dict() for feed in self.feeds],
-            "rng": capture_rng(self.backend),
+            "rng": rngs[0],
+            **({"process_rng": rngs} if len(rngs) > 1 else {}),
             "backend": self.backend.state_dict(),
             "tokenizer_sha256": self.encoder.fingerprint,
             "replacements_sha256": self.encoder.replacements_fingerprint,
@@ -190,7 +209,12 @@ class Trainer:
         load_optimizer(checkpoint, self.optimizer, self.backend.checkpoint_location)
         for feed, sampler_state in zip(self.feeds, state["data"], strict=True):
             feed.load_state_dict(sampler_state)
-        restore_rng(state["rng"], self.backend)
+        rngs = state.get("process_rng") or []
+        if self.backend.process < len(rngs):
+            restore_rng(rngs[self.backend.process], self.backend)
+        else:  # saved by fewer processes: process 0's, then this one's own dropout stream
+            restore_rng(state["rng"], self.backend)
+            self.backend.seed_processes(self.config.seed + int(state["step"]))
         self.backend.load_state_dict(state["backend"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
@@ -199,7 +223,7 @@ class Trainer:
             self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
 
     def save_final(self) -> Path:
-        """Write the trained model (process 0 of a pod slice; the others wait for it).
+        """Write the trained model (process 0 of a pod slice or torchrun; the others wait).
 
         Everything is written into a temp folder inside --output, then renamed into
         place with the weights last: a run killed while saving leaves no partial

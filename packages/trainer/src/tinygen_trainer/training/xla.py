@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,70 +44,13 @@ from torch_xla.distributed.parallel_loader import MpDeviceLoader
 from tinygen.errors import TinygenError
 
 from ..data.dataset import Rows, Sampler
+from .distributed import Processes as Hosts  # one process per host here (torchrun: per GPU)
 from .feed import HostBatch, host_step
 
 # Rows drawn ahead of the step: enough to hide the host-to-device copy, small so a
 # phase switch or the end of the run throws little work away.
 LOADER_PREFETCH = 4
 DEVICE_PREFETCH = 2
-
-
-T = TypeVar("T")
-
-
-class Hosts:
-    """The processes training one model, one per host: which one this is, and meeting points.
-
-    Process 0 writes every file. `group` is a torch.distributed process group
-    over the hosts (None with one host: then nothing needs to wait).
-    """
-
-    def __init__(self, index: int = 0, count: int = 1, group: Any = None):
-        if count > 1 and group is None:
-            raise ValueError("several hosts need a process group")
-        self.index = index
-        self.count = count
-        self.group = group
-
-    @property
-    def writer(self) -> bool:
-        return self.index == 0
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every host's `value` (picklable), in host order; all hosts must call it."""
-        if self.count == 1:
-            return [value]
-        import torch.distributed as dist
-
-        values: list[Any] = [None] * self.count
-        dist.all_gather_object(values, value, group=self.group)
-        return values
-
-    def once(self, what: str, write: Callable[[], T]) -> T:
-        """Run `write` on process 0 only; every host returns its result once it is done.
-
-        The others wait here, so none reads or runs past a file being written;
-        if the write fails, process 0 raises its error and the others a RuntimeError.
-        """
-        result: Any = None
-        failure: BaseException | None = None
-        if self.writer:
-            try:
-                result = write()
-            except BaseException as exc:  # the others must not wait for a write that died
-                failure = exc
-        if self.count > 1:
-            import torch.distributed as dist
-
-            message = None if failure is None else f"{type(failure).__name__}: {failure}"
-            box = [(result, message)]
-            dist.broadcast_object_list(box, src=0, group=self.group)
-            result, message = box[0]
-            if failure is None and message is not None:
-                raise RuntimeError(f"process 0 failed to write {what}: {message}")
-        if failure is not None:
-            raise failure
-        return result
 
 
 def join_hosts() -> Hosts:

@@ -1,0 +1,161 @@
+"""torchrun data parallel on the CPU (gloo): two processes train what one process trains.
+
+`--batch-size` is the global batch, so `torchrun --nproc_per_node 2 -m tinygen_trainer.cli
+train ...` with the options of a one-process run gives the same weights and losses; process 0
+alone writes; a resume (by two processes or by one) continues the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinygen.errors import TinygenError
+from tinygen_trainer.cli import main
+from tinygen_trainer.data.dataset import Rows
+from tinygen_trainer.training import read_metrics
+from tinygen_trainer.training.distributed import check_batch, torchrun_env
+from tinygen_trainer.training.feed import Feed
+
+from training_corpus import corpus, one_thread, tokenizer  # noqa: F401 (fixtures)
+
+needs_gloo = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available")
+TIMEOUT = 180  # seconds per torchrun; a hang (a collective that never completes) fails
+
+
+def args(corpus, tokenizer, out, *more: str) -> list[str]:
+    """4 steps of cpu-tiny (no dropout), global batch 4, two micro-batches a step."""
+    return ["train", str(corpus), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+            "-o", str(out), "--device", "cpu", "--steps", "4", "--block-size", "32",
+            "--batch-size", "4", "--grad-accum", "2", "--warmup-steps", "1", "--lr", "1e-3",
+            "--log-every", "1", "--checkpoint-every", "2", *more]
+
+
+def torchrun(train_args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # --standalone: a rendezvous on a free local port, so tests running side by side never clash.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(processes), "-m", "tinygen_trainer.cli", *train_args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def assert_same_weights(a, b) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    # AdamW moves a weight by about lr a step whatever the gradient's size, so float noise
+    # (rows summed in another order) in near-zero gradients shows up to ~1e-5 after 4 steps.
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], rtol=0, atol=2e-4), \
+            (name, (wa[name] - wb[name]).abs().max())
+
+
+def assert_same_metrics(out, reference) -> None:
+    got, want = read_metrics(out), read_metrics(reference)
+    assert [m["step"] for m in got] == [1, 2, 3, 4]  # written once, by process 0
+    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-4)
+
+
+# -- without processes -----------------------------------------------------------------
+
+def test_torchrun_environment(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert torchrun_env() is None  # one process: the plain backend
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(TinygenError, match="RANK"):
+        torchrun_env()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (3, 4, 1)
+
+
+def test_batch_must_split_over_the_processes():
+    check_batch(8, 4)
+    with pytest.raises(TinygenError, match=r"batch_size 6 is the global batch .* 4 torchrun "
+                                           r"processes .* use --batch-size 4 \(1 rows"):
+        check_batch(6, 4)
+
+
+def test_each_process_feeds_its_share_of_the_global_batch():
+    class Counting:  # rows 0, 1, 2, ... in order: what each process gets is plain to see
+        def __init__(self):
+            self.next = 0
+
+        def next_rows(self, n):
+            ids = torch.arange(self.next, self.next + n).numpy()[:, None].repeat(3, 1)
+            self.next += n
+            return Rows(ids, ids, ids >= 0, (ids >= 0).astype("float32"))
+
+    def batch(rows):
+        return {"input_ids": torch.from_numpy(rows.input_ids)}
+
+    steps = [[m["input_ids"][:, 0].tolist() for m in
+              Feed(Counting(), batch, 4, 2, lambda t: t, part, 2).next_step()]
+             for part in (0, 1)]
+    assert steps == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
+    whole = Feed(Counting(), batch, 4, 2, lambda t: t).next_step()
+    assert [m["input_ids"][:, 0].tolist() for m in whole] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+# -- two processes -----------------------------------------------------------------------
+
+@needs_gloo
+def test_two_processes_train_what_one_does_and_resume(tmp_path, corpus, tokenizer, capsys):
+    one = tmp_path / "one"
+    assert main(args(corpus, tokenizer, one, "--quiet")) == 0
+    capsys.readouterr()
+
+    two = tmp_path / "two"
+    run = torchrun(args(corpus, tokenizer, two))  # with progress: process 0 alone prints
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("on cpu x2 (torchrun, gloo)") == 1, run.stderr[-3000:]
+    assert run.stderr.count("saved the model to") == 1
+    assert_same_weights(two, one)
+    assert_same_metrics(two, one)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == \
+        ["step-00000002", "step-00000004"]
+    # each process's own RNG (dropout differs by process), for each to resume its own
+    state = json.loads((two / "checkpoints" / "step-00000002" / "state.json").read_text())
+    assert [len(state["process_rng"]), state["process_rng"][0]] == [2, state["rng"]]
+    assert state["process_rng"][1]["torch"] != state["rng"]["torch"]
+
+    # As if killed after the checkpoint of step 2: two processes resume from it ...
+    shutil.rmtree(two / "checkpoints" / "step-00000004")
+    (two / "model.safetensors").unlink()
+    single = tmp_path / "single"
+    shutil.copytree(two, single)
+    run = torchrun(args(corpus, tokenizer, two, "--quiet", "--resume"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(two, one)
+    assert_same_metrics(two, one)
+
+    # ... and so does one process: the checkpoint holds the global batch's position
+    assert main(args(corpus, tokenizer, single, "--quiet", "--resume")) == 0
+    assert_same_weights(single, one)
+    assert_same_metrics(single, one)
+
+
+@needs_gloo
+def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
+    run = torchrun(args(corpus, tokenizer, tmp_path / "out", "--quiet", "--batch-size", "3"))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("tinygen-train: ")]
+    assert errors, run.stderr[-3000:]
+    # each process says the same one line (torchrun then reports the failed processes)
+    assert set(errors) == {"tinygen-train: error: batch_size 3 is the global batch and must be "
+                           "a multiple of the 2 torchrun processes it is split over; use "
+                           "--batch-size 2 (1 rows per process)"}
+    assert not (tmp_path / "out" / "checkpoints").exists()
