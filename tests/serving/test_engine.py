@@ -251,3 +251,27 @@ def test_close_fails_what_is_still_running(gpt2_gen):
             engine.submit("Once")
 
     run(main())
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_a_request_left_with_no_token_fails_alone(gen, do_sample):
+    """Bans that empty one request's distribution mid-text fail that request with the
+    one-line reason; the request decoding beside it finishes as generate makes it."""
+    engine = Engine(gen, max_batch=8)
+    others = [i for i in range(gen.manifest.vocab_size) if i != 42]  # 42 only, and never twice
+
+    async def main():
+        bad = engine.submit("Once", seed=1, exclude_ids=others, no_repeat_ngram_size=1,
+                            max_new_tokens=4, do_sample=do_sample)
+        good = engine.submit("Once upon", seed=2, max_new_tokens=12, stop_at_eos=False,
+                             do_sample=do_sample)
+        with pytest.raises(GenerationFailed, match="no token is left to sample"):
+            await bad.completions()
+        return await good.completions()
+
+    try:
+        [got] = run(main())
+    finally:
+        engine.close()
+    [want] = gen.generate("Once upon", seed=2, max_new_tokens=12, stop_at_eos=False, do_sample=do_sample)
+    assert got.token_ids == want.token_ids

@@ -28,9 +28,8 @@ class Sampler:
     # The sequences behind the rows (objects with `finish_reason`). When the caller sets
     # them, a row still going whose every token was removed (all logits -inf) raises
     # TinygenError instead of silently getting token 0; finished rows, which a static
-    # batch keeps with their tokens unused, are not checked. Unset (as in the serving
-    # engine, where one request's error must not fail the others in its batch), nothing
-    # is checked. The check costs O(batch) a step.
+    # batch keeps with their tokens unused, are not checked. Unset, nothing is checked:
+    # the serving engine fails only the request concerned (Engine._fail), not the batch. The check costs O(batch) a step.
     rows = None
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:

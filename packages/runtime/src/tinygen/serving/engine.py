@@ -44,7 +44,7 @@ from ..config import GenerationConfig
 from ..decoding import Completion, Piece, left_pad
 from ..errors import TinygenError
 from ..processors import LogitsProcessor, build_processors, softmax
-from ..sampling import RandomSampler
+from ..sampling import NOTHING_LEFT, RandomSampler
 from . import batch_ops
 from .sequence import Sequence
 
@@ -369,6 +369,11 @@ class Engine:
                 self._record_probs([sequences[i] for i in rows], raw if config.raw_probs else processed,
                                    chosen)
             tokens[rows] = chosen
+            picked = processed[np.arange(len(rows)), chosen]
+            if not (picked > -np.inf).all():  # every token removed (or NaN): fail that request alone
+                for i, ok in zip(rows, (picked > -np.inf).tolist()):
+                    if not ok:
+                        self._fail(sequences[i].owner, NOTHING_LEFT)
         stats = self.stats
         stats.steps += 1
         stats.tokens += len(live)
@@ -376,6 +381,14 @@ class Engine:
         stats.most_requests_in_a_step = max(stats.most_requests_in_a_step,
                                             len({sequences[i].owner for i in live}))
         return tokens
+
+    def _fail(self, owner: RequestHandle, message: str) -> None:
+        """End one request with an error; the others in the batch go on."""
+        going = [s for s in self._sequences if s.owner is owner and not s.finish_reason]
+        if going:
+            for seq in going:
+                seq.finish_reason = "failed"  # leaves the batch as a finished sequence does
+            owner._deliver([_Failed(message)])
 
     def _chain(self, config: GenerationConfig, suppress: tuple[int, ...]) -> list[LogitsProcessor]:
         key = (config, suppress)
