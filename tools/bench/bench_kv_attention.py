@@ -1,0 +1,120 @@
+"""What a long KV cache costs onnxruntime's GroupQueryAttention, by the buffers' type.
+
+    .venv/bin/python tools/bench/bench_kv_attention.py                 # GPT-2-124M shape
+    .venv/bin/python tools/bench/bench_kv_attention.py --heads 9 --kv-heads 3 --layers 30
+
+Times one decode step through `--layers` GroupQueryAttention nodes alone (no weights),
+their past and present bound to one buffer each as the runtime binds them, at two
+positions, for float32, int8 and 4-bit buffers, with a scale per channel or one per
+tensor. The step's cost added between the positions is what the cache costs: the
+bytes it reads, and the kernel's work per position. Prints a table; the numbers
+behind docs/benchmarks.md's "4-bit and per-tensor KV buffers".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+# bits -> (ONNX type of the buffers, numpy type, codes per byte, largest code)
+KINDS = {32: (TensorProto.FLOAT, np.float32, 1, None),
+         8: (TensorProto.INT8, np.int8, 1, 127),
+         4: (TensorProto.UINT8, np.uint8, 2, 7)}
+
+
+def build(bits: int, scales: str, args) -> tuple[ort.InferenceSession, ort.IOBinding, np.ndarray, np.ndarray]:
+    onnx_type, dtype, per_byte, top = KINDS[bits]
+    heads, kv_heads, head, capacity = args.heads, args.kv_heads, args.head_size, args.capacity
+    width = head // per_byte
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, (heads if n == "q" else kv_heads) * head])
+              for n in "qkv"]
+    inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+               helper.make_tensor_value_info("total", TensorProto.INT32, [])]
+    nodes, outputs, weights = [], [], []
+    for layer in range(args.layers):
+        past = [f"past_key_{layer}", f"past_value_{layer}"]
+        inputs += [helper.make_tensor_value_info(n, onnx_type, [1, kv_heads, capacity, width]) for n in past]
+        extra, attrs = [], {}
+        if top is not None:  # quantized buffers: the scales are inputs 12 and 13
+            size = kv_heads * head if scales == "channel" else 1
+            names = [f"k_scale_{layer}", f"v_scale_{layer}"]
+            weights += [numpy_helper.from_array(np.full(size, 1.0 / top, np.float32), n) for n in names]
+            extra = [""] * 5 + names
+            kind = "PER_CHANNEL" if scales == "channel" else "PER_TENSOR"
+            attrs = dict(k_quant_type=kind, v_quant_type=kind, kv_cache_bit_width=bits)
+        query = "q" if layer == 0 else f"out_{layer - 1}"
+        nodes.append(helper.make_node(
+            "GroupQueryAttention", [query, "k", "v", *past, "seqlens_k", "total", *extra],
+            [f"out_{layer}", f"present_key_{layer}", f"present_value_{layer}"],
+            domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, **attrs))
+        outputs += [helper.make_tensor_value_info(f"present_{n}_{layer}", onnx_type, None) for n in ("key", "value")]
+    outputs.append(helper.make_tensor_value_info(f"out_{args.layers - 1}", TensorProto.FLOAT, None))
+    model = helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs, weights),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    binding, rng = session.io_binding(), np.random.default_rng(0)
+    for name in "qkv":
+        binding.bind_cpu_input(name, rng.uniform(-1, 1, (1, 1, (heads if name == "q" else kv_heads) * head))
+                               .astype(np.float32))
+    seqlens, total = np.zeros(1, np.int32), np.zeros((), np.int32)
+    binding.bind_cpu_input("seqlens_k", seqlens)
+    binding.bind_cpu_input("total", total)
+    for layer in range(args.layers):
+        for kind in ("key", "value"):
+            shape = (1, kv_heads, capacity, width)
+            data = rng.uniform(-1, 1, shape) if top is None else rng.integers(0, 100, shape)
+            buffer = ort.OrtValue.ortvalue_from_numpy(data.astype(dtype))
+            binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
+            binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)  # in place
+    binding.bind_output(f"out_{args.layers - 1}")
+    return session, binding, seqlens, total
+
+
+def step_ms(engine, position: int, steps: int) -> float:
+    session, binding, seqlens, total = engine
+    seqlens[0], total[()] = position, position + 1
+    session.run_with_iobinding(binding)
+    start = time.perf_counter()
+    for _ in range(steps):
+        session.run_with_iobinding(binding)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=12)
+    p.add_argument("--head-size", type=int, default=64)
+    p.add_argument("--capacity", type=int, default=1024, help="positions each buffer holds")
+    p.add_argument("--positions", type=int, nargs=2, default=(32, 1000))
+    p.add_argument("--rounds", type=int, default=5, help="the kinds take turns; medians are shown")
+    p.add_argument("--steps", type=int, default=40, help="decode steps timed per round")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    kinds = [(32, "-"), (8, "channel"), (4, "channel"), (8, "tensor"), (4, "tensor")]
+    engines = {kind: build(*kind, args) for kind in kinds}
+    times: dict = {}
+    for _ in range(args.rounds):  # interleaved, so a slow spell hits every kind alike
+        for kind in kinds:
+            for position in args.positions:
+                times.setdefault((kind, position), []).append(step_ms(engines[kind], position, args.steps))
+    near, far = args.positions
+    print(f"{args.layers} GroupQueryAttention layers, {args.heads} heads ({args.kv_heads} KV) of "
+          f"{args.head_size}, {args.threads} threads; ms a decode step, median of {args.rounds} rounds\n")
+    print(f"| KV buffers | scales | at {near} | at {far} | added |")
+    print("|---|---|---:|---:|---:|")
+    for bits, scales in kinds:
+        a, b = (statistics.median(times[((bits, scales), pos)]) for pos in args.positions)
+        print(f"| {'float32' if bits == 32 else f'{bits}-bit'} | {scales} | {a:.2f} | {b:.2f} | {b - a:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
