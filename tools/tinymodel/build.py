@@ -19,11 +19,11 @@ so a killed build continues where it was:
 7. the distilled student, its model card and samples, into packages/tinymodel, if it beats
    the model there.
 
-About 40 minutes on 2 CPU cores from nothing (stage times land in the card). Seeded throughout:
-the same command on the same machine gives the same model (a fresh build reproduced the shipped
-model.onnx byte for byte). One exception since: 8-bit weights now take a scale per 64 weights
-(export/fused/quantize.py), and the shipped model was built with one per 32, so a build today
-differs from it in that int8 export alone.
+About 41 minutes on 2 CPU cores from nothing, as the shipped model's card measured (each build
+writes its stage times into its card). Seeded throughout: the same command on the same machine
+gives the same model (a fresh build reproduced the shipped model.onnx byte for byte). One
+exception since: 8-bit weights now take a scale per 64 weights (export/fused/quantize.py), and the
+shipped model was built with one per 32, so a build today differs from it in that int8 export alone.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import smollm2  # noqa: E402
 from perplexity import bits_per_char, perplexity  # noqa: E402
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
+from tinygen_trainer.export.staging import staged_dir  # noqa: E402
 
 PACKAGE_MODEL = ROOT / "packages" / "tinymodel" / "src" / "tinygen_tinymodel" / "model"
 PRESET = "cpu-llama"
@@ -60,7 +61,6 @@ EVAL_BLOCKS = 40  # held-out perplexity over 40 x 256 tokens
 EVAL_CHARS = 50_000  # bits per character (any tokenizer) over the first 50,000 held-out characters
 # kd_weight of each student: the distilled one, and the baseline on the same rows without teacher.
 STUDENTS = {"distilled": 0.9, "plain": 0.0}
-END_TOKENS = {"<|endoftext|>", "<|im_end|>"}  # SmolLM2's, the export's end-of-text ids
 SAMPLE_PROMPTS = ["Once upon a time", "To be, or not to be", "And God said", "ROMEO:\n"]
 
 
@@ -117,30 +117,64 @@ def train_students(work: Path, args) -> dict[str, Path]:
 def write_replacements(student: Path, tokenizer: Path) -> None:
     """The student never saw SmolLM2's chat and code markers (<|im_start|>, <filename>, ...):
     a replacements.json that bans them, so the runtime never generates one. The end-of-text
-    tokens stay, so a text can still end."""
+    tokens (smollm2.END_TOKENS) stay, so a text can still end."""
     added = json.loads(tokenizer.read_text(encoding="utf-8"))["added_tokens"]
-    ban = [t["content"] for t in added if t["special"] and t["content"] not in END_TOKENS]
+    ban = [t["content"] for t in added if t["special"] and t["content"] not in smollm2.END_TOKENS]
     path = student / "replacements.json"
     text = json.dumps({"format_version": 1, "encode": [], "decode": {}, "ban": ban}, indent=1)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
 
 
+def end_token_ids(tokenizer: Path) -> list[int]:
+    """The ids of smollm2.END_TOKENS in `tokenizer` (SmolLM2's: 0 and 2)."""
+    ids = {t["content"]: t["id"]
+           for t in json.loads(tokenizer.read_text(encoding="utf-8"))["added_tokens"]}
+    return [ids[token] for token in smollm2.END_TOKENS]
+
+
+def write_end_tokens(student: Path, tokenizer: Path) -> None:
+    """The trainer gives the student one end-of-text id (<|endoftext|>); SmolLM2 ends a text at
+    either of smollm2.END_TOKENS, and write_replacements bans neither. Both ids go into the
+    student's config.json and generation_config.json, so the export's manifest lists both as
+    eos_token_ids and either ends a text. Written only when different: a write makes the
+    exports stale (see export)."""
+    end_ids = end_token_ids(tokenizer)
+    for name in ("config.json", "generation_config.json"):
+        path = student / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.get("eos_token_id") != end_ids:
+            config["eos_token_id"] = end_ids
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def export(src: Path, out: Path, *options: str) -> Path:
+    """`tinygen-train export`, unless `out` is newer than the student's config and replacements.
+    A stale `out` stays until the new export replaces it: the export builds beside `out` and
+    renames it into place (tinygen_trainer/export/staging.py), so a failed one changes nothing."""
     sources = [f for f in (src / "config.json", src / "replacements.json") if f.is_file()]
     if (out / "tinygen.json").is_file() and \
             out.stat().st_mtime >= max(f.stat().st_mtime for f in sources):
         return out
-    shutil.rmtree(out, ignore_errors=True)  # stale: the student changed since
     run(["export", str(src), str(out), *options])
     return out
+
+
+def install(model_dir: Path) -> None:
+    """Copy `model_dir` into the package: into a sibling folder first, then swapped in by
+    renames (staged_dir), so a build killed mid-copy never leaves a tinygen.json beside a
+    truncated model.onnx; the package keeps its old model until the new one is whole."""
+    with staged_dir(PACKAGE_MODEL) as stage:
+        shutil.copytree(model_dir, stage, dirs_exist_ok=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel-distill")
-    parser.add_argument("--teacher", type=Path, default=ROOT / "build" / "teacher" / "smollm2-135m")
+    parser.add_argument("--teacher", type=Path, default=smollm2.FOLDER)
     parser.add_argument("--teacher-blocks", type=int, default=768,
                         help="training blocks the teacher scores (its pass is most of the time)")
     parser.add_argument("--steps", type=int, default=300)
@@ -172,6 +206,7 @@ def main() -> None:
         students = train_students(work, args)
     with clock("exports, evaluation, samples"):
         write_replacements(students["distilled"], tokenizer)
+        write_end_tokens(students["distilled"], tokenizer)
         exports = {name: export(path, work / f"{name}-int8", "--quantize", "int8")
                    for name, path in students.items()}
         exports["distilled-fp32"] = export(students["distilled"], work / "distilled-fp32",
@@ -182,9 +217,7 @@ def main() -> None:
         if bpc.get("previous default", float("inf")) <= bpc["distilled"]:
             sys.exit(f"not installed: the package's current model is as good or better "
                      f"({bpc['previous default']:.3f} vs {bpc['distilled']:.3f} bits per character)")
-        if PACKAGE_MODEL.exists():
-            shutil.rmtree(PACKAGE_MODEL)
-        shutil.copytree(exports["distilled"], PACKAGE_MODEL)
+        install(exports["distilled"])
         print(f"installed into {PACKAGE_MODEL} ({_model_mb(PACKAGE_MODEL):.1f} MB and its card)")
 
 
@@ -295,7 +328,9 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         f"(final loss {_final_loss(work / 'plain'):.3f}).",
         f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk. "
         f"replacements.json bans the {len(_banned(model_dir))} chat and code markers of SmolLM2's "
-        "tokenizer that the student never saw.", "",
+        "tokenizer that the student never saw; "
+        f"{' and '.join(f'`{t}`' for t in smollm2.END_TOKENS)} (ids "
+        f"{', '.join(str(i) for i in manifest['eos_token_ids'])}) both end a text.", "",
         "## Held-out perplexity", "",
         f"On the first {EVAL_BLOCKS} x {BLOCK} held-out tokens (SmolLM2 tokenizer), each block "
         "scored from an empty cache:", "",
