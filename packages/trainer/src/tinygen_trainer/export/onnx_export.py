@@ -25,7 +25,7 @@ def export_onnx(src: Path, dest: Path) -> GraphSignature:
 
     The scratch directory lives beside `dest` so that moving a multi-GB file is a rename.
     """
-    from optimum.exporters.onnx import main_export
+    main_export = _optimum_main_export()
     from torch.jit import TracerWarning
 
     scratch = dest.parent / "_optimum"
@@ -47,6 +47,31 @@ def export_onnx(src: Path, dest: Path) -> GraphSignature:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return read_signature(dest)
+
+
+def _optimum_main_export():
+    try:
+        from optimum.exporters.onnx import main_export
+    except ImportError as exc:
+        from .fused import BUILDERS
+
+        missing = (exc.name or "").partition(".")[0] == "optimum"
+        problem = "is not installed" if missing else f"cannot be imported ({first_line(exc)})"
+        raise TinygenError(f"optimum-onnx {problem}: pip install {_optimum_requirement()}, or "
+                           f"export with --graph fused ({' and '.join(BUILDERS)} models)") from exc
+    return main_export
+
+
+def _optimum_requirement() -> str:
+    """optimum-onnx as the trainer pins it (its pyproject), for the install hint."""
+    import shlex
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        pins = [r for r in requires("tinygen-trainer") or () if r.startswith("optimum-onnx")]
+    except PackageNotFoundError:  # run from a source tree without installing
+        pins = []
+    return shlex.quote(pins[0].partition(";")[0].strip()) if pins else "optimum-onnx"
 
 
 def external_data_files(path: Path) -> list[str]:

@@ -2,11 +2,19 @@
 
 A failed or interrupted export leaves OUT as it was. The staging directory sits
 in OUT's parent so the final move is a rename on one filesystem, not a copy.
+
+An export that is killed leaves its staging directory (`.OUT.tmp-xxxxxxxx`, as big
+as the model) behind; the next export to OUT deletes it. Each export holds a flock
+on its own staging directory until it is renamed into place, and only directories
+nobody holds are deleted, so a second export to OUT running at the same time keeps
+its folder. Where a directory cannot be flocked (Windows; NFS may refuse it) nothing
+is swept: a folder that may be in use is never deleted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -31,35 +39,91 @@ def check_output_dir(out: Path, src: Path) -> None:
 
 @contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty directory; on normal exit it replaces `out`, on error it is removed."""
+    """Yield an empty directory; on normal exit it replaces `out` (a failed rename is a
+    TinygenError), on error it is removed. Sweeps `out`'s stale staging directories first."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(out)
         stage = _sibling(out, "tmp")
         stage.mkdir()  # mkdir, not mkdtemp: OUT gets the user's umask, not 0700
     except OSError as exc:
         raise TinygenError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    lock = _lock(stage)
     try:
         yield stage
+        _replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _replace(stage, out)
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _replace(stage: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(stage, out)
-        return
-    old = _sibling(out, "old")
-    os.rename(out, old)
+    try:
+        if not out.exists():
+            os.rename(stage, out)
+            return
+        old = _sibling(out, "old")
+        os.rename(out, old)
+    except OSError as exc:
+        raise TinygenError(f"cannot move the finished export into {out}: "
+                           f"{exc.strerror or exc}") from exc
     try:
         os.rename(stage, out)
-    except BaseException:
-        os.rename(old, out)
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    except OSError as exc:
+        try:
+            os.rename(old, out)
+        except OSError:  # say where the earlier export is, or it looks lost
+            raise TinygenError(f"cannot move the finished export into {out} "
+                               f"({exc.strerror or exc}), nor put the earlier export back: "
+                               f"it is in {old}") from exc
+        raise TinygenError(f"cannot move the finished export into {out}: "
+                           f"{exc.strerror or exc}") from exc
     shutil.rmtree(old, ignore_errors=True)
 
 
 def _sibling(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+
+
+def _sweep(out: Path) -> None:
+    """Delete the staging directories of earlier exports to `out` that no process holds.
+
+    Only `_sibling(out, "tmp")` names: never another output's, never `.OUT.old-*` (a kill
+    between _replace's two renames leaves the earlier export there and nowhere else)."""
+    pattern = re.compile(re.escape(f".{out.name}.tmp-") + "[0-9a-f]{8}")
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:  # best effort: an unlistable parent must not stop the export
+        return
+    for path in siblings:
+        if not pattern.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        lock = _lock(path)
+        if lock is None:  # a running export's, or no locks here: keep it
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(lock)
+
+
+def _lock(directory: Path) -> int | None:
+    """An fd holding an exclusive flock on `directory` (released when it is closed or the
+    process dies), or None: held by another process, or no flock on this platform/filesystem."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

@@ -6,11 +6,14 @@ from one call to the next, as the runtime will. Tokens must be identical; the
 largest absolute logit difference along the shared path is reported.
 
 Strict for float32 exports (ONNX and TorchScript): a single different token
-raises TinygenError. Informational for int8 and int4: quantization legitimately moves
-logits by ~0.1 and so can flip a close argmax on a real model, so the quantized graph
-is reported (tokens in agreement, max logit diff) after its float32 source has
-passed the strict check; it is never a reason to fail. Fused graphs compute logits
-for the last position only, so they are compared at the positions they return.
+raises TinygenError. Informational for int8 and int4 (weights or KV buffers):
+quantization legitimately moves logits by ~0.1 and so can flip a close argmax on a
+real model, so the quantized graph is reported (tokens in agreement, max logit diff)
+after its float32 source has passed the strict check; different tokens are never a
+reason to fail. A NaN or inf logit always is, in any graph: rounding cannot produce
+one, a broken quantizer (a NaN scale) can. PyTorch's own logits must be finite too,
+or the source model is at fault, not the export. Fused graphs compute logits for
+the last position only, so they are compared at the positions they return.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class VerifyReport:
     max_logit_diff: float  # over the positions where both saw the same tokens
     expected: int | None = None  # PyTorch's token at the first difference
     got: int | None = None  # the exported model's token there
+    finite: bool = True  # every logit the exported model gave, shared path or not, is a number
 
     @property
     def exact(self) -> bool:
@@ -62,7 +66,14 @@ class VerifyReport:
             text += f" (token {self.matched}: PyTorch {self.expected}, exported {self.got})"
         return text
 
+    def require_finite(self, what: str, hint: str) -> "VerifyReport":
+        if not self.finite:
+            raise TinygenError(f"verification failed: {what} gives non-finite logits (NaN or inf) "
+                               f"where PyTorch's are finite; {hint}")
+        return self
+
     def require_exact(self, what: str) -> "VerifyReport":
+        self.require_finite(what, "a bug in the exporter, not in the model")
         if not self.exact:
             raise TinygenError(f"verification failed: {what} does not decode like PyTorch; "
                                f"{self.line().split(': ', 1)[1]}")
@@ -112,6 +123,9 @@ def torch_reference(model, ids: list[int], manifest: Manifest, steps: int = STEP
         out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                              generation_config=config, use_model_defaults=False)
         logits = model(out).logits[0, :-1].float().numpy()
+    if not np.isfinite(logits).all():  # else a broken source would read as a broken export
+        raise TinygenError("PyTorch's own logits are NaN or inf: the source model's weights are "
+                           "broken (a diverged training run?); export an earlier checkpoint")
     tokens = tuple(out[0, len(ids):].tolist())
     if len(tokens) != steps:
         raise RuntimeError(f"generate returned {len(tokens)} tokens, asked for {steps}")
@@ -148,9 +162,12 @@ def compare(label: str, ref: Reference, tokens: list[int], logits: np.ndarray,
     # Rows up to the one predicting the first different token saw identical inputs.
     shared = positions < len(ref.prompt_ids) + matched
     diff = float(np.abs(logits[shared] - ref.logits[positions[shared]]).max())
+    # All rows: a NaN after the first different token is as broken as one before it.
+    finite = bool(np.isfinite(logits).all())
     if matched == len(ref.tokens):
-        return VerifyReport(label, len(ref.tokens), matched, diff)
-    return VerifyReport(label, len(ref.tokens), matched, diff, ref.tokens[matched], tokens[matched])
+        return VerifyReport(label, len(ref.tokens), matched, diff, finite=finite)
+    return VerifyReport(label, len(ref.tokens), matched, diff, ref.tokens[matched],
+                        tokens[matched], finite)
 
 
 # -- the exported formats ------------------------------------------------------

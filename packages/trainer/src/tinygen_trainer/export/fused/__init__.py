@@ -26,12 +26,10 @@ def supports_fused(architecture: str) -> bool:
 
 
 def export_fused(model, manifest: Manifest, dest: Path) -> Manifest:
-    """Write the fused graph of `model` (a transformers causal LM) to `dest`; its manifest."""
-    build = BUILDERS.get(manifest.architecture)
-    if build is None:
-        raise TinygenError(f"no fused graph for '{manifest.architecture}' models (only "
-                           f"{', '.join(BUILDERS)}); export with --graph optimum")
-    graph = build(model)
+    """Write the fused graph of `model` (a transformers causal LM) to `dest`; its manifest.
+
+    Only for architectures with a builder: pipeline._graph_kind refuses the others."""
+    graph = BUILDERS[manifest.architecture](model)
     graph.save(dest)
     position_ids = POSITION_IDS if any(i.name == POSITION_IDS for i in graph.inputs) else None
     return replace(

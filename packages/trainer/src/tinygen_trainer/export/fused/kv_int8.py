@@ -52,14 +52,14 @@ def check_head_size(manifest: Manifest) -> None:
 def rotary_dim(model_path: Path) -> int | None:
     """The channels of each key head that GroupQueryAttention rotates; None without rotary."""
     import onnx
-    from onnx import numpy_helper
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     node = next(n for n in graph.node if n.op_type == "GroupQueryAttention")
     if not any(a.name == "do_rotary" and a.i for a in node.attribute):
         return None
     cos = next(i for i in graph.initializer if i.name == node.input[7])
-    return 2 * numpy_helper.to_array(cos).shape[-1]  # (positions, rotary_dim / 2)
+    # The shape, not the values: those may sit in model.onnx.data, which was not loaded.
+    return 2 * cos.dims[-1]  # (positions, rotary_dim / 2)
 
 
 def calibrate(model_dir: Path, manifest: Manifest, rotary: int | None) -> list[np.ndarray]:
