@@ -240,18 +240,12 @@ class BatchDecoding:
         if furthest >= self.window:
             self._slide(tokens)
         elif furthest >= 0:
-            # Finished rows keep a slot (static batch shape); their tokens are ignored,
-            # and their positions are clamped so they never run past the window.
-            last = self.window - 1
-            positions = [p if p < last else last for p in self.next_position]
-            self._width += 1
-            self.logits, self.cache = self.model.step(
-                tokens, positions, self.mask if self.model.step_reads_mask else None, self.cache)
-            self.next_position = [p + 1 for p in self.next_position]
+            self._step_model(tokens)
         return pieces if show else None
 
     def _step_model(self, tokens: np.ndarray) -> None:
-        """`step`'s model run (written out there too, to keep the step lean)."""
+        """One model step for every row. Finished rows keep a slot (static batch shape):
+        their tokens are ignored, and their positions clamped so they never pass the window."""
         last = self.window - 1
         positions = [p if p < last else last for p in self.next_position]
         self._width += 1
