@@ -62,6 +62,33 @@ def test_manifest_that_disagrees_with_the_graph(model_copy):
         TextGenerator(model_copy)
 
 
+@pytest.mark.parametrize("graph", ["optimum", "fused"])
+def test_a_manifest_promising_less_than_the_graph_needs(graph, optimum_gpt2_dir, exported_llama_dir,
+                                                         tmp_path):
+    """Fewer layers than the graph has, or another vocabulary width: one line on load,
+    not an onnxruntime error at the first run."""
+    source = optimum_gpt2_dir if graph == "optimum" else exported_llama_dir
+    model = shutil.copytree(source, tmp_path / "model")
+    manifest = load_manifest(model)
+    Manifest.from_json({**manifest.to_json(), "num_layers": manifest.num_layers - 1}).save(model)
+    with pytest.raises(ModelFormatError, match=f"graph input 'past_key_values.{manifest.num_layers - 1}"
+                                               r"\.key' is not one the manifest names"):
+        TextGenerator(model)
+    Manifest.from_json({**manifest.to_json(), "vocab_size": manifest.vocab_size + 1}).save(model)
+    with pytest.raises(ModelFormatError, match=f"logits are {manifest.vocab_size} wide, the manifest's "
+                                               f"vocab_size is {manifest.vocab_size + 1}"):
+        TextGenerator(model)
+
+
+def test_a_torchscript_export_is_refused_with_what_to_do(optimum_gpt2_dir, tmp_path):
+    model = shutil.copytree(optimum_gpt2_dir, tmp_path / "model")
+    (model / "model.pt").write_bytes(b"PK\x03\x04 not onnx")
+    manifest = load_manifest(model)
+    Manifest.from_json({**manifest.to_json(), "model_file": "model.pt"}).save(model)
+    with pytest.raises(ModelFormatError, match="TorchScript module.*export with --format onnx"):
+        TextGenerator(model)
+
+
 def test_manifest_round_trip_and_validation(model_copy):
     manifest = load_manifest(model_copy)
     assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest

@@ -41,6 +41,9 @@ def resolve_device(device: str) -> str:
 def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                    threads: int | None = None) -> "OnnxCausalLM":
     """The session wrapper that fits the graph's KV-cache layout (manifest.kv_cache)."""
+    if manifest.model_file.endswith(".pt"):  # `tinygen-train export --format torchscript`
+        raise ModelFormatError(f"{Path(model_dir) / manifest.model_file}: a TorchScript module, for "
+                               f"torch.jit.load in PyTorch; the runtime runs ONNX: export with --format onnx")
     if manifest.kv_cache == "shared":
         from .shared_kv import SharedKVCausalLM
 
@@ -89,6 +92,7 @@ class OnnxCausalLM:
         self.position_ids_name = m.inputs.get("position_ids")
         if self.position_ids_name not in inputs:
             self.position_ids_name = None  # some exports compute positions inside the graph
+        check_graph_fits(path, m, inputs, self.session.get_outputs(), fed=[*wanted_in, self.position_ids_name])
         past = inputs[m.past_names()[0]]
         heads, size = past.shape[1], past.shape[3]
         if (isinstance(heads, int) and heads != m.num_kv_heads) or \
@@ -168,6 +172,21 @@ class OnnxCausalLM:
             arrays.append(np.ascontiguousarray(joined[:, :, start:]))
         cache = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
         return logits[:, -1, :], cache, mask
+
+
+def check_graph_fits(path: Path, m: Manifest, inputs: dict, outputs: list, fed: list) -> None:
+    """The other half of the contract: the graph asks for nothing the manifest does not name
+    (a manifest with too few layers would leave past inputs unfed), and its logits are
+    the manifest's vocabulary wide. Either would otherwise fail at the first run."""
+    unfed = [name for name in inputs if name not in fed]
+    if unfed:
+        raise ModelFormatError(f"{path}: graph input '{unfed[0]}' is not one the manifest names "
+                               f"(num_layers {m.num_layers}, inputs); the manifest does not fit the graph")
+    logits = next(o for o in outputs if o.name == m.outputs["logits"])
+    width = logits.shape[-1] if logits.shape else None
+    if isinstance(width, int) and width != m.vocab_size:
+        raise ModelFormatError(f"{path}: the graph's logits are {width} wide, the manifest's "
+                               f"vocab_size is {m.vocab_size}; the manifest does not fit the graph")
 
 
 def restarted_mask(mask: np.ndarray, rows: list[int], new_mask: np.ndarray

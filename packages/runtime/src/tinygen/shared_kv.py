@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
-from .onnx_model import _ORT_TYPES, OnnxCausalLM, restarted_mask
+from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
@@ -108,6 +108,7 @@ class SharedKVCausalLM(OnnxCausalLM):
         self.position_ids_name = m.inputs.get("position_ids")
         if self.position_ids_name not in inputs:
             self.position_ids_name = None  # rotary models derive positions from seqlens_k
+        check_graph_fits(path, m, inputs, list(outputs.values()), fed=[*wanted_in, self.position_ids_name])
         past = inputs[m.past_names()[0]]
         heads, size = past.shape[1], past.shape[3]
         if (isinstance(heads, int) and heads != m.num_kv_heads) or \
