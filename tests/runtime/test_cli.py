@@ -114,3 +114,15 @@ def test_context_flags_need_a_model_with_fields(optimum_gpt2_dir):
     assert code == 2 and "no fields.json" in err
     code, _, err = run(["", "--model", str(optimum_gpt2_dir), "--context", "title"])
     assert code == 2 and "--context takes FIELD=VALUE" in err
+
+
+def test_help_shows_each_default_once_and_only_where_it_tells_something():
+    from tinygen.cli import build_parser
+    from tinygen_trainer.cli import build_parser as build_train_parser
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    export = build_train_parser()._subparsers._group_actions[0].choices["export"].format_help()
+    for text in (generate, export):
+        assert "(default: None)" not in text and "(default: False)" not in text
+    assert generate.count("(default: 16)") == 1  # --batch-size: said by argparse, once
+    assert "the embedded tiny model) (default" not in generate  # said by the help text itself

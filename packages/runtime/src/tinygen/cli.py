@@ -19,6 +19,7 @@ from typing import TextIO
 from .config import GenerationConfig
 from .errors import TinygenError
 from .generator import DELIMITER
+from .help_format import HelpFormatter
 
 COMMANDS = ("generate", "curate", "next", "info", "serve")
 BOLD, RESET = "\033[1m", "\033[0m"
@@ -88,7 +89,7 @@ def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     _add_generate_arguments(sub.add_parser("generate", help="generate text (the default command)", formatter_class=fmt))
     probs = sub.add_parser("next", help="the most likely next tokens after a prompt, with probabilities",
                            formatter_class=fmt)

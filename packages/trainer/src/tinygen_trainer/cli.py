@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from tinygen.errors import TinygenError
+from tinygen.help_format import HelpFormatter
 
 # name -> module under tinygen_trainer.commands
 COMMANDS = {
@@ -35,7 +36,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"tinygen_trainer.commands.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

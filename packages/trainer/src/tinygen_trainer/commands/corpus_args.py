@@ -12,7 +12,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", nargs="+", type=Path,
                         help="text files, folders, or CSV/JSONL files")
     parser.add_argument("--field", default=None,
-                        help="CSV column / JSONL key with the text; None: 'text'; "
+                        help="CSV column / JSONL key with the text (default: 'text'); "
                              "several (title,body) write records with field tokens")
     parser.add_argument("--errors", choices=ERRORS, default="strict",
                         help="what to do with bytes that are not UTF-8")

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=32,
                        help="teacher logits kept per position, when the cache is built here")
     group.add_argument("--teacher-blocks", type=int,
-                       help="blocks the teacher scores, when the cache is built here; None: all")
+                       help="blocks the teacher scores, when the cache is built here "
+                            "(default: all)")
     group.add_argument("--teacher-texts", type=int, metavar="N",
                        help="sequence-level: the teacher writes N texts to OUTPUT/teacher-texts.jsonl")
     group.add_argument("--prompts", type=Path,

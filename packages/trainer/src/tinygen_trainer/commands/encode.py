@@ -22,11 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, required=True,
                         help="tokenizer.json to encode with")
     parser.add_argument("--replacements", type=Path, default=None,
-                        help="replacements.json; None: the one beside the tokenizer, if any")
+                        help="replacements.json (default: the one beside the tokenizer, if any)")
     parser.add_argument("--eos-token", default=None,
-                        help="token ending each document; None: <|endoftext|>, </s>, ...")
+                        help="token ending each document (default: <|endoftext|>, </s>, ...)")
     parser.add_argument("--no-compress", dest="compress", action="store_false",
-                        help="write plain msgpack: larger, a little faster to load")
+                        help="write plain msgpack instead of gzip-compressed: larger, a little "
+                             "faster to load")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

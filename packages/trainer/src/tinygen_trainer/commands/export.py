@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 HELP = ("Export a transformers causal LM (GPT-2, Llama, ...) to a tinygen model directory: "
-        "ONNX with KV cache (optionally int8) or TorchScript, checked against PyTorch.")
+        "ONNX with KV cache (float32, or int8 / int4 weights, optionally 8-bit KV buffers) or "
+        "TorchScript (for torch.jit.load in PyTorch; the tinygen runtime runs ONNX only), "
+        "checked against PyTorch.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

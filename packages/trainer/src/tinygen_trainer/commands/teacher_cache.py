@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="cache folder (an interrupted cache there is continued)")
     add_cache_options(parser)
-    parser.add_argument("--field", help="CSV column / JSONL key holding the text; None: 'text'")
+    parser.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
     parser.add_argument("--batch-size", type=int, default=4, help="blocks per teacher forward")
     parser.add_argument("--max-minutes", type=float,
                         help="stop after about this long; run the same command again to go on")
@@ -30,7 +30,7 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=256, help="tokens per block")
     parser.add_argument("--top-k", type=int, default=32, help="teacher logits kept per position")
     parser.add_argument("--teacher-blocks", type=int,
-                        help="blocks to score, a seeded random sample; None: the whole corpus")
+                        help="blocks to score, a seeded random sample (default: the whole corpus)")
     parser.add_argument("--seed", type=int, default=42, help="chooses and orders the blocks")
 
 

@@ -47,38 +47,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train from scratch: " + "; ".join(f"{p.name}: {p.description}"
                                                                for p in PRESETS.values()))
     what.add_argument("--tokenizer", type=Path,
-                      help="tokenizer.json; None with --model: the model's own")
+                      help="tokenizer.json (default with --model: the model's own)")
     what.add_argument("--replacements", type=Path,
-                      help="replacements.json; None: the one beside the tokenizer or in the model")
+                      help="replacements.json (default: the one beside the tokenizer or in "
+                           "the model)")
     what.add_argument("--eos-token",
-                      help="token between documents; None: the model's, else <|endoftext|>")
+                      help="token between documents (default: the model's, else <|endoftext|>)")
     what.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     data = parser.add_argument_group("data")
     data.add_argument("--weights", type=float, nargs="+", metavar="W",
-                      help="blend ratio of each corpus, in order; None: equal")
+                      help="blend ratio of each corpus, in order (default: equal)")
     data.add_argument("--loss-weights", type=float, nargs="+", metavar="W",
-                      help="per-token loss weight of each corpus, in order; None: all 1")
+                      help="per-token loss weight of each corpus, in order (default: all 1)")
     data.add_argument("--phases", type=Path, metavar="JSON",
                       help="cross-training schedule file (instead of corpus arguments and --steps)")
-    data.add_argument("--field", help="CSV column / JSONL key holding the text; None: 'text'")
+    data.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
     data.add_argument("--errors", choices=ERRORS, default=_default("errors"),
                       help="what to do with bytes that are not UTF-8")
     data.add_argument("--line-by-line", action="store_true",
                       help="one record per row, padded, instead of random windows over the stream")
     data.add_argument("--block-size", type=int,
-                      help="tokens per row; None: the model's window, at most 1024")
+                      help="tokens per row (default: the model's window, at most 1024)")
     data.add_argument("--recency", type=float, default=_default("recency"),
                       help="weight of the corpus's last token relative to its first (1 = uniform)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, help="optimizer steps; None: 1000, or the phases' sum")
+    opt.add_argument("--steps", type=int,
+                     help="optimizer steps (default: 1000, or the phases' sum)")
     opt.add_argument("--batch-size", type=int, default=_default("batch_size"),
                      help="rows per micro-batch, over all devices and hosts (split among them)")
     opt.add_argument("--grad-accum", type=int, default=_default("grad_accum"),
                      help="micro-batches per optimizer step")
     opt.add_argument("--lr", type=float,
-                     help="peak learning rate; None: the preset's, or 5e-5 finetuning")
+                     help="peak learning rate (default: the preset's, or 5e-5 finetuning)")
     opt.add_argument("--weight-decay", type=float, default=_default("weight_decay"),
                      help="AdamW weight decay (not on biases and norms)")
     opt.add_argument("--warmup-steps", type=int, default=_default("warmup_steps"),
