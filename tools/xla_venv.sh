@@ -3,16 +3,19 @@
 #
 # torch-xla pins torch exactly (2.9.0, a ~7 GB CUDA build from PyPI), while the main
 # .venv keeps the small CPU torch, so XLA work gets a venv of its own. It is cached
-# outside the clone, keyed by the sha256 of requirements-xla.txt:
+# outside the clone, keyed by what it is built from: requirements-xla.txt, this script
+# and the Python that builds it (`python -V`), in one sha256:
 #
 #     ${TINYGEN_CACHE:-${XDG_CACHE_HOME:-~/.cache}/tinygen}/xla-venv-<sha256>
 #
-# so every clone on the machine shares it, an edit to the requirements builds a new
-# one, and a venv without its .complete marker (a build that died) is rebuilt from
-# scratch. Concurrent callers wait on a lock instead of building twice; venvs of
-# other requirements unused for two weeks are deleted. The tinygen
-# packages are not installed into it: run with the PYTHONPATH `tools/xla_venv.sh
-# --pythonpath` prints, so the venv never holds a stale copy of the code.
+# so every clone on the machine shares it, an edit to the requirements or to this
+# script, or another Python (PYTHON, default python3.11, else python3; 3.11 or newer),
+# builds a new one, and a venv without its .complete marker (a build that died) is
+# rebuilt from scratch. Concurrent callers wait on a lock instead of building twice;
+# venvs of other keys unused for two weeks are deleted. The tinygen packages are not
+# installed into it: run with the PYTHONPATH `tools/xla_venv.sh --pythonpath` prints,
+# so the venv never holds a stale copy of the code. `tools/xla_venv.sh --path` prints
+# the venv's path and builds nothing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -23,10 +26,22 @@ fi
 
 req="$root/requirements-xla.txt"
 python="${PYTHON:-python3.11}"
-command -v "$python" >/dev/null || python=python3
-hash="$(sha256sum "$req" | cut -c1-64)"
+[[ -n "${PYTHON:-}" ]] || command -v "$python" >/dev/null || python=python3
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    found="$("$python" -V 2>/dev/null)" || found="not runnable"
+    echo "xla_venv.sh: requirements-xla.txt needs Python >= 3.11, and $python is $found:" \
+        "set PYTHON to one" >&2
+    exit 1
+fi
+# The key: the contents of the requirements and of this script, and the Python's version.
+hash="$({ sha256sum "$req" "${BASH_SOURCE[0]}" | cut -c1-64; "$python" -V 2>&1; } \
+    | sha256sum | cut -c1-64)"
 cache="${TINYGEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tinygen}"
 venv="$cache/xla-venv-$hash"
+if [[ "${1:-}" == "--path" ]]; then
+    echo "$venv"
+    exit 0
+fi
 mkdir -p "$cache"
 
 exec 9>"$venv.lock"
@@ -53,7 +68,7 @@ EOF
     echo "XLA venv ready" >&2
 fi
 touch "$venv/.complete"  # its age is the time since last use
-# Venvs of other requirements unused for two weeks go (each is ~7 GB).
+# Venvs of other keys unused for two weeks go (each is ~7 GB).
 for old in "$cache"/xla-venv-*/.complete; do
     dir="$(dirname "$old")"
     if [[ "$dir" != "$venv" && -n "$(find "$old" -mtime +14)" ]]; then

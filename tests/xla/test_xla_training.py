@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tinygen import TextGenerator
 from tinygen_trainer.export import export_model
 from tinygen_trainer.training import Trainer, read_metrics, train
-from tinygen_trainer.training.device import select_backend
+from tinygen_trainer.training.device import XlaBackend, select_backend
 
 pytest.importorskip("torch_xla")  # the main .venv has none: skip
 import torch_xla.debug.metrics as met  # noqa: E402
@@ -124,6 +124,27 @@ def test_checkpoints_hold_cpu_tensors_and_resume_anywhere(xla_run, tiny, tmp_pat
         train(tiny(out, device=device, steps=20, log_every=5, checkpoint_every=10, resume=True))
         # XLA's loader reads ahead: the checkpoint keeps the position of the rows trained on
         np.testing.assert_allclose(losses(out, steps={15, 20}), expected, rtol=0, atol=atol)
+
+
+def test_resume_restores_the_dropout_stream(tiny, tiny_gpt2_dir, tmp_path, monkeypatch):
+    """With dropout (tiny GPT-2 keeps its default 0.1) a resume must restore XLA's RNG."""
+    options = dict(preset=None, model=tiny_gpt2_dir, tokenizer=None, learning_rate=1e-3,
+                   steps=6, checkpoint_every=3)
+    straight = train(tiny(tmp_path / "straight", **options))
+    expected = losses(straight, steps={4, 5, 6})
+
+    def resumed(name) -> list[float]:
+        """The run as it was at step 3, resumed on XLA."""
+        out = tmp_path / name
+        shutil.copytree(straight, out)
+        shutil.rmtree(out / "checkpoints" / "step-00000006")
+        train(tiny(out, resume=True, **options))
+        return losses(out, steps={4, 5, 6})
+
+    assert resumed("resumed") == expected  # the same masks: exactly the same losses
+    # The test sees it: without the restore the resumed steps draw other dropout masks.
+    monkeypatch.setattr(XlaBackend, "set_rng_state", lambda self, state: None)
+    assert resumed("rng-not-restored") != expected
 
 
 def test_trained_model_exports_and_generates(xla_run, tmp_path):

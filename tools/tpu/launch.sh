@@ -9,19 +9,37 @@
 # worker, SPMD over every chip of the slice, each worker loading its share of every
 # batch), and the exported model comes back to LOCAL_OUT from TPU_MODEL_WORKER
 # (default 0): only process 0 writes the model, and it runs on worker 0 unless the
-# runtime numbered them otherwise (train.sh names the worker that exported).
+# runtime numbered them otherwise (train.sh prints the worker number that exported).
 # PRESET, STEPS, BATCH_SIZE (global), BLOCK_SIZE, VOCAB_SIZE and TRAIN_DIR are passed
 # on to train.sh.
+#
+# The preparation (build/tpu/NAME-KEY here) and the run (runs/NAME-KEY on the workers) are
+# named after the text and KEY, the start of its sha256: the same text launched again resumes
+# its run; an edited text is prepared again and trains a run of its own. LOCAL_OUT may be new,
+# empty or an earlier tinygen model, which the new export replaces.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TEXT LOCAL_OUT [tinygen-train train flags]" >&2
     exit 2
 fi
-text="$1" local_out="$2"
+text="$1" local_out="${2%/}"
 shift 2
+if [[ ! -f "$text" ]]; then
+    echo "launch.sh: $text is not a file" >&2
+    exit 2
+fi
+if [[ -e "$local_out" && ! -f "$local_out/tinygen.json" ]] \
+    && ! { [[ -d "$local_out" ]] && [[ -z "$(ls -A "$local_out")" ]]; }; then
+    echo "launch.sh: $local_out is neither empty nor a tinygen model to replace;" \
+        "choose a new LOCAL_OUT" >&2
+    exit 2
+fi
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-name="$(basename "${text%.*}")"
+key="$(sha256sum < "$text" | cut -c1-12)"
+stem="$(basename "${text%.*}")"
+# The run's folder goes through scp as a remote path: letters, digits, . _ - only.
+name="$(printf '%s' "$stem" | tr -c 'A-Za-z0-9._-' '_')-$key"
 prep="${TPU_LOCAL_DIR:-$root/build/tpu}/$name"  # build/ is ignored by git
 local_python="${LOCAL_PYTHON:-$root/.venv/bin/python}"
 
@@ -33,12 +51,31 @@ done
 extra=""
 if (($#)); then extra="$(printf ' %q' "$@")"; fi
 
+# The preparation goes as one archive, unpacked into the run's folder on every worker: a
+# second launch refreshes the files there (scp -r of a folder that exists would nest it).
+tmp="$(mktemp -d)"
+fetched=""
+trap 'rm -rf "$tmp" ${fetched:+"$fetched"}' EXIT
+archive="$tmp/$name.tgz"
+tar -czf "$archive" -C "$prep" .
 run="runs/$name"  # on the workers, under the repository
-tpu_vm ssh "$TPU_NAME" --worker=all --command="mkdir -p ~/$TPU_REPO_DIR/runs"
-tpu_vm scp --recurse "$prep" "$TPU_NAME:$TPU_REPO_DIR/$run" --worker=all
-tpu_vm ssh "$TPU_NAME" --worker=all --command="cd ~/$TPU_REPO_DIR && \
-${settings}tools/tpu/train.sh $run/$(basename "$text") $run$extra"
-mkdir -p "$(dirname "$local_out")"
-tpu_vm scp --recurse "$TPU_NAME:$TPU_REPO_DIR/$run/model" "$local_out" \
+repo="$(printf '%q' "$TPU_REPO_DIR")"
+q_run="$(printf '%q' "$run")"
+tpu_vm ssh "$TPU_NAME" --worker=all --command="mkdir -p ~/$repo/$q_run"
+tpu_vm scp "$archive" "$TPU_NAME:$TPU_REPO_DIR/$run.tgz" --worker=all
+tpu_vm ssh "$TPU_NAME" --worker=all --command="cd ~/$repo \
+&& tar -xzf $q_run.tgz -C $q_run && rm -f $q_run.tgz \
+&& ${settings}tools/tpu/train.sh $(printf '%q' "$run/$(basename "$text")") $q_run$extra"
+
+# The model comes into a new folder beside LOCAL_OUT, then takes its place.
+parent="$(dirname "$local_out")"
+mkdir -p "$parent"
+fetched="$(mktemp -d "$parent/.tpu-model.XXXXXX")"
+tpu_vm scp --recurse "$TPU_NAME:$TPU_REPO_DIR/$run/model" "$fetched" \
     --worker="${TPU_MODEL_WORKER:-0}"
+[[ -z "${DRY_RUN:-}" ]] || exit 0  # the commands are printed; nothing came back
+if [[ -e "$local_out" ]]; then
+    mv "$local_out" "$fetched/old"
+fi
+mv "$fetched/model" "$local_out"
 echo "exported model: $local_out (try: tinygen generate 'Once upon a time' --model $local_out)" >&2

@@ -5,17 +5,21 @@
 #   tools/tpu/train.sh TEXT OUT [more tinygen-train train flags | --prepare-only]
 #
 # Writes OUT/TEXT's name (a copy of the text), OUT/tokenizer/tokenizer.json, OUT/train.tokens,
-# TRAIN_DIR (default OUT/trained: the transformers model, metrics.jsonl with the XLA compile
-# count, checkpoints) and OUT/model (the export). Steps already done are skipped and training
-# resumes, so a second run continues. --prepare-only stops after the token cache (launch.sh
-# makes it locally). Settings (environment): PRESET, STEPS, BATCH_SIZE (the global batch: a
-# multiple of the chip count of the whole slice), BLOCK_SIZE, VOCAB_SIZE, TRAIN_DIR,
-# TINYGEN_PYTHON (default: the venv install.sh made).
+# OUT/prepared (what they were made from: the text's sha256 and the vocabulary size), TRAIN_DIR
+# (default OUT/trained: the transformers model, metrics.jsonl with the XLA compile count,
+# checkpoints) and OUT/model (the export). Steps already done are skipped and training resumes,
+# so a second run continues; a tokenizer and tokens made from another text or vocabulary size
+# are made again. --prepare-only stops after the token cache (launch.sh makes it locally).
+# Settings (environment): PRESET, STEPS, BATCH_SIZE (the global batch: a multiple of the chip
+# count of the whole slice), BLOCK_SIZE, VOCAB_SIZE, TRAIN_DIR, TINYGEN_PYTHON (default: the
+# venv install.sh made).
 #
 # On a pod slice only process 0 writes TRAIN_DIR, so only the worker it runs on exports; the
-# others say so and stop. To resume there, TRAIN_DIR must be a folder every worker shares (an
-# NFS mount such as Filestore): otherwise the other workers see no checkpoint and the trainer
-# stops with a one-line error instead of training from different starting points.
+# others say so and stop. Each says which worker it is: the number gcloud's --worker=N takes
+# (launch.sh's TPU_MODEL_WORKER), from TPU_WORKER_ID or else the VM's metadata. To resume there,
+# TRAIN_DIR must be a folder every worker shares (an NFS mount such as Filestore): otherwise the
+# other workers see no checkpoint and the trainer stops with a one-line error instead of
+# training from different starting points.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TEXT OUT [tinygen-train train flags | --prepare-only]" >&2
@@ -26,10 +30,24 @@ shift 2
 python="${TINYGEN_PYTHON:-$HOME/tinygen-xla/bin/python}"
 export PJRT_DEVICE="${PJRT_DEVICE:-TPU}"
 tinygen_train() { "$python" -m tinygen_trainer.cli "$@"; }
+# This worker's number as gcloud's --worker=N counts them (the TPU VM's agent-worker-number).
+worker() {
+    local number="${TPU_WORKER_ID:-}"
+    if [[ -z "$number" ]] && command -v curl >/dev/null; then
+        local attributes=http://metadata.google.internal/computeMetadata/v1/instance/attributes
+        number="$(curl -sf -m 5 -H 'Metadata-Flavor: Google' "$attributes/agent-worker-number" \
+            2>/dev/null || true)"
+    fi
+    echo "worker ${number:-?} ($(hostname))"
+}
 
 mkdir -p "$out"
 copy="$out/$(basename "$text")"
 [[ "$text" -ef "$copy" ]] || cp "$text" "$copy"
+made_from="$(sha256sum < "$copy" | cut -c1-64) vocab ${VOCAB_SIZE:-16384}"
+if [[ "$(cat "$out/prepared" 2>/dev/null)" != "$made_from" ]]; then
+    rm -rf "$out/prepared" "$out/tokenizer" "$out/train.tokens"
+fi
 if [[ ! -f "$out/tokenizer/tokenizer.json" ]]; then
     tinygen_train tokenizer "$copy" -o "$out/tokenizer/tokenizer.json" \
         --vocab-size "${VOCAB_SIZE:-16384}"
@@ -38,14 +56,15 @@ if [[ ! -f "$out/train.tokens" ]]; then
     tinygen_train encode "$copy" --tokenizer "$out/tokenizer/tokenizer.json" \
         -o "$out/train.tokens" --quiet
 fi
+echo "$made_from" > "$out/prepared"
 [[ "${1:-}" == "--prepare-only" ]] && exit 0
 trained="${TRAIN_DIR:-$out/trained}"
 tinygen_train train "$out/train.tokens" --tokenizer "$out/tokenizer/tokenizer.json" \
     --preset "${PRESET:-gpt2-124m}" --steps "${STEPS:-5000}" --batch-size "${BATCH_SIZE:-64}" \
     --block-size "${BLOCK_SIZE:-1024}" --device xla -o "$trained" --resume "$@"
 if [[ ! -f "$trained/train_config.json" ]]; then
-    echo "$(hostname): trained; process 0 wrote the model on another worker" >&2
+    echo "$(worker): trained; process 0 wrote the model on another worker" >&2
     exit 0
 fi
 tinygen_train export "$trained" "$out/model"
-echo "$(hostname): exported the model to $out/model" >&2
+echo "$(worker): exported the model to $out/model" >&2
