@@ -159,3 +159,27 @@ def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
                            "a multiple of the 2 torchrun processes it is split over; use "
                            "--batch-size 2 (1 rows per process)"}
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@needs_gloo
+def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer):
+    """--line-by-line pads rows to their record: each process holds a different number of
+    target tokens, so only the step's global count (summed over the processes) weighs every
+    row as one process does. AdamW would hide a count off by a constant factor; this is not."""
+    import numpy as np
+
+    from training_corpus import SENTENCES
+
+    rng = np.random.default_rng(1)
+    lines = tmp_path / "lines.txt"  # records of one to three sentences: 6 to 25 tokens or so
+    lines.write_text("\n".join(" ".join(rng.choice(SENTENCES, size=rng.integers(1, 4)))
+                               for _ in range(64)) + "\n", encoding="utf-8")
+    padded = ["--line-by-line", "--steps", "3", "--checkpoint-every", "0"]
+    one = tmp_path / "one"
+    assert main(args(lines, tokenizer, one, "--quiet", *padded)) == 0
+    two = tmp_path / "two"
+    run = torchrun(args(lines, tokenizer, two, "--quiet", *padded))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_weights(two, one)
+    got, want = read_metrics(two), read_metrics(one)
+    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-4)
