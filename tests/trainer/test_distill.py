@@ -381,3 +381,25 @@ def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
     request, config = calls
     assert request.count == 4 and request.output == out / "teacher-texts.jsonl"
     assert config.data == (DataSource(corpus, weight=3.0), DataSource(request.output))
+
+
+@pytest.mark.parametrize("kind, extra, message", [
+    ("texts", ["--kd-weight", "0.5"], "--kd-weight is for logit distillation"),
+    ("texts", ["--teacher-cache", "cache"], "--teacher-cache is for logit distillation"),
+    ("texts", ["--top-k", "8"], "--top-k is for logit distillation"),
+    ("logits", ["--prompts", "prompts.txt"], "--prompts is for sequence-level distillation"),
+    ("logits", ["--text-tokens", "64"], "--text-tokens is for sequence-level distillation"),
+    ("cache", ["--field", "body"], "drop --field"),
+])
+def test_options_of_the_other_kind_of_distillation_are_refused(no_teacher, tmp_path, capsys,
+                                                                kind, extra, message):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    source = {"texts": ["--teacher", str(tmp_path / "teacher"), "--teacher-texts", "4"],
+              "logits": [str(corpus), "--teacher", str(tmp_path / "teacher")],
+              "cache": ["--teacher-cache", str(tmp_path / "cache")]}[kind]
+    args = ["distill", *source, "--preset", "cpu-tiny", "--tokenizer",
+            str(tmp_path / "tokenizer.json"), "-o", str(tmp_path / "student"), "--quiet", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "student").exists()

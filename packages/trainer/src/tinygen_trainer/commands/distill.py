@@ -25,6 +25,12 @@ from . import train as train_command
 
 HELP = "Distill a teacher into a student: logit distillation from a teacher cache, or sequence-level."
 
+# Each kind's own options, with their defaults: the other kind would ignore them, so it refuses
+# any that is set.
+LOGIT_OPTIONS = {"teacher_cache": None, "kd_weight": 0.9, "temperature": 1.0,
+                 "teacher_embeddings": None, "top_k": 32, "teacher_blocks": None}
+TEXT_OPTIONS = {"prompts": None, "text_tokens": 256}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     train_command.add_arguments(parser)
@@ -34,14 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "exported tinygen model (with --teacher-texts)")
     group.add_argument("--teacher-cache", type=Path,
                        help="teacher cache from 'tinygen-train teacher-cache' (logits)")
-    group.add_argument("--kd-weight", type=float, default=0.9,
+    group.add_argument("--kd-weight", type=float,
+                       default=LOGIT_OPTIONS["kd_weight"],
                        help="share of the loss from the teacher's logits; the rest is cross-entropy")
-    group.add_argument("--temperature", type=float, default=1.0,
+    group.add_argument("--temperature", type=float,
+                       default=LOGIT_OPTIONS["temperature"],
                        help="softens teacher and student before the KL (scaled by T^2)")
     group.add_argument("--teacher-embeddings", type=Path, metavar="DIR",
                        help="start the student's token embeddings from this transformers "
                             "teacher's, projected to the student's width (same tokenizer)")
-    group.add_argument("--top-k", type=int, default=32,
+    group.add_argument("--top-k", type=int,
+                       default=LOGIT_OPTIONS["top_k"],
                        help="teacher logits kept per position, when the cache is built here")
     group.add_argument("--teacher-blocks", type=int,
                        help="blocks the teacher scores, when the cache is built here "
@@ -50,12 +59,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sequence-level: the teacher writes N texts to OUTPUT/teacher-texts.jsonl")
     group.add_argument("--prompts", type=Path,
                        help="sequence-level: a text file of prompts, one per line, cycled")
-    group.add_argument("--text-tokens", type=int, default=256,
+    group.add_argument("--text-tokens", type=int,
+                       default=TEXT_OPTIONS["text_tokens"],
                        help="sequence-level: new tokens per teacher text")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.teacher_texts is not None:
+    sequences = args.teacher_texts is not None
+    for name, default in (LOGIT_OPTIONS if sequences else TEXT_OPTIONS).items():
+        if getattr(args, name) != default:
+            flag = "--" + name.replace("_", "-")
+            raise TinygenError(
+                f"{flag} is for logit distillation, not for --teacher-texts (the teacher's "
+                f"texts); drop it" if sequences else
+                f"{flag} is for sequence-level distillation (--teacher-texts N); drop it, or "
+                f"give --teacher-texts")
+    if args.teacher_cache is not None and args.field is not None:
+        raise TinygenError("--field picks the text of a corpus, and with --teacher-cache the data "
+                           "is the cache: drop --field (give it to 'tinygen-train teacher-cache')")
+    if sequences:
         return _sequences(args)
     return _logits(args)
 
