@@ -11,10 +11,10 @@ without the record (an older tinygen's) is resumed from its headers.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
+from .atomic import atomic_write
 from .config import GenerationConfig, is_int
 from .errors import TinygenError
 
@@ -51,9 +51,8 @@ def text_options(config: GenerationConfig) -> dict:
 
 def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:
     data = {"format_version": SETTINGS_VERSION, **settings, "texts": texts, "bytes": size}
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, sidecar)
+    text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
 
 
 def _load_settings(sidecar: Path) -> dict | None:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
-import os
 import shlex
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 import msgpack
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import TinygenError
 
 FORMAT_VERSION = 1
@@ -182,21 +181,6 @@ def is_token_cache(path: str | Path) -> bool:
     if head[:2] == GZIP_MAGIC:
         return True
     return (_damaged_copy_of(head, GZIP_HEADER) or _header_start_in(head)) and not _utf8(head)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_version(path: Path, version: Any) -> None:

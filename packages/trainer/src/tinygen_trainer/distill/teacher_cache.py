@@ -35,7 +35,7 @@ import msgpack
 import numpy as np
 
 from tinygen.errors import TinygenError
-from tinygen.token_cache import atomic_write
+from tinygen.atomic import atomic_write
 
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder

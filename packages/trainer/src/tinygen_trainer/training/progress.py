@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tinygen.errors import TinygenError
-from tinygen.token_cache import atomic_write
+from tinygen.atomic import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
