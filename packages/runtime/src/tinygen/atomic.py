@@ -21,3 +21,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """atomic_write for a UTF-8 text file (the JSON configs: tinygen.json, replacements.json...)."""
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))

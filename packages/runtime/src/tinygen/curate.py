@@ -10,11 +10,11 @@ session can be reviewed, and any candidate made again alone.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .atomic import atomic_write_text
 from .errors import TinygenError
 from .generator import TextGenerator
 from .sampling import draw_seed
@@ -44,9 +44,7 @@ class Session:
     def save(self, path: Path) -> None:
         data = {"format_version": self.format_version, "prompt": self.prompt, "text": self.text,
                 "rounds": [asdict(r) for r in self.rounds if r.choice is not None]}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class Curator:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import atomic_write_text
 from .errors import ModelFormatError, TinygenError
 
 FORMAT_VERSION = 1
@@ -78,9 +79,7 @@ class FieldSchema:
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / FILE_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .errors import ModelFormatError
 
 FORMAT_VERSION = 1
@@ -87,9 +88,7 @@ class Manifest:
     def save(self, model_dir: str | os.PathLike) -> Path:
         """Write tinygen.json atomically (temp file + rename)."""
         path = Path(model_dir) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     @classmethod

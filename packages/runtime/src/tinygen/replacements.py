@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import atomic_write_text
 from .errors import ModelFormatError
 
 FORMAT_VERSION = 1
@@ -69,9 +70,7 @@ class Replacements:
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
         return path
 
     @classmethod

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .atomic import atomic_write
+from .atomic import atomic_write_text
 from .config import GenerationConfig, is_int
 from .errors import TinygenError
 
@@ -52,7 +52,7 @@ def text_options(config: GenerationConfig) -> dict:
 def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:
     data = {"format_version": SETTINGS_VERSION, **settings, "texts": texts, "bytes": size}
     text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
-    atomic_write(sidecar, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(sidecar, text)
 
 
 def _load_settings(sidecar: Path) -> dict | None:

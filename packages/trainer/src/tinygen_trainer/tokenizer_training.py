@@ -18,6 +18,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from tinygen.atomic import atomic_write_text
 from tinygen.errors import TinygenError
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
@@ -81,10 +82,7 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike,
                    replacements: Replacements | None = None) -> Path:
     """Write tokenizer.json (atomically) and, with rules, replacements.json beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write_text(path, tokenizer.to_str(pretty=True))
     if replacements is not None and replacements.tokens():
         replacements.save(path.parent / REPLACEMENTS_FILE)
     return path
