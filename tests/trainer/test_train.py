@@ -159,6 +159,19 @@ def test_samples_do_not_change_training(tmp_path, corpus, tokenizer, capsys):
     assert losses(sampled) == losses(plain)
 
 
+def test_only_the_process_that_prints_draws_samples(tmp_path, corpus, tokenizer, monkeypatch):
+    from tinygen_trainer.training import loop
+    from tinygen_trainer.training.device import Backend
+
+    drawn = []
+    monkeypatch.setattr(loop, "generate_sample", lambda *args: drawn.append(args) or "text")
+    train(tiny(tmp_path / "a", corpus, tokenizer, steps=2, sample_every=1))
+    assert len(drawn) == 2
+    monkeypatch.setattr(Backend, "is_writer", property(lambda self: False))  # torchrun rank 1
+    train(tiny(tmp_path / "b", corpus, tokenizer, steps=2, sample_every=1))
+    assert len(drawn) == 2
+
+
 # -- blends, weights and phases ---------------------------------------------------
 
 def test_blend_and_loss_weights(tmp_path, corpus, tokenizer):

@@ -173,10 +173,13 @@ class Trainer:
             self._log_time, self._log_tokens = now, self.tokens_seen
         paused = time.perf_counter()
         if cfg.sample_every and self.step % cfg.sample_every == 0:
+            # Every process takes part in the copy (on a pod, fetching weights is collective);
+            # only the one that prints draws the sample.
             model, backend = self.backend.for_sampling(self.model)
-            text = generate_sample(model, self.encoder, backend, cfg.sample_prompt,
-                                   cfg.sample_length, model_window(self.model.config))
-            self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
+            if self.backend.is_writer:
+                text = generate_sample(model, self.encoder, backend, cfg.sample_prompt,
+                                       cfg.sample_length, model_window(self.model.config))
+                self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
         if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
             self.save_checkpoint()
         self._log_time += time.perf_counter() - paused  # sampling and saving are not training
