@@ -185,3 +185,44 @@ def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer):
     assert_same_weights(two, one)
     got, want = read_metrics(two), read_metrics(one)
     assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-4)
+
+
+@needs_gloo
+def test_a_check_only_process_0_makes_stops_every_process(tmp_path, corpus, tokenizer):
+    """metrics.jsonl is process 0's to read: its error must not leave the others waiting in a
+    collective (a multi-node NCCL run would hang until its timeout), and each says one line."""
+    out = tmp_path / "out"
+    assert main(args(corpus, tokenizer, out, "--quiet", "--steps", "2")) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["garbage", *lines[1:]]) + "\n")
+    run = torchrun(args(corpus, tokenizer, out, "--quiet", "--steps", "3", "--resume"))
+    assert run.returncode != 0
+    ours = [line for line in run.stderr.splitlines() if line.startswith("tinygen-train: ")]
+    problem = "metrics.jsonl: line 1 is not JSON; delete that line or the file"
+    assert len(ours) == 2 and all(line.endswith(problem) for line in ours), run.stderr[-3000:]
+    assert sum("process 0 failed to start" in line for line in ours) == 1
+
+
+@needs_gloo
+def test_distill_runs_the_teacher_once(tmp_path, exported_gpt2_dir, tokenizer):
+    """Under torchrun the teacher writes its texts in process 0 alone; the others wait for them."""
+    def distill(out, teacher):
+        return torchrun(["distill", "--teacher", str(teacher), "--teacher-texts", "6",
+                         "--text-tokens", "8", "--preset", "cpu-tiny", "--tokenizer",
+                         str(tokenizer), "-o", str(out), "--device", "cpu", "--steps", "2",
+                         "--batch-size", "2", "--block-size", "8", "--warmup-steps", "1",
+                         "--quiet", "--seed", "11"])
+
+    out = tmp_path / "student"
+    run = distill(out, exported_gpt2_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "teacher-texts.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in records] == list(range(11, 17))  # six texts, not six a process
+    assert run.stderr.count("saved the student to") == 1
+    assert (out / "model.safetensors").is_file()
+
+    # the teacher fails in process 0: the other process says so in one line and stops too
+    run = distill(tmp_path / "other", tmp_path / "no-teacher")
+    ours = [line for line in run.stderr.splitlines() if line.startswith("tinygen-train: ")]
+    assert run.returncode != 0 and len(ours) == 2, run.stderr[-3000:]
+    assert sum("process 0 failed at writing the teacher's texts: " in line for line in ours) == 1

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 def _logits(args: argparse.Namespace) -> int:
     from ..distill import DistillConfig, cache_teacher, distill
     from ..training.config import TrainConfig
+    from ..training.distributed import before_training_once
 
     # The rows are the cache's blocks, one source: a blend or its weights would be ignored.
     for flag, values in (("--weights", args.weights), ("--loss-weights", args.loss_weights)):
@@ -108,17 +109,18 @@ def _logits(args: argparse.Namespace) -> int:
                            temperature=args.temperature,
                            teacher_embeddings=args.teacher_embeddings)
     if request is not None:
-        built = cache_teacher(request)
-        if not built.complete:
-            raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
-    out = distill(config)
-    print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
-    return 0
+        def score() -> None:
+            if not cache_teacher(request).complete:
+                raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
+
+        before_training_once("scoring the corpus with the teacher", score)
+    return _saved(distill(config))
 
 
 def _sequences(args: argparse.Namespace) -> int:
     from ..distill import TextsRequest, teacher_texts
     from ..training import train
+    from ..training.distributed import before_training_once
 
     if args.teacher is None:
         raise TinygenError("--teacher-texts needs --teacher EXPORTED_MODEL to write them")
@@ -143,7 +145,14 @@ def _sequences(args: argparse.Namespace) -> int:
     args.loss_weights = args.loss_weights and [*args.loss_weights, 1.0]
     # Checked before the teacher writes a text; the texts file need not exist yet.
     config = train_command.config_from_args(args)
-    teacher_texts(request, progress=not args.quiet)
-    out = train(config)
-    print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
+    before_training_once("writing the teacher's texts",
+                         lambda: teacher_texts(request, progress=not args.quiet))
+    return _saved(train(config))
+
+
+def _saved(out: Path) -> int:
+    from ..training.distributed import process_rank
+
+    if process_rank() == 0:  # under torchrun: once, not once per process
+        print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0

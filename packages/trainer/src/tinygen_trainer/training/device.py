@@ -148,6 +148,19 @@ class Backend:
         """Every process's `value`, in process order (every process must call it)."""
         return [value]
 
+    def agree(self, failure: Exception | None) -> None:
+        """Raise if this process or any other failed its setup (every process must call it).
+
+        Some checks run in process 0 alone (metrics.jsonl, TensorBoard): without this, the
+        others would go on into a collective that process 0 never joins.
+        """
+        failures = self.gather(None if failure is None else _first_line(failure))
+        if failure is not None:
+            raise failure
+        for index, message in enumerate(failures):
+            if message is not None:
+                raise TinygenError(f"process {index} failed to start: {message}")
+
     # -- saving ----------------------------------------------------------------
 
     @property
@@ -394,3 +407,8 @@ def select_backend(device: str = "auto", precision: str = "auto") -> Backend:
     if device not in backends:
         raise TinygenError(f"unknown device '{device}' (known: auto, {', '.join(backends)})")
     return backends[device](precision)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

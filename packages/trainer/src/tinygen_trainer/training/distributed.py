@@ -24,6 +24,9 @@ backward of each step. The same options train the same as in one process:
 - Files: process 0 alone writes checkpoints, the trained model, metrics and
   TensorBoard (Processes.once); the others wait for it. Every process resumes
   from the same checkpoint; each restores its own RNG (dropout differs by rank).
+- Errors: a setup check that fails in one process reaches all (Backend.agree)
+  before the first collective; a distillation teacher runs in process 0 before
+  the group exists (before_training_once), the others waiting on torchrun's store.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class Processes:
         """Run `write` on process 0 only; every process returns its result once it is done.
 
         The others wait here, so none reads or runs past a file being written;
-        if the write fails, process 0 raises its error and the others a RuntimeError.
+        if the write fails, process 0 raises its error and the others a one-line TinygenError.
         """
         result: Any = None
         failure: BaseException | None = None
@@ -117,10 +120,49 @@ class Processes:
             dist.broadcast_object_list(box, src=0, group=self.group)
             result, message = box[0]
             if failure is None and message is not None:
-                raise RuntimeError(f"process 0 failed to write {what}: {message}")
+                raise TinygenError(f"process 0 failed to write {what}: {message}")
         if failure is not None:
             raise failure
         return result
+
+
+_store = None  # kept for the process's life: on rank 0 without torchrun's agent it is the server
+
+
+def before_training_once(what: str, run: Callable[[], T]) -> T | None:
+    """Run `run` in torchrun's process 0 alone, before the process group exists (a teacher
+    scoring a corpus or writing texts for distillation); the others wait until it is done,
+    for hours if need be, where a collective would time out. If it fails, they stop with a
+    line that says so. Without torchrun, `run` runs here. The others return None."""
+    global _store
+    if torchrun_env() is None:
+        return run()
+    import time
+
+    from torch.distributed import rendezvous
+
+    if _store is None:
+        _store, _, _ = next(rendezvous("env://"))
+    key = f"tinygen/{what}"
+    if process_rank() == 0:
+        try:
+            result = run()
+        except BaseException as exc:
+            _store.set(key, f"failed: {_first_line(exc)}")
+            raise
+        _store.set(key, "done")
+        return result
+    while not _store.check([key]):
+        time.sleep(0.5)
+    status = _store.get(key).decode()
+    if status != "done":
+        raise TinygenError(f"process 0 failed at {what}: {status.removeprefix('failed: ')}")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_batch(batch_size: int, processes: int) -> None:

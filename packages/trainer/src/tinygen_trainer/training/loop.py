@@ -73,17 +73,23 @@ class Trainer:
         if config.progress and not backend.is_writer:
             config = dataclasses.replace(config, progress=False)  # process 0's bars alone
         try:
-            backend.check_batch(config.batch_size)
-            checkpoint = _checkpoint_to_resume(config, backend)
-            encoder, added = build_encoder(config)
-            plan = plan_model(config, encoder, added)
-            block_size = resolve_block_size(config, plan)
-            state = read_state(checkpoint) if checkpoint else None
-            if state is not None:
-                _check_resumable(config, encoder, checkpoint, state)
-            reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
-                                config.progress, writes=backend.is_writer)
-            phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
+            failure = None
+            try:  # no collective in here: a process that fails must still reach agree()
+                backend.check_batch(config.batch_size)
+                checkpoint = _checkpoint_to_resume(config, backend)
+                encoder, added = build_encoder(config)
+                plan = plan_model(config, encoder, added)
+                block_size = resolve_block_size(config, plan)
+                state = read_state(checkpoint) if checkpoint else None
+                if state is not None:
+                    _check_resumable(config, encoder, checkpoint, state)
+                reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
+                                    config.progress, writes=backend.is_writer)
+                reporter.truncate_after(int(state["step"]) if state is not None else 0)
+                phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
+            except Exception as exc:
+                failure = exc
+            backend.agree(failure)
             set_seed(config.seed)  # before the model: a fresh init depends on it
             backend.seed(config.seed)
             model = backend.place_model(load_model(plan, checkpoint))
@@ -91,8 +97,6 @@ class Trainer:
             trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
             if state is not None:
                 trainer.restore(checkpoint, state)
-            else:
-                reporter.truncate_after(0)
         except BaseException:
             backend.close()
             raise
@@ -221,7 +225,6 @@ class Trainer:
         self.backend.load_state_dict(state["backend"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
-        self.reporter.truncate_after(self.step)
         if self.config.progress:
             self.reporter.write(f"resuming from {checkpoint} (step {self.step})")
 
