@@ -1,5 +1,8 @@
 """Config files are replaced whole or not at all."""
 
+import os
+import stat
+
 import pytest
 
 from tinygen.atomic import atomic_write, atomic_write_text
@@ -26,3 +29,19 @@ def test_a_write_that_fails_keeps_the_old_file(tmp_path):
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["conf.json"]
 
+
+
+def test_files_get_the_umask_modes_not_mkstemps_0600(tmp_path):
+    """A model folder written by export must stay readable by the user who serves it."""
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "tinygen.json"
+        atomic_write_text(new, "{}")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "new")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -13,6 +14,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a model folder must stay readable by whoever serves it.
+        os.chmod(tmp, _mode_of(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -26,3 +29,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """atomic_write for a UTF-8 text file (the JSON configs: tinygen.json, replacements.json...)."""
     atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _mode_of(path: Path) -> int:
+    """The replaced file's permissions, or a new file's under the umask (0644 under 022)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it (os.umask would, for a moment, in every thread)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
