@@ -89,6 +89,15 @@ def test_exclude_chars_from_the_cli(optimum_gpt2_dir):
     assert code == 0 and "e" not in out and "o" not in out
 
 
+def test_excluded_characters_and_tokens_take_the_escapes_stop_takes():
+    """--exclude-chars '\\n' bans newlines (not a backslash and the letter n)."""
+    args = ["Once upon a time", "--seed", "1", "--max-new-tokens", "80"]
+    _, free, _ = run(args)
+    _, banned, _ = run([*args, "--exclude-chars", r"\n", "--exclude", r"\n"])
+    assert free.rstrip("\n").count("\n") >= 2  # the embedded model writes lines at this seed
+    assert "\n" not in banned.rstrip("\n") and "n" in banned
+
+
 def test_to_file_resume_from_the_cli(optimum_gpt2_dir, tmp_path):
     target = tmp_path / "t.txt"
     args = ["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "--to-file", str(target)]

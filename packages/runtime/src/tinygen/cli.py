@@ -52,9 +52,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the first text; text i uses seed+i (default: drawn and reported)")
     p.add_argument("--exclude-chars", default=None, metavar="CHARS",
-                   help="no generated text contains any of these characters")
+                   help=r"no generated text contains any of these characters (\n, \t, \r, \\ "
+                        "as for --stop)")
     p.add_argument("--exclude", action="append", default=None, metavar="TOKEN",
-                   help="never generate a token with exactly this text (repeatable)")
+                   help="never generate a token with exactly this text (repeatable; escapes as "
+                        "for --stop)")
     p.add_argument("--no-slide", action="store_true",
                    help="stop at the model's window instead of sliding past it")
 
@@ -130,7 +132,8 @@ def _options(args: argparse.Namespace) -> dict:
         typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=[unescape(s) for s in args.stop] if args.stop else None,
-        exclude_chars=args.exclude_chars, exclude_strings=args.exclude,
+        exclude_chars=unescape(args.exclude_chars) if args.exclude_chars is not None else None,
+        exclude_strings=[unescape(s) for s in args.exclude] if args.exclude else None,
         slide_window=False if args.no_slide else None,
         return_probs=True if getattr(args, "show_probs", False) else None,
     )
