@@ -144,3 +144,25 @@ def test_missing_embedded_model_names_the_install_command(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tinymodel)
     with pytest.raises(TinygenError, match="pip install tinygen-tinymodel"):
         TextGenerator()
+
+
+def test_numpy_values_and_a_none_prompt_are_what_they_hold(optimum_gpt2_dir, tmp_path):
+    """Seeds from a numpy Generator and token ids from argmax are common arguments."""
+    import numpy as np
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    plain = gen.generate([[5, 6], "Hi"], n=2, seed=3, max_new_tokens=4, top_k=5)
+    numpy = gen.generate([np.array([5, 6]), "Hi"], n=np.int64(2), seed=np.int64(3),
+                         max_new_tokens=np.int32(4), top_k=np.int64(5))
+    assert list(numpy) == list(plain)
+    assert gen.generate(None, seed=1, max_new_tokens=4) == gen.generate("", seed=1, max_new_tokens=4)
+    assert gen.next_token_probs("Hi", top_n=np.int64(3)) == gen.next_token_probs("Hi", top_n=3)
+    gen.generate_to_file(tmp_path / "t.txt", np.array([5, 6]), n=np.int64(2), seed=np.uint8(4),
+                         max_new_tokens=np.int64(3))
+    assert json.loads((tmp_path / "t.txt.tinygen.json").read_text())["texts"] == 2
+
+
+@pytest.mark.parametrize("top_n", [0, -1, "3", 2.5, True])
+def test_top_n_is_checked(optimum_gpt2_dir, top_n):
+    with pytest.raises(TinygenError, match=f"top_n must be an integer >= 1, got {top_n!r}"):
+        TextGenerator(optimum_gpt2_dir).next_token_probs("Hi", top_n=top_n)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
+
 from .errors import TinygenError
 
 
@@ -63,7 +65,7 @@ class GenerationConfig:
         for name in overrides:
             if name not in known:
                 raise TinygenError(f"unknown generation option '{name}'")
-        changes = {k: v for k, v in overrides.items() if v is not None}
+        changes = {k: plain(v) for k, v in overrides.items() if v is not None}
         # Collections become tuples (the config is hashable); anything else is refused
         # here, with the option named, rather than failing later as "not iterable".
         for name in ("stop", "exclude_strings"):
@@ -140,6 +142,18 @@ def _bias_pairs(value: Any) -> Any:
 
 def _is_seq(value: Any) -> bool:
     return isinstance(value, (tuple, list))
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars and arrays (a seed from a numpy Generator, token ids from argmax) as the
+    Python values they hold; anything else as it is."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.generic, np.ndarray)) for v in value):
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 def is_int(value: Any) -> bool:

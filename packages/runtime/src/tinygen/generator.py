@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-from .config import GenerationConfig, is_int, is_number
+from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
@@ -99,7 +99,8 @@ class TextGenerator:
         `target` field (default: the last field not given), and `prompt` is its start.
         """
         config = self.defaults.merged(**options)
-        prompt, end_ids = self._conditioned(prompt, context, target)
+        n, batch_size, seed = plain(n), plain(batch_size), plain(seed)
+        prompt, end_ids = self._conditioned(_prompt(prompt), context, target)
         prompts = self._encode_prompts(prompt)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
@@ -148,7 +149,7 @@ class TextGenerator:
         """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
         config = self.defaults.merged(**options)
         [ids] = self._encode_prompts(prompt, single=True)
-        [seed] = self._seeds(seed, 1, config)
+        [seed] = self._seeds(plain(seed), 1, config)
         return TextStream(self._decoding([ids], [seed], config))
 
     def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
@@ -156,6 +157,9 @@ class TextGenerator:
 
         For classification-style use, e.g. the probability of a label after a postfix.
         """
+        top_n = plain(top_n)
+        if not is_int(top_n) or top_n < 1:
+            raise TinygenError(f"top_n must be an integer >= 1, got {top_n!r}")
         [ids] = self._encode_prompts(prompt, single=True)
         decoding = self._decoding([ids], [None], self.defaults.merged(do_sample=False))
         probs = softmax(decoding.logits[0].astype("float64"))
@@ -170,13 +174,14 @@ class TextGenerator:
 
         The file is appended and synced after every batch, so an interrupted run keeps
         what it finished. Beside it, `PATH.tinygen.json` records the settings the file
-        was started with (prompt, context, options, first seed) and how much of it is
+        was started with (model, prompt, context, options, first seed) and how much of it is
         complete. `resume=True` continues an interrupted file with the next seeds: it
         refuses other settings (the texts would be mixed), and never cuts a complete text;
         when the file already holds n texts there is nothing to do. context and target
         are `generate`'s. Returns the path, with `.written` (the texts this call wrote)
         and `.texts` (the complete texts the file holds now).
         """
+        n, batch_size, seed, prompt = plain(n), plain(batch_size), plain(seed), _prompt(prompt)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
         if not (isinstance(prompt, str) or _is_token_ids(prompt)):
@@ -315,6 +320,7 @@ class TextGenerator:
         return m.eos_token_ids[0] if m.eos_token_ids else 0
 
     def _encode_prompts(self, prompt, single: bool = False) -> list[list[int]]:
+        prompt = _prompt(prompt)
         if isinstance(prompt, str) or _is_token_ids(prompt):
             prompts = [prompt]
         elif single:
@@ -393,6 +399,11 @@ class TextStream:
             if piece:
                 yield piece
         [self.completion] = self._decoding.completions()
+
+
+def _prompt(value):
+    """None is no prompt (""); numpy token ids are Python ints."""
+    return "" if value is None else plain(value)
 
 
 def _is_token_ids(value) -> bool:
