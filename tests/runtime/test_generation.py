@@ -86,6 +86,15 @@ def test_no_seed_draws_one_and_reports_it(pair):
     assert again.token_ids == first.token_ids
 
 
+def test_drawn_seeds_survive_javascript_numbers():
+    """The playground (JSON.parse) shows a seed rounded to a double; it must still remake the text."""
+    from tinygen.sampling import draw_seed
+
+    seeds = [draw_seed() for _ in range(2000)]
+    assert all(float(s + 1000) == s + 1000 for s in seeds)  # seed + i, exact as a double
+    assert len(set(seeds)) == len(seeds)
+
+
 def test_temperature_zero_is_greedy(pair):
     gen, _ = pair
     [a] = gen.generate("To be", temperature=0, max_new_tokens=12)

@@ -20,8 +20,11 @@ NOTHING_LEFT = ("no token is left to sample: the exclusions, logit bias and repe
 
 
 def draw_seed() -> int:
-    """A fresh seed for a call that gave none; it is reported so the text can be remade."""
-    return secrets.randbits(63)
+    """A fresh seed for a call that gave none; it is reported so the text can be remade.
+
+    52 bits: JavaScript (the playground, any client reading the JSON as numbers) holds
+    integers exactly only below 2**53, and seed + i must stay there for n texts too."""
+    return secrets.randbits(52)
 
 
 class Sampler:
