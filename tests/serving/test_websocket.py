@@ -68,7 +68,9 @@ def test_bad_messages_get_an_error_and_the_connection_stays(served):
         for bad, expected in [("not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
                               ('{"prompt": "Hi", "n": 2}', "unknown parameter 'n'"),
                               ('{"prompt": "Hi", "temperature": -1}', "temperature must be"),
-                              ('{"type": "dance"}', "unknown message type")]:
+                              ('{"type": "dance"}', "unknown message type"),
+                              ('{"prompt": ["Hi", "Bye"]}', "takes one prompt"),
+                              ('{"prompt": [[1, 2], [3]]}', "takes one prompt")]:
             ws.send(bad)
             message = receive(ws)
             assert message["type"] == "error" and expected in message["error"]["message"]

@@ -123,7 +123,7 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
         raise ApiError(400, "echo with logprobs is not supported", param="echo", code="unsupported_parameter")
     seed = p.int("seed", 0, 2**63 - 1, None)
     return CompletionRequest(
-        prompt=_prompt(body.get("prompt", "")), n=n, seed=seed, stream=stream,
+        prompt=_prompt(body.get("prompt", ""), single=socket), n=n, seed=seed, stream=stream,
         include_usage=bool((stream_options or {}).get("include_usage")), logprobs=logprobs, echo=echo,
         options={k: v for k, v in options.items() if v is not None})
 
@@ -167,12 +167,16 @@ class _Reader:
         return value
 
 
-def _prompt(value):
+def _prompt(value, single: bool = False):
+    """single: a websocket streams one text, so it takes one prompt (a list would interleave)."""
     def is_ids(v):
         return isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
 
     if isinstance(value, str) or is_ids(value):
         return value
+    if single:
+        raise ApiError(400, "a websocket message takes one prompt: a string or a list of token ids",
+                       param="prompt")
     if isinstance(value, list) and value and all(isinstance(v, str) or is_ids(v) for v in value):
         return value
     raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids, "
