@@ -90,3 +90,20 @@ def test_each_row_has_its_own_generator(logits):
 
 def test_greedy_sampler_is_argmax(logits):
     assert GreedySampler()(logits).tolist() == logits.argmax(axis=-1).tolist()
+
+
+def test_extreme_temperature_and_penalty_stay_distributions(logits):
+    """float32 makes 1e-300 zero: dividing by it gave +inf logits and NaN probabilities."""
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # nor a warning on the way
+        cold = ours.Temperature(1e-300)(logits, HISTORY)
+        banned = logits.copy()
+        banned[:, :3] = -np.inf
+        pushed = ours.RepetitionPenalty(1e-300)(banned, HISTORY)
+    probs = softmax(cold.astype(np.float64))
+    assert np.isfinite(probs).all() and (probs.argmax(axis=-1) == logits.argmax(axis=-1)).all()
+    probs = softmax(pushed.astype(np.float64))
+    assert np.isfinite(probs).all()
+    for row, seen in enumerate(HISTORY):  # a penalty under 1 favours what was seen
+        boosted = [t for t in set(seen) if banned[row, t] > 0]
+        if boosted:
+            assert probs[row].argmax() == max(boosted, key=lambda t: banned[row, t])

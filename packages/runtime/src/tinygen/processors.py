@@ -17,6 +17,8 @@ import numpy as np
 
 from .config import GenerationConfig
 
+_LARGEST = np.finfo(np.float32).max
+
 History = Sequence[Sequence[int]]
 NEG_INF = np.float32(-np.inf)
 
@@ -46,14 +48,18 @@ class RepetitionPenalty(LogitsProcessor):
     needs_history = True
 
     def __init__(self, penalty: float):
-        self.penalty = np.float32(penalty)
+        # float32 makes a tiny penalty 0 (and -inf x 0 is NaN): keep the smallest normal one.
+        self.penalty = max(np.float32(penalty), np.finfo(np.float32).tiny)
 
     def __call__(self, logits, history):
         out = logits.copy()
         for row, seen in enumerate(history):
             ids = np.unique(np.asarray(seen, dtype=np.int64))
             score = out[row, ids]
-            out[row, ids] = np.where(score < 0, score * self.penalty, score / self.penalty)
+            # Capped at float32's largest: two +inf logits would make softmax NaN.
+            with np.errstate(over="ignore"):
+                out[row, ids] = np.where(score < 0, score * self.penalty,
+                                         np.minimum(score / self.penalty, _LARGEST))
         return out
 
 
@@ -106,10 +112,16 @@ class LogitBias(LogitsProcessor):
 
 class Temperature(LogitsProcessor):
     def __init__(self, temperature: float):
-        self.temperature = np.float32(temperature)
+        # float32 turns a temperature under ~1e-45 into 0: keep the smallest normal one.
+        self.temperature = max(np.float32(temperature), np.finfo(np.float32).tiny)
 
     def __call__(self, logits, history):
-        return logits / self.temperature
+        if self.temperature >= 1e-30:  # logits stay far below float32's largest: as transformers
+            return logits / self.temperature
+        # A tinier one would overflow them to +inf (NaN in softmax): shift the best to 0
+        # first, so it tends to greedy as it should (softmax ignores the shift).
+        with np.errstate(over="ignore", invalid="ignore"):  # -inf where far from the best
+            return (logits - logits.max(axis=-1, keepdims=True)) / self.temperature
 
 
 class TopK(LogitsProcessor):
