@@ -180,3 +180,21 @@ def test_an_api_key_is_required_when_set(gpt2_gen, serve_on_loopback):
         keyed = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
         model = keyed.models.list().data[0].id
         assert keyed.completions.create(model=model, prompt="Hi", max_tokens=2, seed=1).choices[0].seed == 1
+
+
+@pytest.mark.parametrize("options", [{"temperature": 1e-300}, {"repetition_penalty": 1e-300}])
+def test_extreme_sampling_values_give_generates_text(client, model_id, gpt2_gen, options):
+    """float32 turned these into division by zero: the server answered 500, or token 0."""
+    reply = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=12, seed=5,
+                                      extra_body=options)
+    [want] = gpt2_gen.generate("Once upon a time", seed=5, max_new_tokens=12, **options)
+    assert reply.choices[0].text == str(want) and len(want.token_ids) > 1
+
+
+def test_a_request_its_own_options_leave_without_a_token_is_a_400():
+    from tinygen.sampling import NOTHING_LEFT
+    from tinygen.serving import GenerationFailed
+    from tinygen.serving.openai_api import failure_error
+
+    assert failure_error(GenerationFailed(NOTHING_LEFT, by_request=True)).status == 400
+    assert failure_error(GenerationFailed("the server is shutting down")).status == 500

@@ -32,7 +32,7 @@ from starlette.routing import Route, WebSocketRoute
 from ..errors import TinygenError
 from . import openai_api as api
 from .engine import Engine, EngineBusy, GenerationFailed, RequestHandle, SequenceDone, SequencePiece
-from .openai_api import ApiError
+from .openai_api import ApiError, failure_error
 from .settings import ServerSettings
 from .websocket import stream_socket
 
@@ -116,7 +116,7 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
         try:
             completions = await _until_done(request, handle)
         except GenerationFailed as exc:
-            raise ApiError(500, str(exc), type="server_error") from None
+            raise failure_error(exc) from None
         if completions is None:  # the client went away; nobody will read a reply
             return Response(status_code=499)
         choices = [api.full_choice(i, c, prompts[i // params.n] if params.echo else "",
@@ -235,7 +235,7 @@ async def _sse(server: Server, params: api.CompletionRequest, handle: RequestHan
             yield chunk([], api.usage(sum(handle.prompt_lengths[::params.n]), completion_tokens))
         yield "data: [DONE]\n\n"
     except GenerationFailed as exc:
-        yield f"data: {json.dumps(ApiError(500, str(exc), type='server_error').body())}\n\n"
+        yield f"data: {json.dumps(failure_error(exc).body())}\n\n"
     finally:
         handle.cancel()
 

@@ -59,7 +59,12 @@ class EngineBusy(TinygenError):
 
 
 class GenerationFailed(RuntimeError):
-    """The engine could not finish a request (a bug, or the server shutting down)."""
+    """The engine could not finish a request: the request's own options (`by_request`: its
+    exclusions and biases left no token to sample), a bug, or the server shutting down."""
+
+    def __init__(self, message: str, by_request: bool = False):
+        super().__init__(message)
+        self.by_request = by_request
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class SequenceDone:
 @dataclass(frozen=True)
 class _Failed:
     message: str
+    by_request: bool = False
 
 
 Event = SequencePiece | SequenceDone
@@ -138,7 +144,7 @@ class RequestHandle:
             return None
         if isinstance(event, _Failed):
             self.remaining = 0
-            raise GenerationFailed(event.message)
+            raise GenerationFailed(event.message, event.by_request)
         if isinstance(event, SequenceDone):
             self.remaining -= 1
         return event
@@ -373,7 +379,7 @@ class Engine:
             if not (picked > -np.inf).all():  # every token removed (or NaN): fail that request alone
                 for i, ok in zip(rows, (picked > -np.inf).tolist()):
                     if not ok:
-                        self._fail(sequences[i].owner, NOTHING_LEFT)
+                        self._fail(sequences[i].owner, NOTHING_LEFT, by_request=True)
         stats = self.stats
         stats.steps += 1
         stats.tokens += len(live)
@@ -382,13 +388,13 @@ class Engine:
                                             len({sequences[i].owner for i in live}))
         return tokens
 
-    def _fail(self, owner: RequestHandle, message: str) -> None:
+    def _fail(self, owner: RequestHandle, message: str, by_request: bool = False) -> None:
         """End one request with an error; the others in the batch go on."""
         going = [s for s in self._sequences if s.owner is owner and not s.finish_reason]
         if going:
             for seq in going:
                 seq.finish_reason = "failed"  # leaves the batch as a finished sequence does
-            owner._deliver([_Failed(message)])
+            owner._deliver([_Failed(message, by_request)])
 
     def _chain(self, config: GenerationConfig, suppress: tuple[int, ...]) -> list[LogitsProcessor]:
         key = (config, suppress)

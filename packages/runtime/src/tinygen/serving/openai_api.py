@@ -62,6 +62,14 @@ class CompletionRequest:
     options: dict = field(default_factory=dict)  # GenerationConfig options the request set
 
 
+def failure_error(exc) -> ApiError:
+    """A request the engine could not finish (serving.engine.GenerationFailed): a 400 where its
+    own options left no token to sample, else the server's fault."""
+    if exc.by_request:
+        return ApiError(400, str(exc))
+    return ApiError(500, str(exc), type="server_error")
+
+
 def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_size: int,
                      socket: bool = False) -> CompletionRequest:
     """Check a /v1/completions body (socket: a websocket message) -> CompletionRequest, or ApiError."""

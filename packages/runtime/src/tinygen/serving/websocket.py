@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import openai_api as api
 from .engine import GenerationFailed, RequestHandle, SequenceDone, SequencePiece
-from .openai_api import ApiError
+from .openai_api import ApiError, failure_error
 
 if TYPE_CHECKING:
     from .app import Server
@@ -135,7 +135,7 @@ async def _generate(websocket: WebSocket, handle: RequestHandle, inbox: _Inbox) 
             try:
                 result = event.result()
             except GenerationFailed as exc:
-                await websocket.send_json({"type": "error", **ApiError(500, str(exc), type="server_error").body()})
+                await websocket.send_json({"type": "error", **failure_error(exc).body()})
                 return True
             if result is None:  # cancelled
                 return True
