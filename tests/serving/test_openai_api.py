@@ -196,5 +196,7 @@ def test_a_request_its_own_options_leave_without_a_token_is_a_400():
     from tinygen.serving import GenerationFailed
     from tinygen.serving.openai_api import failure_error
 
-    assert failure_error(GenerationFailed(NOTHING_LEFT, by_request=True)).status == 400
-    assert failure_error(GenerationFailed("the server is shutting down")).status == 500
+    assert failure_error(GenerationFailed(NOTHING_LEFT, 400)).body()["error"]["type"] == \
+        "invalid_request_error"
+    assert failure_error(GenerationFailed("the server is shutting down", 503)).status == 503
+    assert failure_error(GenerationFailed("generation failed: a bug")).status == 500

@@ -56,25 +56,35 @@ def _get(port, path, key=None):
     return int(head.split()[1]), json.loads(body)
 
 
-def test_serve_binds_to_loopback_and_takes_the_key_from_the_environment(optimum_gpt2_dir, tmp_path):
-    pytest.importorskip("uvicorn")
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 (the server's output, read after it stops)
-    process = subprocess.Popen([sys.executable, "-m", "tinygen.cli", "serve", "--model", str(optimum_gpt2_dir),
-                                "--port", str(port), "--model-name", "tiny"],
+        return s.getsockname()[1]
+
+
+def _start_server(model, port, log_path, *extra, env=None):
+    log = open(log_path, "w+")  # noqa: SIM115 (the server's output, read after it stops)
+    process = subprocess.Popen([sys.executable, "-m", "tinygen.cli", "serve", "--model", str(model),
+                                "--port", str(port), *extra],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "TINYGEN_API_KEY": "from-env"})
+                               env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _get(port, "/health")
+            return process, log
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+
+
+def test_serve_binds_to_loopback_and_takes_the_key_from_the_environment(optimum_gpt2_dir, tmp_path):
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    process, log = _start_server(optimum_gpt2_dir, port, tmp_path / "serve.log", "--model-name", "tiny",
+                                 env={"TINYGEN_API_KEY": "from-env"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, body = _get(port, "/health")
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.1)
+        status, body = _get(port, "/health")
         assert status == 200 and body["model"] == "tiny"
         assert _get(port, "/v1/models")[0] == 401
         status, body = _get(port, "/v1/models", key="from-env")
@@ -109,3 +119,66 @@ def test_server_deps_load_only_with_the_app_and_torch_never(optimum_gpt2_dir):
     out = subprocess.run([sys.executable, "-c", code, str(optimum_gpt2_dir)], capture_output=True, text=True,
                          check=True).stdout
     assert out == "cli: []\n1\nheavy: []\n"
+
+
+def test_a_taken_or_impossible_port_is_one_line_before_the_model_loads(tmp_path):
+    pytest.importorskip("uvicorn")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for given, message in [(port, f"cannot listen on 127.0.0.1:{port}: another program listens "
+                                      f"there; pick another --port"),
+                               (99999, "--port must be from 0 to 65535, got 99999")]:
+            err = io.StringIO()
+            # a model folder that does not exist: the port is refused before it is looked at
+            assert main(["serve", "--model", str(tmp_path / "none"), "--port", str(given)],
+                        out=io.StringIO(), err=err) == 2
+            assert err.getvalue() == f"tinygen: error: {message}\n"
+
+
+def test_ctrl_c_ends_requests_in_flight_with_a_reply_that_says_why(optimum_gpt2_dir, tmp_path):
+    """uvicorn alone cut a stream mid-way and answered a waiting request with a bare 500."""
+    pytest.importorskip("uvicorn")
+    import http.client
+    import threading
+
+    port = _free_port()
+    process, log = _start_server(optimum_gpt2_dir, port, tmp_path / "serve.log", "--max-tokens-limit", "100000")
+    from tinygen.manifest import load_manifest
+
+    eos = load_manifest(optimum_gpt2_dir).eos_token_ids[0]  # banned: the texts run until stopped
+    body = {"model": optimum_gpt2_dir.name, "prompt": "Once", "max_tokens": 100000, "seed": 1,
+            "logit_bias": {str(eos): -100}}
+    replies = {}
+
+    def plain():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        replies["plain"] = (reply.status, json.loads(reply.read()))
+
+    try:
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        stream.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
+                       {"Content-Type": "application/json"})
+        streamed = stream.getresponse()
+        assert streamed.status == 200, streamed.read()
+        assert streamed.readline().startswith(b"data: ")
+        waiting = threading.Thread(target=plain)
+        waiting.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        rest = streamed.read().decode()  # the server ends the stream; no IncompleteRead
+        waiting.join(30)
+        code = process.wait(20)  # one Ctrl-C stops it (a second would force it)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.seek(0)
+    output = log.read()
+    last = [line for line in rest.splitlines() if line.startswith("data: ")][-1]
+    assert json.loads(last[6:])["error"]["message"] == "the server is shutting down", rest[-500:]
+    status, reply = replies["plain"]
+    assert status == 503 and reply["error"]["message"] == "the server is shutting down"
+    assert code == 0 and "Traceback" not in output and "CancelledError" not in output, output

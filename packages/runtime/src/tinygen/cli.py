@@ -276,7 +276,7 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
 
-    from .serving.server import require_server_extra, serve
+    from .serving.server import listen, require_server_extra, serve
     from .serving.settings import ServerSettings
 
     require_server_extra()
@@ -284,7 +284,11 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         model_name=args.model_name, api_key=args.api_key or os.environ.get("TINYGEN_API_KEY") or None,
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_limit=args.max_tokens_limit,
         max_body_bytes=args.max_body_bytes).validated()
-    serve(_generator(args), settings, host=args.host, port=args.port, err=err)
+    sock = listen(args.host, args.port)  # before the model loads: a taken port fails at once
+    try:
+        serve(_generator(args), settings, host=args.host, port=args.port, err=err, sock=sock)
+    finally:
+        sock.close()
     return 0
 
 

@@ -61,9 +61,12 @@ class Server:
             raise ApiError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
-    def submit(self, request: api.CompletionRequest) -> RequestHandle:
+    async def submit(self, request: api.CompletionRequest) -> RequestHandle:
         try:
-            return self.engine.submit(request.prompt, n=request.n, seed=request.seed, **request.options)
+            # Tokenizing a long prompt takes a while (a second for a megabyte): off the event
+            # loop, so other clients' streams do not stall; the engine then takes the ids.
+            prompts = await asyncio.to_thread(self.generator._encode_prompts, request.prompt)
+            return self.engine.submit(prompts, n=request.n, seed=request.seed, **request.options)
         except EngineBusy as exc:
             raise ApiError(429, str(exc), type="rate_limit_error", code="server_busy") from None
         except TinygenError as exc:
@@ -108,7 +111,7 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
         body = await _read_json(request, server.settings.max_body_bytes)
         params = api.parse_completion(body, server.settings, server.model_id,
                                       generator.manifest.vocab_size)
-        handle = server.submit(params)  # checks the prompts first
+        handle = await server.submit(params)  # checks the prompts first
         prompts = _prompt_texts(generator, params) if params.echo else []
         if params.stream:
             return StreamingResponse(_sse(server, params, handle, prompts), media_type="text/event-stream",

@@ -59,12 +59,13 @@ class EngineBusy(TinygenError):
 
 
 class GenerationFailed(RuntimeError):
-    """The engine could not finish a request: the request's own options (`by_request`: its
-    exclusions and biases left no token to sample), a bug, or the server shutting down."""
+    """The engine could not finish a request, with the HTTP status that says whose doing it
+    was: 400 its own options (exclusions and biases left no token to sample), 503 the
+    server shutting down, 500 a bug."""
 
-    def __init__(self, message: str, by_request: bool = False):
+    def __init__(self, message: str, status: int = 500):
         super().__init__(message)
-        self.by_request = by_request
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class SequenceDone:
 @dataclass(frozen=True)
 class _Failed:
     message: str
-    by_request: bool = False
+    status: int = 500
 
 
 Event = SequencePiece | SequenceDone
@@ -144,7 +145,7 @@ class RequestHandle:
             return None
         if isinstance(event, _Failed):
             self.remaining = 0
-            raise GenerationFailed(event.message, event.by_request)
+            raise GenerationFailed(event.message, event.status)
         if isinstance(event, SequenceDone):
             self.remaining -= 1
         return event
@@ -239,7 +240,7 @@ class Engine:
                      for i, (ids, s) in enumerate(zip(rows, seeds))]
         with self._lock:
             if self._closing:
-                raise GenerationFailed("the engine is shutting down")
+                raise GenerationFailed("the engine is shutting down", 503)
             # Queued requests that will join at the next step do not count as waiting.
             free = self.max_batch - self.active if self.continuous or not self._sequences else 0
             overflow = 0
@@ -286,7 +287,7 @@ class Engine:
             waiting = [h for h, _ in self._waiting]
             self._waiting.clear()
         for handle in {*waiting, *(s.owner for s in self._sequences)}:
-            handle._deliver([_Failed("the server is shutting down")])
+            handle._deliver([_Failed("the server is shutting down", 503)])
         self._reset()
 
     def _wake(self) -> None:
@@ -379,7 +380,7 @@ class Engine:
             if not (picked > -np.inf).all():  # every token removed (or NaN): fail that request alone
                 for i, ok in zip(rows, (picked > -np.inf).tolist()):
                     if not ok:
-                        self._fail(sequences[i].owner, NOTHING_LEFT, by_request=True)
+                        self._fail(sequences[i].owner, NOTHING_LEFT, status=400)
         stats = self.stats
         stats.steps += 1
         stats.tokens += len(live)
@@ -388,13 +389,13 @@ class Engine:
                                             len({sequences[i].owner for i in live}))
         return tokens
 
-    def _fail(self, owner: RequestHandle, message: str, by_request: bool = False) -> None:
+    def _fail(self, owner: RequestHandle, message: str, status: int = 500) -> None:
         """End one request with an error; the others in the batch go on."""
         going = [s for s in self._sequences if s.owner is owner and not s.finish_reason]
         if going:
             for seq in going:
                 seq.finish_reason = "failed"  # leaves the batch as a finished sequence does
-            owner._deliver([_Failed(message, by_request)])
+            owner._deliver([_Failed(message, status)])
 
     def _chain(self, config: GenerationConfig, suppress: tuple[int, ...]) -> list[LogitsProcessor]:
         key = (config, suppress)

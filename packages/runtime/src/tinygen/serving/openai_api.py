@@ -63,11 +63,11 @@ class CompletionRequest:
 
 
 def failure_error(exc) -> ApiError:
-    """A request the engine could not finish (serving.engine.GenerationFailed): a 400 where its
-    own options left no token to sample, else the server's fault."""
-    if exc.by_request:
+    """A request the engine could not finish (serving.engine.GenerationFailed), with its status:
+    400 where its own options left no token to sample, 503 shutting down, 500 a bug."""
+    if exc.status == 400:
         return ApiError(400, str(exc))
-    return ApiError(500, str(exc), type="server_error")
+    return ApiError(exc.status, str(exc), type="server_error")
 
 
 def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_size: int,

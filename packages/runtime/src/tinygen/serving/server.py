@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -30,20 +32,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind `host:port` now, before the model loads: a port in use is a one-line error at once."""
+    if not 0 <= port <= 65535:
+        raise TinygenError(f"--port must be from 0 to 65535, got {port}")
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise TinygenError(f"cannot listen on {host}: {exc.strerror}; check --host") from None
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        what = "another program listens there; pick another --port" if exc.errno == errno.EADDRINUSE \
+            else exc.strerror
+        raise TinygenError(f"cannot listen on {host}:{port}: {what}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(generator: "TextGenerator", settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000,
-          err: TextIO = sys.stderr, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C stops it gracefully)."""
+          err: TextIO = sys.stderr, log_level: str = "info", sock: socket.socket | None = None) -> None:
+    """Serve until interrupted: Ctrl-C or SIGTERM ends the requests in flight with an error
+    they can report (the server is shutting down), then stops."""
     require_server_extra()
     import uvicorn
 
     from .app import create_app
 
+    sock = sock or listen(host, port)
     app = create_app(generator, settings)
     if not is_loopback(host) and settings.api_key is None:
         err.write(f"tinygen: warning: serving on {host} without an API key: anyone who can reach this "
                   f"port can use it (set --api-key or TINYGEN_API_KEY)\n")
     shown = f"[{host}]" if ":" in host else host
+    port = sock.getsockname()[1]
     err.write(f"tinygen: serving {generator.model_dir} as '{settings.model_name or generator.model_dir.name}' "
               f"on http://{shown}:{port} (playground at /, OpenAI API at /v1)\n")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=settings.max_body_bytes,
-                timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level=log_level, ws_max_size=settings.max_body_bytes,
+                            timeout_graceful_shutdown=5)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn would wait for open requests, then cancel them, and only then run the
+            # app's shutdown: fail them first, so each client gets a reply that says why.
+            app.state.server.engine.close()
+            super().handle_exit(sig, frame)
+
+    try:
+        Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has stopped, as uvicorn.run hides
+        pass

@@ -61,7 +61,7 @@ async def stream_socket(websocket: WebSocket, server: "Server") -> None:
                     raise ApiError(400, f"unknown message type {data.get('type')!r}", param="type")
                 params = api.parse_completion(data, server.settings, server.model_id,
                                               server.generator.manifest.vocab_size, socket=True)
-                handle = server.submit(params)
+                handle = await server.submit(params)
             except ApiError as exc:
                 await websocket.send_json({"type": "error", **exc.body()})
                 continue
