@@ -176,3 +176,12 @@ def test_generated_text_continues_its_prompt_with_a_metaspace_tokenizer(exported
         assert [str(t) for t in asyncio.run(served())] == [str(t) for t in texts]
     finally:
         engine.close()
+
+
+def test_a_long_text_encodes_as_a_short_one_does():
+    """Long texts go through encode_batch (it lets other threads run); the ids must not change."""
+    tok = TextGenerator().tokenizer
+    text = "Once upon a time, a fox met a crow.\n" * 400  # past the 4096-character switch
+    assert len(text) > 4096
+    assert tok.encode(text) == tok.tokenizer.encode(text).ids
+    assert tok.encode(text)[:9] == tok.encode("Once upon a time, a fox met a crow.\n")[:9]

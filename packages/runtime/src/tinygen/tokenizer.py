@@ -37,7 +37,12 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(self.replacements.apply_encode(text)).ids
+        text = self.replacements.apply_encode(text)
+        if len(text) > 4096:
+            # encode_batch lets go of the GIL (encode does not): a megabyte takes most of a
+            # second, in which a server's other threads, streams among them, would stand still.
+            return self.tokenizer.encode_batch([text])[0].ids
+        return self.tokenizer.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         encoded = self.tokenizer.encode_batch([self.replacements.apply_encode(t) for t in texts])
