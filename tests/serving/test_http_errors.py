@@ -82,7 +82,7 @@ def test_a_prompt_longer_than_the_window_is_a_400(served, call, gpt2_gen):
     url, model = served
     ids = [5] * gpt2_gen.manifest.context_window
     assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ids}), 400,
-                 "the model's window is 128 tokens")
+                 "the model's window is 128 tokens", param="prompt", code="context_length_exceeded")
     assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": [99999]}), 400,
                  "outside the vocabulary")
 

@@ -11,3 +11,7 @@ class TinygenError(ValueError):
 
 class ModelFormatError(TinygenError):
     """The model directory is missing a file, or a file does not match the manifest."""
+
+
+class PromptTooLong(TinygenError):
+    """A prompt that does not fit the model's window (the server's context_length_exceeded)."""

@@ -17,7 +17,7 @@ from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
-from .errors import ModelFormatError, TinygenError
+from .errors import ModelFormatError, PromptTooLong, TinygenError
 from .fields import FieldSchema
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .onnx_model import load_causal_lm
@@ -344,7 +344,7 @@ class TextGenerator:
                 ids = self._start_ids()
             window = self.manifest.context_window
             if len(ids) >= window:
-                raise TinygenError(
+                raise PromptTooLong(
                     f"prompt is {len(ids)} tokens; the model's window is {window} tokens, "
                     f"so the prompt must be shorter than that"
                 )

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from ..errors import TinygenError
+from ..errors import PromptTooLong, TinygenError
 from . import openai_api as api
 from .engine import Engine, EngineBusy, GenerationFailed, RequestHandle, SequenceDone, SequencePiece
 from .openai_api import ApiError, failure_error
@@ -69,6 +69,8 @@ class Server:
             return self.engine.submit(prompts, n=request.n, seed=request.seed, **request.options)
         except EngineBusy as exc:
             raise ApiError(429, str(exc), type="rate_limit_error", code="server_busy") from None
+        except PromptTooLong as exc:  # OpenAI's name for it, which clients look for
+            raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
         except TinygenError as exc:
             raise ApiError(400, str(exc)) from None
         except GenerationFailed as exc:
