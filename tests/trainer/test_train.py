@@ -150,6 +150,28 @@ def test_resume_refuses_changed_options(tmp_path, corpus, tokenizer):
     assert [m["step"] for m in read_metrics(longer)] == [1, 2, 3]
 
 
+def test_a_new_run_refuses_a_folder_holding_something_else(tmp_path, corpus, tokenizer):
+    def run(out, **options):
+        return train(tiny(tmp_path, corpus, tokenizer, output_dir=out, steps=1, **options))
+
+    done = run(tmp_path / "done")
+    weights = (done / "model.safetensors").read_bytes()
+    with pytest.raises(TinygenError, match="already holds a trained model; choose another --output"):
+        run(done, seed=5)
+    assert (done / "model.safetensors").read_bytes() == weights
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(TinygenError, match=r"holds notes.txt, which is not a training run's"):
+        run(data)
+    assert [p.name for p in data.iterdir()] == ["notes.txt"]
+    # what a run killed before its first checkpoint leaves is no obstacle
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    run(killed)
+
+
 def test_samples_do_not_change_training(tmp_path, corpus, tokenizer, capsys):
     plain = train(tiny(tmp_path / "a", corpus, tokenizer, steps=4))
     sampled = train(tiny(tmp_path / "b", corpus, tokenizer, steps=4, sample_every=2,

@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .device import Backend, select_backend
 from .feed import Feed, HostBatch
 from .loss import causal_lm_loss, target_count
-from .progress import Reporter
+from .progress import METRICS_FILE, Reporter
 from .samples import generate_sample
 from .setup import (PhaseRun, build_encoder, build_phases, load_model, model_window, plan_model,
                     resolve_block_size)
@@ -74,7 +74,7 @@ class Trainer:
             config = dataclasses.replace(config, progress=False)  # process 0's bars alone
         try:
             failure = None
-            try:  # no collective in here: a process that fails must still reach agree()
+            try:  # collectives here only where every process gets alike: one that fails must reach agree()
                 backend.check_batch(config.batch_size)
                 checkpoint = _checkpoint_to_resume(config, backend)
                 encoder, added = build_encoder(config)
@@ -346,14 +346,37 @@ def _weights_last(path: Path) -> tuple[bool, bool]:
 
 def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
     latest = resume_point(config.output_dir, backend)  # the same on every host, or an error
-    if config.resume:
-        return latest  # none yet: start from the beginning
-    if latest is not None:
+    if latest is not None and not config.resume:
         raise TinygenError(
             f"{config.output_dir} already has checkpoints; pass --resume to continue that run, "
             f"or choose another --output"
         )
-    return None
+    if latest is None:  # a run starts here: it must not write over what the folder holds
+        _check_fresh_output(config)
+    return latest
+
+
+def _check_fresh_output(config: TrainConfig) -> None:
+    """The output folder of a new run: new, empty, or what a run killed before its first
+    checkpoint left (metrics, temp files). A trained model, an export or data is refused:
+    the run would overwrite or mix with it."""
+    out = config.output_dir
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TinygenError(f"--output {out} exists and is not a folder")
+    # Its own inputs may live there too: distill writes the teacher's texts or cache first.
+    inside = [config.tensorboard_dir, *(d.path for d in config.data),
+              *(d.path for phase in config.phases for d in phase.data)]
+    left = {METRICS_FILE, "checkpoints",
+            *(Path(p).name for p in inside if p is not None and Path(p).parent.resolve() == out.resolve())}
+    others = sorted(p.name for p in out.iterdir() if p.name not in left and not p.name.startswith(TMP_PREFIX))
+    if TRAIN_CONFIG_FILE in others:
+        raise TinygenError(f"{out} already holds a trained model; choose another --output "
+                           f"(or delete it to train it again)")
+    if others:
+        raise TinygenError(f"{out} holds {others[0]}{' and more' if len(others) > 1 else ''}, which is "
+                           f"not a training run's; choose a new or empty --output")
 
 
 def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
