@@ -172,6 +172,24 @@ def test_a_new_run_refuses_a_folder_holding_something_else(tmp_path, corpus, tok
     run(killed)
 
 
+def test_resume_refuses_a_changed_corpus_and_notes_changed_optimisation(tmp_path, corpus, tokenizer,
+                                                                         capsys):
+    text = tmp_path / "corpus.txt"
+    shutil.copy(corpus, text)
+    config = tiny(tmp_path, text, tokenizer, data=(text,), steps=2, checkpoint_every=1)
+    train(config)
+    shutil.rmtree(config.output_dir / "checkpoints" / "step-00000002")
+    capsys.readouterr()
+    longer = dataclasses.replace(config, resume=True, steps=3, learning_rate=0.05)
+    train(longer)
+    err = capsys.readouterr().err
+    assert "note: resuming with learning_rate=0.05 where the checkpoint's run had the default" in err
+    assert "steps=" not in err  # more steps is continuing the run, not a change of course
+    text.write_text(text.read_text()[: len(text.read_text()) // 2])
+    with pytest.raises(TinygenError, match=r"corpus.txt changed since it was written .*restore it"):
+        train(dataclasses.replace(longer, steps=4))
+
+
 def test_samples_do_not_change_training(tmp_path, corpus, tokenizer, capsys):
     plain = train(tiny(tmp_path / "a", corpus, tokenizer, steps=4))
     sampled = train(tiny(tmp_path / "b", corpus, tokenizer, steps=4, sample_every=2,

@@ -242,6 +242,19 @@ class TrainConfig:
         data = self.to_json(absolute_paths=True)  # "corpus.txt" and "/work/corpus.txt" are one file
         return {name: data[name] for name in self.RESUME_FIXED}
 
+    # Options a resume may change on purpose (a lower peak after a loss spike); the run says so,
+    # since its losses are then not an uninterrupted run's. (steps may grow: that is continuing.)
+    RESUME_NOTED = ("learning_rate", "weight_decay", "adam_betas", "warmup_steps", "lr_schedule",
+                    "min_lr_ratio", "grad_clip", "precision")
+
+    def resume_noted(self) -> dict[str, Any]:
+        data = self.to_json()
+        return {name: data[name] for name in self.RESUME_NOTED}
+
+    def data_paths(self) -> list[Path]:
+        """Every corpus the run reads, its phases' included."""
+        return [d.path for d in self.data] + [d.path for phase in self.phases for d in phase.data]
+
 
 def _as_tuple(value: Any) -> tuple:
     if value is None:

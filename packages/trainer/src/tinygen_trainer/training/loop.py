@@ -9,6 +9,7 @@ save_final) to change one part without copying the loop. Device specifics
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -61,6 +62,7 @@ class Trainer:
         self.feeds: list[Feed] = [backend.feed(p.sampler, self.host_batch, config.batch_size,
                                                config.grad_accum) for p in phases]
         self.step = 0  # optimizer steps done
+        self._data_files: dict[str, str] = {}  # data_fingerprints, for checkpoints (from_config)
         self.tokens_seen = 0
         self.tokens_per_step = config.batch_size * config.grad_accum * block_size
         self._log_time = time.perf_counter()
@@ -81,10 +83,13 @@ class Trainer:
                 plan = plan_model(config, encoder, added)
                 block_size = resolve_block_size(config, plan)
                 state = read_state(checkpoint) if checkpoint else None
-                if state is not None:
-                    _check_resumable(config, encoder, checkpoint, state)
+                data_files = data_fingerprints(config.data_paths())
+                notes = _check_resumable(config, encoder, checkpoint, state, data_files) \
+                    if state is not None else []
                 reporter = Reporter(config.output_dir, config.total_steps, config.tensorboard_dir,
                                     config.progress, writes=backend.is_writer)
+                for note in notes:
+                    reporter.write(f"tinygen-train: note: {note}")
                 reporter.truncate_after(int(state["step"]) if state is not None else 0)
                 phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
             except Exception as exc:
@@ -95,6 +100,7 @@ class Trainer:
             model = backend.place_model(load_model(plan, checkpoint))
             backend.seed_processes(config.seed)  # data parallel: dropout differs per process
             trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
+            trainer._data_files = data_files
             if state is not None:
                 trainer.restore(checkpoint, state)
         except BaseException:
@@ -208,6 +214,8 @@ class Trainer:
             "tokenizer_sha256": self.encoder.fingerprint,
             "replacements_sha256": self.encoder.replacements_fingerprint,
             "config": self.config.resume_identity(),
+            "optimisation": self.config.resume_noted(),
+            "data_files": self._data_files,
         }
         return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, state,
                                self.write_tokenizer, self.config.keep_checkpoints, self.backend)
@@ -380,7 +388,9 @@ def _check_fresh_output(config: TrainConfig) -> None:
 
 
 def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
-                     state: dict[str, Any]) -> None:
+                     state: dict[str, Any], data_files: dict[str, str]) -> list[str]:
+    """Refuse a resume that would train on other rows or tokens; returns a note for each
+    optimisation option changed on purpose."""
     saved = state.get("config", {})
     for name, value in config.resume_identity().items():
         # A checkpoint from before `name` was recorded (errors) cannot tell: not a mismatch.
@@ -398,3 +408,37 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
             f"restore the rules it was trained with or start a new --output")
     if len(state.get("data", [])) != len(config.resolved_phases()):
         raise TinygenError(f"cannot resume {checkpoint}: it has a different number of phases")
+    for path, digest in (state.get("data_files") or {}).items():  # older checkpoints: none
+        if data_files.get(path) != digest:
+            raise TinygenError(f"cannot resume {checkpoint}: {path} changed since it was written "
+                               f"(other rows would follow); restore it or start a new --output")
+    old = state.get("optimisation") or {}
+    def shown(value):
+        return "the default" if value is None else repr(value)
+
+    return [f"resuming with {name}={shown(value)} where the checkpoint's run had {shown(old[name])}: "
+            f"the losses from here are not an uninterrupted run's"
+            for name, value in config.resume_noted().items() if name in old and old[name] != value]
+
+
+def data_fingerprints(paths: list[Path]) -> dict[str, str]:
+    """Each corpus file's size and the sha256 of its first and last MiB (reading terabytes
+    whole would take long), by absolute path; a folder's files each. A resume compares them:
+    the sampler's place in a corpus that changed would be another run's."""
+    files = []
+    for path in paths:
+        path = Path(path).resolve()
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    found = {}
+    for path in files:
+        if not path.is_file():
+            continue  # a missing corpus is the data loader's one-line error
+        size = path.stat().st_size
+        digest = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(size - (1 << 20))
+                digest.update(f.read())
+        found[str(path)] = digest.hexdigest()[:16]
+    return found
