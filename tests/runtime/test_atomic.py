@@ -6,6 +6,7 @@ import stat
 import pytest
 
 from tinygen.atomic import atomic_write, atomic_write_text
+from tinygen.errors import TinygenError
 
 
 def test_text_replaces_the_file_and_leaves_no_temp(tmp_path):
@@ -45,3 +46,9 @@ def test_files_get_the_umask_modes_not_mkstemps_0600(tmp_path):
         assert stat.S_IMODE(kept.stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_a_folder_in_the_files_place_is_one_line(tmp_path):
+    (tmp_path / "conf.json").mkdir()
+    with pytest.raises(TinygenError, match="conf.json is a folder; give the path of the file to write"):
+        atomic_write_text(tmp_path / "conf.json", "{}")

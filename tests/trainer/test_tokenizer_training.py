@@ -124,3 +124,19 @@ def test_command_errors_are_one_line(tmp_path, corpus_file, capsys):
     assert main(["encode", str(corpus_file), "--tokenizer", str(tmp_path / "nope.json"),
                  "-o", str(cache)]) == 2
     assert "tokenizer not found" in capsys.readouterr().err
+
+
+def test_output_folders(tmp_path, corpus_file, capsys):
+    """-o FOLDER (existing, or written with a trailing slash) holds tokenizer.json; encode's -o
+    must name a file, and says so before encoding (a traceback, after it, before)."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    assert main(["tokenizer", str(corpus_file), "-o", str(folder), "--vocab-size", "300"]) == 0
+    assert Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size() == 300
+    assert main(["tokenizer", str(corpus_file), "-o", f"{tmp_path / 'new'}/", "--vocab-size", "300"]) == 0
+    assert (tmp_path / "new" / "tokenizer.json").is_file()
+    capsys.readouterr()
+    assert main(["encode", str(corpus_file), "--tokenizer", str(folder / "tokenizer.json"),
+                 "-o", str(folder), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"tinygen-train: error: -o {folder} is a folder; give the "
+                                       f"token cache's file path, e.g. {folder / 'train.tokens'}\n")

@@ -8,9 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .errors import TinygenError
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    if path.is_dir():
+        raise TinygenError(f"{path} is a folder; give the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

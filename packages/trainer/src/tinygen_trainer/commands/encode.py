@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinygen.errors import TinygenError
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     elif beside.is_file():
         replacements = Replacements.load(beside)
     encoder = Encoder.load(args.tokenizer, replacements, args.eos_token)
+    if args.output.is_dir():  # before the corpus is encoded, not after
+        raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
+                           f"e.g. {args.output / 'train.tokens'}")
     documents = read_corpus(args)
     name = ", ".join(str(p) for p in args.corpus)
     dataset = TokenDataset.from_documents(documents, encoder, name=name, progress=not args.quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +16,17 @@ from .corpus_args import add_corpus_arguments, read_corpus
 HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
 
+def _tokenizer_path(text: str) -> Path:
+    """-o tok/ or an existing folder means tok/tokenizer.json (Path would drop the slash)."""
+    path = Path(text)
+    return path / "tokenizer.json" if text.endswith(("/", os.sep)) or path.is_dir() else path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_corpus_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, default=Path("tokenizer.json"),
-                        help="where to write tokenizer.json (replacements.json goes beside it)")
+    parser.add_argument("-o", "--output", type=_tokenizer_path, default=Path("tokenizer.json"),
+                        help="where to write tokenizer.json (a folder: FOLDER/tokenizer.json; "
+                             "replacements.json goes beside it)")
     parser.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size,
                         help="final vocabulary size, bytes and special tokens included")
     parser.add_argument("--min-frequency", type=int, default=TokenizerConfig.min_frequency,
