@@ -54,3 +54,17 @@ def test_dedupe_against_the_training_token_cache(optimum_gpt2_dir, tmp_path):
     greedy = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
     assert len(greedy) == 0 and greedy.dropped[0][1].of is None
     assert "repeats the training data" in greedy.dropped[0][1].reason
+
+
+def test_a_cache_from_another_tokenizer_is_refused(optimum_gpt2_dir, tmp_path):
+    """Its ids are another tokenizer's: no n-gram would match, and nothing would say why."""
+    from tinygen.token_cache import save_token_cache
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    other = gen.tokenizer.vocab_size + 80
+    cache = save_token_cache(tmp_path / "train.tokens", np.arange(40, dtype=np.uint16), np.array([40]),
+                             {"tokenizer_sha256": "x", "replacements_sha256": "y",
+                              "vocab_size": other, "eos_id": 0})
+    with pytest.raises(TinygenError, match=f"encoded with another tokenizer \\({other} tokens; this "
+                                           f"model's has {gen.tokenizer.vocab_size}\\)"):
+        gen.generate("Once", max_new_tokens=4, dedupe=0.5, dedupe_against=cache)

@@ -43,13 +43,21 @@ class NgramIndex:
         return cls(np.concatenate(parts) if parts else np.empty(0, np.uint64), n)
 
     @classmethod
-    def from_token_cache(cls, path: str | os.PathLike, n: int) -> "NgramIndex":
+    def from_token_cache(cls, path: str | os.PathLike, n: int, vocab_size: int | None = None
+                         ) -> "NgramIndex":
+        """`vocab_size`: the model tokenizer's (added tokens included); a cache encoded with a
+        tokenizer of another size holds other ids, whose n-grams would match nothing."""
         try:
             from .token_cache import load_token_cache
         except ImportError:
             raise TinygenError("reading a token cache needs msgpack: pip install 'tinygen[dedupe]'") from None
 
         cache = load_token_cache(path)
+        theirs = cache.header.get("vocab_size")
+        if vocab_size is not None and isinstance(theirs, int) and theirs != vocab_size:
+            raise TinygenError(f"{path} was encoded with another tokenizer ({theirs} tokens; this "
+                               f"model's has {vocab_size}); encode the training data with the "
+                               f"model's tokenizer.json")
         starts = np.concatenate([[0], cache.doc_ends[:-1]]).astype(np.int64)
         return cls.from_documents([cache.tokens[s:e] for s, e in zip(starts, cache.doc_ends)], n)
 

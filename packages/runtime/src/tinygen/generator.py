@@ -142,7 +142,7 @@ class TextGenerator:
     def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
         key = (str(path), n)
         if key not in self._indexes:  # built once per corpus: it is the slow part
-            self._indexes[key] = NgramIndex.from_token_cache(path, n)
+            self._indexes[key] = NgramIndex.from_token_cache(path, n, self.tokenizer.vocab_size)
         return self._indexes[key]
 
     def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
