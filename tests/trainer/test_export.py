@@ -82,8 +82,9 @@ def test_export_model_prints_the_verification_line(tiny_gpt2_dir, tmp_path, caps
 def test_export_replaces_an_earlier_export(tiny_gpt2_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "tinygen.json").write_text("{}")
-    (out / "stale.bin").write_text("from the last export")
+    (out / "tinygen.json").write_text('{"model_file": "old.onnx"}')
+    (out / "old.onnx").write_text("from the last export")
+    (out / "config.json").write_text("{}")  # a side file an optimum export writes
     run_export(ExportConfig(src=tiny_gpt2_dir, out=out, verify=False))
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "tinygen.json", "tokenizer.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left behind
@@ -253,7 +254,7 @@ def test_verification_rejects_a_broken_onnx_graph(tiny_gpt2_dir, tmp_path, monke
     monkeypatch.setattr(pipeline, "export_onnx", broken_export)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "tinygen.json").write_text("{}")
+    (out / "tinygen.json").write_text('{"model_file": "marker"}')
     (out / "marker").write_text("the earlier export")
     with pytest.raises(TinygenError, match="verification failed: the ONNX graph") as info:
         run_export(ExportConfig(src=tiny_gpt2_dir, out=out, graph="optimum"))
@@ -341,6 +342,16 @@ def test_a_non_empty_directory_without_manifest_is_not_overwritten(tiny_gpt2_dir
     with pytest.raises(TinygenError, match="not empty and has no tinygen.json"):
         run_export(ExportConfig(src=tiny_gpt2_dir, out=out))
     assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_an_earlier_export_with_the_users_files_beside_it_is_not_replaced(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "model"
+    run_export(ExportConfig(src=tiny_gpt2_dir, out=out))
+    run_export(ExportConfig(src=tiny_gpt2_dir, out=out, quantize="int8"))  # its own files: replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(TinygenError, match="holds notes.txt beside the model it would replace"):
+        run_export(ExportConfig(src=tiny_gpt2_dir, out=out))
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_an_output_directory_holding_the_source_is_refused(tiny_gpt2_dir, tmp_path):

@@ -13,6 +13,7 @@ is swept: a folder that may be in use is never deleted.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -25,8 +26,16 @@ from tinygen.errors import TinygenError
 from tinygen.manifest import MANIFEST_NAME
 
 
+# Files an export may write besides those its tinygen.json names (optimum's and transformers'
+# side files), so an earlier export holding only these is replaced whole.
+EXPORT_SIDE_FILES = {"config.json", "generation_config.json", "special_tokens_map.json",
+                     "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                     "MODEL_CARD.md", "README.md"}
+
+
 def check_output_dir(out: Path, src: Path) -> None:
-    """OUT may be new, empty, or an earlier tinygen model (which is replaced); nothing else."""
+    """OUT may be new, empty, or an earlier tinygen model (which is replaced); nothing else,
+    and no earlier model with files of the user's beside it (the replacement would lose them)."""
     if out.exists() and not out.is_dir():
         raise TinygenError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
@@ -35,6 +44,13 @@ def check_output_dir(out: Path, src: Path) -> None:
     resolved = out.resolve()
     if src.resolve() == resolved or resolved in src.resolve().parents:
         raise TinygenError(f"{out}: the output directory must not contain the source model")
+    if out.is_dir() and (out / MANIFEST_NAME).is_file():
+        others = sorted(p.name for p in out.iterdir()
+                        if p.name not in _export_files(out) and not p.name.startswith("."))
+        if others:
+            raise TinygenError(f"{out} holds {others[0]}{' and more' if len(others) > 1 else ''} beside "
+                               f"the model it would replace, and no export writes that; move it "
+                               f"away or choose another output directory")
 
 
 @contextmanager
@@ -127,3 +143,17 @@ def _lock(directory: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _export_files(out: Path) -> set[str]:
+    """What replacing the model in `out` may remove: its manifest's files and the side files."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    named = {manifest.get(key) for key in ("model_file", "tokenizer_file", "replacements_file",
+                                           "fields_file")} if isinstance(manifest, dict) else set()
+    model = manifest.get("model_file") if isinstance(manifest, dict) else None
+    if isinstance(model, str):
+        named |= {model + ".data", model + "_data"}  # external weights
+    return {name for name in named if isinstance(name, str)} | EXPORT_SIDE_FILES | {MANIFEST_NAME}
