@@ -97,6 +97,19 @@ def test_bf16_autocast_on_cpu(tmp_path, corpus, tokenizer):
 
 # -- exact resume ------------------------------------------------------------------
 
+def test_finetuning_with_another_tokenizer_is_refused(tmp_path, corpus, tokenizer, tiny_gpt2_dir):
+    """The fixture tokenizer (trained on the corpus) numbers tokens otherwise than the model's."""
+    with pytest.raises(TinygenError, match=r"gives \d+ of .*tokens other ids .*finetune with the "
+                                           r"model's own tokenizer"):
+        train(TrainConfig(output_dir=tmp_path / "out", data=(corpus,), model=tiny_gpt2_dir,
+                          tokenizer=tokenizer, block_size=16, steps=1, progress=False))
+    # the model's own tokenizer, saved elsewhere (here without its pretty-printing), is fine
+    (tmp_path / "copy.json").write_text(Tokenizer.from_file(str(tiny_gpt2_dir / "tokenizer.json")).to_str())
+    train(TrainConfig(output_dir=tmp_path / "ok", data=(corpus,), model=tiny_gpt2_dir,
+                      tokenizer=tmp_path / "copy.json", block_size=16, steps=1, batch_size=2,
+                      checkpoint_every=0, progress=False))
+
+
 @pytest.mark.parametrize("source", ["preset", "finetune"])
 def test_resume_gives_the_same_losses(tmp_path, corpus, tokenizer, tiny_gpt2_dir, source):
     # finetuning tiny GPT-2 keeps its default dropout 0.1: the RNG state must come back too

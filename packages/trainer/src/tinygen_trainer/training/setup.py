@@ -81,10 +81,27 @@ def plan_model(config: TrainConfig, encoder: Encoder, added_tokens: int = 0) -> 
                 f"tokenizer has {encoder.vocab_size} ids but {config.model} has only "
                 f"{hf_config.vocab_size} embeddings; use the model's own tokenizer"
             )
+        _check_same_ids(config, encoder)
     window = model_window(hf_config)
     pad = getattr(hf_config, "pad_token_id", None)
     return ModelPlan(hf_config, source, max(encoder.vocab_size, hf_config.vocab_size), window,
                      pad if isinstance(pad, int) else encoder.eos_id)
+
+
+def _check_same_ids(config: TrainConfig, encoder: Encoder) -> None:
+    """Finetuning with another --tokenizer: it must give each of the model's own tokens the id
+    the model learned it under (a copy, or one saved by another library, does); another
+    tokenizer would train every embedding on the wrong text."""
+    own = config.model / "tokenizer.json"
+    if config.tokenizer is None or not own.is_file() or own.resolve() == Path(config.tokenizer).resolve():
+        return
+    theirs = load_tokenizer(own).get_vocab(with_added_tokens=True)
+    ours = encoder.tokenizer.get_vocab(with_added_tokens=True)
+    moved = [t for t, i in theirs.items() if ours.get(t) != i]
+    if moved:
+        raise TinygenError(
+            f"--tokenizer {config.tokenizer} gives {len(moved)} of {config.model}'s {len(theirs)} "
+            f"tokens other ids (e.g. {moved[0]!r}); finetune with the model's own tokenizer")
 
 
 def resolve_block_size(config: TrainConfig, plan: ModelPlan) -> int:
