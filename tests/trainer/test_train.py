@@ -239,6 +239,21 @@ def test_blend_and_loss_weights(tmp_path, corpus, tokenizer):
     assert len(losses(blended)) == 3
 
 
+def test_the_default_warmup_is_a_tenth_of_a_short_phase():
+    """A fixed 100 steps of warmup left a 60-step run at its peak to the end, never decaying."""
+    from tinygen_trainer.training.setup import phase_schedule
+
+    config = TrainConfig(output_dir="o", data=("c.txt",), preset="cpu-tiny", tokenizer="t.json",
+                         steps=60, learning_rate=1e-3)
+    schedule = phase_schedule(config, config.resolved_phases()[0])
+    assert schedule.warmup == 6
+    assert schedule(5) == pytest.approx(1e-3) and schedule(59) < 2e-4  # warmed up, then decayed
+    long = dataclasses.replace(config, steps=5000)
+    assert phase_schedule(long, long.resolved_phases()[0]).warmup == 100
+    explicit = dataclasses.replace(config, warmup_steps=100)
+    assert phase_schedule(explicit, explicit.resolved_phases()[0]).warmup == 100  # as asked
+
+
 def test_cross_training_phases(tmp_path, corpus, tokenizer):
     other = tmp_path / "other.txt"
     other.write_text("the ship sailed across the sea at night. " * 40, encoding="utf-8")

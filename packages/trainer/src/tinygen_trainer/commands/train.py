@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, default=_default("weight_decay"),
                      help="AdamW weight decay (not on biases and norms)")
     opt.add_argument("--warmup-steps", type=int, default=_default("warmup_steps"),
-                     help="linear warmup at the start of each phase")
+                     help="linear warmup at the start of each phase (default: a tenth of the "
+                          "phase, at most 100)")
     opt.add_argument("--schedule", choices=SCHEDULES, default=_default("lr_schedule"),
                      help="learning-rate decay after warmup")
     opt.add_argument("--min-lr-ratio", type=float, default=_default("min_lr_ratio"),

@@ -107,8 +107,9 @@ class TrainConfig:
     learning_rate: float | None = None
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
-    # Linear warmup from 0 to the peak, at the start of each phase.
-    warmup_steps: int = 100
+    # Linear warmup from 0 to the peak, at the start of each phase; default: a tenth of the
+    # phase, at most 100 steps (a fixed 100 left short runs all warmup, never decaying).
+    warmup_steps: int | None = None
     # Decay after warmup: cosine or linear down to min_lr_ratio * peak, or constant.
     lr_schedule: str = "cosine"
     min_lr_ratio: float = 0.1
@@ -184,6 +185,8 @@ class TrainConfig:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
         for name in ("warmup_steps", "checkpoint_every", "sample_every", "seed"):
+            if name == "warmup_steps" and self.warmup_steps is None:
+                continue
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
         lr = self.learning_rate

@@ -142,8 +142,8 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int,
 def phase_schedule(config: TrainConfig, phase: Phase) -> LRSchedule:
     """Warmup and decay over the phase's steps, to its peak learning rate."""
     peak = phase.learning_rate or config.learning_rate or default_learning_rate(config)
-    return LRSchedule(peak, phase.steps, config.warmup_steps, config.lr_schedule,
-                      config.min_lr_ratio)
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(100, phase.steps // 10)
+    return LRSchedule(peak, phase.steps, warmup, config.lr_schedule, config.min_lr_ratio)
 
 
 def load_model(plan: ModelPlan, weights: Path | None) -> torch.nn.Module:
