@@ -409,3 +409,25 @@ def test_cli_missing_source_exits_2(tmp_path, capsys):
 def test_cli_no_verify_skips_the_check(tiny_gpt2_dir, tmp_path, capsys):
     assert main(["export", str(tiny_gpt2_dir), str(tmp_path / "out"), "--no-verify"]) == 0
     assert "verified" not in capsys.readouterr().out
+
+
+def test_a_head_size_onnxruntimes_attention_cannot_take_goes_to_optimum(tiny_gpt2_dir, tmp_path):
+    """GroupQueryAttention needs heads of a multiple of 8: the default export crashed with a
+    traceback (and with --no-verify wrote a model that crashed in tinygen)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tinygen import TextGenerator
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_gpt2_dir, src)
+    config = GPT2Config.from_pretrained(src)
+    config.n_embd = 48  # 4 heads of 12
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(src)
+    with pytest.raises(TinygenError, match="head size that is a multiple of 8; this model's is 12: "
+                                           "export with --graph optimum"):
+        run_export(ExportConfig(src=src, out=tmp_path / "fused", graph="fused"))
+    out = tmp_path / "auto"
+    run_export(ExportConfig(src=src, out=out))
+    assert json.loads((out / "tinygen.json").read_text())["kv_cache"] == "concat"  # optimum's
+    assert len(TextGenerator(out).generate("Once", seed=1, max_new_tokens=4)[0].token_ids) == 4

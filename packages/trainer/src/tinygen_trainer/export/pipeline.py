@@ -114,7 +114,12 @@ def _graph_kind(config: ExportConfig, source: SourceModel) -> str:
     arch = source.architecture
     if config.graph == "fused" and not supports_fused(arch):
         raise TinygenError(f"no fused graph for '{arch}' models; export with --graph optimum")
-    kind = config.graph or ("fused" if supports_fused(arch) else "optimum")
+    head_size = _head_size(source.config)
+    odd_heads = head_size is not None and head_size % 8 != 0
+    if config.graph == "fused" and odd_heads:  # onnxruntime's GroupQueryAttention needs it
+        raise TinygenError(f"the fused graph needs a head size that is a multiple of 8; this "
+                           f"model's is {head_size}: export with --graph optimum")
+    kind = config.graph or ("fused" if supports_fused(arch) and not odd_heads else "optimum")
     fused_only = [option for option, asked in (("--quantize int4", config.quantize == "int4"),
                                                ("--kv-cache int8", config.kv_cache == "int8"))
                   if asked]
@@ -122,6 +127,14 @@ def _graph_kind(config: ExportConfig, source: SourceModel) -> str:
         hint = "drop --graph optimum" if supports_fused(arch) else f"'{arch}' models have none"
         raise TinygenError(f"{fused_only[0]} needs the fused graph; {hint}")
     return kind
+
+
+def _head_size(config: dict) -> int | None:
+    heads = config.get("num_attention_heads", config.get("n_head"))
+    hidden = config.get("hidden_size", config.get("n_embd"))
+    size = config.get("head_dim") or (hidden // heads if isinstance(hidden, int) and
+                                       isinstance(heads, int) and heads else None)
+    return size if isinstance(size, int) else None
 
 
 def _build_torchscript(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
