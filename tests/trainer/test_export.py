@@ -295,6 +295,9 @@ def _copy_without(src, dest, *names):
     (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "*.safetensors"), "no model weights"),
     (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "tokenizer*", "special_tokens_map.json"),
      "no tokenizer"),
+    # save_pretrained writes tokenizer_config.json for any model: alone it is no vocabulary
+    (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "tokenizer.json", "special_tokens_map.json"),
+     "no tokenizer"),
 ])
 def test_bad_sources_are_one_line_errors(tiny_gpt2_dir, tmp_path, make_src, message):
     src = make_src(tmp_path, tiny_gpt2_dir)

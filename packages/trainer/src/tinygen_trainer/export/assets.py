@@ -19,9 +19,10 @@ from tinygen.replacements import Replacements
 from .messages import first_line
 
 TOKENIZER_FILE = "tokenizer.json"
-# Files from which transformers' AutoTokenizer can build a fast tokenizer.
-SLOW_TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
-                        "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+# Vocabulary files from which transformers' AutoTokenizer can build a fast tokenizer
+# (tokenizer_config.json alone is not one: save_pretrained writes it for every model).
+SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                        "sentencepiece.bpe.model", "vocab.txt")
 
 
 def write_tokenizer(src: Path, dest_dir: Path) -> Path:
