@@ -434,3 +434,19 @@ def test_a_head_size_onnxruntimes_attention_cannot_take_goes_to_optimum(tiny_gpt
     run_export(ExportConfig(src=src, out=out))
     assert json.loads((out / "tinygen.json").read_text())["kv_cache"] == "concat"  # optimum's
     assert len(TextGenerator(out).generate("Once", seed=1, max_new_tokens=4)[0].token_ids) == 4
+
+
+def test_a_configuration_without_a_fused_graph_takes_the_optimum_one(tiny_gpt2_dir, tmp_path):
+    """relu GPT-2 (like gelu Llama or a dynamic rope) has no fused graph: the default export
+    refused; now it says so and exports the optimum graph, which matches transformers."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_gpt2_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
+    lines = []
+    run_export(ExportConfig(src=src, out=tmp_path / "auto"), echo=lines.append)
+    assert "GPT-2 activation 'relu' has no fused graph: exporting the optimum graph instead" in lines
+    assert load_manifest(tmp_path / "auto").kv_cache == "concat"
+    for options in ({"graph": "fused"}, {"quantize": "int4"}):  # asked for, or needing it
+        with pytest.raises(TinygenError, match="has no fused graph; export with --graph optimum"):
+            run_export(ExportConfig(src=src, out=tmp_path / "refused", **options))

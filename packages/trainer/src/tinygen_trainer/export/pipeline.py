@@ -14,6 +14,7 @@ from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
 from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
+from .fused.graph import NoFusedGraph
 from .fused.quantize import quantize_nbits
 from .onnx_export import MODEL_FILE as ONNX_FILE
 from .onnx_export import export_onnx, read_signature
@@ -59,7 +60,16 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
     if kind == "fused":
         say(f"writing the fused ONNX graph of {source.path}")
         model = source.load_model()
-        manifest = export_fused(model, manifest, model_path)
+        try:
+            manifest = export_fused(model, manifest, model_path)
+        except NoFusedGraph as exc:
+            fused_only = config.quantize == "int4" or config.kv_cache == "int8"
+            if config.graph == "fused" or fused_only:  # asked for, or for what only it has
+                raise
+            say(f"{str(exc).split(';')[0]}: exporting the optimum graph instead")
+            kind, model = "optimum", None
+            model_path.unlink(missing_ok=True)
+    if kind == "fused":
         check = check_fused_graph
         graph = read_signature(model_path)
     else:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygen.errors import TinygenError
+
 # Initializers above this total go to one external data file (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 OPSET = 17
@@ -39,6 +41,11 @@ TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 LOGITS = "logits"
 PAST = "past_key_values.{layer}.{kind}"
 PRESENT = "present.{layer}.{kind}"
+
+
+class NoFusedGraph(TinygenError):
+    """The model's configuration has no fused graph (an activation or rope we do not build):
+    without an explicit --graph, export takes the optimum graph instead."""
 
 
 class GraphBuilder:

@@ -12,7 +12,7 @@ import numpy as np
 
 from tinygen.errors import TinygenError
 
-from .graph import INPUT_IDS, MS, DecoderGraph
+from .graph import INPUT_IDS, MS, DecoderGraph, NoFusedGraph
 
 # Rope types whose frequencies do not depend on the sequence length: one table serves all steps.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
@@ -22,7 +22,7 @@ def build(model) -> DecoderGraph:
     """The fused graph of a transformers LlamaForCausalLM (float32, eval mode)."""
     c = model.config
     if getattr(c, "hidden_act", "silu") != "silu":
-        raise TinygenError(f"Llama activation '{c.hidden_act}' has no fused graph; "
+        raise NoFusedGraph(f"Llama activation '{c.hidden_act}' has no fused graph; "
                            f"export with --graph optimum")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
@@ -84,7 +84,7 @@ def _rotary_tables(g: DecoderGraph, model, window: int) -> tuple[str, str]:
     rope = model.model.rotary_emb
     rope_type = getattr(rope, "rope_type", "default")
     if rope_type not in STATIC_ROPE:
-        raise TinygenError(f"rope type '{rope_type}' changes with the sequence length and has no "
+        raise NoFusedGraph(f"rope type '{rope_type}' changes with the sequence length and has no "
                            f"fused graph; export with --graph optimum")
     inv_freq = rope.inv_freq.detach().float().numpy()
     scaling = float(getattr(rope, "attention_scaling", 1.0))
