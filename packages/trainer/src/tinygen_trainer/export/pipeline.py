@@ -63,9 +63,14 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         try:
             manifest = export_fused(model, manifest, model_path)
         except NoFusedGraph as exc:
-            fused_only = config.quantize == "int4" or config.kv_cache == "int8"
-            if config.graph == "fused" or fused_only:  # asked for, or for what only it has
+            if config.graph == "fused":
                 raise
+            needs = [option for option, asked in (("--quantize int4", config.quantize == "int4"),
+                                                  ("--kv-cache int8", config.kv_cache == "int8"))
+                     if asked]
+            if needs:  # only the fused graph has them, so --graph optimum would not help
+                raise TinygenError(f"{str(exc).split(';')[0]}, which {needs[0]} needs; export "
+                                   f"without it (--quantize int8 works on the optimum graph)") from None
             say(f"{str(exc).split(';')[0]}: exporting the optimum graph instead")
             kind, model = "optimum", None
             model_path.unlink(missing_ok=True)
