@@ -5,6 +5,12 @@ is a bug and keeps its traceback.
 """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A third-party exception (or a TinygenError) as the tail of a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class TinygenError(ValueError):
     """Bad input, a missing or corrupt model file, an unusable option: says what to fix."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import hugepages
-from .errors import ModelFormatError, TinygenError
+from .errors import ModelFormatError, TinygenError, first_line
 from .manifest import Manifest
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -70,8 +70,7 @@ class OnnxCausalLM:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+            raise ModelFormatError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         if before is not None:  # the weights onnxruntime just allocated: huge pages (hugepages.py)
             hugepages.advise_new_memory(before)
         self._check_graph(path)

@@ -8,7 +8,8 @@ Modules, one step each: `config` (ExportConfig), `source` (check SRC), `assets`
 `onnx_export` (optimum's graph) / `torchscript` (the model file), `quantize` (int8;
 fused graphs: `fused.quantize`, and `fused.kv_int8` for 8-bit KV buffers), `contract`
 (the manifest and the graph check), `verify` (greedy parity with PyTorch), `staging`
-(atomic OUT), `pipeline` (the order of the steps), `messages` (third-party errors as one line).
+(atomic OUT), `pipeline` (the order of the steps); third-party errors become one line through
+tinygen.errors.first_line.
 """
 
 from .config import FORMATS, GRAPHS, KV_CACHES, QUANTIZATIONS, ExportConfig

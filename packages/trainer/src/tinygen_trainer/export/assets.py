@@ -10,13 +10,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
-from .messages import first_line
 
 TOKENIZER_FILE = "tokenizer.json"
 # Vocabulary files from which transformers' AutoTokenizer can build a fast tokenizer

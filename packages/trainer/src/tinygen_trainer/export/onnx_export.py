@@ -11,10 +11,9 @@ import shutil
 import warnings
 from pathlib import Path
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 
 from .contract import GraphSignature, TensorSpec
-from .messages import first_line
 
 MODEL_FILE = "model.onnx"
 TASK = "text-generation-with-past"

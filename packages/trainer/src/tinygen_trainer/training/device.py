@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
 import torch
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 
 from .feed import Feed
 
@@ -154,7 +154,7 @@ class Backend:
         Some checks run in process 0 alone (metrics.jsonl, TensorBoard): without this, the
         others would go on into a collective that process 0 never joins.
         """
-        failures = self.gather(None if failure is None else _first_line(failure))
+        failures = self.gather(None if failure is None else first_line(failure))
         if failure is not None:
             raise failure
         for index, message in enumerate(failures):
@@ -377,7 +377,7 @@ def check_torch_xla() -> None:
         import torch_xla  # noqa: F401
     except ImportError as exc:
         raise TinygenError(f"--device xla needs torch_xla, which failed to import "
-                           f"({str(exc).splitlines()[0][:120]}): {install}") from None
+                           f"({first_line(exc, 120)}): {install}") from None
 
 
 def _same_release(a: str, b: str) -> bool:
@@ -407,8 +407,3 @@ def select_backend(device: str = "auto", precision: str = "auto") -> Backend:
     if device not in backends:
         raise TinygenError(f"unknown device '{device}' (known: auto, {', '.join(backends)})")
     return backends[device](precision)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -38,7 +38,7 @@ from typing import Any, Callable, ContextManager, TypeVar
 
 import torch
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 
 from .device import Backend, CudaBackend
 from .feed import Feed
@@ -148,7 +148,7 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
         try:
             result = run()
         except BaseException as exc:
-            _store.set(key, f"failed: {_first_line(exc)}")
+            _store.set(key, f"failed: {first_line(exc)}")
             raise
         _store.set(key, "done")
         return result
@@ -158,11 +158,6 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     if status != "done":
         raise TinygenError(f"process 0 failed at {what}: {status.removeprefix('failed: ')}")
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_batch(batch_size: int, processes: int) -> None:
