@@ -18,6 +18,7 @@ from pathlib import Path
 from .atomic import atomic_write_text
 from .config import GenerationConfig, is_int
 from .errors import TinygenError
+from .file_digest import ends_digest
 from .manifest import Manifest
 
 
@@ -54,26 +55,16 @@ def text_options(config: GenerationConfig) -> dict:
 def model_identity(model_dir: Path, manifest: Manifest, replacements_json: dict) -> str:
     """The folder's name and a digest of what decides its texts: the manifest, the replacement
     rules in use (--replacements may stand in for the model's own), and each file the
-    manifest names (with the weights' external data): its size, its bytes when small
-    (tokenizer), the first and last MiB of the weights (a retrained model differs there;
-    reading them whole could take seconds). Other files in the folder, such as texts
-    written there, do not count."""
+    manifest names (with the weights' external data), by its size and ends (file_digest).
+    Other files in the folder, such as texts written there, do not count."""
     model_dir = Path(model_dir)
-    digest = hashlib.sha256(json.dumps([manifest.to_json(), replacements_json], sort_keys=True)
-                            .encode("utf-8"))
     files = [manifest.model_file, manifest.tokenizer_file,
              *(name for name in (manifest.replacements_file, manifest.fields_file) if name)]
     files += [p.name for p in model_dir.glob(f"{manifest.model_file}?data")]  # .onnx.data, .onnx_data
-    for name in sorted(set(files)):
-        path = model_dir / name
-        size = path.stat().st_size
-        digest.update(f"{path.name}\0{size}\0".encode("utf-8"))
-        with open(path, "rb") as f:
-            digest.update(f.read(min(size, 4 << 20)))
-            if size > 4 << 20:
-                f.seek(size - (1 << 20))
-                digest.update(f.read())
-    return f"{Path(model_dir).resolve().name} {digest.hexdigest()[:16]}"
+    parts = [manifest.to_json(), replacements_json,
+             {name: ends_digest(model_dir / name) for name in sorted(set(files))}]
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8"))
+    return f"{model_dir.resolve().name} {digest.hexdigest()[:16]}"
 
 
 def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:

@@ -9,7 +9,6 @@ save_final) to change one part without copying the loop. Device specifics
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from tinygen.errors import TinygenError
+from tinygen.file_digest import ends_digest
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 
 from ..data.dataset import Rows
@@ -374,8 +374,7 @@ def _check_fresh_output(config: TrainConfig) -> None:
     if not out.is_dir():
         raise TinygenError(f"--output {out} exists and is not a folder")
     # Its own inputs may live there too: distill writes the teacher's texts or cache first.
-    inside = [config.tensorboard_dir, *(d.path for d in config.data),
-              *(d.path for phase in config.phases for d in phase.data)]
+    inside = [config.tensorboard_dir, *config.data_paths()]
     left = {METRICS_FILE, "checkpoints",
             *(Path(p).name for p in inside if p is not None and Path(p).parent.resolve() == out.resolve())}
     others = sorted(p.name for p in out.iterdir() if p.name not in left and not p.name.startswith(TMP_PREFIX))
@@ -422,23 +421,12 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
 
 
 def data_fingerprints(paths: list[Path]) -> dict[str, str]:
-    """Each corpus file's size and the sha256 of its first and last MiB (reading terabytes
-    whole would take long), by absolute path; a folder's files each. A resume compares them:
-    the sampler's place in a corpus that changed would be another run's."""
+    """Each corpus file's size and ends (tinygen.file_digest), by absolute path; a folder's
+    files each. A resume compares them: the sampler's place in a corpus that changed would
+    be another run's."""
     files = []
     for path in paths:
         path = Path(path).resolve()
         files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    found = {}
-    for path in files:
-        if not path.is_file():
-            continue  # a missing corpus is the data loader's one-line error
-        size = path.stat().st_size
-        digest = hashlib.sha256(str(size).encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(size - (1 << 20))
-                digest.update(f.read())
-        found[str(path)] = digest.hexdigest()[:16]
-    return found
+    # A missing corpus is skipped here: it is the data loader's one-line error.
+    return {str(path): ends_digest(path) for path in files if path.is_file()}
