@@ -452,3 +452,18 @@ def test_a_configuration_without_a_fused_graph_takes_the_optimum_one(tiny_gpt2_d
     with pytest.raises(TinygenError, match="has no fused graph, which --quantize int4 needs; export "
                                            "without it"):
         run_export(ExportConfig(src=src, out=tmp_path / "refused", quantize="int4"))
+
+
+def test_an_option_only_the_fused_graph_has_names_the_head_size_that_rules_it_out(tiny_gpt2_dir,
+                                                                                 tmp_path):
+    """Not "drop --graph optimum", which the user did not give and which would not help."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_gpt2_dir, src)
+    config = GPT2Config.from_pretrained(src)
+    config.n_embd = 48  # 4 heads of 12
+    GPT2LMHeadModel(config).save_pretrained(src)
+    with pytest.raises(TinygenError, match="--quantize int4 needs the fused graph; this model's "
+                                           "head size, 12, is not a multiple of 8"):
+        run_export(ExportConfig(src=src, out=tmp_path / "out", quantize="int4"))

@@ -160,8 +160,9 @@ def test_other_architectures_have_no_fused_graph(tiny_gpt2_dir, tmp_path):
     with pytest.raises(TinygenError, match="no fused graph for 'gpt_neox' models; export with "
                                            "--graph optimum"):
         run_export(ExportConfig(src=src, out=tmp_path / "out", graph="fused"))
-    assert pipeline._graph_kind(ExportConfig(src=src, out=tmp_path / "o2"),
-                                pipeline.read_source(src)) == "optimum"
+    source = pipeline.read_source(src)
+    assert pipeline._graph_kind(ExportConfig(src=src, out=tmp_path / "o2"), source,
+                                pipeline.base_manifest(source, None)) == "optimum"
 
 
 def test_verification_rejects_a_broken_fused_graph(tiny_llama_dir, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
 from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
-from .fused.graph import NoFusedGraph
+from .fused.graph import GQA_HEAD_SIZE_MULTIPLE, NoFusedGraph
 from .fused.quantize import quantize_nbits
 from .onnx_export import MODEL_FILE as ONNX_FILE
 from .onnx_export import export_onnx, read_signature
@@ -56,7 +56,7 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
                 say: Say) -> tuple[Manifest, list[VerifyReport]]:
     model_path = stage / ONNX_FILE
     model = None
-    kind = _graph_kind(config, source)
+    kind = _graph_kind(config, source, manifest)
     if kind == "fused":
         say(f"writing the fused ONNX graph of {source.path}")
         model = source.load_model()
@@ -65,13 +65,11 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         except NoFusedGraph as exc:
             if config.graph == "fused":
                 raise
-            needs = [option for option, asked in (("--quantize int4", config.quantize == "int4"),
-                                                  ("--kv-cache int8", config.kv_cache == "int8"))
-                     if asked]
+            needs = _fused_only_options(config)
             if needs:  # only the fused graph has them, so --graph optimum would not help
-                raise TinygenError(f"{str(exc).split(';')[0]}, which {needs[0]} needs; export "
-                                   f"without it (--quantize int8 works on the optimum graph)") from None
-            say(f"{str(exc).split(';')[0]}: exporting the optimum graph instead")
+                raise TinygenError(f"{exc.reason}, which {needs[0]} needs; export without it "
+                                   f"(--quantize int8 works on the optimum graph)") from None
+            say(f"{exc.reason}: exporting the optimum graph instead")
             kind, model = "optimum", None
             model_path.unlink(missing_ok=True)
     if kind == "fused":
@@ -92,7 +90,6 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         say(report.line())
     kv_ranges = None
     if config.kv_cache == "int8":  # calibrated on the float graph, applied after the weights
-        kv_int8.check_head_size(manifest)
         say("calibrating int8 KV buffers on text the model samples itself")
         kv_ranges = kv_int8.calibrate(stage, manifest, kv_int8.rotary_dim(model_path))
     if config.quantize:
@@ -124,32 +121,35 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
     return manifest, reports
 
 
-def _graph_kind(config: ExportConfig, source: SourceModel) -> str:
+def _graph_kind(config: ExportConfig, source: SourceModel, manifest: Manifest) -> str:
     """"fused" or "optimum": the one asked for, else fused wherever we have a builder."""
     arch = source.architecture
     if config.graph == "fused" and not supports_fused(arch):
         raise TinygenError(f"no fused graph for '{arch}' models; export with --graph optimum")
-    head_size = _head_size(source.config)
-    odd_heads = head_size is not None and head_size % 8 != 0
-    if config.graph == "fused" and odd_heads:  # onnxruntime's GroupQueryAttention needs it
-        raise TinygenError(f"the fused graph needs a head size that is a multiple of 8; this "
-                           f"model's is {head_size}: export with --graph optimum")
+    odd_heads = manifest.head_size % GQA_HEAD_SIZE_MULTIPLE != 0
+    if config.graph == "fused" and odd_heads:
+        raise TinygenError(f"the fused graph needs a head size that is a multiple of "
+                           f"{GQA_HEAD_SIZE_MULTIPLE}; this model's is {manifest.head_size}: "
+                           f"export with --graph optimum")
     kind = config.graph or ("fused" if supports_fused(arch) and not odd_heads else "optimum")
-    fused_only = [option for option, asked in (("--quantize int4", config.quantize == "int4"),
-                                               ("--kv-cache int8", config.kv_cache == "int8"))
-                  if asked]
+    fused_only = _fused_only_options(config)
     if fused_only and kind != "fused":
-        hint = "drop --graph optimum" if supports_fused(arch) else f"'{arch}' models have none"
+        if not supports_fused(arch):
+            hint = f"'{arch}' models have none"
+        elif odd_heads:  # not "drop --graph optimum": that would not help
+            hint = (f"this model's head size, {manifest.head_size}, is not a multiple of "
+                    f"{GQA_HEAD_SIZE_MULTIPLE}")
+        else:
+            hint = "drop --graph optimum"
         raise TinygenError(f"{fused_only[0]} needs the fused graph; {hint}")
     return kind
 
 
-def _head_size(config: dict) -> int | None:
-    heads = config.get("num_attention_heads", config.get("n_head"))
-    hidden = config.get("hidden_size", config.get("n_embd"))
-    size = config.get("head_dim") or (hidden // heads if isinstance(hidden, int) and
-                                       isinstance(heads, int) and heads else None)
-    return size if isinstance(size, int) else None
+def _fused_only_options(config: ExportConfig) -> list[str]:
+    """The options asked for that only the fused graph has."""
+    return [option for option, asked in (("--quantize int4", config.quantize == "int4"),
+                                         ("--kv-cache int8", config.kv_cache == "int8"))
+            if asked]
 
 
 def _build_torchscript(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,

@@ -22,12 +22,10 @@ def build(model) -> DecoderGraph:
     """The fused graph of a transformers GPT2LMHeadModel (float32, eval mode)."""
     c = model.config
     if c.activation_function not in ACTIVATIONS:
-        raise NoFusedGraph(f"GPT-2 activation '{c.activation_function}' has no fused graph; "
-                           f"export with --graph optimum")
+        raise NoFusedGraph(f"GPT-2 activation '{c.activation_function}' has no fused graph")
     if getattr(c, "scale_attn_by_inverse_layer_idx", False):
         # transformers itself scales this only on its eager path, not the default SDPA one.
-        raise NoFusedGraph("GPT-2 with scale_attn_by_inverse_layer_idx has no fused graph; "
-                           "export with --graph optimum")
+        raise NoFusedGraph("GPT-2 with scale_attn_by_inverse_layer_idx has no fused graph")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     head_size = c.n_embd // c.n_head
     g = DecoderGraph("gpt2", state, c.n_layer, c.n_head, c.n_head, head_size, c.vocab_size,

@@ -43,9 +43,18 @@ PAST = "past_key_values.{layer}.{kind}"
 PRESENT = "present.{layer}.{kind}"
 
 
+# onnxruntime's GroupQueryAttention, the fused graph's attention, takes only such head sizes.
+GQA_HEAD_SIZE_MULTIPLE = 8
+
+
 class NoFusedGraph(TinygenError):
     """The model's configuration has no fused graph (an activation or rope we do not build):
-    without an explicit --graph, export takes the optimum graph instead."""
+    without an explicit --graph, export takes the optimum graph instead. `reason` is the
+    message without its hint."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; export with --graph optimum")
+        self.reason = reason
 
 
 class GraphBuilder:

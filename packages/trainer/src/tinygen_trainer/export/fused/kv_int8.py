@@ -35,11 +35,12 @@ import numpy as np
 from tinygen.errors import TinygenError
 from tinygen.manifest import Manifest
 
+from .graph import GQA_HEAD_SIZE_MULTIPLE
+
 CALIBRATION_ROWS = 8
 CALIBRATION_TOKENS = 256
 SEED = 0
-# GroupQueryAttention's quantized cache works on whole groups of 8 channels.
-HEAD_SIZE_MULTIPLE = 8
+HEAD_SIZE_MULTIPLE = GQA_HEAD_SIZE_MULTIPLE  # the fused graph's own rule: checked again for direct callers
 
 
 def check_head_size(manifest: Manifest) -> None:

@@ -22,8 +22,7 @@ def build(model) -> DecoderGraph:
     """The fused graph of a transformers LlamaForCausalLM (float32, eval mode)."""
     c = model.config
     if getattr(c, "hidden_act", "silu") != "silu":
-        raise NoFusedGraph(f"Llama activation '{c.hidden_act}' has no fused graph; "
-                           f"export with --graph optimum")
+        raise NoFusedGraph(f"Llama activation '{c.hidden_act}' has no fused graph")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
     head_size = getattr(c, "head_dim", None) or c.hidden_size // heads
@@ -85,7 +84,7 @@ def _rotary_tables(g: DecoderGraph, model, window: int) -> tuple[str, str]:
     rope_type = getattr(rope, "rope_type", "default")
     if rope_type not in STATIC_ROPE:
         raise NoFusedGraph(f"rope type '{rope_type}' changes with the sequence length and has no "
-                           f"fused graph; export with --graph optimum")
+                           f"fused graph")
     inv_freq = rope.inv_freq.detach().float().numpy()
     scaling = float(getattr(rope, "attention_scaling", 1.0))
     angles = np.arange(window, dtype=np.float32)[:, None] * inv_freq[None, :]  # float32, as HF
