@@ -412,12 +412,13 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
             raise TinygenError(f"cannot resume {checkpoint}: {path} changed since it was written "
                                f"(other rows would follow); restore it or start a new --output")
     old = state.get("optimisation") or {}
-    def shown(value):
-        return "the default" if value is None else repr(value)
-
-    return [f"resuming with {name}={shown(value)} where the checkpoint's run had {shown(old[name])}: "
-            f"the losses from here are not an uninterrupted run's"
+    return [f"resuming with {name}={_shown(value)} where the checkpoint's run had "
+            f"{_shown(old[name])}: the losses from here are not an uninterrupted run's"
             for name, value in config.resume_noted().items() if name in old and old[name] != value]
+
+
+def _shown(value: Any) -> str:
+    return "the default" if value is None else repr(value)
 
 
 def data_fingerprints(paths: list[Path]) -> dict[str, str]:
