@@ -12,9 +12,9 @@ fused graphs: `fused.quantize`, and `fused.kv_int8` for 8-bit KV buffers), `cont
 tinygen.errors.first_line.
 """
 
-from .config import FORMATS, GRAPHS, KV_CACHES, QUANTIZATIONS, ExportConfig
+from .config import DTYPES, FORMATS, GRAPHS, KV_CACHES, QUANTIZATIONS, ExportConfig
 from .pipeline import ExportResult, export_model, run_export
 from .verify import VerifyReport
 
-__all__ = ["ExportConfig", "ExportResult", "FORMATS", "GRAPHS", "KV_CACHES", "QUANTIZATIONS",
+__all__ = ["DTYPES", "ExportConfig", "ExportResult", "FORMATS", "GRAPHS", "KV_CACHES", "QUANTIZATIONS",
            "VerifyReport", "export_model", "run_export"]

@@ -11,6 +11,7 @@ FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8", "int4")
 GRAPHS = ("fused", "optimum")
 KV_CACHES = ("float32", "int8")
+DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ExportConfig:
     # samples itself (fused graphs only; export/fused/kv_int8.py): a quarter of the bytes per
     # position, so long texts decode faster, but prompts prefill slower.
     kv_cache: str = "float32"
+    # The graph's float type: "float32", or "float16" (fused graphs only; export/fused/float16.py)
+    # for CUDA, whose fused attention runs only in float16; on a CPU it is slower than float32.
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         # Accept str paths from Python callers; frozen, so set through object.__setattr__.
@@ -59,5 +63,13 @@ class ExportConfig:
                                f"{', '.join(KV_CACHES)}")
         if self.kv_cache != "float32" and self.format != "onnx":
             raise TinygenError(f"--kv-cache {self.kv_cache} works only with --format onnx")
+        if self.dtype not in DTYPES:
+            raise TinygenError(f"unknown dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
+        if self.dtype != "float32" and (self.quantize or self.kv_cache != "float32"):
+            option = f"--quantize {self.quantize}" if self.quantize else f"--kv-cache {self.kv_cache}"
+            raise TinygenError(f"--dtype {self.dtype} does not combine with {option}; "
+                               f"drop one of them")
+        if self.dtype != "float32" and self.format != "onnx":
+            raise TinygenError(f"--dtype {self.dtype} works only with --format onnx")
         if not isinstance(self.verify, bool):
             raise TinygenError(f"verify must be true or false, got {self.verify!r}")

@@ -14,6 +14,7 @@ from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
 from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
+from .fused.float16 import convert_to_float16
 from .fused.graph import GQA_HEAD_SIZE_MULTIPLE, NoFusedGraph
 from .fused.quantize import quantize_nbits
 from .onnx_export import MODEL_FILE as ONNX_FILE
@@ -106,15 +107,22 @@ def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, s
         manifest = replace(manifest, quantization=config.quantize)
     if kv_ranges is not None:
         kv_int8.quantize_kv_cache(model_path, manifest, kv_ranges)
+    if config.dtype == "float16":
+        say("converting the graph to float16")
+        convert_to_float16(model_path)
+        manifest = replace(manifest, dtype="float16")
     label = " + ".join(([config.quantize] if config.quantize else []) +
-                       (["int8 KV"] if kv_ranges is not None else []))
+                       (["int8 KV"] if kv_ranges is not None else []) +
+                       (["float16"] if config.dtype == "float16" else []))
     if label:
         manifest = check(manifest, read_signature(model_path), where=f"{label} graph")
         if ref is not None:
             report = verify_model(OnnxStepper(model_path, manifest), ref, label=label)
             # Rounding may flip a close token, so those are only reported; it never makes a NaN.
+            # (float16 is such a rounding too.)
             options = ([f"--quantize {config.quantize}"] if config.quantize else []) + \
-                (["--kv-cache int8"] if kv_ranges is not None else [])
+                (["--kv-cache int8"] if kv_ranges is not None else []) + \
+                (["--dtype float16"] if config.dtype == "float16" else [])
             report.require_finite(f"the {label} graph", f"export without {' and '.join(options)}")
             reports.append(report)
             say(report.line() + " (informational)")
@@ -148,7 +156,8 @@ def _graph_kind(config: ExportConfig, source: SourceModel, manifest: Manifest) -
 def _fused_only_options(config: ExportConfig) -> list[str]:
     """The options asked for that only the fused graph has."""
     return [option for option, asked in (("--quantize int4", config.quantize == "int4"),
-                                         ("--kv-cache int8", config.kv_cache == "int8"))
+                                         ("--kv-cache int8", config.kv_cache == "int8"),
+                                         ("--dtype float16", config.dtype == "float16"))
             if asked]
 
 
@@ -185,8 +194,8 @@ def _reference(config: ExportConfig, source: SourceModel, manifest: Manifest, st
 
 def export_model(src: str | os.PathLike, out: str | os.PathLike, quantize: str | None = None,
                  format: str = "onnx", verify: bool = True, graph: str | None = None,
-                 kv_cache: str = "float32") -> Path:
+                 kv_cache: str = "float32", dtype: str = "float32") -> Path:
     """Export a transformers causal LM to a tinygen model directory; prints the report lines."""
     config = ExportConfig(src=Path(src), out=Path(out), format=format, quantize=quantize,
-                          verify=verify, graph=graph, kv_cache=kv_cache)
+                          verify=verify, graph=graph, kv_cache=kv_cache, dtype=dtype)
     return run_export(config, echo=print).path
