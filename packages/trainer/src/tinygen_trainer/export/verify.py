@@ -18,6 +18,7 @@ the last position only, so they are compared at the positions they return.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -119,9 +120,13 @@ def torch_reference(model, ids: list[int], manifest: Manifest, steps: int = STEP
         pad_token_id=pad,
     )
     input_ids = torch.tensor([ids])
+    # transformers 4.5x merges the model's defaults into `config` unless told not to;
+    # 5.x dropped the flag (and takes the config as given).
+    clean = {"use_model_defaults": False} \
+        if "use_model_defaults" in inspect.signature(model.generate).parameters else {}
     with torch.no_grad():
         out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                             generation_config=config, use_model_defaults=False)
+                             generation_config=config, **clean)
         logits = model(out).logits[0, :-1].float().numpy()
     if not np.isfinite(logits).all():  # else a broken source would read as a broken export
         raise TinygenError("PyTorch's own logits are NaN or inf: the source model's weights are "
