@@ -68,7 +68,8 @@ class SharedKVCache(list):
 
     def input_array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """The array bound as input `name`, to write a step's values into; bound anew only
-        when its shape changes (a prompt, then single tokens), so a decode step rebinds nothing."""
+        when its shape changes (a prompt, then single tokens), so a decode step on the CPU
+        rebinds nothing (on a GPU, `_run` binds them again: bound is copied)."""
         held = self.inputs.get(name)
         if held is not None and held[0].shape == shape:
             return held[0]
@@ -177,7 +178,7 @@ class SharedKVCausalLM(OnnxCausalLM):
         seqlens -= 1
         cache.total = int(seqlens.max()) + 1
         cache.input_array(self._total_name, (), np.int32)[()] = cache.total
-        self.session.run_with_iobinding(cache.binding)
+        self._run(cache)
         return cache.logits.astype(np.float32, copy=False), cache
 
     def step(self, tokens: np.ndarray, positions: list[int], attention_mask: np.ndarray | None,
@@ -201,9 +202,17 @@ class SharedKVCausalLM(OnnxCausalLM):
         else:  # a finished row is at the buffer's end: it rewrites its last slot (see forward)
             np.minimum(seqlens + 1, self.capacity - 1, out=seqlens)
         cache.input_array(self._total_name, (), np.int32)[()] = cache.total
-        self.session.run_with_iobinding(cache.binding)
+        self._run(cache)
         logits = cache.last_logits
         return (logits if self.logits_dtype is np.float32 else logits.astype(np.float32)), cache
+
+    def _run(self, cache: SharedKVCache) -> None:
+        if self.device != "cpu":
+            # A host array bound to an input the session wants on the GPU is copied there
+            # when it is bound, not when the graph runs: bind the step's values again.
+            for name, (_, value) in cache.inputs.items():
+                cache.binding.bind_ortvalue_input(name, value)
+        self.session.run_with_iobinding(cache.binding)
 
     def restart_rows(self, cache: SharedKVCache, mask: np.ndarray, rows: list[int],
                      input_ids: np.ndarray, new_mask: np.ndarray, position_ids: np.ndarray

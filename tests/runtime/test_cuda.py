@@ -1,0 +1,108 @@
+"""The runtime on onnxruntime's CUDA execution provider: the fused float16 graph with its KV
+buffers in GPU memory (IO binding, updated in place), against the same model on the CPU.
+
+The GPU tests run only where onnxruntime-gpu sees a GPU (CI has none: skipped there); on a
+GPU machine, `python -m pytest tests/runtime/test_cuda.py`. The device choice runs everywhere.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tinygen import TextGenerator
+from tinygen.errors import TinygenError
+from tinygen.manifest import load_manifest
+from tinygen.onnx_model import load_causal_lm
+
+needs_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                                reason="needs onnxruntime-gpu and a CUDA GPU")
+
+PROMPTS = ["Once upon a time", "The quick brown fox jumps over", "To be"]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def fp16_dir(request, tiny_gpt2_dir, tiny_llama_dir, tmp_path_factory):
+    from tinygen_trainer.export import export_model
+
+    src = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[request.param]
+    return export_model(src, tmp_path_factory.mktemp("cuda") / request.param, dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def gen(fp16_dir):
+    generator = TextGenerator(fp16_dir, device="cuda")
+    assert generator.model.session.get_providers()[0] == "CUDAExecutionProvider"
+    return generator
+
+
+def _prompt_logits(model_dir, device, ids):
+    lm = load_causal_lm(model_dir, load_manifest(model_dir), device=device)
+    logits, cache = lm.forward(np.array([ids]), np.ones((1, len(ids)), np.int64),
+                               np.arange(len(ids))[None], lm.empty_cache(1))
+    return logits[0, -1].copy(), cache
+
+
+@needs_cuda
+def test_the_kv_buffers_live_on_the_gpu(fp16_dir):
+    _, cache = _prompt_logits(fp16_dir, "cuda", list(range(3, 20)))
+    assert cache.arrays is None  # no host copy to write into
+    assert all(value.device_name().lower() == "cuda" for value in cache)
+
+
+@needs_cuda
+def test_gpu_logits_match_the_cpu_to_float16_precision(fp16_dir):
+    ids = list(range(3, 40))
+    gpu, _ = _prompt_logits(fp16_dir, "cuda", ids)
+    cpu, _ = _prompt_logits(fp16_dir, "cpu", ids)
+    assert np.abs(gpu - cpu).max() < 0.02 * np.abs(cpu).max()
+    assert np.argmax(gpu) == np.argmax(cpu)
+
+
+@needs_cuda
+def test_a_batch_text_is_the_text_made_alone_and_seeds_repeat(gen):
+    batch = gen.generate(PROMPTS, do_sample=False, max_new_tokens=16)
+    for prompt, text in zip(PROMPTS, batch):
+        assert gen.generate(prompt, do_sample=False, max_new_tokens=16) == [text]
+    seeded = gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
+    assert seeded == gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
+    assert len(set(seeded)) > 1
+
+
+@needs_cuda
+def test_a_row_slides_past_the_window_on_the_gpu(gen):
+    """Rows restart in device memory through the host (SharedKVCausalLM.restart_rows); the
+    other rows' texts are still the ones made alone."""
+    window = gen.manifest.context_window
+    long = gen.tokenizer.encode("Once upon a time there was a dog. " * 60)[:window - 12]
+    prompts = ["The dog", long]
+    options = dict(max_new_tokens=window, stop_at_eos=False, do_sample=False)
+    batch = gen.generate(prompts, **options)
+    assert [len(t.token_ids) for t in batch] == [window, window]
+    for prompt, text in zip(prompts, batch):
+        [single] = gen.generate(prompt, **options)
+        assert single.token_ids == text.token_ids
+
+
+@pytest.fixture
+def cuda_listed(monkeypatch):
+    """onnxruntime reports CUDA (as onnxruntime-gpu does), whether or not a GPU is here."""
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_auto_keeps_a_float32_fused_graph_on_the_cpu(exported_gpt2_dir, cuda_listed):
+    """Its attention has no float32 CUDA kernel (a batch's texts went wrong on an H100)."""
+    assert load_manifest(exported_gpt2_dir).kv_cache == "shared"
+    assert TextGenerator(exported_gpt2_dir).model.device == "cpu"
+
+
+def test_cuda_refuses_a_float32_fused_graph_in_one_line(exported_gpt2_dir, cuda_listed):
+    with pytest.raises(TinygenError, match="float32.*export it with --dtype float16 for CUDA"):
+        TextGenerator(exported_gpt2_dir, device="cuda")
+
+
+def test_the_float16_graph_is_not_refused(fp16_dir, cuda_listed):
+    from tinygen.onnx_model import resolve_device
+
+    manifest = load_manifest(fp16_dir)
+    assert resolve_device("auto", manifest) == resolve_device("cuda", manifest) == "cuda"
