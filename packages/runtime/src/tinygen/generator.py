@@ -47,7 +47,8 @@ class TextGenerator:
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
                  threads: int | None = None, replacements: str | os.PathLike | None = None):
         """model: an exported model directory (None: the embedded tiny model).
-        device: "auto" (CUDA through onnxruntime-gpu when present), "cpu" or "cuda".
+        device: "auto" (CUDA through onnxruntime-gpu when present, unless the model is a
+            float32 fused graph, whose attention runs only on the CPU), "cpu" or "cuda".
         replacements: a replacements.json to use instead of the model's own.
         """
         self.model_dir = Path(model) if model is not None else embedded_model_dir()

@@ -26,15 +26,25 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
 KVCache = list  # list[ort.OrtValue], ordered as Manifest.past_names()
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when onnxruntime-gpu can run here, else 'cpu'."""
+def resolve_device(device: str, manifest: Manifest | None = None) -> str:
+    """'auto' -> 'cuda' when onnxruntime-gpu can run here and the model can run on it, else 'cpu'."""
     if device not in DEVICES:
         raise TinygenError(f"unknown device '{device}'; choose one of: {', '.join(DEVICES)}")
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not has_cuda:
         raise TinygenError("device 'cuda' needs onnxruntime-gpu: pip install onnxruntime-gpu")
+    # onnxruntime's CUDA GroupQueryAttention (the fused graph's attention) has only float16
+    # and bfloat16 kernels: a float32 one runs on the CPU, away from the GPU buffers it should
+    # update in place, and a text made in a batch is no longer the text made alone (seen on
+    # an H100, tests/runtime/test_cuda.py).
+    cpu_only = manifest is not None and manifest.kv_cache == "shared" and \
+        manifest.dtype == "float32"
+    if device == "cuda" and cpu_only:
+        raise TinygenError("this model's fused graph is float32, whose attention onnxruntime runs "
+                           "only on the CPU: export it with --dtype float16 for CUDA, or use "
+                           "--device cpu")
     if device == "auto":
-        return "cuda" if has_cuda else "cpu"
+        return "cuda" if has_cuda and not cpu_only else "cpu"
     return device
 
 
@@ -57,7 +67,7 @@ class OnnxCausalLM:
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
         self.manifest = manifest
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, manifest)
         path = Path(model_dir) / manifest.model_file
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
