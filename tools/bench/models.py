@@ -6,7 +6,7 @@ on which strings the tokenizer holds, only on the shapes, so both are synthetic:
     work_dir/gpt2-124m/source/   transformers checkpoint + tokenizer (torch engine)
     work_dir/gpt2-124m/onnx/     optimum export with KV cache (tinygen, optimum)
     work_dir/gpt2-124m/onnx-int8/  the export with int8 dynamic quantization (tinygen)
-    work_dir/gpt2-124m/fused[-int8|-int4]/  `tinygen-train export --graph fused` (tinygen)
+    work_dir/gpt2-124m/fused[-int8|-int4|-fp16]/  `tinygen-train export --graph fused` (tinygen)
 
 Each directory is built once; a `.complete` marker written last means a build
 that was interrupted half-way is redone rather than trusted.
@@ -120,9 +120,9 @@ def build_int8(onnx_dir: Path, path: Path) -> Path:
 
 
 def build_fused(source: Path, path: Path, quantize: str | None = None,
-                kv_cache: str = "float32") -> Path:
-    """`tinygen-train export --graph fused [--quantize int8|int4] [--kv-cache int8]`: our graph,
-    in-place KV cache.
+                kv_cache: str = "float32", dtype: str = "float32") -> Path:
+    """`tinygen-train export --graph fused [--quantize int8|int4] [--kv-cache int8]
+    [--dtype float16]`: our graph, in-place KV cache.
 
     The float32 graph is verified against PyTorch (32 greedy tokens) as every export is.
     """
@@ -133,7 +133,7 @@ def build_fused(source: Path, path: Path, quantize: str | None = None,
     if path.exists():
         shutil.rmtree(path)
     run_export(ExportConfig(src=source, out=path, graph="fused", quantize=quantize,
-                            kv_cache=kv_cache),
+                            kv_cache=kv_cache, dtype=dtype),
                echo=lambda line: print(f"  {line}", flush=True))
     _mark_built(path)
     return path

@@ -1,0 +1,214 @@
+"""tinygen on a GPU (onnxruntime's CUDA execution provider) against transformers on the same GPU.
+
+    python tools/bench/bench_cuda.py                       # print the tables
+    python tools/bench/bench_cuda.py --out cuda.md         # also write them as a markdown section
+    python tools/bench/bench_cuda.py --record              # append that to docs/benchmarks.md
+
+Needs a CUDA GPU, onnxruntime-gpu, and torch with CUDA. The model is bench_decode.py's
+GPT-2-124M shape (random weights, tools/bench/models.py), exported here as our fused
+graph in float16 (`tinygen-train export --graph fused --dtype float16`): onnxruntime's
+CUDA GroupQueryAttention runs only in float16. tinygen binds the KV buffers on the
+GPU (IO binding, updated in place); only the ids go up and the last logits come back
+each step. transformers runs `generate` (use_cache, greedy) with the model on the GPU
+in float16 and in float32.
+
+Figures, medians after a warm-up, rounds rotating the engines (bench_decode.measure):
+decode tok/s at each batch (prefill excluded: batch x (N - 1) / (t_N - t_1)), time to
+first token for each prompt length, and batch-1 ms per token at each context position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402  (tools/bench/models.py)
+from bench_decode import DOC, REPO, Engine, Result, measure  # noqa: E402
+from machine import describe  # noqa: E402
+
+BASELINE = "transformers fp16"
+
+
+class TinygenCuda(Engine):
+    def __init__(self, model_dir: Path, name: str):
+        from tinygen import TextGenerator
+
+        self.name = name
+        self.generator = TextGenerator(model_dir, device="cuda")
+        providers = self.generator.model.session.get_providers()
+        if providers[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"{name}: onnxruntime runs on {providers}, not CUDA")
+
+    def generate(self, prompt, batch, new_tokens):
+        return [len(t) for t in self.tokens(prompt, batch, new_tokens)]
+
+    def tokens(self, prompt, batch, new_tokens) -> list[list[int]]:
+        out = self.generator.generate(prompt, n=batch, batch_size=batch, do_sample=False,
+                                      max_new_tokens=new_tokens, stop_at_eos=False)
+        return [list(c.token_ids) for c in out]
+
+
+class TransformersCuda(Engine):
+    def __init__(self, source_dir: Path, dtype: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.name = f"transformers {dtype}"
+        torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(source_dir).to("cuda", torch_dtype)
+        self.model.eval()
+
+    def generate(self, prompt, batch, new_tokens):
+        return [len(t) for t in self.tokens(prompt, batch, new_tokens)]
+
+    def tokens(self, prompt, batch, new_tokens) -> list[list[int]]:
+        import torch
+
+        ids = torch.tensor([prompt] * batch, dtype=torch.long, device="cuda")
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                pad_token_id=self.model.config.eos_token_id)
+        rows = out.cpu()  # waits for the GPU: the time includes every kernel
+        return [row[len(prompt):] for row in rows.tolist()]
+
+
+def greedy_agreement(engines: list[Engine], prompt: list[int], new_tokens: int) -> str:
+    """How many greedy tokens each engine shares with transformers fp32 before they part
+    (float16 rounding may flip a close token of random weights; a broken graph parts at once)."""
+    reference = engines[-1].tokens(prompt, 1, new_tokens)[0]
+    parts = []
+    for engine in engines[:-1]:
+        got = engine.tokens(prompt, 1, new_tokens)[0]
+        same = next((i for i, (a, b) in enumerate(zip(got, reference)) if a != b), new_tokens)
+        parts.append(f"{engine.name} {same}/{new_tokens}")
+    return f"greedy tokens equal to {engines[-1].name} before the first difference: " + \
+        ", ".join(parts)
+
+
+def prompt_of(length: int) -> list[int]:
+    """Fixed ordinary ids (never EOS), the same for every engine: bench_decode's prompt."""
+    return [(7919 * i + 464) % (models.VOCAB_SIZE - 1) for i in range(length)]
+
+
+def decode_table(results: list[Result]) -> str:
+    base = {r.batch: r.decode_tps for r in results if r.engine == BASELINE}
+    lines = [f"| engine | batch | decode tok/s | vs {BASELINE} | TTFT ms (32-token prompt) |",
+             "|---|---:|---:|---:|---:|"]
+    for r in sorted(results, key=lambda r: r.batch):
+        ratio = f"{r.decode_tps / base[r.batch]:.2f}x" if r.batch in base else "n/a"
+        lines.append(f"| {r.engine} | {r.batch} | {r.decode_tps:.0f} | {ratio} "
+                     f"| {r.t_1 * 1000:.1f} |")
+    return "\n".join(lines)
+
+
+def ttft_table(by_prompt: dict[int, list[Result]]) -> str:
+    lengths = sorted(by_prompt)
+    lines = ["| engine | " + " | ".join(f"TTFT ms, {n}-token prompt" for n in lengths) + " |",
+             "|---|" + "---:|" * len(lengths)]
+    for i, r in enumerate(by_prompt[lengths[0]]):
+        cells = " | ".join(f"{by_prompt[n][i].t_1 * 1000:.1f}" for n in lengths)
+        lines.append(f"| {r.engine} | {cells} |")
+    return "\n".join(lines)
+
+
+def position_table(by_position: dict[int, list[Result]]) -> str:
+    positions = sorted(by_position)
+    first, last = positions[0], positions[-1]
+    lines = ["| engine | " + " | ".join(f"ms/token at {p}" for p in positions)
+             + f" | {last} / {first} |", "|---|" + "---:|" * (len(positions) + 1)]
+    for i, r in enumerate(by_position[first]):
+        ms = [1000 / by_position[p][i].decode_tps for p in positions]
+        lines.append(f"| {r.engine} | " + " | ".join(f"{v:.2f}" for v in ms)
+                     + f" | {ms[-1] / ms[0]:.2f} |")
+    return "\n".join(lines)
+
+
+def library_versions() -> str:
+    """The versions imported (metadata could name another onnxruntime than the one on the path)."""
+    import platform
+
+    import onnxruntime
+    import torch
+    import transformers
+
+    return (f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__} "
+            f"({onnxruntime.get_device()}), torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def gpu_name() -> str:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
+                   help="where the benchmark models are built and cached")
+    p.add_argument("--new-tokens", type=int, default=128, help="N: tokens generated per row")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per length, after a warm-up")
+    p.add_argument("--batches", type=_int_list, default="1,8,32", help="batch sizes")
+    p.add_argument("--prompts", type=_int_list, default="32,512", help="prompt lengths for TTFT")
+    p.add_argument("--positions", type=_int_list, default="32,1000",
+                   help="context positions for the batch-1 cost per token")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown section here")
+    p.add_argument("--record", action="store_true", help=f"append it to {DOC.relative_to(REPO)}")
+    args = p.parse_args(argv)
+
+    started = time.perf_counter()
+    root = args.work_dir / "gpt2-124m"
+    source = models.build_source(root / "source")
+    fused = models.build_fused(source, root / "fused-fp16", dtype="float16")
+    engines = [TinygenCuda(fused, "tinygen fp16"), TransformersCuda(source, "fp16"),
+               TransformersCuda(source, "fp32")]
+
+    agreement = greedy_agreement(engines, prompt_of(32), 32)
+    print(agreement, flush=True)
+    results = []
+    for batch in args.batches:
+        print(f"batch {batch}", flush=True)
+        for r in measure(engines, prompt_of(32), batch, args.new_tokens, args.repeats):
+            print(f"  {r.engine}: {r.decode_tps:.0f} tok/s, TTFT {r.t_1 * 1000:.1f} ms "
+                  f"(spread {r.spread:.0%})", flush=True)
+            results.append(r)
+    by_prompt = {n: measure(engines, prompt_of(n), 1, 2, args.repeats) for n in args.prompts}
+    by_position = {}
+    for position in args.positions:
+        new_tokens = min(32, 1024 - position)
+        by_position[position] = measure(engines, prompt_of(position), 1, new_tokens, args.repeats)
+    elapsed = time.perf_counter() - started
+
+    tables = "\n\n".join([decode_table(results), ttft_table(by_prompt),
+                          position_table(by_position)])
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"\n## {stamp}: decode on a GPU, GPT-2-124M shape, random weights\n\n"
+               f"- machine: {gpu_name()}; host {describe()}\n"
+               f"- libraries: {library_versions()}\n"
+               f"- settings: {args.new_tokens} new tokens after a 32-token prompt, greedy, "
+               f"{args.repeats} rounds after a warm-up; tinygen runs `--graph fused --dtype "
+               f"float16` on onnxruntime's CUDA execution provider with the KV buffers bound on "
+               f"the GPU; the run took {elapsed / 60:.1f} min\n- {agreement}\n\n{tables}\n")
+    print(section)
+    if args.out:
+        args.out.write_text(section, encoding="utf-8")
+    if args.record:
+        with DOC.open("a", encoding="utf-8") as f:
+            f.write(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
