@@ -216,11 +216,18 @@ class DecoderGraph(GraphBuilder):
         min(seqlens_k[b], sequence - 1): a first prompt (no past) ends at
         seqlens_k[b]; a one-token step, or batch 1 with a past, ends at sequence - 1.
         """
-        seq = self.op("Shape", [INPUT_IDS], "/last/Shape", start=1, end=2)
-        last_col = self.op("Sub", [seq, self.const([1])], "/last/Sub")
-        lens = self.op("Cast", [SEQLENS_K], "/last/Cast", to=self.onnx.TensorProto.INT64)
-        index = self.op("Min", [lens, last_col], "/last/Min")
-        index = self.op("Unsqueeze", [index, self.const([1])], "/last/Unsqueeze")  # (batch, 1)
+        # The row length comes from the ids themselves (a sum of ones), not from Shape:
+        # onnxruntime puts Shape and what it feeds on the CPU, and under CUDA a node off the
+        # GPU adds a copy each step and rules out CUDA graphs.
+        TP = self.onnx.TensorProto
+        ids = self.op("Cast", [INPUT_IDS], "/last/Cast_ids", to=TP.INT32)
+        ones = self.op("Add", [self.op("Mul", [ids, self.const([0], np.int32)], "/last/Mul"),
+                               self.const([1], np.int32)], "/last/Add")
+        seq = self.op("ReduceSum", [ones, self.const([1])], "/last/ReduceSum", keepdims=1)
+        last_col = self.op("Sub", [seq, self.const([1], np.int32)], "/last/Sub")  # (batch, 1)
+        lens = self.op("Unsqueeze", [SEQLENS_K, self.const([1])], "/last/Unsqueeze")
+        index = self.op("Cast", [self.op("Min", [lens, last_col], "/last/Min")], "/last/Cast",
+                        to=TP.INT64)  # (batch, 1)
         picked = []
         for i, h in enumerate(hidden):
             # (batch, hidden)
