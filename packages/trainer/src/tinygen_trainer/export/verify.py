@@ -121,7 +121,7 @@ def torch_reference(model, ids: list[int], manifest: Manifest, steps: int = STEP
     )
     input_ids = torch.tensor([ids])
     # transformers 4.5x merges the model's defaults into `config` unless told not to;
-    # 5.x dropped the flag (and takes the config as given).
+    # 5.x has no such flag and rejects it.
     clean = {"use_model_defaults": False} \
         if "use_model_defaults" in inspect.signature(model.generate).parameters else {}
     with torch.no_grad():

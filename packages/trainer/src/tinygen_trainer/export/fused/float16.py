@@ -3,9 +3,8 @@
 onnxruntime's CUDA GroupQueryAttention runs only in float16 (or bfloat16): a float32
 fused graph would send every attention node back to the CPU. Every float tensor
 of the graph becomes float16: weights, the KV buffers (inputs and outputs), the
-logits and the typed intermediate values; the ops compute in float16 (the norms
-accumulate in float32 inside their kernels). The runtime turns the logits back
-into float32 for sampling.
+logits and the typed intermediate values. The runtime turns the logits back into
+float32 for sampling.
 
 On a CPU the float16 graph runs too (the tests check it there), but slower than
 float32: x86 has no fast float16 matrix kernels in onnxruntime.
