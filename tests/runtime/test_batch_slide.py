@@ -153,8 +153,8 @@ def test_buffers_python_cannot_write_take_a_round_trip(gen, monkeypatch):
         pytest.skip("the concat cache is rebuilt through numpy on every device")
     empty_cache = gen.model.empty_cache
 
-    def without_arrays(batch):
-        cache = empty_cache(batch)
+    def without_arrays(batch, **options):
+        cache = empty_cache(batch, **options)
         cache.arrays = None
         return cache
 

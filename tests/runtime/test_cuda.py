@@ -83,6 +83,40 @@ def test_a_row_slides_past_the_window_on_the_gpu(gen):
         assert single.token_ids == text.token_ids
 
 
+def _uncaptured(fp16_dir, monkeypatch):
+    """The same model on the GPU with CUDA graphs off."""
+    from tinygen.shared_kv import SharedKVCausalLM
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SharedKVCausalLM, "cuda_graphs", False)
+        plain = TextGenerator(fp16_dir, device="cuda")
+    assert not plain.model.cuda_graphs
+    return plain
+
+
+@needs_cuda
+def test_replayed_decode_steps_give_the_texts_of_uncaptured_ones(gen, fp16_dir, monkeypatch):
+    assert gen.model.cuda_graphs
+    plain = _uncaptured(fp16_dir, monkeypatch)
+    for options in (dict(do_sample=False), dict(seed=5)):
+        for _ in range(2):  # the second time replays the graph the first recorded
+            assert gen.generate(PROMPTS, max_new_tokens=24, **options) == \
+                plain.generate(PROMPTS, max_new_tokens=24, **options)
+
+
+@needs_cuda
+def test_a_cache_that_finds_its_graph_leased_runs_uncaptured_alike(gen):
+    import gc
+
+    held = gen.model.empty_cache(len(PROMPTS))
+    assert held.graph is not None  # this batch size's graph buffers, leased to `held`
+    busy = gen.generate(PROMPTS, do_sample=False, max_new_tokens=24)
+    del held
+    gc.collect()
+    assert gen.model.empty_cache(len(PROMPTS)).graph is not None  # released, and free again
+    assert gen.generate(PROMPTS, do_sample=False, max_new_tokens=24) == busy
+
+
 @pytest.fixture
 def cuda_listed(monkeypatch):
     """onnxruntime reports CUDA (as onnxruntime-gpu does), whether or not a GPU is here."""

@@ -63,6 +63,7 @@ def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str
 
 class OnnxCausalLM:
     step_reads_mask = True  # `step` needs the attention mask (a concat cache's graph reads it)
+    cuda_graphs = False  # record decode steps as CUDA graphs (SharedKVCausalLM, cuda_graph.py)
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
@@ -73,17 +74,28 @@ class OnnxCausalLM:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" \
-            else ["CPUExecutionProvider"]
         before = hugepages.anonymous_regions() if self.device == "cpu" and hugepages.enabled() \
             else None
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = self._open_session(path, options)
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
             raise ModelFormatError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         if before is not None:  # the weights onnxruntime just allocated: huge pages (hugepages.py)
             hugepages.advise_new_memory(before)
         self._check_graph(path)
+
+    def _open_session(self, path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+        if self.device != "cuda":
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if self.cuda_graphs:
+            try:
+                cuda = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+                return ort.InferenceSession(str(path), options,
+                                            providers=[cuda, "CPUExecutionProvider"])
+            except Exception:  # a graph onnxruntime cannot record (a node it keeps on the CPU)
+                self.cuda_graphs = False
+        return ort.InferenceSession(str(path), options,
+                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
     def _check_graph(self, path: Path) -> None:
         """The manifest is a contract: every name it promises must be in the graph."""

@@ -13,7 +13,8 @@ front, and its length is counted from the mask. A decode step (`step`: one token
 per row) needs no mask: every row is one token longer, so seqlens_k grows by one.
 Rows never read one another's slots, so a row's text does not depend on what else
 is in the batch; a row that slides past the window is prefilled again on its own and
-copied into its slots (`restart_rows`), the other rows' slots untouched.
+copied into its slots (`restart_rows`), the other rows' slots untouched. On a GPU the
+decode steps replay a recorded CUDA graph (cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+from .cuda_graph import UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
 from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
@@ -65,6 +67,7 @@ class SharedKVCache(list):
     last_logits: np.ndarray  # logits[:, 0, :]: the view a step returns
     inputs: dict  # input name -> (array, OrtValue over it) bound to the binding
     total: int  # total_sequence_length of the last run: the longest row's length
+    graph: DecodeGraph | None = None  # leased on a GPU: its buffers are this cache's, steps replay
 
     def input_array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """The array bound as input `name`, to write a step's values into; bound anew only
@@ -84,11 +87,16 @@ class SharedKVCausalLM(OnnxCausalLM):
     """Same interface as OnnxCausalLM; `empty_cache` allocates the buffers once per batch."""
 
     step_reads_mask = False  # the cache counts each row's length itself (seqlens_k)
+    cuda_graphs = True  # on a GPU, decode steps replay a recorded graph (cuda_graph.py)
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None):
         super().__init__(model_dir, manifest, device=device, threads=threads)
         self.capacity = manifest.context_window
+        self.cuda_graphs = self.device == "cuda" and self.cuda_graphs
+        # With graphs on, every run names its graph: prompts and restarts are not recorded.
+        self._uncaptured = run_options(UNCAPTURED) if self.cuda_graphs else None
+        self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its graph's buffers
 
     def _check_graph(self, path) -> None:
         m = self.manifest
@@ -121,18 +129,26 @@ class SharedKVCausalLM(OnnxCausalLM):
         self._past_names = m.past_names()
         self._present_names = m.present_names()
 
-    def empty_cache(self, batch: int) -> SharedKVCache:
+    def empty_cache(self, batch: int, capture: bool = True) -> SharedKVCache:
+        """Buffers for `batch` rows; on a GPU those of the batch size's decode graph when no
+        other cache holds them (`capture=False`: never, for a cache only prefilled)."""
         m = self.manifest
         shape = (batch, m.num_kv_heads, self.capacity, m.head_size)
         arrays = None
+        graph = self._free_graph(batch, shape) if capture and self.cuda_graphs else None
         if self.device == "cpu":
             arrays = [lazy_zeros(shape, self.kv_dtype) for _ in self._past_names]
             buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # over their memory
+        elif graph is not None:
+            buffers = graph.kv
         else:
             buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype,
                                                                  self.device, 0)
                        for _ in self._past_names]
         cache = SharedKVCache(buffers)
+        if graph is not None:
+            graph.lease(cache)
+            cache.graph = graph
         cache.arrays = arrays
         cache.logits = np.empty((batch, 1, m.vocab_size), dtype=self.logits_dtype)
         cache.last_logits = cache.logits[:, 0, :]
@@ -145,6 +161,19 @@ class SharedKVCausalLM(OnnxCausalLM):
         cache.binding.bind_output(m.outputs["logits"], "cpu", 0, self.logits_dtype,
                                   cache.logits.shape, cache.logits.ctypes.data)
         return cache
+
+    def _free_graph(self, batch: int, kv_shape: tuple[int, ...]) -> DecodeGraph | None:
+        graph = self._graphs.get(batch)
+        if graph is None:
+            m = self.manifest
+            inputs = {self._ids_name: ((batch, 1), np.int64), self._seqlens_name: ((batch,), np.int32)}
+            if self.position_ids_name:
+                inputs[self.position_ids_name] = ((batch, 1), np.int64)
+            graph = self._graphs[batch] = DecodeGraph(
+                self.session, batch, list(zip(self._past_names, self._present_names)), kv_shape,
+                self.kv_dtype, inputs, self._total_name, self.capacity, m.outputs["logits"],
+                (batch, 1, m.vocab_size), self.logits_dtype)
+        return None if graph.leased else graph
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                 position_ids: np.ndarray, cache: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:
@@ -191,7 +220,8 @@ class SharedKVCausalLM(OnnxCausalLM):
         if held is None:
             raise TinygenError("a decode step needs a cache that a forward has filled")
         batch = len(tokens)
-        cache.input_array(self._ids_name, (batch, 1), np.int64)[:, 0] = tokens
+        ids = cache.input_array(self._ids_name, (batch, 1), np.int64)
+        ids[:, 0] = tokens
         if self.position_ids_name:
             cache.input_array(self.position_ids_name, (batch, 1), np.int64)[:, 0] = positions
         seqlens = held[0]
@@ -202,6 +232,11 @@ class SharedKVCausalLM(OnnxCausalLM):
         else:  # a finished row is at the buffer's end: it rewrites its last slot (see forward)
             np.minimum(seqlens + 1, self.capacity - 1, out=seqlens)
         cache.input_array(self._total_name, (), np.int32)[()] = cache.total
+        if cache.graph is not None:
+            step = {self._ids_name: ids, self._seqlens_name: seqlens}
+            if self.position_ids_name:
+                step[self.position_ids_name] = cache.inputs[self.position_ids_name][0]
+            return cache.graph.step(self.session, step).astype(np.float32), cache
         self._run(cache)
         logits = cache.last_logits
         return (logits if self.logits_dtype is np.float32 else logits.astype(np.float32)), cache
@@ -212,7 +247,7 @@ class SharedKVCausalLM(OnnxCausalLM):
             # when it is bound, not when the graph runs: bind the step's values again.
             for name, (_, value) in cache.inputs.items():
                 cache.binding.bind_ortvalue_input(name, value)
-        self.session.run_with_iobinding(cache.binding)
+        self.session.run_with_iobinding(cache.binding, self._uncaptured)
 
     def restart_rows(self, cache: SharedKVCache, mask: np.ndarray, rows: list[int],
                      input_ids: np.ndarray, new_mask: np.ndarray, position_ids: np.ndarray
@@ -229,7 +264,7 @@ class SharedKVCausalLM(OnnxCausalLM):
         held = cache.inputs.get(self._seqlens_name)
         if held is None:
             raise TinygenError("rows can be restarted only in a cache that a forward has filled")
-        fresh = self.empty_cache(len(rows))
+        fresh = self.empty_cache(len(rows), capture=False)
         logits, fresh = self.forward(input_ids, new_mask, position_ids, fresh)
         logits = logits[:, -1, :].copy()  # the fresh cache's buffer
         if cache.arrays is not None:
