@@ -117,6 +117,20 @@ def test_a_cache_that_finds_its_graph_leased_runs_uncaptured_alike(gen):
     assert gen.generate(PROMPTS, do_sample=False, max_new_tokens=24) == busy
 
 
+
+@needs_cuda
+def test_batch_sizes_past_the_recorded_few_run_uncaptured_alike(fp16_dir, monkeypatch):
+    from tinygen.cuda_graph import MAX_GRAPHS
+
+    gen = TextGenerator(fp16_dir, device="cuda")
+    plain = _uncaptured(fp16_dir, monkeypatch)
+    prompts = (PROMPTS * 3)[:MAX_GRAPHS + 2]
+    for size in range(1, MAX_GRAPHS + 3):
+        assert gen.generate(prompts[:size], do_sample=False, max_new_tokens=12) == \
+            plain.generate(prompts[:size], do_sample=False, max_new_tokens=12)
+    assert sorted(gen.model._graphs) == list(range(1, MAX_GRAPHS + 1))
+
+
 @pytest.fixture
 def cuda_listed(monkeypatch):
     """onnxruntime reports CUDA (as onnxruntime-gpu does), whether or not a GPU is here."""

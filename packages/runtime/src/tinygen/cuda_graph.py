@@ -8,7 +8,10 @@ positions, lengths), its logits and the KV buffers. A `DecodeGraph` owns those f
 batch size; a cache leases it while it lives, and the next cache of that size reuses the
 buffers and the graph. A cache that finds its size leased gets buffers of its own and
 runs uncaptured, so two live caches never share memory. The buffers stay with the model
-once made: one set per batch size it has decoded at.
+once made (onnxruntime cannot drop a recorded graph), so a model records at most
+MAX_GRAPHS batch sizes, the first it decodes at; other sizes run uncaptured. (A server's
+static batches come in every size up to its limit: buffers for all of them would hold
+that many batches' KV memory for good.)
 
 GroupQueryAttention sizes flash-decoding's work from the host's total_sequence_length,
 which a replay cannot change: a captured step is given the buffers' capacity there, and
@@ -25,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 UNCAPTURED = "-1"  # gpu_graph_id of a run onnxruntime must neither record nor replay
+MAX_GRAPHS = 4  # batch sizes a model records (each keeps a batch's KV buffers for good)
 
 
 def run_options(graph_id: str) -> ort.RunOptions:

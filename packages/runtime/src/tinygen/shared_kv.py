@@ -25,7 +25,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from .cuda_graph import UNCAPTURED, DecodeGraph, run_options
+from .cuda_graph import MAX_GRAPHS, UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
 from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
@@ -165,6 +165,8 @@ class SharedKVCausalLM(OnnxCausalLM):
     def _free_graph(self, batch: int, kv_shape: tuple[int, ...]) -> DecodeGraph | None:
         graph = self._graphs.get(batch)
         if graph is None:
+            if len(self._graphs) == MAX_GRAPHS:
+                return None
             m = self.manifest
             inputs = {self._ids_name: ((batch, 1), np.int64), self._seqlens_name: ((batch,), np.int32)}
             if self.position_ids_name:
