@@ -13,11 +13,10 @@ from tinygen import TextGenerator
 from tinygen.errors import TinygenError
 from tinygen.manifest import load_manifest
 from tinygen.onnx_model import load_causal_lm
+from generation_checks import PROMPTS, assert_batch_is_alone_and_seeds_repeat
 
 needs_cuda = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
                                 reason="needs onnxruntime-gpu and a CUDA GPU")
-
-PROMPTS = ["Once upon a time", "The quick brown fox jumps over", "To be"]
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -60,12 +59,7 @@ def test_gpu_logits_match_the_cpu_to_float16_precision(fp16_dir):
 
 @needs_cuda
 def test_a_batch_text_is_the_text_made_alone_and_seeds_repeat(gen):
-    batch = gen.generate(PROMPTS, do_sample=False, max_new_tokens=16)
-    for prompt, text in zip(PROMPTS, batch):
-        assert gen.generate(prompt, do_sample=False, max_new_tokens=16) == [text]
-    seeded = gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
-    assert seeded == gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
-    assert len(set(seeded)) > 1
+    assert_batch_is_alone_and_seeds_repeat(gen)
 
 
 @needs_cuda
@@ -115,7 +109,6 @@ def test_a_cache_that_finds_its_graph_leased_runs_uncaptured_alike(gen):
     gc.collect()
     assert gen.model.empty_cache(len(PROMPTS)).graph is not None  # released, and free again
     assert gen.generate(PROMPTS, do_sample=False, max_new_tokens=24) == busy
-
 
 
 @needs_cuda

@@ -14,8 +14,7 @@ from tinygen.manifest import load_manifest
 from tinygen.onnx_model import load_causal_lm
 from tinygen_trainer.cli import main
 from tinygen_trainer.export import ExportConfig, run_export
-
-PROMPTS = ["Once upon a time", "The quick brown fox jumps over", "To be"]
+from generation_checks import PROMPTS, assert_batch_is_alone_and_seeds_repeat
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +68,7 @@ def test_logits_match_the_float32_graph_to_float16_precision(fp16_result, onnx_r
 
 
 def test_generation_runs_and_a_seed_repeats_it(fp16_result):
-    gen = TextGenerator(fp16_result.path, device="cpu")
-    batch = gen.generate(PROMPTS, do_sample=False, max_new_tokens=16)
-    for prompt, text in zip(PROMPTS, batch):
-        assert gen.generate(prompt, do_sample=False, max_new_tokens=16) == [text]
-    seeded = gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
-    assert seeded == gen.generate(PROMPTS[0], n=3, seed=5, max_new_tokens=16, batch_size=3)
-    assert len(set(seeded)) > 1
+    assert_batch_is_alone_and_seeds_repeat(TextGenerator(fp16_result.path, device="cpu"))
 
 
 @pytest.mark.parametrize("options, message", [
