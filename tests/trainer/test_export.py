@@ -17,6 +17,7 @@ import torch
 from onnx import numpy_helper
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from tinygen import TextGenerator
 from tinygen.errors import TinygenError
 from tinygen.manifest import load_manifest
 from tinygen_trainer.cli import main
@@ -105,6 +106,20 @@ def test_generation_defaults_keep_only_options_tinygen_has():
     hf = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 5.0, "max_length": 20,
           "bos_token_id": 0, "repetition_penalty": None}
     assert generation_defaults(hf) == {"do_sample": True, "temperature": 0.7, "top_k": 50}
+
+
+def test_generation_defaults_carry_stop_strings_and_suppressed_tokens_under_tinygen_names():
+    assert generation_defaults({"stop_strings": "\n\n", "suppress_tokens": [3, 7]}) == \
+        {"stop": ["\n\n"], "exclude_ids": [3, 7]}
+    assert generation_defaults({"stop_strings": ["END", "##"]}) == {"stop": ["END", "##"]}
+    assert generation_defaults({"stop_strings": [""]}) == {}  # tinygen refuses an empty stop
+
+
+def test_a_models_stop_strings_become_the_runtimes_default_stop(tiny_gpt2_dir, tmp_path):
+    src = shutil.copytree(tiny_gpt2_dir, tmp_path / "src")
+    (src / "generation_config.json").write_text(json.dumps({"stop_strings": "\n"}))
+    out = export_model(src, tmp_path / "model", verify=False)
+    assert TextGenerator(out, device="cpu").defaults.stop == ("\n",)
 
 
 # -- int8 ---------------------------------------------------------------------
@@ -418,8 +433,6 @@ def test_a_head_size_onnxruntimes_attention_cannot_take_goes_to_optimum(tiny_gpt
     """GroupQueryAttention needs heads of a multiple of 8: the default export crashed with a
     traceback (and with --no-verify wrote a model that crashed in tinygen)."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from tinygen import TextGenerator
 
     src = tmp_path / "src"
     shutil.copytree(tiny_gpt2_dir, src)

@@ -40,6 +40,10 @@ def base_manifest(source: SourceModel, replacements_file: str | None) -> Manifes
                    generation=generation_defaults(source.generation_config))
 
 
+# generation_config.json names -> tinygen's, where they differ.
+HF_NAMES = {"stop_strings": "stop", "suppress_tokens": "exclude_ids"}
+
+
 def generation_defaults(hf_generation: dict[str, Any] | None) -> dict[str, Any]:
     """The options in generation_config.json that tinygen's GenerationConfig also has.
 
@@ -51,6 +55,9 @@ def generation_defaults(hf_generation: dict[str, Any] | None) -> dict[str, Any]:
     known = set(GenerationConfig.__dataclass_fields__)
     defaults = {}
     for key, value in (hf_generation or {}).items():
+        key = HF_NAMES.get(key, key)
+        if key == "stop" and isinstance(value, str):  # transformers takes one string or a list
+            value = [value]
         if key not in known or value is None:
             continue
         try:
