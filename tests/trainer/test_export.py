@@ -115,6 +115,22 @@ def test_generation_defaults_carry_stop_strings_and_suppressed_tokens_under_tiny
     assert generation_defaults({"stop_strings": [""]}) == {}  # tinygen refuses an empty stop
 
 
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_prompts_are_tokenized_as_transformers_does_when_the_config_sets_bos(
+        tiny_llama_dir, tmp_path, add_bos):
+    """Llama's tokenizer class rewrites tokenizer.json's BOS template from add_bos_token when
+    transformers loads it; the file copied as is kept the BOS that add_bos_token false drops."""
+    src = shutil.copytree(tiny_llama_dir, tmp_path / "src")
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=add_bos)
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    out = export_model(src, tmp_path / "model")
+    text = "To be, or not to be"
+    expected = AutoTokenizer.from_pretrained(src)(text).input_ids
+    assert TextGenerator(out, device="cpu").tokenizer.encode(text) == expected
+    assert (expected[0] == 1) == add_bos  # <s> is id 1
+
+
 def test_a_models_stop_strings_become_the_runtimes_default_stop(tiny_gpt2_dir, tmp_path):
     src = shutil.copytree(tiny_gpt2_dir, tmp_path / "src")
     (src / "generation_config.json").write_text(json.dumps({"stop_strings": "\n"}))

@@ -7,6 +7,7 @@ once here, through transformers, instead of teaching the runtime every format.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,10 +28,11 @@ SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "spiece.m
 def write_tokenizer(src: Path, dest_dir: Path) -> Path:
     """Copy or build `dest_dir/tokenizer.json`; check that `tokenizers` can load it."""
     dest = dest_dir / TOKENIZER_FILE
-    if (src / TOKENIZER_FILE).is_file():
+    if (src / TOKENIZER_FILE).is_file() and not _sets_special_tokens(src):
         shutil.copyfile(src / TOKENIZER_FILE, dest)
-    elif any((src / name).is_file() for name in SLOW_TOKENIZER_FILES):
-        _convert_slow_tokenizer(src, dest)
+    elif (src / TOKENIZER_FILE).is_file() or \
+            any((src / name).is_file() for name in SLOW_TOKENIZER_FILES):
+        _save_transformers_tokenizer(src, dest)
     else:
         raise TinygenError(
             f"{src}: no tokenizer (need tokenizer.json, or files transformers can load such as "
@@ -40,7 +42,20 @@ def write_tokenizer(src: Path, dest_dir: Path) -> Path:
     return dest
 
 
-def _convert_slow_tokenizer(src: Path, dest: Path) -> None:
+def _sets_special_tokens(src: Path) -> bool:
+    """tokenizer_config.json says whether to add BOS / EOS: transformers' tokenizer class then
+    rewrites tokenizer.json's post-processor when it loads (Llama's add_bos_token false drops
+    the BOS the file's template adds), so the file as is would not tokenize as transformers."""
+    try:
+        config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("add_bos_token" in config or "add_eos_token" in config)
+
+
+def _save_transformers_tokenizer(src: Path, dest: Path) -> None:
+    """tokenizer.json as transformers' fast tokenizer for `src` has it once loaded (built from
+    the slow tokenizer's files where there is no tokenizer.json)."""
     from transformers import AutoTokenizer
 
     try:
