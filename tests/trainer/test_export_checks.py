@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 from importlib.metadata import requires
 
@@ -16,7 +17,7 @@ from onnx import numpy_helper
 
 from tinygen.errors import TinygenError
 from tinygen_trainer.cli import main
-from tinygen_trainer.export import ExportConfig, pipeline, run_export, staging
+from tinygen_trainer.export import ExportConfig, export_model, pipeline, run_export, staging
 from tinygen_trainer.export.fused import graph as fused_graph
 from tinygen_trainer.export.fused import kv_int8
 from tinygen_trainer.export.staging import staged_dir
@@ -282,3 +283,15 @@ def test_a_missing_optimum_is_one_line(tiny_gpt2_dir, tmp_path, monkeypatch, cap
     assert main(["export", str(tiny_gpt2_dir), str(out), "--graph", "optimum"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "optimum-onnx is not installed" in err
+
+
+def test_a_symlinked_out_replaces_the_model_it_points_to(exported_gpt2_dir, tiny_gpt2_dir, tmp_path):
+    target = shutil.copytree(exported_gpt2_dir, tmp_path / "models" / "v1")
+    (target / "model.onnx").write_bytes(b"stale")  # the earlier export, to be replaced
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    export_model(tiny_gpt2_dir, link, verify=False)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "model.onnx").read_bytes() != b"stale"
+    left = [p.name for p in [*tmp_path.iterdir(), *target.parent.iterdir()] if p.name.startswith(".")]
+    assert left == []

@@ -56,7 +56,12 @@ def check_output_dir(out: Path, src: Path) -> None:
 @contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield an empty directory; on normal exit it replaces `out` (a failed rename is a
-    TinygenError), on error it is removed. Sweeps `out`'s stale staging directories first."""
+    TinygenError), on error it is removed. Sweeps `out`'s stale staging directories first.
+
+    A symlinked `out` is followed: the model replaces the directory it points to, and the
+    link stays (renaming the link itself would leave it behind as `.OUT.old-*`)."""
+    if out.is_symlink():
+        out = out.resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _sweep(out)
