@@ -164,6 +164,25 @@ def test_a_full_queue_is_refused_and_too_many_sequences_are_a_user_error(gpt2_ge
         engine.close()
 
 
+def test_a_full_queue_in_static_batches_says_a_batch_is_running(gpt2_gen):
+    """The running batch has room (one row of two), but static batches take no one in."""
+    engine = Engine(gpt2_gen, max_batch=2, max_waiting=1, continuous=False)
+
+    async def main():
+        first = engine.submit("Once", seed=1, max_new_tokens=4000, stop_at_eos=False)
+        await first.next_event()
+        engine.submit("To be", seed=1)  # waits for the batch to end
+        with pytest.raises(EngineBusy, match="^a batch is running .* and 1 requests are already "
+                                             "waiting for a place; try again shortly$"):
+            engine.submit("To be", seed=2)
+        first.cancel()
+
+    try:
+        run(main())
+    finally:
+        engine.close()
+
+
 def test_static_batches_when_rows_cannot_move(gpt2_gen):
     """continuous=False (what a "shared" KV layout gets): requests start together, others wait."""
     engine = Engine(gpt2_gen, continuous=False)

@@ -252,8 +252,10 @@ class Engine:
                 else:
                     overflow += 1
             if (overflow or len(rows) > free) and overflow >= self.max_waiting:
-                raise EngineBusy(f"the batch is full and {overflow} requests are already waiting "
-                                 f"for a place; try again shortly")
+                running = "the batch is full" if self.continuous else \
+                    "a batch is running (this model's batches start together and end together)"
+                raise EngineBusy(f"{running} and {overflow} requests are already waiting for a "
+                                 f"place; try again shortly")
             self._waiting.append((handle, sequences))
             self._lock.notify()
         self.start()
