@@ -2,7 +2,8 @@
 buffers in GPU memory (IO binding, updated in place), against the same model on the CPU.
 
 The GPU tests run only where onnxruntime-gpu sees a GPU (CI has none: skipped there); on a
-GPU machine, `python -m pytest tests/runtime/test_cuda.py`. The device choice runs everywhere.
+GPU machine, `python -m pytest tests/runtime/test_cuda.py`. The device choice and the chunks' cache
+lifetimes are checked everywhere.
 """
 
 import numpy as np
@@ -147,3 +148,22 @@ def test_the_float16_graph_is_not_refused(fp16_dir, cuda_listed):
 
     manifest = load_manifest(fp16_dir)
     assert resolve_device("auto", manifest) == resolve_device("cuda", manifest) == "cuda"
+
+
+def test_each_chunk_of_a_generate_frees_its_cache_before_the_next_is_made(exported_gpt2_dir):
+    """On a GPU a live cache holds its batch size's recorded step: a chunk made while the last
+    one's cache still lived would run uncaptured (checked here on the CPU, by reference)."""
+    import weakref
+
+    gen = TextGenerator(exported_gpt2_dir, device="cpu")
+    made, empty_cache = [], gen.model.empty_cache
+
+    def recording(batch, **options):
+        assert all(ref() is None for ref in made), "the last chunk's cache is still alive"
+        cache = empty_cache(batch, **options)
+        made.append(weakref.ref(cache))
+        return cache
+
+    gen.model.empty_cache = recording
+    texts = gen.generate("Once upon a time", n=6, batch_size=2, seed=1, max_new_tokens=4)
+    assert len(texts) == 6 and len(made) == 3

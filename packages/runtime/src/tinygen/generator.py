@@ -119,6 +119,9 @@ class TextGenerator:
             results.extend(decoding.completions())
             if bar:
                 bar.update(len(decoding.rows))
+            # Its cache goes now, not when the next chunk's is made: on a GPU the next one
+            # then gets the batch size's recorded decode step (cuda_graph.py), not fresh buffers.
+            del decoding
         if bar:
             bar.close()
         if dedupe is None:
