@@ -9,7 +9,8 @@ GPT-2-124M shape (random weights, tools/bench/models.py), exported here as our f
 graph in float16 (`tinygen-train export --graph fused --dtype float16`): onnxruntime's
 CUDA GroupQueryAttention runs only in float16. tinygen binds the KV buffers on the
 GPU (IO binding, updated in place); only the ids go up and the last logits come back
-each step. transformers runs `generate` (use_cache, greedy) with the model on the GPU
+each step, which replays a recorded CUDA graph (tinygen/cuda_graph.py; a second tinygen
+engine runs without, for the difference). transformers runs `generate` (use_cache, greedy) with the model on the GPU
 in float16 and in float32.
 
 Figures, medians after a warm-up, rounds rotating the engines (bench_decode.measure):
@@ -105,9 +106,9 @@ def prompt_of(length: int) -> list[int]:
 
 
 def step_breakdown(engine: TinygenCuda, prompt: list[int], steps: int = 128) -> str:
-    """Where a batch-1 token's time goes: onnxruntime's run alone, the runtime's decode step
-    (inputs written and bound, logits back as float32), and the whole generate loop (sampling,
-    stop checks, detokenizing) from the decode rate measured."""
+    """Where a batch-1 token's time goes: onnxruntime's run alone (or replay) and the runtime's
+    decode step (inputs written and copied up, logits back as float32); main() adds the whole
+    generate loop's (sampling, stop checks, detokenizing) from the decode rate."""
     import numpy as np
 
     lm = engine.generator.model
