@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402  (tools/bench/models.py)
-from bench_decode import DOC, REPO, Engine, Result, measure  # noqa: E402
+from bench_decode import (DOC, REPO, Engine, Result, _int_list, measure,  # noqa: E402
+                          position_table)
 from machine import describe  # noqa: E402
 
 BASELINE = "transformers fp16"
@@ -149,18 +150,6 @@ def ttft_table(by_prompt: dict[int, list[Result]]) -> str:
     return "\n".join(lines)
 
 
-def position_table(by_position: dict[int, list[Result]]) -> str:
-    positions = sorted(by_position)
-    first, last = positions[0], positions[-1]
-    lines = ["| engine | " + " | ".join(f"ms/token at {p}" for p in positions)
-             + f" | {last} / {first} |", "|---|" + "---:|" * (len(positions) + 1)]
-    for i, r in enumerate(by_position[first]):
-        ms = [1000 / by_position[p][i].decode_tps for p in positions]
-        lines.append(f"| {r.engine} | " + " | ".join(f"{v:.2f}" for v in ms)
-                     + f" | {ms[-1] / ms[0]:.2f} |")
-    return "\n".join(lines)
-
-
 def library_versions() -> str:
     """The versions imported (metadata could name another onnxruntime than the one on the path)."""
     import platform
@@ -179,10 +168,6 @@ def gpu_name() -> str:
 
     props = torch.cuda.get_device_properties(0)
     return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if loops:
         breakdown += f"; whole generate loop (by the decode rate): {', '.join(loops)}"
     tables = "\n\n".join([decode_table(results), ttft_table(by_prompt),
-                          position_table(by_position)])
+                          position_table(by_position, digits=2)])
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"\n## {stamp}: decode on a GPU, GPT-2-124M shape, random weights\n\n"
                f"- machine: {gpu_name()}; host {describe()}\n"

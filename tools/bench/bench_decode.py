@@ -300,8 +300,9 @@ def markdown_table(results: list[Result], roofline: dict[str, float] | None = No
     return "\n".join(lines)
 
 
-def position_table(by_position: dict[int, list[Result]]) -> str:
-    """Batch-1 ms per generated token from a prompt of P tokens, for each P; last / first."""
+def position_table(by_position: dict[int, list[Result]], digits: int = 1) -> str:
+    """Batch-1 ms per generated token from a prompt of P tokens, for each P; last / first
+    (`digits` after the point: a GPU's tokens take under a millisecond)."""
     positions = sorted(by_position)
     first, last = positions[0], positions[-1]
     header = " | ".join(f"ms/token at {p}" for p in positions)
@@ -309,7 +310,7 @@ def position_table(by_position: dict[int, list[Result]]) -> str:
              "|---|" + "---:|" * (len(positions) + 1)]
     for i, r in enumerate(by_position[first]):
         ms = [1000 / by_position[p][i].decode_tps for p in positions]
-        cells = " | ".join(f"{v:.1f}" for v in ms)
+        cells = " | ".join(f"{v:.{digits}f}" for v in ms)
         lines.append(f"| {r.engine} | {cells} | {ms[-1] / ms[0]:.2f} |")
     return "\n".join(lines)
 
