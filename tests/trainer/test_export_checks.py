@@ -31,20 +31,20 @@ def _siblings(path):
 
 def _nan_weight_scales(monkeypatch):
     """The int8 quantizer as a reviewer broke it: every weight scale it writes is NaN."""
-    real = pipeline.quantize_int8
+    real = pipeline.quantize_nbits
 
-    def broken(path):
-        real(path)
+    def broken(path, **options):
+        real(path, **options)
         model = onnx.load(str(path))
-        scales = [i for i in model.graph.initializer
-                  if i.name.endswith("_scale") and i.data_type == onnx.TensorProto.FLOAT]
+        scales = {n.input[2] for n in model.graph.node if n.op_type == "MatMulNBits"}
         assert scales
-        for init in scales:
-            nan = np.full_like(numpy_helper.to_array(init), np.nan)
-            init.CopyFrom(numpy_helper.from_array(nan, init.name))
+        for init in model.graph.initializer:
+            if init.name in scales:
+                nan = np.full_like(numpy_helper.to_array(init), np.nan)
+                init.CopyFrom(numpy_helper.from_array(nan, init.name))
         onnx.save(model, str(path))
 
-    monkeypatch.setattr(pipeline, "quantize_int8", broken)
+    monkeypatch.setattr(pipeline, "quantize_nbits", broken)
 
 
 def _nan_kv_ranges(monkeypatch):

@@ -14,6 +14,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from generation_checks import assert_batch_is_alone_and_seeds_repeat
+from tinygen import TextGenerator
 from tinygen.errors import TinygenError
 from tinygen.manifest import load_manifest
 from tinygen_trainer.cli import main
@@ -89,33 +91,36 @@ def test_int4_fused_graphs_use_matmulnbits(int4_result, onnx_result):
 
 
 def test_int8_fused_graphs(int8_result):
-    """GPT-2: dynamic int8 (measured faster than 8-bit MatMulNBits here); Llama: 8-bit
-    MatMulNBits, whose per-block activation scales keep its outlier channels (pipeline.py)."""
+    """Both architectures: 8-bit MatMulNBits, whose activation scales are per row and block, so
+    a text made in a batch is the text made alone (onnxruntime's dynamic quantization, GPT-2's
+    int8 before, takes one scale over the whole batch)."""
     manifest = load_manifest(int8_result.path)
     assert manifest.kv_cache == "shared" and manifest.quantization == "int8"
-    ops = set(_ops(int8_result.path / "model.onnx"))
-    assert "GroupQueryAttention" in ops
-    if manifest.architecture == "llama":
-        model = onnx.load(str(int8_result.path / "model.onnx"))
-        nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-        assert nbits and all(next(a.i for a in n.attribute if a.name == "bits") == 8
-                             for n in nbits)
-        # every K of the tiny Llama (64, 128) is a multiple of 64: 8-bit blocks of 64
-        assert {_attr(n, "block_size") for n in nbits} == {64}
-        assert "GatherBlockQuantized" in ops
-    else:
-        assert "MatMulNBits" not in ops
-        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    model = onnx.load(str(int8_result.path / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert "GroupQueryAttention" in ops and "GatherBlockQuantized" in ops
+    assert not ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMul"}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    # each weight its largest power of two that divides K (64, 128 or 256 in the tiny models),
+    # up to 256 for GPT-2 and 64 for Llama (quantize.py)
+    largest = 256 if manifest.architecture == "gpt2" else 64
+    assert all(_attr(n, "bits") == 8 and _attr(n, "block_size") == min(_attr(n, "K"), largest)
+               for n in nbits)
+    assert len({_attr(n, "block_size") for n in nbits}) == (2 if manifest.architecture == "gpt2" else 1)
+    assert_batch_is_alone_and_seeds_repeat(TextGenerator(int8_result.path, device="cpu"))
 
 
 def _attr(node, name):
     return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name)
 
 
-@pytest.mark.parametrize("bits, k, block", [(8, 128, 64), (8, 96, 32), (4, 128, 32)])
-def test_weights_per_scale_follow_the_width_and_fit_k(tmp_path, bits, k, block):
-    """8-bit weights take a scale per 64 (as accurate, fewer bytes), falling back to 32 where a
-    K is no multiple of 64; 4-bit weights always per 32. The result still computes x @ W."""
+@pytest.mark.parametrize("bits, k, largest, block", [
+    (8, 128, None, 64), (8, 768, 256, 256), (8, 384, 256, 128), (8, 96, None, 32), (8, 40, 256, 32),
+    (4, 128, None, 32), (4, 48, None, 16)])
+def test_weights_per_scale_follow_the_width_and_fit_k(tmp_path, bits, k, largest, block):
+    """8-bit weights take a scale per up to 64 (GPT-2's up to 256), 4-bit weights per up to 32:
+    the largest power of two that divides K, so no block is padded; a K that 16 does not divide
+    is padded to blocks of 32. The result still computes x @ W."""
     from onnx import TensorProto, helper
 
     from tinygen_trainer.export.fused.quantize import quantize_nbits
@@ -129,7 +134,7 @@ def test_weights_per_scale_follow_the_width_and_fit_k(tmp_path, bits, k, block):
     path = tmp_path / "model.onnx"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(path))
-    quantize_nbits(path, bits=bits, tie_embedding=False)
+    quantize_nbits(path, bits=bits, block_size=largest, tie_embedding=False)
     [node] = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
     assert (_attr(node, "bits"), _attr(node, "block_size")) == (bits, block)
     import onnxruntime as ort

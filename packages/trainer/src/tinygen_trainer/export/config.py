@@ -23,8 +23,8 @@ class ExportConfig:
     # "onnx" (what the runtime runs) or "torchscript" (a traced torch.jit module).
     format: str = "onnx"
     # None keeps float32 weights. "int8" (ONNX only): 8-bit weight-only MatMulNBits for fused
-    # Llama graphs (a scale per block of weights copes with Llama's outlier channels), onnxruntime
-    # dynamic quantization (export/quantize.py) for every other graph; export/pipeline.py picks.
+    # graphs (activations scaled per row and block), onnxruntime dynamic quantization
+    # (export/quantize.py) for optimum's graph; export/pipeline.py picks.
     # "int4" is 4-bit weight-only MatMulNBits (fused graphs only; export/fused/quantize.py).
     quantize: str | None = None
     # Compare 32 greedy tokens of the exported model against PyTorch before writing OUT.

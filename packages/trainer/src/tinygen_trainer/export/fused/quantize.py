@@ -18,10 +18,14 @@ docs/benchmarks.md, "Fused graph"), GPT-2-124M shape, ms per decode step at batc
     int8 dynamic (export/quantize.py)          5.8 / 11.7   perplexity +0.12%
 
 (perplexity: a trained 4-layer GPT-2 on held-out text, tools/bench/perplexity.py.)
-So GPT-2's int8 is onnxruntime's dynamic quantization and int4 is this module;
-Llama's int8 is this module too (8-bit; pipeline.py says why). ACCURACY_LEVEL 4
-(int8 activations, integer dot products) because the float path (level 0) is
-several times slower on this CPU.
+Dynamic int8 takes one activation scale over the whole batch, though, so a text made in a
+batch would not be the one made alone; and on a later, slower instance of the same machine
+(docs/benchmarks.md, "GPT-2's int8 in blocks of 256", 2026-11-23) 8-bit blocks of 256 beat
+it at batch 1, interleaved: fp32 19.44, dynamic 8.09, blocks of 64 7.70, blocks of 256 7.09
+ms (2.74x fp32), at 0.68x dynamic's batch-8 throughput (still 1.15x fp32's), with held-out
+perplexity +0.005% (dynamic +0.009%; a 4-layer GPT-2 trained 200 steps, fp32 200.41). So every fused int8 is this module, GPT-2's in blocks
+of up to 256 (INT8_BLOCK_SIZE). ACCURACY_LEVEL 4 (int8 activations, integer dot products)
+because the float path (level 0) is several times slower on this CPU.
 
 Symmetric blocks, no zero points, at both widths: the kernels are faster without them
 (SmolLM2-135M int4 decode step 20.5 -> 18.0 ms, the same as onnxruntime-genai's own
@@ -39,8 +43,9 @@ refit for the least squared error (refit_int4_scales). SmolLM2-135M held-out per
 (the 4-layer GPT-2 above, fp32 111.96: int4 asymmetric 112.16, refit symmetric 112.49).
 So 8-bit weights go in blocks of 64: the same perplexity as blocks of 32 but a float scale
 per 64 bytes instead of per 32, and a SmolLM2 decode step 8.39 -> 7.84 ms (onnxruntime-genai's
-8-bit graph 8.39, the three interleaved). 4-bit weights stay in blocks of 32: at 64 a
-block's one scale fits 4-bit codes much worse.
+8-bit graph 8.39, the three interleaved). Not 256 for Llama: its MLP down projection (K 1536)
+in blocks of 256 gives 32.41, where its activations' outlier channels share a block's scale.
+4-bit weights stay in blocks of 32: at 64 a block's one scale fits 4-bit codes much worse.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ from pathlib import Path
 from ..onnx_export import external_data_files, remove_onnx
 from .tied_embedding import share_head_with_embedding
 
-BLOCK_SIZE = {4: 32, 8: 64}  # weights per scale, by bit width (see the module docstring)
+BLOCK_SIZE = {4: 32, 8: 64}  # most weights per scale, by bit width (see the module docstring)
+# GPT-2's 8-bit weights take blocks of up to 256: as accurate there, and faster (module docstring).
+INT8_BLOCK_SIZE = {"gpt2": 256}
 ACCURACY_LEVEL = 4  # int8 activations: integer kernels (see the module docstring)
 
 
@@ -59,10 +66,9 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
                    accuracy_level: int = ACCURACY_LEVEL, tie_embedding: bool = True) -> None:
     """Replace the float32 graph at `path` with its `bits`-bit (4 or 8) weight-only version.
 
-    block_size: weights per scale (default BLOCK_SIZE[bits], or 32 where some weight's
-    input size is not a multiple of it: a padded block would keep a tied embedding from
-    reading the head's rows). tie_embedding: a tied token embedding reads the quantized
-    head (tied_embedding.py)."""
+    block_size: the most weights per scale (default BLOCK_SIZE[bits]); each weight takes the
+    largest power of two up to it that divides its input size (block_sizes()). tie_embedding: a
+    tied token embedding reads the quantized head (tied_embedding.py)."""
     import onnx
 
     root = logging.getLogger()
@@ -74,25 +80,24 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
     finally:
         root.handlers[:], root.level = handlers, level
     large = bool(external_data_files(path))
-    float_model = onnx.load(str(path))
-    if block_size is None:
-        block_size = BLOCK_SIZE[bits]
-        if any(k % block_size for k in _matmul_input_sizes(float_model)):
-            block_size = 32
-    # The quantizer rewrites float_model in place: keep the float weights the refit starts from.
-    float_weights = _matmul_weights(float_model) if bits == 4 else {}
-    quantizer = MatMulNBitsQuantizer(float_model, bits=bits, block_size=block_size,
-                                     is_symmetric=True, accuracy_level=accuracy_level)
+    model = onnx.load(str(path))
+    blocks = block_sizes(model, block_size or BLOCK_SIZE[bits])
+    # The quantizer rewrites the model in place: keep the float weights the refit starts from.
+    float_weights = _matmul_weights(model) if bits == 4 else {}
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     node_level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        quantizer.process()
+        for block in sorted(set(blocks.values())):  # one pass per block size, the others left out
+            others = [name for name, b in blocks.items() if b != block]
+            quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True,
+                                             accuracy_level=accuracy_level, nodes_to_exclude=others)
+            quantizer.process()
+            model = quantizer.model.model
     finally:
         logger.setLevel(node_level)
-    model = quantizer.model.model
     if bits == 4:
-        refit_int4_scales(model, float_weights, block_size)
+        refit_int4_scales(model, float_weights)
     if tie_embedding:
         share_head_with_embedding(model)
     remove_onnx(path)
@@ -101,6 +106,29 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
                         location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+
+
+def block_sizes(model, largest: int) -> dict[str, int]:
+    """Node name -> weights per scale, for every MatMul whose weight (K, N) is a constant.
+
+    The largest power of two up to `largest` that divides K: a padded last block would keep a
+    tied embedding from reading the head's rows, and costs a block of zeros. A K that 16 does
+    not divide gets 32 (padded). Unnamed or same-named nodes cannot be told apart, so then every
+    weight gets the smallest size any would get."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    sizes = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(shapes.get(node.input[1], ())) == 2:
+            k = shapes[node.input[1]][0]
+            block = largest
+            while block > 16 and k % block:
+                block //= 2
+            sizes[node.name] = block if k % block == 0 else 32
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    if "" in sizes or len(names) != len(set(names)):
+        smallest = min(sizes.values(), default=largest)
+        sizes = {name: smallest for name in sizes}
+    return sizes
 
 
 def _matmul_weights(model) -> dict:
@@ -112,19 +140,12 @@ def _matmul_weights(model) -> dict:
             if t.name in names and len(t.dims) == 2}
 
 
-def _matmul_input_sizes(model) -> set[int]:
-    """K of every MatMul whose weight (K, N) is a constant: what the quantizer blocks."""
-    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    return {shapes[node.input[1]][0] for node in model.graph.node
-            if node.op_type == "MatMul" and len(shapes.get(node.input[1], ())) == 2}
-
-
 # Candidate divisors for a block's scale: its largest-magnitude weight maps to code d (the
 # sign picks which end of [-8, 7]). 8 is round-to-nearest; smaller |d| clip that weight.
 _DIVISORS = [d / 4 for d in range(-36, -25)] + [d / 4 for d in range(26, 37)]
 
 
-def refit_int4_scales(model, float_weights: dict, block_size: int) -> int:
+def refit_int4_scales(model, float_weights: dict) -> int:
     """Give every symmetric 4-bit MatMulNBits block the scale with the least squared error.
 
     MatMulNBitsQuantizer's round-to-nearest maps each block's largest magnitude to -8 and
@@ -148,6 +169,7 @@ def refit_int4_scales(model, float_weights: dict, block_size: int) -> int:
             continue
         weight = source.astype(np.float32)  # (K, N)
         k, n = weight.shape
+        block_size = next(a.i for a in node.attribute if a.name == "block_size")
         if k % block_size:
             continue  # the quantizer padded K: its layout is not plain blocks
         codes = np.empty((n, k // block_size, block_size // 2), np.uint8)
