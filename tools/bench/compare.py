@@ -176,7 +176,7 @@ def gpt2_group(work: Path) -> Group:
     dirs = models.gpt2_124m(work, int8=True, fused=True, int4=True, kv8=True)
     rows = [
         Row("tinygen", "fp32", dirs["fused"], dirs["fused"] / "model.onnx",
-            note="tinygen: `tinygen-train export` (fused graph; int8 dynamic QUInt8 per channel; "
+            note="tinygen: `tinygen-train export` (fused graph; int8 8-bit MatMulNBits block 256; "
                  "int4 MatMulNBits block 32; kv8: `--kv-cache int8`, 8-bit KV buffers)"),
         Row("tinygen", "int8", dirs["fused-int8"], dirs["fused-int8"] / "model.onnx"),
         Row("tinygen", "int4", dirs["fused-int4"], dirs["fused-int4"] / "model.onnx"),

@@ -9,7 +9,9 @@ on which strings the tokenizer holds, only on the shapes, so both are synthetic:
     work_dir/gpt2-124m/fused[-int8|-int4|-fp16]/  `tinygen-train export --graph fused` (tinygen)
 
 Each directory is built once; a `.complete` marker written last means a build
-that was interrupted half-way is redone rather than trusted.
+that was interrupted half-way is redone rather than trusted. A fused build's marker
+holds a digest of the exporter's recipe (export_recipe()), so a changed quantizer
+rebuilds it instead of timing the old graph.
 """
 
 from __future__ import annotations
@@ -22,12 +24,28 @@ EOS = "<|endoftext|>"
 _DONE = ".complete"
 
 
-def _is_built(path: Path) -> bool:
-    return (path / _DONE).is_file()
+def _is_built(path: Path, recipe: str = "") -> bool:
+    marker = path / _DONE
+    return marker.is_file() and marker.read_text() == recipe
 
 
-def _mark_built(path: Path) -> None:
-    (path / _DONE).write_text("")
+def _mark_built(path: Path, recipe: str = "") -> None:
+    (path / _DONE).write_text(recipe)
+
+
+def export_recipe() -> str:
+    """sha256 of the exporter's modules that decide a fused graph's nodes and weights."""
+    import hashlib
+
+    import tinygen_trainer.export as export
+
+    root = Path(export.__file__).parent
+    digest = hashlib.sha256()
+    for name in ("pipeline.py", "quantize.py", "fused/quantize.py", "fused/kv_int8.py",
+                 "fused/float16.py", "fused/graph.py", "fused/gpt2.py", "fused/llama.py",
+                 "fused/tied_embedding.py"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
 
 
 def _fresh(path: Path) -> Path:
@@ -128,14 +146,15 @@ def build_fused(source: Path, path: Path, quantize: str | None = None,
     """
     from tinygen_trainer.export import ExportConfig, run_export
 
-    if _is_built(path):
+    recipe = export_recipe()
+    if _is_built(path, recipe):
         return path
     if path.exists():
         shutil.rmtree(path)
     run_export(ExportConfig(src=source, out=path, graph="fused", quantize=quantize,
                             kv_cache=kv_cache, dtype=dtype),
                echo=lambda line: print(f"  {line}", flush=True))
-    _mark_built(path)
+    _mark_built(path, recipe)
     return path
 
 
