@@ -78,21 +78,17 @@ def test_a_row_slides_past_the_window_on_the_gpu(gen):
         assert single.token_ids == text.token_ids
 
 
-def _uncaptured(fp16_dir, monkeypatch):
+def _uncaptured(fp16_dir):
     """The same model on the GPU with CUDA graphs off."""
-    from tinygen.shared_kv import SharedKVCausalLM
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SharedKVCausalLM, "cuda_graphs", False)
-        plain = TextGenerator(fp16_dir, device="cuda")
+    plain = TextGenerator(fp16_dir, device="cuda", cuda_graphs=False)
     assert not plain.model.cuda_graphs
     return plain
 
 
 @needs_cuda
-def test_replayed_decode_steps_give_the_texts_of_uncaptured_ones(gen, fp16_dir, monkeypatch):
+def test_replayed_decode_steps_give_the_texts_of_uncaptured_ones(gen, fp16_dir):
     assert gen.model.cuda_graphs
-    plain = _uncaptured(fp16_dir, monkeypatch)
+    plain = _uncaptured(fp16_dir)
     for options in (dict(do_sample=False), dict(seed=5)):
         for _ in range(2):  # the second time replays the graph the first recorded
             assert gen.generate(PROMPTS, max_new_tokens=24, **options) == \
@@ -113,11 +109,11 @@ def test_a_cache_that_finds_its_graph_leased_runs_uncaptured_alike(gen):
 
 
 @needs_cuda
-def test_batch_sizes_past_the_recorded_few_run_uncaptured_alike(fp16_dir, monkeypatch):
+def test_batch_sizes_past_the_recorded_few_run_uncaptured_alike(fp16_dir):
     from tinygen.cuda_graph import MAX_GRAPHS
 
     gen = TextGenerator(fp16_dir, device="cuda")
-    plain = _uncaptured(fp16_dir, monkeypatch)
+    plain = _uncaptured(fp16_dir)
     prompts = (PROMPTS * 3)[:MAX_GRAPHS + 2]
     for size in range(1, MAX_GRAPHS + 3):
         assert gen.generate(prompts[:size], do_sample=False, max_new_tokens=12) == \
@@ -167,3 +163,23 @@ def test_each_chunk_of_a_generate_frees_its_cache_before_the_next_is_made(export
     gen.model.empty_cache = recording
     texts = gen.generate("Once upon a time", n=6, batch_size=2, seed=1, max_new_tokens=4)
     assert len(texts) == 6 and len(made) == 3
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_cuda_graphs_is_the_sessions_choice(fp16_dir, cuda_listed, monkeypatch, cuda_graphs):
+    """TextGenerator(cuda_graphs=False) opens the CUDA session without graph capture (checked
+    on the CPU by the providers the session is asked for; test_cuda's GPU tests run both)."""
+    import tinygen.onnx_model as onnx_model
+
+    asked = []
+
+    def session(path, options, providers):
+        asked.append(providers)
+        raise RuntimeError("no GPU here")
+
+    monkeypatch.setattr(onnx_model.ort, "InferenceSession", session)
+    with pytest.raises(TinygenError, match="not a loadable ONNX model"):
+        TextGenerator(fp16_dir, device="cuda", cuda_graphs=cuda_graphs)
+    recording = [p for p in asked if isinstance(p[0], tuple) and p[0][1].get("enable_cuda_graph") == "1"]
+    assert bool(recording) == cuda_graphs
+    assert asked[-1] == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # the fallback

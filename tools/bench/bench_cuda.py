@@ -38,15 +38,9 @@ BASELINE = "transformers fp16"
 class TinygenCuda(Engine):
     def __init__(self, model_dir: Path, name: str, cuda_graphs: bool = True):
         from tinygen import TextGenerator
-        from tinygen.shared_kv import SharedKVCausalLM
 
         self.name = name
-        default = SharedKVCausalLM.cuda_graphs
-        SharedKVCausalLM.cuda_graphs = cuda_graphs  # read when the model loads
-        try:
-            self.generator = TextGenerator(model_dir, device="cuda")
-        finally:
-            SharedKVCausalLM.cuda_graphs = default
+        self.generator = TextGenerator(model_dir, device="cuda", cuda_graphs=cuda_graphs)
         if self.generator.model.cuda_graphs != cuda_graphs:
             raise RuntimeError(f"{name}: CUDA graphs {'off' if cuda_graphs else 'on'}")
         providers = self.generator.model.session.get_providers()

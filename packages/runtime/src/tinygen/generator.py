@@ -45,17 +45,21 @@ def embedded_model_dir() -> Path:
 
 class TextGenerator:
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
-                 threads: int | None = None, replacements: str | os.PathLike | None = None):
+                 threads: int | None = None, replacements: str | os.PathLike | None = None,
+                 cuda_graphs: bool = True):
         """model: an exported model directory (None: the embedded tiny model).
         device: "auto" (CUDA through onnxruntime-gpu when present, unless the model is a
             float32 fused graph, whose attention runs only on the CPU), "cpu" or "cuda".
         replacements: a replacements.json to use instead of the model's own.
+        cuda_graphs: on a GPU, replay each batch size's recorded decode step (about 1.8x the
+            speed at batch 1; each recording keeps its KV buffers while the model lives).
         """
         self.model_dir = Path(model) if model is not None else embedded_model_dir()
         self.manifest: Manifest = load_manifest(self.model_dir)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
                                        self._load_replacements(replacements))
-        self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads)
+        self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads,
+                                    cuda_graphs=cuda_graphs)
         self.fields = FieldSchema.load(self.model_dir / self.manifest.fields_file) \
             if self.manifest.fields_file else None
         try:

@@ -49,7 +49,7 @@ def resolve_device(device: str, manifest: Manifest | None = None) -> str:
 
 
 def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
-                   threads: int | None = None) -> "OnnxCausalLM":
+                   threads: int | None = None, cuda_graphs: bool = True) -> "OnnxCausalLM":
     """The session wrapper that fits the graph's KV-cache layout (manifest.kv_cache)."""
     if manifest.model_file.endswith(".pt"):  # `tinygen-train export --format torchscript`
         raise ModelFormatError(f"{Path(model_dir) / manifest.model_file}: a TorchScript module, for "
@@ -57,8 +57,9 @@ def load_causal_lm(model_dir: str | os.PathLike, manifest: Manifest, device: str
     if manifest.kv_cache == "shared":
         from .shared_kv import SharedKVCausalLM
 
-        return SharedKVCausalLM(model_dir, manifest, device=device, threads=threads)
-    return OnnxCausalLM(model_dir, manifest, device=device, threads=threads)
+        return SharedKVCausalLM(model_dir, manifest, device=device, threads=threads,
+                                cuda_graphs=cuda_graphs)
+    return OnnxCausalLM(model_dir, manifest, device=device, threads=threads, cuda_graphs=cuda_graphs)
 
 
 class OnnxCausalLM:
@@ -66,8 +67,9 @@ class OnnxCausalLM:
     cuda_graphs = False  # record decode steps as CUDA graphs (SharedKVCausalLM, cuda_graph.py)
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, cuda_graphs: bool = True):
         self.manifest = manifest
+        self.cuda_graphs = cuda_graphs and type(self).cuda_graphs  # where the class can record
         self.device = resolve_device(device, manifest)
         path = Path(model_dir) / manifest.model_file
         options = ort.SessionOptions()

@@ -90,8 +90,9 @@ class SharedKVCausalLM(OnnxCausalLM):
     cuda_graphs = True  # on a GPU, decode steps replay a recorded graph (cuda_graph.py)
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
-                 threads: int | None = None):
-        super().__init__(model_dir, manifest, device=device, threads=threads)
+                 threads: int | None = None, cuda_graphs: bool = True):
+        super().__init__(model_dir, manifest, device=device, threads=threads,
+                         cuda_graphs=cuda_graphs)
         self.capacity = manifest.context_window
         self.cuda_graphs = self.device == "cuda" and self.cuda_graphs
         # With graphs on, every run names its graph: prompts and restarts are not recorded.
