@@ -50,7 +50,7 @@ def train(config: TrainConfig) -> Path:
 class Trainer:
     def __init__(self, config: TrainConfig, backend: Backend, encoder: Encoder,
                  model: torch.nn.Module, phases: list[PhaseRun], block_size: int,
-                 reporter: Reporter):
+                 reporter: Reporter, data_files: dict[str, str] | None = None):
         self.config = config
         self.backend = backend
         self.encoder = encoder
@@ -62,7 +62,7 @@ class Trainer:
         self.feeds: list[Feed] = [backend.feed(p.sampler, self.host_batch, config.batch_size,
                                                config.grad_accum) for p in phases]
         self.step = 0  # optimizer steps done
-        self._data_files: dict[str, str] = {}  # data_fingerprints, for checkpoints (from_config)
+        self._data_files = data_files or {}  # data_fingerprints(), written into checkpoints
         self.tokens_seen = 0
         self.tokens_per_step = config.batch_size * config.grad_accum * block_size
         self._log_time = time.perf_counter()
@@ -99,8 +99,7 @@ class Trainer:
             backend.seed(config.seed)
             model = backend.place_model(load_model(plan, checkpoint))
             backend.seed_processes(config.seed)  # data parallel: dropout differs per process
-            trainer = cls(config, backend, encoder, model, phases, block_size, reporter)
-            trainer._data_files = data_files
+            trainer = cls(config, backend, encoder, model, phases, block_size, reporter, data_files)
             if state is not None:
                 trainer.restore(checkpoint, state)
         except BaseException:
