@@ -22,10 +22,11 @@ Dynamic int8 takes one activation scale over the whole batch, though, so a text 
 batch would not be the one made alone; and on a later, slower instance of the same machine
 (docs/benchmarks.md, "GPT-2's int8 in blocks of 256", 2026-11-23) 8-bit blocks of 256 beat
 it at batch 1, interleaved: fp32 19.44, dynamic 8.09, blocks of 64 7.70, blocks of 256 7.09
-ms (2.74x fp32), at 0.68x dynamic's batch-8 throughput (still 1.15x fp32's), with held-out
-perplexity +0.005% (dynamic +0.009%; a 4-layer GPT-2 trained 200 steps, fp32 200.41). So every fused int8 is this module, GPT-2's in blocks
-of up to 256 (INT8_BLOCK_SIZE). ACCURACY_LEVEL 4 (int8 activations, integer dot products)
-because the float path (level 0) is several times slower on this CPU.
+ms (2.74x fp32), at 0.68x dynamic's batch-8 throughput (still 1.15x fp32's). Held-out
+perplexity of a 4-layer GPT-2 trained here for 200 steps (fp32 200.41): blocks of 256
++0.005%, dynamic +0.009%. So every fused int8 is this module, GPT-2's in blocks of up to 256
+(INT8_BLOCK_SIZE). ACCURACY_LEVEL 4 (int8 activations, integer dot products) because the
+float path (level 0) is several times slower on this CPU.
 
 Symmetric blocks, no zero points, at both widths: the kernels are faster without them
 (SmolLM2-135M int4 decode step 20.5 -> 18.0 ms, the same as onnxruntime-genai's own
@@ -43,8 +44,9 @@ refit for the least squared error (refit_int4_scales). SmolLM2-135M held-out per
 (the 4-layer GPT-2 above, fp32 111.96: int4 asymmetric 112.16, refit symmetric 112.49).
 So 8-bit weights go in blocks of 64: the same perplexity as blocks of 32 but a float scale
 per 64 bytes instead of per 32, and a SmolLM2 decode step 8.39 -> 7.84 ms (onnxruntime-genai's
-8-bit graph 8.39, the three interleaved). Not 256 for Llama: its MLP down projection (K 1536)
-in blocks of 256 gives 32.41, where its activations' outlier channels share a block's scale.
+8-bit graph 8.39, the three interleaved). Not 256 for Llama: with its MLP down projection
+(K 1536) in blocks of 256 SmolLM2 gives 32.41 against 32.28, as its activations' outlier
+channels then share a block's scale with more of their neighbours.
 4-bit weights stay in blocks of 32: at 64 a block's one scale fits 4-bit codes much worse.
 """
 
