@@ -145,6 +145,24 @@ def test_weights_per_scale_follow_the_width_and_fit_k(tmp_path, bits, k, largest
     assert np.abs(y - exact).max() < (0.05 if bits == 8 else 0.5) * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("names, sizes", [
+    (["a", "b"], {"a": 256, "b": 64}),  # each weight its own
+    (["a", "a"], {"a": 64}),  # the quantizer could not tell them apart: the smallest for both
+    (["", "b"], {"": 64, "b": 64}),
+])
+def test_block_sizes_per_weight(names, sizes):
+    from onnx import TensorProto, helper
+
+    from tinygen_trainer.export.fused.quantize import block_sizes
+
+    weights = [numpy_helper.from_array(np.zeros((k, 8), np.float32), f"w{k}") for k in (768, 192)]
+    nodes = [helper.make_node("MatMul", ["x", w.name], [f"y{i}"], name=name)
+             for i, (name, w) in enumerate(zip(names, weights))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [], weights)
+    assert block_sizes(helper.make_model(graph), 256) == sizes
+
+
 def test_int4_needs_the_fused_graph(tiny_gpt2_dir, tmp_path):
     with pytest.raises(TinygenError, match="int4 needs the fused graph"):
         run_export(ExportConfig(src=tiny_gpt2_dir, out=tmp_path / "out", graph="optimum",
