@@ -63,6 +63,16 @@ def test_the_optimum_graph_on_request(tiny_gpt2_dir, tmp_path):
     assert result.reports[0].exact
 
 
+def test_int8_of_the_optimum_graph_is_dynamic(tiny_gpt2_dir, tmp_path):
+    """optimum's graph has no MatMulNBits path here: its int8 is onnxruntime's dynamic kind."""
+    result = run_export(ExportConfig(src=tiny_gpt2_dir, out=tmp_path / "out", graph="optimum",
+                                     quantize="int8"))
+    assert result.manifest.kv_cache == "concat" and result.manifest.quantization == "int8"
+    ops = set(_ops(result.path / "model.onnx"))
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "MatMulNBits" not in ops
+    assert [r.label for r in result.reports][-1] == "int8"
+
+
 @pytest.fixture(scope="module")
 def int4_result(tiny_source_dir, tmp_path_factory):
     return run_export(ExportConfig(src=tiny_source_dir, out=tmp_path_factory.mktemp("int4") / "m",
@@ -161,6 +171,28 @@ def test_block_sizes_per_weight(names, sizes):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [], weights)
     assert block_sizes(helper.make_model(graph), 256) == sizes
+
+
+def test_8bit_blocks_of_a_graph_with_external_data(onnx_result, tmp_path):
+    """Graphs over 2 GB keep their weights in a side file: each block size's pass and the
+    save carry that layout, and the graph still loads and runs."""
+    import onnxruntime as ort
+
+    from tinygen_trainer.export.fused.quantize import quantize_nbits
+    from tinygen_trainer.export.onnx_export import external_data_files
+
+    path = tmp_path / "model.onnx"
+    onnx.save(onnx.load(str(onnx_result.path / "model.onnx")), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx_data", size_threshold=0)
+    quantize_nbits(path, bits=8, block_size=256)
+    data = external_data_files(path)
+    assert data and "model.onnx_data" not in data
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", *data])
+    model = onnx.load(str(path))
+    assert {_attr(n, "block_size") for n in model.graph.node if n.op_type == "MatMulNBits"} == \
+        ({64, 256} if load_manifest(onnx_result.path).architecture == "gpt2" else {64, 128})
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def test_int4_needs_the_fused_graph(tiny_gpt2_dir, tmp_path):
