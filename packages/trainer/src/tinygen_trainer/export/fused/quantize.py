@@ -22,7 +22,8 @@ Dynamic int8 takes one activation scale over the whole batch, though, so a text 
 batch would not be the one made alone; and on a later, slower instance of the same machine
 (docs/benchmarks.md, "GPT-2's int8 in blocks of 256", 2026-11-23) 8-bit blocks of 256 beat
 it at batch 1, interleaved: fp32 19.44, dynamic 8.09, blocks of 64 7.70, blocks of 256 7.09
-ms (2.74x fp32), at 0.68x dynamic's batch-8 throughput (still 1.15x fp32's). Held-out
+ms (2.74x fp32), at 0.68x dynamic's batch-8 throughput (still 1.15x fp32's) and a slower
+prompt (512 tokens: 1.08 s against dynamic's 0.64 and fp32's 0.79). Held-out
 perplexity of a 4-layer GPT-2 trained here for 200 steps (fp32 200.41): blocks of 256
 +0.005%, dynamic +0.009%. So every fused int8 is this module, GPT-2's in blocks of up to 256
 (INT8_BLOCK_SIZE). ACCURACY_LEVEL 4 (int8 activations, integer dot products) because the
