@@ -476,6 +476,9 @@ class Engine:
         sliding = [i for i in live if sequences[i].next_position >= self.window]
         if len(sliding) == len(sequences):  # every row slides: one prefill, as alone
             keep = max(1, self.window // 2)
+            # Dropped first: on a GPU a live cache holds its batch size's recorded step, which
+            # the new cache would then have to run without (cuda_graph.py).
+            self._cache = None
             self._logits, self._cache, self._mask = self._prefill(
                 sequences, [s.history[-keep:] for s in sequences])
             return
@@ -484,11 +487,11 @@ class Engine:
             # window; so do sliding rows, whose cache is replaced next.
             ones = np.ones((len(sequences), 1), self._mask.dtype)
             self._mask = np.concatenate([self._mask, ones], axis=1)
-            positions = np.array([[min(s.next_position, self.window - 1)] for s in sequences],
-                                 dtype=np.int64)
-            out, self._cache = self.model.forward(tokens[:, None], self._mask, positions,
-                                                  self._cache)
-            self._logits = out[:, -1, :]
+            positions = [min(s.next_position, self.window - 1) for s in sequences]
+            # generate's decode step: fewer numpy calls than forward, and on a GPU the batch
+            # size's recorded CUDA graph replays.
+            self._logits, self._cache = self.model.step(
+                tokens, positions, self._mask if self.model.step_reads_mask else None, self._cache)
             for seq in sequences:
                 seq.next_position += 1
         if sliding:
