@@ -95,6 +95,18 @@ def move_onnx(src: Path, dest: Path) -> None:
     src.replace(dest)
 
 
+def write_onnx(model, path: Path, external: bool) -> None:
+    """Write `model` to `path`; with `external`, its weights go to one `<name>.data` beside it
+    (protobuf cannot hold a graph past 2 GB)."""
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
 def remove_onnx(path: Path) -> None:
     for name in external_data_files(path):
         (path.parent / name).unlink(missing_ok=True)

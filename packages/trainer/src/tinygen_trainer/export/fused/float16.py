@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..onnx_export import external_data_files, remove_onnx
+from ..onnx_export import external_data_files, remove_onnx, write_onnx
 
 # The largest finite float16: weights beyond it (none in a sane model) are clipped, not inf.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -43,8 +43,4 @@ def convert_to_float16(path: Path) -> None:
             if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
                 attr.i = TensorProto.FLOAT16
     remove_onnx(path)
-    if large:  # half of a graph past protobuf's limit may still be past it
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+    write_onnx(model, path, external=large)  # half of a graph past 2 GB may still be past it

@@ -27,6 +27,8 @@ import numpy as np
 
 from tinygen.errors import TinygenError
 
+from ..onnx_export import write_onnx
+
 # Initializers above this total go to one external data file (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 OPSET = 17
@@ -134,12 +136,7 @@ class GraphBuilder:
         """Write the graph; weights go to `<name>.data` beside it when they exceed 1.8 GB."""
         model = self.model()
         size = sum(t.ByteSize() for t in model.graph.initializer)
-        if size > EXTERNAL_DATA_BYTES:
-            self.onnx.save_model(model, str(path), save_as_external_data=True,
-                                 all_tensors_to_one_file=True, location=path.name + ".data",
-                                 size_threshold=1024)
-        else:
-            self.onnx.save_model(model, str(path))
+        write_onnx(model, path, external=size > EXTERNAL_DATA_BYTES)
 
 
 class DecoderGraph(GraphBuilder):

@@ -56,7 +56,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..onnx_export import external_data_files, remove_onnx
+from ..onnx_export import external_data_files, remove_onnx, write_onnx
 from .tied_embedding import share_head_with_embedding
 
 BLOCK_SIZE = {4: 32, 8: 64}  # most weights per scale, by bit width (see the module docstring)
@@ -104,11 +104,7 @@ def quantize_nbits(path: Path, bits: int = 4, block_size: int | None = None,
     if tie_embedding:
         share_head_with_embedding(model)
     remove_onnx(path)
-    if large:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+    write_onnx(model, path, external=large)
 
 
 def block_sizes(model, largest: int) -> dict[str, int]:
