@@ -69,8 +69,9 @@ class OnnxCausalLM:
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest, device: str = "auto",
                  threads: int | None = None, cuda_graphs: bool = True):
         self.manifest = manifest
-        self.cuda_graphs = cuda_graphs and type(self).cuda_graphs  # where the class can record
         self.device = resolve_device(device, manifest)
+        # Asked for, on a GPU, and a class that can record (a failed recording turns it off).
+        self.cuda_graphs = cuda_graphs and type(self).cuda_graphs and self.device == "cuda"
         path = Path(model_dir) / manifest.model_file
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

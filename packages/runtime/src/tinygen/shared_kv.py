@@ -94,7 +94,6 @@ class SharedKVCausalLM(OnnxCausalLM):
         super().__init__(model_dir, manifest, device=device, threads=threads,
                          cuda_graphs=cuda_graphs)
         self.capacity = manifest.context_window
-        self.cuda_graphs = self.device == "cuda" and self.cuda_graphs
         # With graphs on, every run names its graph: prompts and restarts are not recorded.
         self._uncaptured = run_options(UNCAPTURED) if self.cuda_graphs else None
         self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its graph's buffers
