@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from tinygen.errors import TinygenError
-from tinygen.help_format import HelpFormatter
+from tinygen.help_format import ArgumentParser, HelpFormatter
 
 # name -> module under tinygen_trainer.commands
 COMMANDS = {
@@ -25,7 +25,7 @@ COMMANDS = {
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinygen-train",
         description="Train, finetune and export causal language models for the tinygen runtime.",
     )

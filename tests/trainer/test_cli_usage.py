@@ -1,0 +1,19 @@
+"""`tinygen-train` usage errors are one line naming the command, exit 2, like every other bad input."""
+
+import pytest
+
+from tinygen_trainer.cli import main
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["encode", "corpus.txt"], "tinygen-train encode: error: the following arguments are required: "
+                               "-o/--output, --tokenizer (see tinygen-train encode --help)"),
+    (["train", "x.tokens", "--preset", "cpu-tiny", "-o", "out", "--bogus"],
+     "tinygen-train train: error: unrecognized arguments: --bogus"),
+    (["trian"], "tinygen-train: error: argument COMMAND: invalid choice: 'trian'"),
+])
+def test_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith(message)
