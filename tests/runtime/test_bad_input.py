@@ -111,11 +111,13 @@ def test_prompt_longer_than_the_window(optimum_gpt2_dir):
 
 @pytest.mark.parametrize("options,message", [
     ({"top_p": 1.2}, "top_p must be in"),
-    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("inf")}, "temperature must be a finite number >= 0"),
     ({"n": 0}, "n must be an integer >= 1"),
     ({"top_k": -1}, "top_k must be an integer >= 0"),
     ({"typical_p": 0}, "typical_p must be in"),
-    ({"repetition_penalty": 0}, "repetition_penalty must be > 0"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be a finite number > 0"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number > 0"),
     ({"tempreature": 0.5}, "unknown generation option 'tempreature'"),
     ({"seed": -3}, "seed must be >= 0"),
 ])

@@ -96,8 +96,9 @@ class GenerationConfig:
 
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", "an integer >= 1")
-        if not is_number(self.temperature) or self.temperature < 0:
-            raise bad("temperature", ">= 0")
+        # inf passes `>= 0` but divides every logit into NaN: refused here, by name.
+        if not is_number(self.temperature) or not 0 <= self.temperature < float("inf"):
+            raise bad("temperature", "a finite number >= 0")
         if not is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0")
         if not is_number(self.top_p) or not 0 < self.top_p <= 1:
@@ -106,8 +107,8 @@ class GenerationConfig:
             raise bad("min_p", "in [0, 1]")
         if not is_number(self.typical_p) or not 0 < self.typical_p <= 1:
             raise bad("typical_p", "in (0, 1]")
-        if not is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "> 0")
+        if not is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < float("inf"):
+            raise bad("repetition_penalty", "a finite number > 0")
         if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "an integer >= 0")
         if not _is_seq(self.stop) or not all(isinstance(s, str) and s for s in self.stop):

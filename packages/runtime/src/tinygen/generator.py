@@ -54,6 +54,8 @@ class TextGenerator:
         cuda_graphs: on a GPU, replay each batch size's recorded decode step (about 1.8x the
             speed at batch 1; each recording keeps its KV buffers while the model lives).
         """
+        if threads is not None:
+            _check_count("threads", plain(threads))
         self.model_dir = Path(model) if model is not None else embedded_model_dir()
         self.manifest: Manifest = load_manifest(self.model_dir)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
