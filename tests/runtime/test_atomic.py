@@ -25,7 +25,7 @@ def test_a_write_that_fails_keeps_the_old_file(tmp_path):
         f.write(b"half of a new fi")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TinygenError, match=f"cannot write {path}: disk full"):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["conf.json"]

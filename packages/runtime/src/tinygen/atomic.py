@@ -12,11 +12,17 @@ from .errors import TinygenError
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    """Write through a temp file in the same folder, fsync, then rename over `path`.
+
+    The file system's refusals (a parent that is a file, no permission, a full disk) become
+    one TinygenError naming the path."""
     if path.is_dir():
         raise TinygenError(f"{path} is a folder; give the path of the file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         # mkstemp makes the file 0600; a model folder must stay readable by whoever serves it.
         os.chmod(tmp, _mode_of(path))
@@ -25,9 +31,19 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> TinygenError:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # mkdir's words for "a file is in the way"
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return TinygenError(f"cannot write {path}: {blocking} is a file, not a folder")
+    return TinygenError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

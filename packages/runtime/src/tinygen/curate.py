@@ -83,6 +83,8 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
     curator = Curator(gen, k, seed, options)
     session = Session(prompt)
     path = Path(save) if save else None
+    if path:  # a path that cannot be written fails now, not after the first choice
+        session.save(path)
     pending = curator.candidates(session.text)
     out.write(f"{prompt}\n")
     while True:
