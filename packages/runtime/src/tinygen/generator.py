@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+from .async_api import AsyncTextStream, in_worker_thread
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
@@ -69,6 +71,7 @@ class TextGenerator:
         except TinygenError as exc:
             raise ModelFormatError(f"{self.model_dir / MANIFEST_NAME}: 'generation': {exc}") from None
         self._indexes: dict = {}
+        self._async_lock = threading.Lock()
 
     def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:
         if explicit is not None:
@@ -161,6 +164,18 @@ class TextGenerator:
         [ids] = self._encode_prompts(prompt, single=True)
         [seed] = self._seeds(plain(seed), 1, config)
         return TextStream(self._decoding([ids], [seed], config))
+
+    async def agenerate(self, prompt: Prompt | Sequence[Prompt] = "", **kwargs) -> "Generations":
+        """`generate` for asyncio: the same texts, decoded in a worker thread while the event
+        loop goes on. Calls on one generator (agenerate, astream) run one at a time."""
+        return await in_worker_thread(self._async_lock, lambda: self.generate(prompt, **kwargs))
+
+    def astream(self, prompt: Prompt = "", seed: int | None = None, **options) -> AsyncTextStream:
+        """`stream` for asyncio: `async for piece in gen.astream(...)`. Options are checked
+        and the seed drawn here, at the call; the prompt is encoded when iteration starts."""
+        config = self.defaults.merged(**options)
+        [seed] = self._seeds(plain(seed), 1, config)
+        return AsyncTextStream(self._async_lock, lambda: self.stream(prompt, seed=seed, **options), seed)
 
     def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
         """The model's own distribution over the token after `prompt`: the top_n (text, prob).

@@ -1,0 +1,75 @@
+"""TextGenerator for asyncio: the decoding runs in a worker thread, the event loop goes on.
+
+onnxruntime releases the GIL while a step runs, so the loop keeps serving other
+coroutines meanwhile. Calls on one generator take its lock and run one at a time:
+two decodings at once would only share the same cores, each at half the speed.
+For many concurrent requests decoded together, use the serving Engine (`tinygen serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import AsyncIterator, Callable, TypeVar
+
+T = TypeVar("T")
+_PIECE, _END, _ERROR = range(3)
+
+
+async def in_worker_thread(lock: threading.Lock, call: Callable[[], T]) -> T:
+    """call() under the lock in a worker thread."""
+    def locked() -> T:
+        with lock:
+            return call()
+    return await asyncio.get_running_loop().run_in_executor(None, locked)
+
+
+class AsyncTextStream:
+    """`async for piece in gen.astream(...)`: TextStream's pieces, each step taken in a worker
+    thread. `.seed` says how to remake the text; `.completion` holds it at the end.
+    Leaving the loop early (break, cancellation) stops the decoding after its current step."""
+
+    def __init__(self, lock: threading.Lock, open_stream: Callable, seed: int | None):
+        self._lock, self._open = lock, open_stream
+        self.seed = seed
+        self.completion = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def post(kind: int, value) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                stop.set()
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    stream = self._open()
+                    for piece in stream:
+                        if stop.is_set():
+                            return
+                        post(_PIECE, piece)
+                    self.completion = stream.completion
+                post(_END, None)
+            except BaseException as exc:  # raised in the consumer, where it can be handled
+                post(_ERROR, exc)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == _ERROR:
+                    raise value
+                if kind == _END:
+                    return
+                yield value
+        finally:
+            stop.set()
+            await asyncio.shield(worker)  # the lock is free again once this returns
