@@ -59,7 +59,10 @@ def test_greedy_flag_needs_no_seed(optimum_gpt2_dir):
 @pytest.mark.parametrize("extra,message", [
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--temperature", "inf"], "temperature must be a finite number >= 0"),
+    (["--repetition-penalty", "inf"], "repetition_penalty must be a finite number > 0"),
+    (["--threads", "-1"], "threads must be an integer >= 1"),
     (["-n", "0"], "-n must be >= 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
@@ -135,3 +138,55 @@ def test_help_shows_each_default_once_and_only_where_it_tells_something():
         assert "(default: None)" not in text and "(default: False)" not in text
     assert generate.count("(default: 16)") == 1  # --batch-size: said by argparse, once
     assert "the embedded tiny model) (default" not in generate  # said by the help text itself
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["Hi", "--bogus"], "tinygen generate: error: unrecognized arguments: --bogus (see tinygen generate --help)"),
+    (["Hi", "--max-new-tokens", "abc"], "tinygen generate: error: argument --max-new-tokens: invalid int value: 'abc'"),
+    (["next"], "tinygen next: error: the following arguments are required: prompt"),
+])
+def test_usage_errors_are_one_line_naming_the_command(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, out=io.StringIO(), err=io.StringIO())
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith(message)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and re.fullmatch(r"tinygen \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+def test_the_prompt_dash_reads_stdin(optimum_gpt2_dir, monkeypatch):
+    args = ["--model", str(optimum_gpt2_dir), "--max-new-tokens", "6", "--seed", "4"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("Once upon\n"))
+    assert run(["-", *args]) == run(["Once upon", *args])
+
+
+def test_a_closed_stdout_is_one_line(monkeypatch):
+    monkeypatch.setattr("sys.stdout", None)
+    err = io.StringIO()
+    assert main(["Hi"], err=err) == 2
+    assert err.getvalue() == "tinygen: error: standard output is closed; redirect it to a file or /dev/null\n"
+
+
+def test_an_interrupted_stream_ends_its_line_and_reports_the_seed(optimum_gpt2_dir, monkeypatch):
+    from tinygen import TextStream
+
+    def interrupted(self):
+        yield "a piece"
+        raise KeyboardInterrupt
+    monkeypatch.setattr(TextStream, "__iter__", interrupted)
+    code, out, err = run(["Once", "--model", str(optimum_gpt2_dir), "--seed", "9"])
+    assert code == 130 and out == "Oncea piece\n" and err == "seed: 9\ntinygen: interrupted\n"
+
+
+def test_a_save_path_that_cannot_be_written_fails_before_the_first_round(optimum_gpt2_dir, tmp_path,
+                                                                         monkeypatch):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\n"))
+    save = tmp_path / "afile" / "story.json"
+    code, out, err = run(["curate", "Once", "--model", str(optimum_gpt2_dir), "-k", "1", "--save", str(save)])
+    assert code == 2 and out == ""
+    assert err == f"tinygen: error: cannot write {save}: {tmp_path / 'afile'} is a file, not a folder\n"

@@ -16,10 +16,9 @@ import re
 import sys
 from typing import TextIO
 
-from .config import GenerationConfig
+from . import __version__
 from .errors import TinygenError
-from .generator import DELIMITER
-from .help_format import HelpFormatter
+from .help_format import ArgumentParser, HelpFormatter
 
 COMMANDS = ("generate", "curate", "next", "info", "serve")
 BOLD, RESET = "\033[1m", "\033[0m"
@@ -34,8 +33,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import GenerationConfig
+
     d = GenerationConfig()
-    p.add_argument("prompt", nargs="?", default="", help="text to continue")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (- reads it from stdin)")
     _add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
@@ -89,13 +90,14 @@ def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
+    parser = ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
+    parser.add_argument("--version", action="version", version=f"tinygen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = HelpFormatter
     _add_generate_arguments(sub.add_parser("generate", help="generate text (the default command)", formatter_class=fmt))
     probs = sub.add_parser("next", help="the most likely next tokens after a prompt, with probabilities",
                            formatter_class=fmt)
-    probs.add_argument("prompt", help="text whose next token to predict")
+    probs.add_argument("prompt", help="text whose next token to predict (- reads it from stdin)")
     _add_model_arguments(probs)
     probs.add_argument("--top-n", type=int, default=10, help="how many tokens to list")
     _add_curate_arguments(sub.add_parser("curate", help="pick, reroll or edit continuations interactively",
@@ -198,25 +200,29 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                        progress=err.isatty(), **options)
         if written.written:
             more = f" ({written.texts} in all)" if written.texts != written.written else ""
-            err.write(f"wrote {written.written} texts to {args.to_file}{more}\n")
+            err.write(f"wrote {_count(written.written, 'text')} to {args.to_file}{more}\n")
         else:
             err.write(f"{args.to_file} already holds {written.texts} texts (-n {args.n}): nothing to do\n")
         return 0
     if streamed:
         stream = gen.stream(args.prompt, seed=args.seed, **options)
         out.write(shown_prompt)
-        for piece in stream:
-            out.write(_coloured(piece) if args.show_probs and tty else piece)
-            out.flush()
-        out.write("\n")
-        if stream.seed is not None:
-            err.write(f"seed: {stream.seed}\n")
+        try:
+            for piece in stream:
+                out.write(_coloured(piece) if args.show_probs and tty else piece)
+                out.flush()
+        finally:  # also when interrupted: the line ends, and the seed remakes the text
+            out.write("\n")
+            if stream.seed is not None:
+                err.write(f"seed: {stream.seed}\n")
         return 0
     texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
                          progress=err.isatty(), dedupe=args.dedupe, dedupe_against=args.dedupe_against,
                          **options)
     for _, duplicate in texts.dropped:
         err.write(f"dropped: {duplicate.reason}\n")
+    from .generator import DELIMITER
+
     for i, text in enumerate(texts):
         if i:
             out.write(f"{DELIMITER}\n")
@@ -227,13 +233,17 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def run_curate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .curate import run_curate as curate
 
     session = curate(_generator(args), args.prompt, args.k, args.seed, _options(args), args.save,
                      sys.stdin, out)
     if args.save:
-        err.write(f"saved {len(session.rounds)} rounds to {args.save}\n")
+        err.write(f"saved {_count(len(session.rounds), 'round')} to {args.save}\n")
     return 0
 
 
@@ -250,6 +260,14 @@ def _context(args: argparse.Namespace) -> dict | None:
             raise TinygenError(f"--context takes FIELD=VALUE, got {item!r}")
         context[name] = [v.strip() for v in value.split(",")] if "," in value else value
     return context
+
+
+def _stdin_prompt() -> str:
+    """`echo "Once upon a time" | tinygen -`: the whole input, less the newline echo ends it with."""
+    if sys.stdin is None:
+        raise TinygenError("the prompt - reads stdin, which is closed; give the prompt as an argument")
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
 
 
 def run_next(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -294,12 +312,19 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    if out is None or err is None:  # started with `>&-`: print() would fail on None
+        if err is not None:
+            err.write("tinygen: error: standard output is closed; redirect it to a file or /dev/null\n")
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     # A bare prompt means `generate`: `tinygen "Once upon a time"`.
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "generate")
-    args = build_parser().parse_args(argv)
     try:
+        # Inside the try: numpy and onnxruntime load here, the first half second a Ctrl-C hits.
+        args = build_parser().parse_args(argv)
+        if args.command in ("generate", "next") and args.prompt == "-":
+            args.prompt = _stdin_prompt()
         run = {"info": run_info, "curate": run_curate, "serve": run_serve,
                "next": run_next}.get(args.command, run_generate)
         return run(args, out, err)
