@@ -120,6 +120,7 @@ def test_prompt_longer_than_the_window(optimum_gpt2_dir):
     ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number > 0"),
     ({"tempreature": 0.5}, "unknown generation option 'tempreature'"),
     ({"seed": -3}, "seed must be >= 0"),
+    ({"exclude_strings": ["zzqq-no-token"]}, "exclude_strings: 'zzqq-no-token' is not a token of this model"),
 ])
 def test_bad_generation_options(optimum_gpt2_dir, options, message):
     gen = TextGenerator(optimum_gpt2_dir)

@@ -329,7 +329,14 @@ class TextGenerator:
                 raise TinygenError(f"{name}: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         ids = set(self.tokenizer.banned_ids) | set(config.exclude_ids)
         if config.exclude_strings:
-            ids |= set(self.tokenizer.ids_for_strings(config.exclude_strings))
+            found = self.tokenizer.ids_for_strings(config.exclude_strings)
+            # A string that is no token would ban nothing: say so rather than seem to work.
+            known = {self.tokenizer.token_bytes[i] for i in found}
+            missing = [s for s in config.exclude_strings if s.encode("utf-8") not in known]
+            if missing:
+                raise TinygenError(f"exclude_strings: {missing[0]!r} is not a token of this model (it bans "
+                                   f"tokens by their whole text, e.g. ' the'; exclude_chars bans characters)")
+            ids |= set(found)
         if config.exclude_chars:
             ids |= set(self.tokenizer.ids_for_chars(config.exclude_chars))
         excluded = sorted(i for i in ids if i < vocab)
