@@ -73,9 +73,12 @@ def test_bad_options_give_one_line_and_exit_2(optimum_gpt2_dir, extra, message):
     assert err.count("\n") == 1 and err.startswith("tinygen: error: ") and message in err
 
 
-def test_info_describes_the_model(optimum_llama_dir):
+def test_info_describes_the_model(optimum_llama_dir, tmp_path):
     code, out, _ = run(["info", "--model", str(optimum_llama_dir)])
     assert code == 0 and '"architecture": "llama"' in out and '"num_kv_heads": 2' in out
+    (tmp_path / "mine.json").write_text('{"format_version": 1}')
+    code, out, _ = run(["info", "--model", str(optimum_llama_dir), "--replacements", str(tmp_path / "mine.json")])
+    assert code == 0 and f'"replacements_file": "{tmp_path / "mine.json"}"' in out
 
 
 def test_show_probs_colours_tokens_on_a_terminal_only(optimum_gpt2_dir):

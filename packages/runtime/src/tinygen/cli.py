@@ -286,8 +286,10 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     gen = _generator(args)
     # The KV buffers' type is the graph's (float32, or int8 from `export --kv-cache int8`).
     kv = np.dtype(gen.model.kv_dtype).name
-    out.write(json.dumps({"model_dir": str(gen.model_dir), "device": gen.device,
-                          "kv_buffers": kv, **gen.manifest.to_json()}, indent=2) + "\n")
+    info = {"model_dir": str(gen.model_dir), "device": gen.device, "kv_buffers": kv, **gen.manifest.to_json()}
+    if args.replacements:  # the one in use, not the model's own
+        info["replacements_file"] = args.replacements
+    out.write(json.dumps(info, indent=2) + "\n")
     return 0
 
 
