@@ -68,3 +68,43 @@ def test_context_from_the_cli(conditioned_model, capsys):
     assert main(["", "--model", str(conditioned_model), "--greedy", "--max-new-tokens", "30",
                  "--context", f"title={title}", "--context", f"keywords={title[:2]},{body.split()[1]}"]) == 0
     assert capsys.readouterr().out == body + "\n"
+
+
+def test_a_tokenizer_without_the_field_tokens_gets_them_in_training(tmp_path):
+    """A tokenizer made without --field (or a finetuned model's own) would train `<|title|>` as
+    byte pieces: train adds the field tokens, and the run's model carries fields.json."""
+    records = tmp_path / "records.jsonl"
+    with records.open("w") as f:
+        for repeat in range(20):
+            for title, body in BODIES.items():
+                f.write(json.dumps({"title": title, "keywords": [title[:2]], "body": body}) + "\n")
+    tok = tmp_path / "tok" / "tokenizer.json"
+    assert train_cli(["tokenizer", str(records), "--field", "body", "-o", str(tok), "--vocab-size", "300"]) == 0
+    fields = ["--field", "title,keywords,body"]
+    with pytest.raises(TinygenError, match=r"has no token <\|title\|>: make it with `tinygen-train tokenizer"):
+        from tinygen_trainer.commands import encode
+        encode.run(encode_args(records, tok, tmp_path / "r.tokens", fields[1]))
+    assert train_cli(["train", str(records), "--preset", "cpu-tiny", "--tokenizer", str(tok), "-o",
+                      str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--block-size", "32",
+                      "--checkpoint-every", "0", "--quiet", *fields]) == 0
+    assert json.loads((tmp_path / "run" / "fields.json").read_text())["names"] == ["title", "keywords", "body"]
+    from tokenizers import Tokenizer
+    trained = Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
+    title_id = trained.token_to_id("<|title|>")
+    assert title_id is not None and trained.encode("<|title|>alpha").ids[0] == title_id
+
+
+def encode_args(records, tok, out, field):
+    import argparse
+    return argparse.Namespace(corpus=[records], field=field, errors="strict", line_by_line=False, output=out,
+                              tokenizer=tok, replacements=None, eos_token=None, compress=True, quiet=True)
+
+
+def test_a_tokenizer_output_without_json_suffix_is_a_folder(tmp_path, monkeypatch):
+    text = tmp_path / "a.txt"
+    text.write_text("the quick fox runs over the hill. " * 50)
+    monkeypatch.chdir(tmp_path)
+    assert train_cli(["tokenizer", str(text), "-o", "tok", "--vocab-size", "280",
+                      "--replace", "fox", "<|fox|>"]) == 0
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["replacements.json", "tokenizer.json"]
+    assert not (tmp_path / "replacements.json").exists()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tinygen.errors import TinygenError
+from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
@@ -40,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
     elif beside.is_file():
         replacements = Replacements.load(beside)
     encoder = Encoder.load(args.tokenizer, replacements, args.eos_token)
+    schema = FieldSchema.parse(args.field) if args.field else None
+    missing = [t for t in (schema.tokens() if schema else ()) if encoder.tokenizer.token_to_id(t) is None]
+    if missing:  # the cache would hold `<|title|>` as byte pieces, not as the field's token
+        raise TinygenError(f"{args.tokenizer} has no token {missing[0]}: make it with `tinygen-train "
+                           f"tokenizer --field {args.field}`, or train on the records themselves "
+                           f"(`tinygen-train train FILE --field {args.field}` adds the field tokens)")
     if args.output.is_dir():  # before the corpus is encoded, not after
         raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")

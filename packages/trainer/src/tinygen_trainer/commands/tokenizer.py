@@ -17,16 +17,19 @@ HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
 
 def _tokenizer_path(text: str) -> Path:
-    """-o tok/ or an existing folder means tok/tokenizer.json (Path would drop the slash)."""
+    """-o tok, tok/ or an existing folder means tok/tokenizer.json; a name ending in .json is
+    the file itself (replacements.json and fields.json go beside it, in its folder)."""
     path = Path(text)
-    return path / "tokenizer.json" if text.endswith(("/", os.sep)) or path.is_dir() else path
+    if text.endswith(("/", os.sep)) or path.is_dir() or path.suffix.lower() != ".json":
+        return path / "tokenizer.json"
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_corpus_arguments(parser)
     parser.add_argument("-o", "--output", type=_tokenizer_path, default=Path("tokenizer.json"),
-                        help="where to write tokenizer.json (a folder: FOLDER/tokenizer.json; "
-                             "replacements.json goes beside it)")
+                        help="where to write tokenizer.json: a folder (FOLDER/tokenizer.json) or a "
+                             "FILE.json; replacements.json and fields.json go beside it")
     parser.add_argument("--vocab-size", type=int, default=TokenizerConfig.vocab_size,
                         help="final vocabulary size, bytes and special tokens included")
     parser.add_argument("--min-frequency", type=int, default=TokenizerConfig.min_frequency,

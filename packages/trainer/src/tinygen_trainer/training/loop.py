@@ -35,7 +35,8 @@ from .feed import Feed, HostBatch
 from .loss import causal_lm_loss, target_count
 from .progress import METRICS_FILE, Reporter
 from .samples import generate_sample
-from .setup import (PhaseRun, build_encoder, build_phases, load_model, model_window, plan_model,
+from .setup import (PhaseRun, build_encoder, build_phases, field_schema, load_model, model_window,
+                    plan_model,
                     resolve_block_size)
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -278,9 +279,13 @@ class Trainer:
                                 bos_token=bos or eos).save_pretrained(folder)
         if self.encoder.replacements.tokens():
             self.encoder.replacements.save(Path(folder))
-        # A field schema travels with its tokenizer (from `tinygen-train tokenizer --field a,b`).
+        # The fields this run trains on; else a schema that travels with its tokenizer (from
+        # `tinygen-train tokenizer --field a,b`) or with the finetuned model.
+        schema = field_schema(self.config)
         source = self.config.tokenizer.parent if self.config.tokenizer else self.config.model
-        if source is not None and (source / FIELDS_FILE).is_file() and Path(folder) != source:
+        if schema is not None:
+            schema.save(Path(folder))
+        elif source is not None and (source / FIELDS_FILE).is_file() and Path(folder) != source:
             shutil.copyfile(source / FIELDS_FILE, Path(folder) / FIELDS_FILE)
 
     # -- helpers -------------------------------------------------------------

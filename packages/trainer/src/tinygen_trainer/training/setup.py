@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tinygen.errors import TinygenError
+from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
@@ -60,16 +61,32 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
     tokenizer = load_tokenizer(tokenizer_path)
     replacements = _replacements(config, tokenizer_path)
     missing = sorted(t for t in replacements.tokens() if tokenizer.token_to_id(t) is None)
+    schema = field_schema(config)
+    # After the replacement tokens, so a run without fields keeps the ids it always had.
+    missing += [t for t in (schema.tokens() if schema else ()) if tokenizer.token_to_id(t) is None]
     if missing:
-        # Finetuning a model whose tokenizer predates the rules: the tokens become new
-        # special tokens, and the model's embedding grows to hold them.
+        # Finetuning a model whose tokenizer predates the rules or the fields (or a tokenizer
+        # trained without --field): the tokens become new special tokens, and the model's
+        # embedding grows to hold them. Otherwise `<|title|>` would be trained as 9 byte pieces.
         tokenizer.add_special_tokens(missing)
     eos_id = _eos_id(config, tokenizer, tokenizer_path)
     return Encoder(tokenizer, eos_id, replacements), len(missing)
 
 
+def field_schema(config: TrainConfig) -> FieldSchema | None:
+    """The records' fields (`--field title,keywords,body`) the run trains on, if any: one
+    schema per model, since its fields.json tells generation how records are written."""
+    schemas = {schema for phase in config.resolved_phases() for source in phase.data
+               if (schema := FieldSchema.parse(source.field) if source.field else None)}
+    if len(schemas) > 1:
+        names = sorted(",".join(s.names) for s in schemas)
+        raise TinygenError(f"the corpora use different fields ({' and '.join(names)}); "
+                           f"a model is trained on one set of fields")
+    return next(iter(schemas), None)
+
+
 def plan_model(config: TrainConfig, encoder: Encoder, added_tokens: int = 0) -> ModelPlan:
-    """`added_tokens`: how many ids build_encoder appended for replacement rules."""
+    """`added_tokens`: how many ids build_encoder appended for replacement rules and fields."""
     if config.preset is not None:
         hf_config = PRESETS[config.preset].build_config(encoder.vocab_size, encoder.eos_id)
         source = None
