@@ -163,6 +163,13 @@ def test_resume_refuses_changed_options(tmp_path, corpus, tokenizer):
     assert [m["step"] for m in read_metrics(longer)] == [1, 2, 3]
 
 
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, corpus, tokenizer, capsys):
+    config = tiny(tmp_path, corpus, tokenizer, steps=1, resume=True)
+    train(config)
+    assert (f"note: --resume: {config.output_dir} has no checkpoint yet; training starts at step 0"
+            in capsys.readouterr().err)
+
+
 def test_a_new_run_refuses_a_folder_holding_something_else(tmp_path, corpus, tokenizer):
     def run(out, **options):
         return train(tiny(tmp_path, corpus, tokenizer, output_dir=out, steps=1, **options))
@@ -197,7 +204,9 @@ def test_resume_refuses_a_changed_corpus_and_notes_changed_optimisation(tmp_path
     train(longer)
     err = capsys.readouterr().err
     assert "note: resuming with learning_rate=0.05 where the checkpoint's run had the default" in err
-    assert "steps=" not in err  # more steps is continuing the run, not a change of course
+    # more steps continues the run, but the cosine schedule stretches to the new length
+    assert ("note: resuming with 3 steps where the checkpoint's run had 2: the cosine learning-rate "
+            "schedule stretches to the new length") in err
     text.write_text(text.read_text()[: len(text.read_text()) // 2])
     with pytest.raises(TinygenError, match=r"corpus.txt changed since it was written .*restore it"):
         train(dataclasses.replace(longer, steps=4))

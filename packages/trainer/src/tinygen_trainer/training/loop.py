@@ -15,6 +15,7 @@ import random
 import shutil
 import tempfile
 import time
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ class Trainer:
             "tokenizer_sha256": self.encoder.fingerprint,
             "replacements_sha256": self.encoder.replacements_fingerprint,
             "config": self.config.resume_identity(),
-            "optimisation": self.config.resume_noted(),
+            "optimisation": {**self.config.resume_noted(), "total_steps": self.config.total_steps},
             "data_files": self._data_files,
         }
         return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, state,
@@ -365,6 +366,9 @@ def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
         )
     if latest is None:  # a run starts here: it must not write over what the folder holds
         _check_fresh_output(config)
+        if config.resume and backend.is_writer:
+            print(f"tinygen-train: note: --resume: {config.output_dir} has no checkpoint yet; "
+                  f"training starts at step 0", file=sys.stderr)
     return latest
 
 
@@ -416,9 +420,15 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
             raise TinygenError(f"cannot resume {checkpoint}: {path} changed since it was written "
                                f"(other rows would follow); restore it or start a new --output")
     old = state.get("optimisation") or {}
-    return [f"resuming with {name}={_shown(value)} where the checkpoint's run had "
-            f"{_shown(old[name])}: the losses from here are not an uninterrupted run's"
-            for name, value in config.resume_noted().items() if name in old and old[name] != value]
+    notes = [f"resuming with {name}={_shown(value)} where the checkpoint's run had "
+             f"{_shown(old[name])}: the losses from here are not an uninterrupted run's"
+             for name, value in config.resume_noted().items() if name in old and old[name] != value]
+    steps = old.get("total_steps")  # older checkpoints: not recorded
+    if steps is not None and steps != config.total_steps and config.lr_schedule != "constant":
+        notes.append(f"resuming with {config.total_steps} steps where the checkpoint's run had {steps}: "
+                     f"the {config.lr_schedule} learning-rate schedule stretches to the new length, so "
+                     f"the losses from here are not an uninterrupted {config.total_steps}-step run's")
+    return notes
 
 
 def _shown(value: Any) -> str:
