@@ -28,7 +28,8 @@ import onnxruntime as ort
 from .cuda_graph import MAX_GRAPHS, UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
 from .manifest import Manifest
-from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
+from .onnx_model import (_ORT_TYPES, OnnxCausalLM, check_graph_fits, check_window_fits,
+                         restarted_mask)
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
@@ -124,6 +125,14 @@ class SharedKVCausalLM(OnnxCausalLM):
                 (isinstance(size, int) and size != m.head_size):
             raise ModelFormatError(f"{path}: KV cache is {heads} heads x {size}, manifest says "
                                    f"{m.num_kv_heads} x {m.head_size}")
+        # The buffers are allocated context_window positions long (empty_cache): a graph
+        # that fixes their length takes no other.
+        capacity = past.shape[2]
+        if isinstance(capacity, int) and capacity != m.context_window:
+            raise ModelFormatError(f"{path}: the graph's KV buffers hold {capacity} positions, the "
+                                   f"manifest's context_window is {m.context_window}; the manifest "
+                                   f"does not fit the graph (set context_window to {capacity})")
+        check_window_fits(path, m, self.position_ids_name)
         self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
         self.logits_dtype = _ORT_TYPES.get(outputs[m.outputs["logits"]].type, np.float32)
         self._past_names = m.past_names()

@@ -1,0 +1,72 @@
+"""A model folder whose files do not fit together, or are corrupt: one ModelFormatError on load
+that names the file and what to fix, never an onnxruntime error or a traceback mid-text."""
+
+import io
+import json
+import re
+import shutil
+
+import pytest
+
+from tinygen import ModelFormatError, TextGenerator
+from tinygen.cli import main
+from tinygen.fields import FieldSchema
+from tinygen.manifest import Manifest, load_manifest
+from tinygen.replacements import Replacements
+from tinygen_tinymodel import model_dir as embedded_model_dir
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def with_manifest(source, tmp_path, **changes):
+    """A copy of the model folder `source` whose manifest has `changes`."""
+    model = shutil.copytree(source, tmp_path / "model")
+    Manifest.from_json({**load_manifest(model).to_json(), **changes}).save(model)
+    return model
+
+
+# -- context_window against the graph's position tables ------------------------
+
+@pytest.mark.parametrize("graph,table,positions", [
+    ("embedded", "rotary cos_cache", 512),  # fused llama: GroupQueryAttention's cos_cache
+    ("exported_gpt2_dir", "position table 'transformer.wpe.weight'", 128),  # fused gpt2
+    ("optimum_gpt2_dir", "position table 'transformer.wpe.weight'", 128),  # concat cache
+])
+def test_a_window_longer_than_the_graph_holds_is_refused_on_load(graph, table, positions,
+                                                                  request, tmp_path):
+    source = embedded_model_dir() if graph == "embedded" else request.getfixturevalue(graph)
+    model = with_manifest(source, tmp_path, context_window=positions * 2)
+    with pytest.raises(ModelFormatError, match=re.escape(
+            f"the graph's {table} holds {positions} positions, the manifest's context_window is "
+            f"{positions * 2}; the manifest does not fit the graph (set context_window to "
+            f"{positions} or less)")):
+        TextGenerator(model, device="cpu")
+    # A shorter window than the tables is fine: the model just slides sooner.
+    Manifest.from_json({**load_manifest(model).to_json(), "context_window": positions // 2}).save(model)
+    assert TextGenerator(model, device="cpu").manifest.context_window == positions // 2
+
+
+def test_the_cli_says_the_window_does_not_fit_in_one_line(tmp_path):
+    model = with_manifest(embedded_model_dir(), tmp_path, context_window=1024)
+    code, out, err = run(["Once", "--model", str(model), "--max-new-tokens", "700", "--no-slide",
+                          "--greedy"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "rotary cos_cache holds 512 positions" in err and "Traceback" not in err
+
+
+def test_a_fixed_kv_buffer_length_must_be_the_window(tmp_path):
+    import onnx
+
+    model = with_manifest(embedded_model_dir(), tmp_path, context_window=256)
+    graph = onnx.load(str(model / "model.onnx"))
+    for value in [*graph.graph.input, *graph.graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.shape.dim[2].dim_value = 512  # was the symbol "capacity"
+    onnx.save(graph, str(model / "model.onnx"))
+    with pytest.raises(ModelFormatError, match=re.escape(
+            "the graph's KV buffers hold 512 positions, the manifest's context_window is 256")):
+        TextGenerator(model, device="cpu")
