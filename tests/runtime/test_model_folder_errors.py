@@ -70,3 +70,27 @@ def test_a_fixed_kv_buffer_length_must_be_the_window(tmp_path):
     with pytest.raises(ModelFormatError, match=re.escape(
             "the graph's KV buffers hold 512 positions, the manifest's context_window is 256")):
         TextGenerator(model, device="cpu")
+
+
+# -- fields.json -----------------------------------------------------------------
+
+@pytest.mark.parametrize("data,message", [
+    ({"format_version": "x", "names": ["a", "b"]}, "'format_version' must be an integer, got 'x'"),
+    ({"format_version": None, "names": ["a", "b"]}, "'format_version' must be an integer, got None"),
+    ({"names": ["a", "b"], "separator": 5}, "'separator' must be a string, got 5"),
+    ({"names": "ab"}, "'names' must be a list of field names, got 'ab'"),
+    ({"names": [["a"], ["b"]]}, "two or more distinct field names"),
+    ({"format_version": 2, "names": ["a", "b"]}, "format_version 2 is newer"),
+])
+def test_a_corrupt_fields_file_names_itself_and_the_fault(tmp_path, data, message):
+    path = tmp_path / "fields.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFormatError, match=f"^{re.escape(str(path))}: .*{re.escape(message)}"):
+        FieldSchema.load(path)
+
+
+def test_a_model_folder_with_a_corrupt_fields_file_fails_in_one_line(tmp_path):
+    model = with_manifest(embedded_model_dir(), tmp_path, fields_file="fields.json")
+    (model / "fields.json").write_text(json.dumps({"names": ["a", "b"], "separator": 5}))
+    code, out, err = run(["--context", "a=1,2", "--model", str(model), "--max-new-tokens", "4"])
+    assert code == 2 and err.count("\n") == 1 and "'separator' must be a string" in err, err

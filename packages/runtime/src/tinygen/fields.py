@@ -30,9 +30,13 @@ class FieldSchema:
     separator: str = ", "
 
     def __post_init__(self) -> None:
-        if len(self.names) < 2 or len(set(self.names)) != len(self.names) or \
-                not all(isinstance(n, str) and n.strip() and "|" not in n for n in self.names):
+        # Types first: a list among the names could not go into the set.
+        if isinstance(self.names, str) or len(self.names) < 2 or \
+                not all(isinstance(n, str) and n.strip() and "|" not in n for n in self.names) or \
+                len(set(self.names)) != len(self.names):
             raise TinygenError(f"a field schema needs two or more distinct field names, got {list(self.names)}")
+        if not isinstance(self.separator, str):
+            raise TinygenError(f"'separator' must be a string, got {self.separator!r}")
 
     @staticmethod
     def token(name: str) -> str:
@@ -91,10 +95,16 @@ class FieldSchema:
             raise ModelFormatError(f"{path}: not a readable fields.json ({exc})") from None
         if not isinstance(data, dict) or set(data) - {"format_version", "names", "separator"}:
             raise ModelFormatError(f"{path}: expected keys format_version, names, separator")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ModelFormatError(f"{path}: format_version {data['format_version']} is newer than this tinygen reads")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ModelFormatError(f"{path}: 'format_version' must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFormatError(f"{path}: format_version {version} is newer than this tinygen reads")
+        names = data.get("names", [])
+        if not isinstance(names, list):  # a string would pass as one field per character
+            raise ModelFormatError(f"{path}: 'names' must be a list of field names, got {names!r}")
         try:
-            return cls(tuple(data.get("names", ())), data.get("separator", ", "))
+            return cls(tuple(names), data.get("separator", ", "))
         except TinygenError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
 

@@ -96,8 +96,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise ModelFormatError(f"{source}: expected a JSON object")
         version = data.get("format_version")
-        if not isinstance(version, int):
+        if "format_version" not in data:
             raise ModelFormatError(f"{source}: missing integer 'format_version'")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ModelFormatError(f"{source}: 'format_version' must be an integer, got {version!r}")
         if version > FORMAT_VERSION:
             raise ModelFormatError(
                 f"{source}: format_version {version} is newer than this tinygen reads "
