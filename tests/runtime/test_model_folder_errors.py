@@ -94,3 +94,53 @@ def test_a_model_folder_with_a_corrupt_fields_file_fails_in_one_line(tmp_path):
     (model / "fields.json").write_text(json.dumps({"names": ["a", "b"], "separator": 5}))
     code, out, err = run(["--context", "a=1,2", "--model", str(model), "--max-new-tokens", "4"])
     assert code == 2 and err.count("\n") == 1 and "'separator' must be a string" in err, err
+
+
+# -- replacements files --------------------------------------------------------------
+
+@pytest.mark.parametrize("data,message", [
+    ({"encode": 5}, "'encode' must be a list of rules"),
+    ({"encode": None}, "'encode' must be a list of rules"),
+    ({"encode": {"pattern": "a", "token": "b"}}, "'encode' must be a list of rules"),
+    ({"format_version": "1"}, "'format_version' must be an integer, got '1'"),
+    ({"format_version": 2}, "format_version 2 is not one this tinygen reads"),
+])
+def test_a_corrupt_replacements_file_names_itself_and_the_fault(tmp_path, data, message):
+    path = tmp_path / "r1.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFormatError, match=f"^{re.escape(str(path))}: {re.escape(message)}"):
+        Replacements.load(path)
+    code, out, err = run(["x", "--replacements", str(path)])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_replacements_path_that_is_a_folder_fails_in_one_line(tmp_path):
+    with pytest.raises(ModelFormatError, match=f"^{re.escape(str(tmp_path))}: not a readable "
+                                               f"replacements file"):
+        Replacements.load(tmp_path)
+    code, out, err = run(["x", "--replacements", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1 and "not a readable replacements file" in err, err
+
+
+def test_a_corrupt_replacements_file_in_the_model_folder_fails_in_one_line(tmp_path):
+    model = shutil.copytree(embedded_model_dir(), tmp_path / "model")
+    (model / "replacements.json").write_text(json.dumps({"encode": None}))
+    code, out, err = run(["x", "--model", str(model)])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{model / 'replacements.json'}: 'encode' must be a list of rules" in err
+
+
+def test_an_unknown_token_is_blamed_on_the_file_that_names_it(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"ban": ["<|nope|>"]}))
+    with pytest.raises(ModelFormatError, match=f"^{re.escape(str(path))}: 'ban' names token "
+                                               f"'<\\|nope\\|>'"):
+        TextGenerator(replacements=path)
+
+
+def test_manifest_format_version_of_the_wrong_type_says_so():
+    data = load_manifest(embedded_model_dir()).to_json()
+    with pytest.raises(ModelFormatError, match="'format_version' must be an integer, got '1'"):
+        Manifest.from_json({**data, "format_version": "1"})
+    with pytest.raises(ModelFormatError, match="missing integer 'format_version'"):
+        Manifest.from_json({k: v for k, v in data.items() if k != "format_version"})

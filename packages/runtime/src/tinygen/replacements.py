@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .atomic import atomic_write_text
-from .errors import ModelFormatError
+from .errors import ModelFormatError, first_line
 
 FORMAT_VERSION = 1
 FILE_NAME = "replacements.json"
@@ -47,6 +47,9 @@ class Replacements:
     encode: tuple[EncodeRule, ...] = ()
     decode: Mapping[str, str] = field(default_factory=dict)
     ban: tuple[str, ...] = ()
+    # Where it was read from, for check_vocab's message (a --replacements file is not
+    # always named replacements.json).
+    source: str = field(default=FILE_NAME, compare=False, repr=False)
 
     def tokens(self) -> set[str]:
         """Every token the config names; each must be in the model's vocabulary."""
@@ -84,10 +87,16 @@ class Replacements:
         if unknown:
             raise fail(f"unknown key '{unknown[0]}' (known: format_version, encode, decode, ban)")
         version = data.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise fail(f"'format_version' must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
             raise fail(f"format_version {version!r} is not one this tinygen reads ({FORMAT_VERSION})")
+        encode = data.get("encode", [])
+        if not isinstance(encode, list):
+            raise fail(f"'encode' must be a list of rules (objects with pattern and token), "
+                       f"got {encode!r}")
         rules = []
-        for i, rule in enumerate(data.get("encode", [])):
+        for i, rule in enumerate(encode):
             where = f"encode[{i}]"
             if not isinstance(rule, dict):
                 raise fail(f"'{where}' must be an object with pattern and token")
@@ -113,7 +122,7 @@ class Replacements:
         ban = data.get("ban", [])
         if not isinstance(ban, list) or not all(isinstance(t, str) and t for t in ban):
             raise fail("'ban' must be a list of token strings")
-        return cls(tuple(rules), dict(decode), tuple(ban))
+        return cls(tuple(rules), dict(decode), tuple(ban), source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Replacements":
@@ -122,12 +131,17 @@ class Replacements:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelFormatError(f"replacements file not found: {path}") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ModelFormatError(f"{path}: not a readable replacements file "
+                                   f"({exc.strerror or first_line(exc)})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, source=str(path))
 
-    def check_vocab(self, vocab: Mapping[str, int], source: str = FILE_NAME) -> None:
-        """Every named token must exist, or encode/decode would silently do nothing."""
+    def check_vocab(self, vocab: Mapping[str, int], source: str | None = None) -> None:
+        """Every named token must exist, or encode/decode would silently do nothing.
+        `source` names the config in the message; by default, the file it was read from."""
+        source = source or self.source
         for key, tokens in (("encode", [r.token for r in self.encode]),
                             ("decode", list(self.decode)), ("ban", list(self.ban))):
             for token in tokens:
