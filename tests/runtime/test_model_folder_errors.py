@@ -46,7 +46,8 @@ def test_a_window_longer_than_the_graph_holds_is_refused_on_load(graph, table, p
             f"{positions} or less)")):
         TextGenerator(model, device="cpu")
     # A shorter window than the tables is fine: the model just slides sooner.
-    Manifest.from_json({**load_manifest(model).to_json(), "context_window": positions // 2}).save(model)
+    shorter = {**load_manifest(model).to_json(), "context_window": positions // 2}
+    Manifest.from_json(shorter).save(model)
     assert TextGenerator(model, device="cpu").manifest.context_window == positions // 2
 
 
@@ -76,7 +77,8 @@ def test_a_fixed_kv_buffer_length_must_be_the_window(tmp_path):
 
 @pytest.mark.parametrize("data,message", [
     ({"format_version": "x", "names": ["a", "b"]}, "'format_version' must be an integer, got 'x'"),
-    ({"format_version": None, "names": ["a", "b"]}, "'format_version' must be an integer, got None"),
+    ({"format_version": None, "names": ["a", "b"]},
+     "'format_version' must be an integer, got None"),
     ({"names": ["a", "b"], "separator": 5}, "'separator' must be a string, got 5"),
     ({"names": "ab"}, "'names' must be a list of field names, got 'ab'"),
     ({"names": [["a"], ["b"]]}, "two or more distinct field names"),

@@ -99,7 +99,8 @@ class FieldSchema:
         if not isinstance(version, int) or isinstance(version, bool):
             raise ModelFormatError(f"{path}: 'format_version' must be an integer, got {version!r}")
         if version > FORMAT_VERSION:
-            raise ModelFormatError(f"{path}: format_version {version} is newer than this tinygen reads")
+            raise ModelFormatError(f"{path}: format_version {version} is newer than this tinygen "
+                                   f"reads")
         names = data.get("names", [])
         if not isinstance(names, list):  # a string would pass as one field per character
             raise ModelFormatError(f"{path}: 'names' must be a list of field names, got {names!r}")

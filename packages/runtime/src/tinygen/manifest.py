@@ -99,7 +99,8 @@ class Manifest:
         if "format_version" not in data:
             raise ModelFormatError(f"{source}: missing integer 'format_version'")
         if not isinstance(version, int) or isinstance(version, bool):
-            raise ModelFormatError(f"{source}: 'format_version' must be an integer, got {version!r}")
+            raise ModelFormatError(f"{source}: 'format_version' must be an integer, "
+                                   f"got {version!r}")
         if version > FORMAT_VERSION:
             raise ModelFormatError(
                 f"{source}: format_version {version} is newer than this tinygen reads "
