@@ -35,6 +35,8 @@ def assert_error(reply, status, message=None, param=None, code=None):
 
 def test_malformed_json(served, call):
     url, _ = served
+    deep = b"[" * 2000 + b"]" * 2000  # within the body limit, past Python's recursion limit
+    assert_error(call("POST", f"{url}/v1/completions", deep), 400, "not valid JSON", code="invalid_json")
     assert_error(call("POST", f"{url}/v1/completions", b'{"prompt": "Hi",'), 400, "not valid JSON",
                  code="invalid_json")
     assert_error(call("POST", f"{url}/v1/completions", b'\xff\xfe'), 400, "not valid JSON")
@@ -54,6 +56,7 @@ def test_unknown_parameters_are_named(served, call):
     ("logprobs", 6, "logprobs"), ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", [""], "stop"),
     ("seed", -1, "seed"), ("seed", 1.5, "seed"), ("prompt", {"text": "Hi"}, "prompt"), ("prompt", [], "prompt"),
     ("stream", "yes", "stream"), ("logit_bias", {"x": 1}, "logit_bias"), ("logit_bias", {"3": 500}, "logit_bias"),
+    ("logit_bias", {"\u00b2": 5}, "logit_bias"), ("logit_bias", {"\u0663": 5}, "logit_bias"),
     ("presence_penalty", 0.5, "presence_penalty"), ("best_of", 2, "best_of"), ("suffix", "end", "suffix"),
     ("top_k", -1, "top_k"), ("repetition_penalty", 0, "repetition_penalty"),
 ])
@@ -127,3 +130,24 @@ def test_the_server_still_serves_after_all_that(served, call):
     assert status == 200 and body["choices"][0]["seed"] == 1
     assert json.dumps(body)  # plain JSON throughout
 
+
+
+def test_every_seed_a_reply_reports_is_one_it_takes_back(served, call):
+    url, model = served
+    last = 2**63 - 1
+    status, _, body = call("POST", f"{url}/v1/completions",
+                           {"model": model, "prompt": ["a", "b"], "n": 2, "seed": last - 3, "max_tokens": 2})
+    assert status == 200 and max(c["seed"] for c in body["choices"]) == last
+    assert_error(call("POST", f"{url}/v1/completions",
+                      {"model": model, "prompt": ["a", "b"], "n": 2, "seed": last - 2, "max_tokens": 2}),
+                 400, f"seed must be an integer from 0 to {last - 3}", param="seed")
+
+
+def test_the_models_default_length_keeps_to_the_limit(gpt2_gen, serve_on_loopback, call):
+    limit = gpt2_gen.defaults.max_new_tokens - 1
+    with serve_on_loopback(gpt2_gen, ServerSettings(max_tokens_limit=limit)) as (url, app):
+        body = {"model": app.state.server.model_id, "prompt": "Once", "seed": 1}
+        status, _, reply = call("POST", f"{url}/v1/completions", {**body, "stop": None})
+    want = gpt2_gen.generate("Once", seed=1, max_new_tokens=limit, stop_at_eos=True)[0]
+    assert status == 200 and reply["choices"][0]["text"] == str(want)
+    assert reply["usage"]["completion_tokens"] == len(want.token_ids) <= limit

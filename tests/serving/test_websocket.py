@@ -66,6 +66,7 @@ def test_cancel_stops_the_generation_and_the_connection_goes_on(served, gpt2_gen
 def test_bad_messages_get_an_error_and_the_connection_stays(served):
     with ws_client.connect(served[0]) as ws:
         for bad, expected in [("not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
+                              ("[" * 1500 + "]" * 1500, "not valid JSON"),
                               ('{"prompt": "Hi", "n": 2}', "unknown parameter 'n'"),
                               ('{"prompt": "Hi", "temperature": -1}', "temperature must be"),
                               ('{"type": "dance"}', "unknown message type"),

@@ -111,8 +111,8 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
     async def completions(request: Request) -> Response:
         server.check_key(request.headers)
         body = await _read_json(request, server.settings.max_body_bytes)
-        params = api.parse_completion(body, server.settings, server.model_id,
-                                      generator.manifest.vocab_size)
+        params = api.parse_completion(body, server.settings, server.model_id, generator.manifest.vocab_size,
+                                      default_max_tokens=generator.defaults.max_new_tokens)
         handle = await server.submit(params)  # checks the prompts first
         prompts = _prompt_texts(generator, params) if params.echo else []
         if params.stream:
@@ -176,7 +176,7 @@ async def _read_json(request: Request, limit: int) -> dict:
             raise ApiError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
         raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")

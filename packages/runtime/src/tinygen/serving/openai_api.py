@@ -71,8 +71,11 @@ def failure_error(exc) -> ApiError:
 
 
 def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_size: int,
-                     socket: bool = False) -> CompletionRequest:
-    """Check a /v1/completions body (socket: a websocket message) -> CompletionRequest, or ApiError."""
+                     socket: bool = False, default_max_tokens: int | None = None) -> CompletionRequest:
+    """Check a /v1/completions body (socket: a websocket message) -> CompletionRequest, or ApiError.
+
+    default_max_tokens: the model's default length, which a request without max_tokens gets
+    up to settings.max_tokens_limit."""
     allowed = SOCKET_PARAMS if socket else OPENAI_PARAMS | TINYGEN_PARAMS
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -99,7 +102,7 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     if "user" in body and not isinstance(body["user"], (str, type(None))):
         raise ApiError(400, "user must be a string", param="user")
     options: dict[str, Any] = {
-        "max_new_tokens": p.int("max_tokens", 1, settings.max_tokens_limit, None),
+        "max_new_tokens": _max_tokens(p, settings.max_tokens_limit, default_max_tokens),
         "temperature": p.number("temperature", 0.0, 2.0, None),
         "top_p": p.number("top_p", 0.0, 1.0, None, open_low=True),
         "top_k": p.int("top_k", 0, vocab_size, None),
@@ -129,9 +132,12 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     echo = p.bool("echo", False)
     if echo and logprobs is not None:
         raise ApiError(400, "echo with logprobs is not supported", param="echo", code="unsupported_parameter")
-    seed = p.int("seed", 0, 2**63 - 1, None)
+    prompt = _prompt(body.get("prompt", ""), single=socket)
+    # Text i gets seed + i and reports it: the last of them must be a seed this API takes back.
+    rows = n * (len(prompt) if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) else 1)
+    seed = p.int("seed", 0, 2**63 - rows, None)
     return CompletionRequest(
-        prompt=_prompt(body.get("prompt", ""), single=socket), n=n, seed=seed, stream=stream,
+        prompt=prompt, n=n, seed=seed, stream=stream,
         include_usage=bool((stream_options or {}).get("include_usage")), logprobs=logprobs, echo=echo,
         options={k: v for k, v in options.items() if v is not None})
 
@@ -191,6 +197,13 @@ def _prompt(value, single: bool = False):
                         "or a list of token-id lists (not empty)", param="prompt")
 
 
+def _max_tokens(p: "_Reader", limit: int, default: int | None) -> int | None:
+    asked = p.int("max_tokens", 1, limit, None)
+    if asked is None and default is not None and default > limit:
+        return limit  # the model's default is a request's too: it may not pass the limit either
+    return asked
+
+
 def _stop(value, limit: int):
     if value is None:
         return None
@@ -208,7 +221,8 @@ def _logit_bias(value, vocab_size: int):
         raise ApiError(400, "logit_bias must map token ids to numbers", param="logit_bias")
     bias = {}
     for key, number in value.items():
-        if not str(key).isdigit() or int(key) >= vocab_size:
+        # isdigit() alone takes "²" (int() refuses it) and "٣" (int() reads 3).
+        if not (str(key).isascii() and str(key).isdigit()) or int(key) >= vocab_size:
             raise ApiError(400, f"logit_bias: '{key}' is not a token id (0..{vocab_size - 1})",
                            param="logit_bias")
         if not isinstance(number, (int, float)) or isinstance(number, bool) or not -100 <= number <= 100:

@@ -60,7 +60,8 @@ async def stream_socket(websocket: WebSocket, server: "Server") -> None:
                 if data.get("type", "generate") != "generate":
                     raise ApiError(400, f"unknown message type {data.get('type')!r}", param="type")
                 params = api.parse_completion(data, server.settings, server.model_id,
-                                              server.generator.manifest.vocab_size, socket=True)
+                                              server.generator.manifest.vocab_size, socket=True,
+                                              default_max_tokens=server.generator.defaults.max_new_tokens)
                 handle = await server.submit(params)
             except ApiError as exc:
                 await websocket.send_json({"type": "error", **exc.body()})
@@ -102,7 +103,7 @@ def _message_json(message: dict, limit: int) -> dict:
         raise ApiError(413, f"the message is over the limit of {limit} bytes", code="request_too_large")
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
         raise ApiError(400, f"the message is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the message must be a JSON object", code="invalid_json")
