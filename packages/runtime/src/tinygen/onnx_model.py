@@ -8,7 +8,6 @@ under the CUDA execution provider). Only the logits come back to numpy.
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import onnxruntime as ort
 
 from . import hugepages
 from .errors import ModelFormatError, TinygenError, first_line
+from .graph_limits import check_window_fits
 from .manifest import Manifest
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -213,119 +213,6 @@ def check_graph_fits(path: Path, m: Manifest, inputs: dict, outputs: list, fed: 
     if isinstance(width, int) and width != m.vocab_size:
         raise ModelFormatError(f"{path}: the graph's logits are {width} wide, the manifest's "
                                f"vocab_size is {m.vocab_size}; the manifest does not fit the graph")
-
-
-def check_window_fits(path: Path, m: Manifest, position_ids: str | None) -> None:
-    """The manifest's context_window fits the graph's position tables: a longer window
-    would pass them only mid-text, as an onnxruntime error at the first position past them."""
-    for what, positions in position_limits(path, position_ids):
-        if positions < m.context_window:
-            raise ModelFormatError(
-                f"{path}: the graph's {what} holds {positions} positions, the manifest's "
-                f"context_window is {m.context_window}; the manifest does not fit the graph "
-                f"(set context_window to {positions} or less)")
-
-
-def position_limits(path: Path, position_ids: str | None) -> list[tuple[str, int]]:
-    """[(what, positions)] for each table in the graph that caps the positions it takes:
-    GroupQueryAttention's rotary cos_cache, and a position embedding gathered at the
-    `position_ids` input. Read from model.onnx's protobuf structure alone (no weights
-    touched, no `onnx` dependency); a file this reader cannot follow gives no limits."""
-    try:
-        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _position_limits(data, position_ids)
-    except (OSError, ValueError, IndexError):  # onnxruntime loaded it: not ours to refuse
-        return []
-
-
-def _position_limits(data, position_ids: str | None) -> list[tuple[str, int]]:
-    graph = next((value for number, value in _fields(data, 0, len(data)) if number == 7), None)
-    if not isinstance(graph, tuple):
-        return []
-    wanted: list[tuple[str, str]] = []  # (what, initializer name)
-    rows: dict[str, int] = {}  # initializer name -> its first dimension
-    for number, value in _fields(data, *graph):
-        if number == 1 and isinstance(value, tuple):  # NodeProto
-            node = _node(data, value)
-            if node["op_type"] == "GroupQueryAttention" and len(node["input"]) > 7:
-                cos_cache = _text(data, node["input"][7])
-                if cos_cache:
-                    wanted.append(("rotary cos_cache", cos_cache))
-            elif node["op_type"] == "Gather" and position_ids and len(node["input"]) == 2 and \
-                    _text(data, node["input"][1]) == position_ids and node["axis"] == 0:
-                table = _text(data, node["input"][0])
-                wanted.append((f"position table '{table}'", table))
-        elif number == 5 and isinstance(value, tuple):  # TensorProto
-            name, dims = None, []
-            for field, item in _fields(data, *value):
-                if field == 8:
-                    name = _text(data, item)
-                elif field == 1:
-                    dims += [item] if isinstance(item, int) else list(_packed(data, item))
-            if name is not None and dims:
-                rows[name] = dims[0]
-    limits = {(what, rows[name]) for what, name in wanted if name in rows}
-    return sorted(limits, key=lambda limit: limit[1])
-
-
-def _node(data, span: tuple[int, int]) -> dict:
-    """A NodeProto's inputs (spans: most nodes' are never read), op_type and integer
-    `axis` attribute (0 when absent)."""
-    node = {"input": [], "op_type": "", "axis": 0}
-    for number, value in _fields(data, *span):
-        if number == 1:
-            node["input"].append(value)
-        elif number == 4:
-            node["op_type"] = _text(data, value)
-        elif number == 5:  # AttributeProto: name 1, i 3
-            attribute = dict(_fields(data, *value))
-            if _text(data, attribute.get(1, (0, 0))) == "axis":
-                node["axis"] = attribute.get(3, 0)
-    return node
-
-
-def _fields(data, start: int, end: int):
-    """(field number, value) of each field of the protobuf message at data[start:end]:
-    an int for a varint, (start, end) for a length-delimited field; fixed-width skipped."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(data, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            value, pos = (pos, pos + size), pos + size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            continue
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-        if pos > end:
-            raise ValueError("protobuf field past its message")
-        yield key >> 3, value
-
-
-def _varint(data, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        result |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _packed(data, span: tuple[int, int]):
-    pos, end = span
-    while pos < end:
-        value, pos = _varint(data, pos)
-        yield value
-
-
-def _text(data, span) -> str:
-    return data[span[0]:span[1]].decode("utf-8", "replace") if isinstance(span, tuple) else ""
 
 
 def restarted_mask(mask: np.ndarray, rows: list[int], new_mask: np.ndarray

@@ -27,9 +27,9 @@ import onnxruntime as ort
 
 from .cuda_graph import MAX_GRAPHS, UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
+from .graph_limits import check_window_fits
 from .manifest import Manifest
-from .onnx_model import (_ORT_TYPES, OnnxCausalLM, check_graph_fits, check_window_fits,
-                         restarted_mask)
+from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
