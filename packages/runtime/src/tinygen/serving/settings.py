@@ -40,4 +40,7 @@ class ServerSettings:
                 raise TinygenError(f"{name} must be an integer >= 0, got {value!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise TinygenError("api_key must not be empty (leave it unset for no authentication)")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            # HTTP clients send headers as ASCII: no client could ever authenticate with it.
+            raise TinygenError("api_key must be printable ASCII (clients send it in an HTTP header)")
         return self
