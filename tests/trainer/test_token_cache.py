@@ -145,7 +145,7 @@ def test_failed_write_keeps_the_old_cache(tmp_path, encoder, dataset, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(gzip.GzipFile, "write", broken_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TinygenError, match=f"cannot write {path}: disk full"):
         dataset.save(path, encoder)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["corpus.tokens"]  # no temp file left
