@@ -16,9 +16,11 @@ def model_copy(optimum_gpt2_dir, tmp_path):
     return target
 
 
-def test_missing_directory():
+def test_missing_directory(optimum_gpt2_dir):
     with pytest.raises(ModelFormatError, match="model directory not found"):
         TextGenerator("/no/such/model")
+    with pytest.raises(ModelFormatError, match=r"model.onnx is a file; give the model's folder \("):
+        TextGenerator(optimum_gpt2_dir / "model.onnx")
 
 
 def test_directory_without_manifest_or_config(tmp_path):

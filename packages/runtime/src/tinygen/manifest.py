@@ -249,6 +249,9 @@ def _read_json(path: Path) -> Any:
 def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     """Read `tinygen.json`, or derive the manifest from an optimum export's config.json."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise ModelFormatError(f"{model_dir} is a file; give the model's folder ({model_dir.parent}), "
+                               f"which holds model.onnx, tinygen.json and tokenizer.json")
     if not model_dir.is_dir():
         raise ModelFormatError(f"model directory not found: {model_dir}")
     path = model_dir / MANIFEST_NAME
