@@ -319,10 +319,18 @@ def _copy_without(src, dest, *names):
     return dest
 
 
+def _exported(folder):
+    folder.mkdir()
+    (folder / "tinygen.json").write_text("{}")
+    (folder / "model.onnx").write_bytes(b"")
+    return folder
+
+
 @pytest.mark.parametrize("make_src, message", [
     (lambda tmp, gpt2: tmp / "missing", "source model not found"),
     (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "config.json"), "no config.json"),
     (lambda tmp, gpt2: gpt2 / "config.json", "not a file"),
+    (lambda tmp, gpt2: _exported(tmp / "exported"), "is already an exported tinygen model; export the"),
     (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "*.safetensors"), "no model weights"),
     (lambda tmp, gpt2: _copy_without(gpt2, tmp / "src", "tokenizer*", "special_tokens_map.json"),
      "no tokenizer"),

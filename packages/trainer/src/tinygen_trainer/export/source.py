@@ -43,6 +43,9 @@ def read_source(src: Path) -> SourceModel:
         raise TinygenError(f"source model not found: {src}")
     if not src.is_dir():
         raise TinygenError(f"{src}: the source must be a transformers model directory, not a file")
+    if not (src / "config.json").is_file() and (src / "tinygen.json").is_file():
+        raise TinygenError(f"{src} is already an exported tinygen model; export the transformers folder "
+                           f"it came from (a trained run's --output, or the model you finetuned)")
     if not (src / "config.json").is_file():
         raise TinygenError(
             f"{src}: no config.json; the source must be a transformers model directory"
