@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     schema = FieldSchema.parse(args.field) if args.field else None
     specials = tuple(args.special_token) + tuple(schema.tokens() if schema else ())
     config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=specials,
-                             min_frequency=args.min_frequency, replacements=replacements)
+                             min_frequency=args.min_frequency, replacements=replacements,
+                             progress=sys.stderr.isatty())  # off a terminal its bar is blank lines
     documents = read_corpus(args)
     tokenizer = train_tokenizer(documents, config)
     path = save_tokenizer(tokenizer, args.output, replacements)
