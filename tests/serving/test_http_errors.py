@@ -87,7 +87,7 @@ def test_a_prompt_longer_than_the_window_is_a_400(served, call, gpt2_gen):
     assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ids}), 400,
                  "the model's window is 128 tokens", param="prompt", code="context_length_exceeded")
     assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": [99999]}), 400,
-                 "outside the vocabulary")
+                 "outside the vocabulary", param="prompt")
 
 
 def test_too_many_sequences_in_one_request(served, call):

@@ -66,10 +66,15 @@ class Server:
             # Tokenizing a long prompt takes a while (a second for a megabyte): off the event
             # loop, so other clients' streams do not stall; the engine then takes the ids.
             prompts = await asyncio.to_thread(self.generator._encode_prompts, request.prompt)
+        except PromptTooLong as exc:  # OpenAI's name for it, which clients look for
+            raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
+        except TinygenError as exc:  # e.g. a token id outside the vocabulary
+            raise ApiError(400, str(exc), param="prompt") from None
+        try:
             return self.engine.submit(prompts, n=request.n, seed=request.seed, **request.options)
         except EngineBusy as exc:
             raise ApiError(429, str(exc), type="rate_limit_error", code="server_busy") from None
-        except PromptTooLong as exc:  # OpenAI's name for it, which clients look for
+        except PromptTooLong as exc:
             raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
         except TinygenError as exc:
             raise ApiError(400, str(exc)) from None
