@@ -53,6 +53,12 @@ def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
         tray.generate("Hi", model=optimum_gpt2_dir, n=0)
     with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
         tray.generate("Hi", model=optimum_gpt2_dir, tempreature=1)
+    # checked in the driver, before an actor starts
+    with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary"):
+        tray.generate([5, 99999], model=optimum_gpt2_dir)
+    for name, value in (("chunk_size", 0), ("batch_size", True)):
+        with pytest.raises(TinygenError, match=f"{name} must be an integer >= 1"):
+            tray.generate("Hi", model=optimum_gpt2_dir, **{name: value})
 
 
 def test_the_serve_deployment_answers_the_openai_client(cluster, gpt2_gen, optimum_gpt2_dir):

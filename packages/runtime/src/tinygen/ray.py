@@ -70,19 +70,23 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     if not ray.is_initialized():
         raise TinygenError("Ray is not running here: call ray.init() (or ray.init(address=...)) first")
     model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
-    config = GenerationConfig().merged(**load_manifest(model_dir).generation).merged(**options)
+    manifest = load_manifest(model_dir)
+    config = GenerationConfig().merged(**manifest.generation).merged(**options)
     prompts = [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
     if not prompts:
         raise TinygenError("no prompts given")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise TinygenError(f"n must be an integer >= 1, got {n!r}")
-    for name, value in (("num_workers", num_workers), ("batch_size", batch_size),
-                        ("chunk_size", chunk_size or batch_size)):
-        if not isinstance(value, int) or value < 1:
+    # Checked here, before any actor starts: inside one they come back as a RayTaskError.
+    for ids in (p for p in prompts if _is_token_ids(p)):
+        bad = [i for i in ids if not 0 <= i < manifest.vocab_size]
+        if bad:
+            raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{manifest.vocab_size - 1})")
+    for name, value in (("n", n), ("num_workers", num_workers), ("batch_size", batch_size),
+                        ("chunk_size", batch_size if chunk_size is None else chunk_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
     rows = [p for p in prompts for _ in range(n)]
     seeds = TextGenerator._seeds(seed, len(rows), config)
-    size = chunk_size or batch_size
+    size = batch_size if chunk_size is None else chunk_size
     chunks = [(rows[i:i + size], seeds[i:i + size]) for i in range(0, len(rows), size)]
     worker = ray.remote(num_cpus=cpus_per_worker)(_Worker)
     actors = [worker.remote(model_dir, device, threads) for _ in range(min(num_workers, len(chunks)))]
