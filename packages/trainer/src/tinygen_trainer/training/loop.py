@@ -13,9 +13,9 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,7 @@ from .loss import causal_lm_loss, target_count
 from .progress import METRICS_FILE, Reporter
 from .samples import generate_sample
 from .setup import (PhaseRun, build_encoder, build_phases, field_schema, load_model, model_window,
-                    plan_model,
-                    resolve_block_size)
+                    plan_model, resolve_block_size)
 
 TRAIN_CONFIG_FILE = "train_config.json"
 FINAL_TMP = "final-"  # save_final's temp folder in --output: .tmp-final-XXXX
