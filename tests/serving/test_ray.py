@@ -8,7 +8,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import tinygen.ray as tray  # noqa: E402
-from tinygen import TinygenError  # noqa: E402
+from tinygen import PromptTooLong, TinygenError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,13 @@ def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
         tray.generate("Hi", model=optimum_gpt2_dir, n=0)
     with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
         tray.generate("Hi", model=optimum_gpt2_dir, tempreature=1)
-    # checked in the driver, before an actor starts
-    with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary"):
+    # checked in the driver, before an actor starts (from an actor they come as a RayTaskError)
+    with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary") as refused:
         tray.generate([5, 99999], model=optimum_gpt2_dir)
+    assert not isinstance(refused.value, ray.exceptions.RayTaskError)
+    with pytest.raises(PromptTooLong, match="the model's window is") as refused:
+        tray.generate(["Hi", "word " * 5000], model=optimum_gpt2_dir)
+    assert not isinstance(refused.value, ray.exceptions.RayTaskError)
     for name, value in (("chunk_size", 0), ("batch_size", True)):
         with pytest.raises(TinygenError, match=f"{name} must be an integer >= 1"):
             tray.generate("Hi", model=optimum_gpt2_dir, **{name: value})

@@ -9,6 +9,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 _MODULES = {"TextGenerator": "generator", "TextStream": "generator", "GenerationConfig": "config",
             "Completion": "decoding", "TinygenError": "errors", "ModelFormatError": "errors",
+            "PromptTooLong": "errors",
             "AsyncTextStream": "async_api"}
 __all__ = list(_MODULES)
 

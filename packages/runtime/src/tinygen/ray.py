@@ -31,8 +31,9 @@ from typing import Any, Sequence
 from .config import GenerationConfig
 from .decoding import Completion
 from .errors import TinygenError
-from .generator import Prompt, TextGenerator, _is_token_ids, embedded_model_dir
+from .generator import TextGenerator, embedded_model_dir
 from .manifest import load_manifest
+from .prompts import Prompt, PromptEncoder
 
 
 def _ray():
@@ -72,14 +73,9 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
     manifest = load_manifest(model_dir)
     config = GenerationConfig().merged(**manifest.generation).merged(**options)
-    prompts = [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
-    if not prompts:
-        raise TinygenError("no prompts given")
-    # Checked here, before any actor starts: inside one they come back as a RayTaskError.
-    for ids in (p for p in prompts if _is_token_ids(p)):
-        bad = [i for i in ids if not 0 <= i < manifest.vocab_size]
-        if bad:
-            raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{manifest.vocab_size - 1})")
+    # Encoded here, so a bad prompt (too long, an id outside the vocabulary) is refused before
+    # any actor starts, where it would come back as a RayTaskError; actors get token ids.
+    prompts = PromptEncoder.load(model_dir, manifest).encode(prompt)
     for name, value in (("n", n), ("num_workers", num_workers), ("batch_size", batch_size),
                         ("chunk_size", batch_size if chunk_size is None else chunk_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

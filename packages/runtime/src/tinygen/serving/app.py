@@ -65,7 +65,7 @@ class Server:
         try:
             # Tokenizing a long prompt takes a while (a second for a megabyte): off the event
             # loop, so other clients' streams do not stall; the engine then takes the ids.
-            prompts = await asyncio.to_thread(self.generator._encode_prompts, request.prompt)
+            prompts = await asyncio.to_thread(self.generator.prompts.encode, request.prompt)
         except PromptTooLong as exc:  # OpenAI's name for it, which clients look for
             raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
         except TinygenError as exc:  # e.g. a token id outside the vocabulary

@@ -224,7 +224,7 @@ class Engine:
         """
         gen = self.generator
         config = gen.defaults.merged(**options)
-        prompts = gen._encode_prompts(prompt)
+        prompts = gen.prompts.encode(prompt)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise TinygenError(f"n must be an integer >= 1, got {n!r}")
         rows = [ids for ids in prompts for _ in range(n)]

@@ -1,0 +1,83 @@
+"""Prompts to token ids, checked against the model: the part of TextGenerator that needs no
+onnxruntime session, so the Ray driver refuses a bad prompt before any actor starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+from .config import plain
+from .errors import PromptTooLong, TinygenError
+from .manifest import Manifest
+from .replacements import Replacements
+from .tokenizer import TextTokenizer
+
+Prompt = Union[str, Sequence[int]]  # text, or token ids
+
+
+class PromptEncoder:
+    def __init__(self, manifest: Manifest, tokenizer: TextTokenizer):
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, manifest: Manifest,
+             replacements: str | os.PathLike | None = None) -> "PromptEncoder":
+        """The model's tokenizer, with `replacements` (a replacements.json) or the model's own."""
+        model_dir = Path(model_dir)
+        if replacements is None and manifest.replacements_file:
+            replacements = model_dir / manifest.replacements_file
+        loaded = Replacements.load(replacements) if replacements is not None else None
+        return cls(manifest, TextTokenizer(model_dir / manifest.tokenizer_file, loaded))
+
+    def encode(self, prompt, single: bool = False) -> list[list[int]]:
+        """One prompt or a list of them (single: one only) -> token ids per prompt."""
+        prompt = as_prompt(prompt)
+        if isinstance(prompt, str) or is_token_ids(prompt):
+            prompts = [prompt]
+        elif single:
+            raise TinygenError("stream takes one prompt (a string or a list of token ids)")
+        else:
+            prompts = list(prompt)
+            if not prompts:
+                raise TinygenError("no prompts given")
+        return [self._encode_one(p) for p in prompts]
+
+    def _encode_one(self, prompt) -> list[int]:
+        vocab = self.manifest.vocab_size
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        elif is_token_ids(prompt):
+            ids = [int(i) for i in prompt]
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        else:
+            raise TinygenError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            ids = self.start_ids()
+        window = self.manifest.context_window
+        if len(ids) >= window:
+            raise PromptTooLong(f"prompt is {len(ids)} tokens; the model's window is {window} tokens, "
+                                f"so the prompt must be shorter than that")
+        return ids
+
+    def start_ids(self) -> list[int]:
+        """What an empty prompt starts from: BOS, or the end-of-text token as in GPT-2."""
+        m = self.manifest
+        start = m.bos_token_id if m.bos_token_id is not None else \
+            (m.eos_token_ids[0] if m.eos_token_ids else None)
+        if start is None:
+            raise TinygenError("empty prompt, and the model has no BOS/EOS token to start from")
+        return [start]
+
+
+def as_prompt(value):
+    """None is no prompt (""); numpy token ids are Python ints."""
+    return "" if value is None else plain(value)
+
+
+def is_token_ids(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and \
+        all(isinstance(i, int) and not isinstance(i, bool) for i in value)
