@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--loss-weights", type=float, nargs="+", metavar="W",
                       help="per-token loss weight of each corpus, in order (default: all 1)")
     data.add_argument("--phases", type=Path, metavar="JSON",
-                      help="cross-training schedule file (instead of corpus arguments and --steps)")
+                      help='cross-training schedule (instead of corpus arguments and --steps): a JSON '
+                           'list of phases, each {"data": [CORPUS, ...], "steps": N, "learning_rate": LR}; '
+                           'a corpus is a path or {"path", "weight", "field"}, relative to the file')
     data.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
     data.add_argument("--errors", choices=ERRORS, default=_default("errors"),
                       help="what to do with bytes that are not UTF-8")
