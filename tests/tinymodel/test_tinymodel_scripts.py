@@ -186,6 +186,15 @@ def test_corpus_refuses_an_output_dir_that_is_a_file(tmp_path):
     assert out.read_text() == "mine"
 
 
+def _graph_with_blocks(path: Path, *block_sizes: int) -> None:
+    """A graph holding only MatMulNBits nodes of these block sizes: all the card reads of it."""
+    from onnx import helper, save
+
+    nodes = [helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
+                              K=256, N=256, bits=8, block_size=size) for i, size in enumerate(block_sizes)]
+    save(helper.make_model(helper.make_graph(nodes, "g", [], [])), str(path))
+
+
 def _card(tmp_path: Path, args: argparse.Namespace, trained_batch_size: int = 1) -> str:
     work = tmp_path / "work"
     model = work / "distilled-int8"
@@ -193,7 +202,7 @@ def _card(tmp_path: Path, args: argparse.Namespace, trained_batch_size: int = 1)
     (model / "tinygen.json").write_text(json.dumps({
         "num_layers": 4, "num_attention_heads": 4, "head_size": 64, "num_kv_heads": 2,
         "context_window": 256, "eos_token_ids": [0, 2]}))
-    (model / "model.onnx").write_bytes(b"x" * 1000)
+    _graph_with_blocks(model / "model.onnx", 32, 64)
     (work / "teacher-cache").mkdir()
     (work / "teacher-cache" / "cache.json").write_text(json.dumps(
         {"top_k": 32, "num_blocks": 64, "block_size": 256, "seed": 1234}))
@@ -217,6 +226,7 @@ def test_the_card_reports_the_batch_size_the_student_was_trained_with(tmp_path):
     1: the card says 1, in its numbers and in the command that built it."""
     card = _card(tmp_path, _args(steps=2, teacher_blocks=64))
     assert "- Training: 2 steps x 1 rows x 256 tokens (512 tokens, " in card
+    assert "int8 weights (8-bit MatMulNBits in blocks of 32 and 64)" in card
     assert "Built by `python tools/tinymodel/build.py --teacher-blocks 64 --steps 2 " \
            "--batch-size 1`" in card
 

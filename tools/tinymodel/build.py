@@ -294,6 +294,16 @@ def _model_mb(model_dir: Path) -> float:
     return sum(f.stat().st_size for f in model_dir.iterdir() if f.name != "MODEL_CARD.md") / 1e6
 
 
+def _int8_blocks(model_dir: Path) -> str:
+    """The 8-bit MatMulNBits block sizes in the model, e.g. "blocks of 32 and 64"."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    sizes = sorted({a.i for n in graph.node if n.op_type == "MatMulNBits"
+                    for a in n.attribute if a.name == "block_size"})
+    return "blocks of " + " and ".join(map(str, sizes))
+
+
 def _banned(model_dir: Path) -> list[str]:
     path = model_dir / "replacements.json"
     return json.loads(path.read_text(encoding="utf-8"))["ban"] if path.is_file() else []
@@ -380,7 +390,8 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         f"{_final_loss(work / 'distilled'):.3f}.",
         "- Baseline: the same student from a random start, same rows and order, cross-entropy only "
         f"(final loss {_final_loss(work / 'plain'):.3f}).",
-        f"- Export: tinygen's fused ONNX graph, int8 weights; {size:.1f} MB on disk. "
+        f"- Export: tinygen's fused ONNX graph, int8 weights (8-bit MatMulNBits in "
+        f"{_int8_blocks(model_dir)}); {size:.1f} MB on disk. "
         f"replacements.json bans the {len(_banned(model_dir))} chat and code markers of SmolLM2's "
         "tokenizer that the student never saw; "
         f"{' and '.join(f'`{t}`' for t in smollm2.END_TOKENS)} (ids "
