@@ -20,12 +20,17 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import time
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 # name -> (bytes moved per element of one array, kernel on one worker's slices)
 KERNELS = {
@@ -84,15 +89,43 @@ def measure(size_mb: int, workers: int, repeats: int) -> dict[str, tuple[float, 
             m.unlink()
 
 
+def available_mib() -> tuple[int, str] | None:
+    """MiB the three arrays may take, and what limits it: memory not in use, and the free space of
+    /dev/shm (where shared memory lives); None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        limits.append((kib // 1024, "memory available"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            limits.append((pages // 2**20, "free memory"))
+        except (OSError, ValueError):
+            pass
+    if Path("/dev/shm").is_dir():
+        limits.append((shutil.disk_usage("/dev/shm").free // 2**20, "free in /dev/shm"))
+    return min(limits) if limits else None
+
+
+def check_fits(size_mb: int) -> None:
+    available = available_mib()
+    if available is not None and 3 * size_mb > available[0]:
+        raise ScriptError(f"--size-mb {size_mb} needs 3 x {size_mb} MiB but this machine has "
+                          f"{available[0]} MiB {available[1]}; give --size-mb "
+                          f"{available[0] // 3} or less")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size-mb", type=int, default=512, help="MiB per array (3 arrays)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes sharing the work")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per kernel")
     args = p.parse_args(argv)
     if args.size_mb < 64 or args.workers < 1 or args.repeats < 1:
         p.error("--size-mb must be >= 64 (far above the caches), --workers and --repeats >= 1")
+    check_fits(args.size_mb)
     results = measure(args.size_mb, args.workers, args.repeats)
     print(f"{args.workers} worker processes, 3 arrays of {args.size_mb} MiB\n")
     print("| kernel | best GB/s | median GB/s |\n|---|---:|---:|")
@@ -102,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -27,12 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 import models  # noqa: E402  (tools/bench/models.py)
 from bench_decode import (DOC, REPO, Engine, Result, _int_list, measure,  # noqa: E402
-                          position_table)
+                          position_table, unmeasured)
 from machine import describe  # noqa: E402
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 BASELINE = "transformers fp16"
+WINDOW = 1024  # the GPT-2-124M shape's positions (models.py): prompt + new tokens fit in it
 
 
 class TinygenCuda(Engine):
@@ -164,9 +167,28 @@ def gpu_name() -> str:
     return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
 
 
+def check_cuda() -> None:
+    """onnxruntime's CUDA provider and torch's CUDA, before anything is built."""
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise ScriptError(f"needs onnxruntime-gpu on a CUDA GPU: this onnxruntime offers only "
+                          f"{', '.join(providers)}; install onnxruntime-gpu in place of "
+                          f"onnxruntime")
+    try:
+        import torch
+    except ImportError:
+        raise ScriptError("needs torch with CUDA for the transformers engines: torch is not "
+                          "installed") from None
+    if not torch.cuda.is_available():
+        raise ScriptError(f"needs torch with CUDA for the transformers engines: torch "
+                          f"{torch.__version__} sees no CUDA GPU")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
                    help="where the benchmark models are built and cached")
     p.add_argument("--new-tokens", type=int, default=128, help="N: tokens generated per row")
@@ -178,6 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the markdown section here")
     p.add_argument("--record", action="store_true", help=f"append it to {DOC.relative_to(REPO)}")
     args = p.parse_args(argv)
+    if args.new_tokens < 2 or 32 + args.new_tokens > WINDOW:
+        p.error(f"--new-tokens must be from 2 (the decode rate is measured past the first token) "
+                f"to {WINDOW - 32} (after the 32-token prompt, within the model's {WINDOW} "
+                f"positions)")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if max(args.prompts) + 2 > WINDOW:
+        p.error(f"--prompts must be at most {WINDOW - 2} tokens (prompt + 2 new within {WINDOW} "
+                f"positions)")
+    if max(args.positions) + 2 > WINDOW:
+        p.error(f"--positions must be at most {WINDOW - 2} (2 new tokens or more within {WINDOW} "
+                f"positions)")
+    check_cuda()
 
     started = time.perf_counter()
     root = args.work_dir / "gpt2-124m"
@@ -221,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                f"the run took {elapsed / 60:.1f} min\n- {agreement}\n- {breakdown}"
                f"\n\n{tables}\n")
     print(section)
+    missing = unmeasured(results + [r for rs in by_position.values() for r in rs])  # TTFT: t_1 only
+    if missing:
+        print(f"error: t_N was not above t_1 for {'; '.join(missing)} (noise outweighed the "
+              f"decoding): no rate, nothing written; raise --new-tokens or --repeats",
+              file=sys.stderr)
+        return 1
     if args.out:
         args.out.write_text(section, encoding="utf-8")
     if args.record:
@@ -230,4 +271,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

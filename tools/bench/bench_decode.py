@@ -36,9 +36,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 import bandwidth  # noqa: E402  (tools/bench/bandwidth.py)
 import models  # noqa: E402  (tools/bench/models.py: a script folder, not a package)
 from machine import describe  # noqa: E402
+from script_errors import ArgumentParser, run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -141,7 +143,16 @@ class Result:
 
     @property
     def decode_tps(self) -> float:
+        """nan where t_N is not above t_1: noise outweighed the decoding, there is no rate."""
+        if self.t_n <= self.t_1:
+            return float("nan")
         return self.batch * (self.new_tokens - 1) / (self.t_n - self.t_1)
+
+
+def unmeasured(results: list[Result]) -> list[str]:
+    """The results without a decode rate (t_N not above t_1), named for a warning."""
+    return [f"{r.engine} at batch {r.batch}, {r.new_tokens} new tokens" for r in results
+            if not r.decode_tps > 0]
 
 
 def _timed(engine: Engine, prompt: list[int], batch: int, new_tokens: int) -> float:
@@ -376,8 +387,8 @@ def _name_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
                    help="where the benchmark models are built and cached")
     p.add_argument("--new-tokens", type=int, default=64, help="N: tokens generated per row")
@@ -413,18 +424,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(p < 1 or p + 2 > 1024 for p in args.positions or []):
         parser.error("--positions must be between 1 and 1022")
-
-    started = time.perf_counter()
-    print(f"building or reusing the model under {args.work_dir} ...", flush=True)
     fused = "tinygen-fused" in args.engines
-    dirs = models.gpt2_124m(args.work_dir, int8=args.int8, fused=fused, int4=args.int4)
-    # A fixed prompt of ordinary ids (never EOS), the same for every engine and batch row.
-    prompt = [(7919 * i + 464) % (models.VOCAB_SIZE - 1) for i in range(args.prompt_tokens)]
     names = args.engines + (["tinygen-int8"] if args.int8 else []) \
         + (["tinygen-fused-int8"] if args.int8 and fused else []) \
         + (["tinygen-fused-int4"] if args.int4 else [])
     if args.record and BASELINE not in names:
         parser.error("--record needs the transformers engine (the table's ratios are against it)")
+    if args.roofline:
+        bandwidth.check_fits(512)  # _read_bandwidth's arrays
+
+    started = time.perf_counter()
+    print(f"building or reusing the model under {args.work_dir} ...", flush=True)
+    dirs = models.gpt2_124m(args.work_dir, int8=args.int8, fused=fused, int4=args.int4)
+    # A fixed prompt of ordinary ids (never EOS), the same for every engine and batch row.
+    prompt = [(7919 * i + 464) % (models.VOCAB_SIZE - 1) for i in range(args.prompt_tokens)]
 
     engines = load_engines(dirs, args.threads, names)
     results = []
@@ -466,10 +479,16 @@ def main(argv: list[str] | None = None) -> int:
           f"other processes used {outside.share:.0%} of the CPUs while timing")
     if outside.share > 0.05:
         print("warning: other processes shared the CPUs; the numbers are noisy", file=sys.stderr)
+    missing = unmeasured(results + [r for rs in by_position.values() for r in rs])
+    if missing:
+        print(f"error: t_N was not above t_1 for {'; '.join(missing)} (noise outweighed the "
+              f"decoding): no rate{', nothing recorded' if args.record else ''}; raise "
+              f"--new-tokens or --repeats", file=sys.stderr)
+        return 1
     if args.record:
         record(table, args, elapsed, outside.share)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

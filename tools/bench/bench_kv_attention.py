@@ -13,13 +13,17 @@ behind docs/benchmarks.md's "4-bit and per-tensor KV buffers".
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from script_errors import ArgumentParser, run_main  # noqa: E402
 
 # bits -> (ONNX type of the buffers, numpy type, codes per byte, largest code)
 KINDS = {32: (TensorProto.FLOAT, np.float32, 1, None),
@@ -88,7 +92,7 @@ def step_ms(engine, position: int, steps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--kv-heads", type=int, default=12)
@@ -99,6 +103,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="decode steps timed per round")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    for name in ("layers", "heads", "kv_heads", "head_size", "capacity", "rounds", "steps",
+                 "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.heads % args.kv_heads:
+        p.error(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    if args.head_size % 8:
+        p.error(f"--head-size must be a multiple of 8 (GroupQueryAttention's kernels), "
+                f"got {args.head_size}")
+    if not all(0 <= position < args.capacity for position in args.positions):
+        p.error(f"--positions must be between 0 and --capacity - 1 ({args.capacity - 1}), "
+                f"got {' '.join(map(str, args.positions))}")
     kinds = [(32, "-"), (8, "channel"), (4, "channel"), (8, "tensor"), (4, "tensor")]
     engines = {kind: build(*kind, args) for kind in kinds}
     times: dict = {}
@@ -117,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

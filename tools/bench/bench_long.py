@@ -20,9 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import models  # noqa: E402
 from machine import describe  # noqa: E402
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 from tinygen import TextGenerator  # noqa: E402
 from tinygen.decoding import BatchDecoding  # noqa: E402
@@ -36,19 +38,28 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--model", type=Path, help="model directory (default: the GPT-2-124M benchmark model)")
     parser.add_argument("--windows", type=int, default=4, help="text length in context windows")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
+    if args.windows < 1:
+        parser.error(f"--windows must be >= 1 (the text is that many context windows), "
+                     f"got {args.windows}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
 
     model_dir = args.model or models.gpt2_124m(args.work_dir)["onnx"]
     gen = TextGenerator(model_dir, device="cpu", threads=args.threads)
     window = gen.manifest.context_window
     total = args.windows * window
     prompt = gen.tokenizer.encode("Once upon a time")[:8] or [0]
+    if window - len(prompt) <= 16:  # the first 16 steps are warm-up, not timed
+        raise ScriptError(f"{model_dir}: its window of {window} tokens is too short to time; "
+                          f"give a model whose window is over {16 + len(prompt)}")
     config = gen.defaults.merged(do_sample=False, max_new_tokens=total, stop_at_eos=False)
     decoding = BatchDecoding(gen.model, gen.tokenizer, [prompt], [None], config, 0)
     times, marks = [], {}
@@ -78,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,9 @@ in flight then finish. Each request ends as one of
   hung       no byte for --stall seconds, or not done --request-timeout s after it began.
 The report: completion tokens/s and requests/s over the whole run, time to first token
 and request latency (p50, p99), the outcomes, and the server's decode-step counters.
-The exit status is 1 if any request hung or failed.
+The exit status is 1 if any request hung or failed. Also reported: the share of the CPUs
+other processes used while measuring; with --url the server is one of them (this script
+cannot tell its CPU time apart), and the report says so.
 
 --compare N: the same N requests (fixed prompt, seeds S..S+N-1) one after another on one
 client, then all N at once; reports both throughputs, their ratio, and checks that
@@ -42,7 +44,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 from machine import describe  # noqa: E402  (tools/bench/machine.py)
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -399,8 +403,8 @@ def record(title: str, settings: str, body: str) -> None:
 # -- command line ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--url", help="an already-running server on loopback (else one is started)")
     p.add_argument("--model-id", help="with --url: the model id to ask for (default: from /health)")
     p.add_argument("--api-key", default=os.environ.get("TINYGEN_API_KEY"), help="with --url: its API key")
@@ -425,18 +429,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    for name in ("clients", "max_tokens", "max_batch", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("duration", "stall", "request_timeout", "startup_timeout"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be above 0 seconds, "
+                         f"got {getattr(args, name)}")
+    if args.compare < 0:
+        parser.error(f"--compare must be >= 1 requests (or 0: the load test), got {args.compare}")
+    if args.max_waiting < 0 or args.temperature < 0:
+        parser.error("--max-waiting and --temperature must be >= 0")
+
+
+def connect(args) -> Target:
+    """The server at --url, which must be on loopback and answer /health."""
+    parts = urlsplit(args.url)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ScriptError(f"--url {args.url}: the port is not a number from 1 to 65535") from None
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ScriptError("--url must be a loopback address (127.0.0.1, localhost or ::1), "
+                          f"got {args.url}")
+    try:
+        health = get_json(parts.hostname, port, "/health")
+    except OSError as exc:
+        raise ScriptError(f"nothing answers at {args.url} ({exc.strerror or exc}); start "
+                          f"`tinygen serve` there, or leave out --url to start one") from None
+    except ValueError:
+        raise ScriptError(f"{args.url}/health did not answer as `tinygen serve` does") from None
+    model_id = args.model_id or (health.get("model") if isinstance(health, dict) else None)
+    if not model_id:
+        raise ScriptError(f"{args.url}/health names no model; give --model-id")
+    return Target(parts.hostname, port, model_id, args.api_key)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     args.default_model = False
     process = None
     if args.url:
-        parts = urlsplit(args.url)
-        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit("--url must be a loopback address (127.0.0.1, localhost or ::1)")
-        port = parts.port or 80
-        model_id = args.model_id or get_json(parts.hostname, port, "/health")["model"]
-        target = Target(parts.hostname, port, model_id, args.api_key)
+        target = connect(args)
     else:
+        if args.model is not None:
+            from tinygen.manifest import load_manifest
+
+            load_manifest(args.model)  # a missing or wrong folder: one line, before a server starts
         args.default_model = args.model is None
         if args.model is None:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -474,22 +516,28 @@ def main(argv: list[str] | None = None) -> int:
         if process is not None:
             stop_server(process)
     failed = any(s["hung"] or s["errors"] for s in rows.values())
+    # With --url the server is a process this one cannot tell apart: its CPU counts as outside.
+    load = (f"other processes{f' (the server at {args.url} included)' if args.url else ''} used "
+            f"{outside.share:.0%} of the CPUs while measuring")
     if args.json:
-        print(json.dumps({"runs": rows, **extra, "server_stats": stats, "outside_load": outside.share}))
+        print(json.dumps({"runs": rows, **extra, "server_stats": stats,
+                          "outside_load": outside.share,
+                          "outside_load_includes_server": bool(args.url)}))
     else:
         print(table(rows))
         if extra:
             print(f"\nconcurrent / sequential throughput: {extra['speedup']:.2f}x; "
                   f"texts the same both ways: {'yes' if extra['same_texts'] else 'NO'}")
-        print(f"other processes used {outside.share:.0%} of the CPUs while measuring")
+        print(load)
     if args.record:
         model = f"`{target.model_id}`"
         if args.default_model:
             model = "GPT-2-124M shape with random weights and a synthetic byte-pair vocabulary of 50257 " \
                     "(tools/bench/models.py), optimum's graph"
         settings = (f"model {model}, prompt {args.prompt!r}, max_tokens {args.max_tokens}, temperature "
-                    f"{args.temperature}, streaming, server max_batch {args.max_batch}; other processes "
-                    f"used {outside.share:.0%} of the CPUs while measuring")
+                    f"{args.temperature}, streaming, "
+                    f"{f'server at {args.url}' if args.url else f'server max_batch {args.max_batch}'}; "
+                    f"{load}")
         body = table(rows) + "\n\n" + NOTES
         if extra:
             title = f"serving, {args.compare} concurrent vs {args.compare} sequential clients, CPU"
@@ -502,4 +550,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,7 +18,6 @@ Prints two markdown tables.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -36,7 +35,9 @@ from tinygen.token_cache import load_token_cache, save_token_cache
 from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tinymodel"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 from corpus import package_dir  # noqa: E402
+from script_errors import ArgumentParser, run_main  # noqa: E402
 
 
 def corpus_documents() -> list[str]:
@@ -104,17 +105,19 @@ def bench_formats(tokens: np.ndarray, doc_ends: np.ndarray, info: dict, folder: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1 (medians of that many runs), got {args.repeat}")
+    config = TokenizerConfig(vocab_size=args.vocab_size, progress=False)  # checked: corpus next
 
     docs = corpus_documents()
     chars = sum(len(d) for d in docs)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        train_s, tok = timed(lambda: train_tokenizer(
-            docs, TokenizerConfig(vocab_size=args.vocab_size, progress=False)))
+        train_s, tok = timed(lambda: train_tokenizer(docs, config))
         encoder = Encoder.load(save_tokenizer(tok, folder / "tokenizer.json"))
         tokens, doc_ends = encoder.encode(docs, progress=False)
         encode_rows = bench_encode(encoder, docs, args.repeat)
@@ -137,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,0 +1,187 @@
+"""The bench scripts refuse bad input in one line on stderr, exit code 2, before any model is
+built or loaded (tools/script_errors.py); nothing here builds a model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+TIMEOUT = 60
+
+
+def refused(script: str, *args: str, cwd: Path | None = None) -> str:
+    """The script's one-line error; it must print nothing on stdout (no table header first)."""
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                            text=True, timeout=TIMEOUT, cwd=cwd)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- bench_server.py ------------------------------------------------------------------
+
+def test_server_url_where_nothing_listens(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    line = refused("bench_server.py", "--url", url, "--work-dir", str(tmp_path))
+    assert f"nothing answers at {url}" in line
+
+
+@pytest.mark.parametrize("option, value", [("--clients", "0"), ("--duration", "-1"),
+                                           ("--compare", "-2")])
+def test_server_counts_out_of_range(tmp_path, option, value):
+    line = refused("bench_server.py", option, value, "--model", str(tmp_path / "nope"),
+                   "--work-dir", str(tmp_path))
+    assert f"{option} must be" in line and value in line
+
+
+def test_server_model_not_there(tmp_path):
+    line = refused("bench_server.py", "--model", str(tmp_path / "nope"), "--work-dir", str(tmp_path))
+    assert "model directory not found" in line
+
+
+# -- perplexity.py --------------------------------------------------------------------
+
+@pytest.fixture
+def token_cache(tmp_path) -> Path:
+    from tinygen.token_cache import save_token_cache
+
+    path = tmp_path / "held.tokens"
+    save_token_cache(path, np.arange(10, 200, dtype=np.uint16), np.array([190]), {})
+    return path
+
+
+def test_perplexity_model_not_there(tmp_path, token_cache):
+    line = refused("perplexity.py", str(tmp_path / "nope"), "--tokens", str(token_cache),
+                   "--block", "8", "--blocks", "2")
+    assert "model directory not found" in line
+
+
+def test_perplexity_folder_that_is_no_model(tmp_path, token_cache):
+    (tmp_path / "empty").mkdir()
+    line = refused("perplexity.py", str(tmp_path / "empty"), "--tokens", str(token_cache),
+                   "--block", "8", "--blocks", "2")
+    assert "no tinygen.json or config.json" in line
+
+
+def test_perplexity_tokens_not_there(tmp_path):
+    line = refused("perplexity.py", str(tmp_path), "--tokens", str(tmp_path / "nope.tokens"))
+    assert "token cache not found" in line
+
+
+def test_perplexity_tokens_that_are_text(tmp_path):
+    text = tmp_path / "held.txt"
+    text.write_text("some held-out text\n")
+    line = refused("perplexity.py", str(tmp_path), "--tokens", str(text))
+    assert "not a tinygen token cache" in line
+
+
+def test_perplexity_text_not_there(tmp_path):
+    line = refused("perplexity.py", str(tmp_path), "--text", str(tmp_path / "nope.txt"))
+    assert "No such file or directory" in line and "nope.txt" in line
+
+
+@pytest.mark.parametrize("option, value", [("--blocks", "0"), ("--block", "0"), ("--block", "-5")])
+def test_perplexity_block_counts(tmp_path, token_cache, option, value):
+    line = refused("perplexity.py", str(tmp_path), "--tokens", str(token_cache), option, value)
+    assert f"{option} must be >= 1" in line
+
+
+# -- bench_kv_attention.py ------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--kv-heads", "5"], "--heads (12) must be a multiple of --kv-heads (5)"),
+    (["--head-size", "63"], "--head-size must be a multiple of 8"),
+    (["--positions", "32", "5000"], "--positions must be between 0 and --capacity - 1 (1023)"),
+    (["--layers", "0"], "--layers must be >= 1"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+])
+def test_kv_attention_shapes(args, message):
+    assert message in refused("bench_kv_attention.py", *args)
+
+
+# -- bench_long.py ------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--windows", "0"], "--windows must be >= 1"),
+    (["--windows", "-1"], "--windows must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    ([], "model directory not found"),
+])
+def test_long_inputs(tmp_path, args, message):
+    line = refused("bench_long.py", "--model", str(tmp_path / "nope"), "--work-dir", str(tmp_path),
+                   *args)
+    assert message in line
+
+
+# -- bench_token_cache.py -----------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeat", "0"], "--repeat must be >= 1"),
+    (["--vocab-size", "50"], "vocab_size must be at least 257"),
+])
+def test_token_cache_inputs(args, message):
+    assert message in refused("bench_token_cache.py", *args)
+
+
+# -- bench_cuda.py --------------------------------------------------------------------
+
+def test_cuda_refused_without_onnxruntime_gpu(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has CUDA")
+    line = refused("bench_cuda.py", "--work-dir", str(tmp_path))
+    assert "needs onnxruntime-gpu" in line and "CPUExecutionProvider" in line
+    assert not any(tmp_path.iterdir())  # nothing built first
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--new-tokens", "1"], "--new-tokens must be from 2"),
+    (["--new-tokens", "1000"], "to 992"),
+    (["--prompts", "32,1023"], "--prompts must be at most 1022"),
+    (["--positions", "1023"], "--positions must be at most 1022"),
+])
+def test_cuda_lengths_within_the_window(tmp_path, args, message):
+    assert message in refused("bench_cuda.py", "--work-dir", str(tmp_path), *args)
+
+
+# -- bench_decode.py ------------------------------------------------------------------
+
+def test_decode_record_without_transformers_refused_before_building(tmp_path):
+    line = refused("bench_decode.py", "--record", "--engines", "tinygen", "--work-dir", str(tmp_path))
+    assert "--record needs the transformers engine" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_decode_no_rate_where_noise_inverts_the_timings():
+    sys.path.insert(0, str(BENCH))
+    import bench_decode
+
+    inverted = bench_decode.Result("tinygen", 1, t_1=0.02, t_n=0.019, new_tokens=2)
+    equal = bench_decode.Result("optimum", 1, t_1=0.02, t_n=0.02, new_tokens=2)
+    fine = bench_decode.Result("transformers", 1, t_1=0.02, t_n=0.03, new_tokens=2)
+    assert np.isnan(inverted.decode_tps) and np.isnan(equal.decode_tps)
+    assert fine.decode_tps == pytest.approx(100)
+    assert bench_decode.unmeasured([inverted, equal, fine]) == [
+        "tinygen at batch 1, 2 new tokens", "optimum at batch 1, 2 new tokens"]
+
+
+# -- bandwidth.py ---------------------------------------------------------------------
+
+def test_bandwidth_size_beyond_memory():
+    line = refused("bandwidth.py", "--size-mb", "1000000000")
+    assert "--size-mb 1000000000 needs 3 x 1000000000 MiB" in line and "or less" in line
