@@ -16,8 +16,23 @@
 # installed into it: run with the PYTHONPATH `tools/xla_venv.sh --pythonpath` prints,
 # so the venv never holds a stale copy of the code. `tools/xla_venv.sh --path` prints
 # the venv's path and builds nothing.
+#
+# Usage: tools/xla_venv.sh [--path | --pythonpath | --help]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# One mode at most, checked before anything is built: a typo must not start a ~7 GB pip run.
+case "$#:${1:-}" in
+    0: | 1:--path | 1:--pythonpath) ;;
+    1:-h | 1:--help)
+        awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--path | --pythonpath | --help] (got: $*)" >&2
+        exit 2
+        ;;
+esac
 
 if [[ "${1:-}" == "--pythonpath" ]]; then
     echo "$root/packages/runtime/src:$root/packages/trainer/src:$root/packages/tinymodel/src"

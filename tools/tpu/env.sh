@@ -1,4 +1,5 @@
 # Settings shared by the TPU scripts (sourced, not run). Override any in the environment.
+# Usage, in a tools/tpu script: source "$(dirname "$0")/env.sh", then tpu_no_args "$@".
 # The defaults follow torch-xla's TPU VM guide: a v4-8 (one host, 4 chips) on Ubuntu 22.04.
 # A v5e host: TPU_TYPE=v5litepod-8 TPU_RUNTIME=v2-alpha-tpuv5-lite (and a zone that has them).
 # A pod slice (several hosts, e.g. v4-32) needs nothing else: every script acts on all workers,
@@ -22,3 +23,36 @@ tpu_vm() {
         "${cmd[@]}"
     fi
 }
+
+# The running script's header comment (its usage): the # lines after the shebang.
+tpu_usage() { awk 'NR == 1 && /^#!/ { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
+
+# -h or --help anywhere: the usage on stdout and exit 0, before anything is made or called.
+tpu_help() {
+    local arg
+    for arg; do
+        if [[ "$arg" == -h || "$arg" == --help ]]; then
+            tpu_usage
+            exit 0
+        fi
+    done
+}
+
+# For the scripts that take no arguments (settings come from the environment): a stray one
+# (a typo, an option of another tool) stops them before they call gcloud.
+tpu_no_args() {
+    tpu_help "$@"
+    if (($#)); then
+        echo "usage: $0 (no arguments, got '$1'; settings are environment variables:" \
+            "see --help)" >&2
+        exit 2
+    fi
+}
+
+# Run rather than sourced (bash tools/tpu/env.sh): it would do nothing, so say so.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    tpu_help "$@"
+    echo "env.sh: it holds settings for the tools/tpu scripts and is sourced by them, not run" \
+        "(see tools/tpu/create.sh --help)" >&2
+    exit 2
+fi

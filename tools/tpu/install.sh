@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a TPU VM worker: the venv ~/tinygen-xla with requirements-xla.txt's pins, libtpu
 # (torch-xla's [tpu] extra) and the tinygen packages. Run by setup.sh; safe to run again.
+# Usage, on a worker: tools/tpu/install.sh   (no arguments)
 #
 # The pins need Python >= 3.11 (numpy 2.4, onnxruntime 1.31, networkx 3.6), and the default
 # image (tpu-ubuntu2204-base, Ubuntu 22.04) has python3 = 3.10: the venv is made with the
@@ -8,6 +9,8 @@
 # installs python3.11 and python3.11-venv (Ubuntu 22.04's universe, else the deadsnakes PPA).
 # A venv left by an older Python is made again. TINYGEN_XLA_VENV: another venv folder.
 set -euo pipefail
+source "$(dirname "$0")/env.sh"  # for tpu_no_args: no gcloud here
+tpu_no_args "$@"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${TINYGEN_XLA_VENV:-$HOME/tinygen-xla}"
 req="$root/requirements-xla.txt"

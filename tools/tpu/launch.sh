@@ -19,6 +19,7 @@
 # empty or an earlier tinygen model, which the new export replaces.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+tpu_help "$@"
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TEXT LOCAL_OUT [tinygen-train train flags]" >&2
     exit 2

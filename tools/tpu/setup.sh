@@ -9,6 +9,7 @@
 # (runs/ keeps its checkpoints).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+tpu_no_args "$@"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

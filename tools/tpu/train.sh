@@ -21,6 +21,8 @@
 # other workers see no checkpoint and the trainer stops with a one-line error instead of
 # training from different starting points.
 set -euo pipefail
+source "$(dirname "$0")/env.sh"  # for tpu_help: no gcloud here
+tpu_help "$@"
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TEXT OUT [tinygen-train train flags | --prepare-only]" >&2
     exit 2
@@ -28,6 +30,19 @@ fi
 text="$1" out="$2"
 shift 2
 python="${TINYGEN_PYTHON:-$HOME/tinygen-xla/bin/python}"
+# Bad input stops here, before OUT is made.
+if [[ ! -f "$text" ]]; then
+    echo "train.sh: $text is not a file" >&2
+    exit 2
+fi
+if [[ -e "$out" && ! -d "$out" ]]; then
+    echo "train.sh: OUT $out is a file, not a folder; choose another OUT" >&2
+    exit 2
+fi
+if ! command -v "$python" >/dev/null; then
+    echo "train.sh: no Python at $python: run tools/tpu/install.sh, or set TINYGEN_PYTHON" >&2
+    exit 2
+fi
 export PJRT_DEVICE="${PJRT_DEVICE:-TPU}"
 tinygen_train() { "$python" -m tinygen_trainer.cli "$@"; }
 # This worker's number as gcloud's --worker=N counts them (the TPU VM's agent-worker-number).
