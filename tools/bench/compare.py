@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teacher"))
 import bandwidth  # noqa: E402
 import models  # noqa: E402
@@ -62,6 +63,8 @@ import smollm2  # noqa: E402
 import venvs  # noqa: E402
 from bench_decode import weight_bytes_per_token  # noqa: E402
 from machine import describe  # noqa: E402
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+from tinygen.help_format import HelpFormatter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -101,6 +104,12 @@ ENGINES = {
     "optimum": ("optimum", "hf_engine.py", ["--engine", "optimum"]),
     "ort-genai": ("genai", "genai_engine.py", []),
     "llama.cpp": ("llamacpp", "llamacpp_engine.py", []),
+}
+# model group -> the engines that have rows for it (the *_group functions below)
+GROUP_ENGINES = {
+    "gpt2": ("tinygen", "transformers", "optimum"),
+    "smollm2": tuple(ENGINES),
+    "tiny": ("tinygen",),
 }
 
 
@@ -293,13 +302,18 @@ class Worker:
         self.proc = subprocess.Popen(_worker_command(row, venv, threads), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                      env=_worker_env(row, threads))
-        self.hello = self._read()
+        try:
+            self.hello = self._read()
+        except Stalled:
+            self.proc.wait()  # killed by _read
+            self._stderr.close()
+            raise
 
     def _read(self) -> dict:
         # One reply line per request, so nothing waits in the file's buffer while we select.
         if not select.select([self.proc.stdout], [], [], self.timeout)[0]:
             self.proc.kill()
-            raise Stalled(f"no answer in {self.timeout:.0f} s")
+            raise Stalled(f"no answer in {self.timeout:g} s")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
@@ -454,8 +468,11 @@ def start_order(rows: list[Row]) -> list[Row]:
     return order
 
 
-def decode_rate(t: Timing, batch: int, new_tokens: int) -> float:
-    return batch * (new_tokens - 1) / (statistics.median(t.t_n) - statistics.median(t.t_1))
+def decode_rate(t: Timing, batch: int, new_tokens: int) -> float | None:
+    """None where t_N - t_1 is not positive: the N - 1 tokens took less time than the noise
+    in t_1 and t_N, so there is no rate to give (a larger N or more rounds)."""
+    spent = statistics.median(t.t_n) - statistics.median(t.t_1)
+    return batch * (new_tokens - 1) / spent if spent > 0 else None
 
 
 def cold_start(row: Row, venv: venvs.Venv, threads: int, prompt: list[int], runs: int,
@@ -471,7 +488,7 @@ def cold_start(row: Row, venv: venvs.Venv, threads: int, prompt: list[int], runs
                 out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                      env=_worker_env(row, threads), timeout=timeout)
             except subprocess.TimeoutExpired:
-                raise Stalled(f"cold start: not done in {timeout:.0f} s") from None
+                raise Stalled(f"cold start: not done in {timeout:g} s") from None
         lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or len(lines) != 2 or lines[1]["lengths"] != [tokens]:
             raise SystemExit(f"cold start of {row.label} failed (exit {out.returncode}); log {log}")
@@ -528,6 +545,7 @@ class RowResult:
     roofline: float | None = None
     spread: float = 0.0  # largest (max - min) / median of a batch-1 t_N
     stalled: str | None = None  # why the row stopped being measured (Stalled), if it did
+    unmeasured: list[int] = field(default_factory=list)  # batches whose t_N <= t_1 (no rate)
 
 
 @dataclass
@@ -553,9 +571,14 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
     try:
         for row in start_order(group.rows):
             print(f"loading {row.label}", flush=True)
-            workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
-                                  logs / f"{group.key}-{row.label.replace(' ', '-')}.log",
-                                  args.stall_timeout))
+            try:
+                workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
+                                      logs / f"{group.key}-{row.label.replace(' ', '-')}.log",
+                                      args.stall_timeout))
+            except Stalled as exc:
+                stalled[row.label] = f"loading: {exc}"
+                print(f"  {row.label} stalled ({exc}); dropped", flush=True)
+                continue
             print(f"  {workers[-1].memory()}", flush=True)
         every = list(workers)  # `workers` loses the ones that stall
         busy0, own0 = _busy_cpu_seconds(), time.process_time()
@@ -568,13 +591,20 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
             for label, t in timings.items():
                 r = results[label]
                 if case.name.startswith("b"):
-                    r.decode[case.batch] = decode_rate(t, case.batch, case.new_tokens)
+                    rate = decode_rate(t, case.batch, case.new_tokens)
                     if case.batch == 1:
                         r.ttft[32] = statistics.median(t.t_1)
-                        r.ms_per_token[32] = 1000 / r.decode[1]
                         r.spread = (max(t.t_n) - min(t.t_n)) / statistics.median(t.t_n)
                         r.tokens = t.tokens
-                    print(f"  {label}: {r.decode[case.batch]:.1f} tok/s", flush=True)
+                    if rate is None:
+                        r.unmeasured.append(case.batch)
+                        print(f"  {label}: no rate, t_N <= t_1 (raise the token count or "
+                              f"--repeats)", flush=True)
+                        continue
+                    r.decode[case.batch] = rate
+                    if case.batch == 1:
+                        r.ms_per_token[32] = 1000 / rate
+                    print(f"  {label}: {rate:.1f} tok/s", flush=True)
                 elif case.name == "ttft512":
                     r.ttft[512] = statistics.median(t.t_1)
                     print(f"  {label}: TTFT {r.ttft[512] * 1000:.0f} ms", flush=True)
@@ -811,7 +841,7 @@ def _commit() -> str:
 def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argparse.Namespace,
            read_gbs: float | None, elapsed: float, load_before: float) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    outside = max(g.outside_cpu_share for g in results)
+    outside = max((g.outside_cpu_share for g in results), default=0.0)
     engines = {}
     for g in results:
         engines.update(g.versions)
@@ -846,7 +876,9 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
     for g in results:
         out += ["", f"### {g.group.title}", "", group_table(g, args.batches)]
         notes = [r.row.note for r in g.results if r.row.note] + g.group.notes + \
-            [f"{r.row.label}: dropped, {r.stalled}" for r in g.results if r.stalled]
+            [f"{r.row.label}: dropped, {r.stalled}" for r in g.results if r.stalled] + \
+            [f"{r.row.label}: no decode rate at batch {', '.join(map(str, r.unmeasured))}: "
+             f"t_N <= t_1, N too small for the noise" for r in g.results if r.unmeasured]
         if notes:
             out += [""] + [f"- {n}" for n in notes]
     out += ["", "### Install size (each venv as tools/bench/venvs.py builds it)", "",
@@ -867,9 +899,34 @@ GROUPS = ("gpt2", "smollm2", "tiny")
 CASES = ("decode", "ttft512", "pos1000")
 
 
+def _count(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got '{text}'") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def _csv(kind, choices=None):
     def parse(text: str):
-        values = [kind(v) for v in text.split(",") if v.strip()]
+        try:
+            values = list(dict.fromkeys(kind(v.strip()) for v in text.split(",") if v.strip()))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"'{text}': {exc}") from None
         bad = [v for v in values if choices and v not in choices]
         if not values or bad:
             raise argparse.ArgumentTypeError("expected a comma-separated list"
@@ -878,40 +935,81 @@ def _csv(kind, choices=None):
     return parse
 
 
+def _also(text: str) -> tuple[str, str, Path]:
+    """MODEL:NAME=DIR -> (model, name, folder); the folder is checked in main."""
+    model, colon, rest = text.partition(":")
+    name, equals, folder = rest.partition("=")
+    if not (colon and equals and name and folder) or model not in GROUPS:
+        raise argparse.ArgumentTypeError(f"'{text}': expected MODEL:NAME=DIR, MODEL one of "
+                                         f"{', '.join(GROUPS)}, e.g. smollm2:int4-sym=/tmp/m")
+    if not re.fullmatch(r"[\w.+-]+", name):
+        raise argparse.ArgumentTypeError(f"'{text}': NAME may hold letters, digits and . _ + - "
+                                         f"only (it names the row and its log)")
+    return model, name, Path(folder)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", type=_csv(str, GROUPS), default=list(GROUPS), help="model groups")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--models", type=_csv(str, GROUPS), default=None,
+                   help=f"model groups, of {', '.join(GROUPS)} (default: those a chosen engine "
+                        f"runs)")
     p.add_argument("--engines", type=_csv(str, tuple(ENGINES)), default=list(ENGINES),
                    help="engines to run")
     p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
                    help="where models are built and cached, and worker logs go")
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case, after a warm-up")
-    p.add_argument("--batches", type=_csv(int), default=[1, 8, 32], help="decode batch sizes")
-    p.add_argument("--new-tokens", type=int, default=128, help="N at batch 1 (and for cold runs)")
-    p.add_argument("--batch-new-tokens", type=int, default=32, help="N at batch > 1")
-    p.add_argument("--position-tokens", type=int, default=64, help="N from the 1000-token prompt")
+    p.add_argument("--threads", type=_count(1), default=2, help="threads for every engine")
+    p.add_argument("--repeats", type=_count(1), default=5,
+                   help="timed rounds per case, after a warm-up")
+    p.add_argument("--batches", type=_csv(_count(1)), default=[1, 8, 32],
+                   help="decode batch sizes (must include 1)")
+    p.add_argument("--new-tokens", type=_count(2), default=128,
+                   help="N at batch 1 (and for cold runs)")
+    p.add_argument("--batch-new-tokens", type=_count(2), default=32, help="N at batch > 1")
+    p.add_argument("--position-tokens", type=_count(2), default=64,
+                   help="N from the 1000-token prompt")
     p.add_argument("--cases", type=_csv(str, CASES), default=list(CASES),
                    help="what to time (decode: at every batch of --batches)")
-    p.add_argument("--cold-runs", type=int, default=3,
+    p.add_argument("--cold-runs", type=_count(0), default=3,
                    help="fresh processes per engine for cold start and peak RSS (0: none)")
-    p.add_argument("--also", action="append", default=[], metavar="MODEL:NAME=DIR",
-                   help="an extra tinygen row for an experiment, e.g. smollm2:int4-sym=/tmp/m")
-    p.add_argument("--stall-timeout", type=float, default=180,
+    p.add_argument("--also", type=_also, action="append", default=[], metavar="MODEL:NAME=DIR",
+                   help="an extra tinygen row for an experiment, e.g. smollm2:int4-sym=/tmp/m "
+                        "(DIR: a `tinygen-train export` folder)")
+    p.add_argument("--stall-timeout", type=_seconds, default=180,
                    help="seconds a single request may take before its engine is dropped")
     p.add_argument("--no-roofline", action="store_true", help="skip the bandwidth measurement")
     p.add_argument("--record", action="store_true", help=f"append to {DOC.relative_to(REPO)}")
     return p
 
 
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Models no chosen engine runs: refused where --models names them, else left out."""
+    if 1 not in args.batches:
+        parser.error("--batches must include 1 (TTFT and ms/token come from batch 1)")
+    extra = {model for model, _, _ in args.also}
+    runs = {key: [e for e in GROUP_ENGINES[key] if e in args.engines] for key in GROUPS}
+    named, args.models = args.models is not None, args.models or list(GROUPS)
+    idle = [key for key in args.models if not runs[key] and key not in extra]
+    if idle and (named or len(idle) == len(args.models)):
+        key = idle[0]
+        parser.error(f"no engine of --engines ({', '.join(args.engines)}) runs the {key} model; "
+                     f"it is run by {', '.join(GROUP_ENGINES[key])}")
+    if idle:
+        print(f"left out: {', '.join(idle)} (no engine of --engines runs it)", flush=True)
+    args.models = [key for key in args.models if key not in idle]
+    for model, name, folder in args.also:
+        if model not in args.models:
+            parser.error(f"--also {model}:{name}: {model} is not among the models run "
+                         f"({', '.join(args.models)})")
+        if not (folder / "tinygen.json").is_file():
+            parser.error(f"--also {model}:{name}={folder}: "
+                         + ("no such folder" if not folder.is_dir() else
+                            "no tinygen.json in it (a `tinygen-train export` folder)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if 1 not in args.batches:
-        parser.error("--batches must include 1 (TTFT and ms/token come from batch 1)")
-    if min(args.new_tokens, args.batch_new_tokens, args.position_tokens) < 2 or args.repeats < 1:
-        parser.error("token counts must be >= 2 and --repeats >= 1")
+    _check_choices(parser, args)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     engines = set(args.engines)
@@ -925,13 +1023,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             g = tiny_group()
         g.rows = [r for r in g.rows if r.engine in engines]
-        for spec in args.also:
-            where, _, rest = spec.partition(":")
-            precision, _, folder = rest.partition("=")
+        for where, precision, folder in args.also:
             if where == key:
-                g.rows.append(Row("tinygen", precision, Path(folder), Path(folder) / "model.onnx"))
-        if g.rows:
-            groups.append(g)
+                row = Row("tinygen", precision, folder, folder / "model.onnx")
+                if any(r.label == row.label for r in g.rows):
+                    raise ScriptError(f"--also {where}:{precision}: the {key} model already has "
+                                      f"a row '{row.label}'; give the experiment another NAME")
+                g.rows.append(row)
+        decode = "decode" in args.cases
+        longest = 32 + max(args.new_tokens if decode or args.cold_runs else 0,
+                           args.batch_new_tokens if decode and len(args.batches) > 1 else 0)
+        if longest > g.window:
+            raise ScriptError(f"--new-tokens/--batch-new-tokens: 32 prompt tokens + {longest - 32} "
+                              f"exceed the {key} model's window of {g.window}")
+        groups.append(g)
     print(f"venvs (built once, cached under {venvs.cache_root()}):", flush=True)
     envs = {}
     for peer in sorted({ENGINES[r.engine][0] for g in groups for r in g.rows}):
@@ -950,6 +1055,11 @@ def main(argv: list[str] | None = None) -> int:
         add_roofline(results, read_gbs)
     text = report(results, envs, args, read_gbs, time.perf_counter() - started, load_before)
     print("\n" + text)
+    unmeasured = [r.row.label for g in results for r in g.results if r.unmeasured]
+    if args.record and unmeasured:
+        raise ScriptError(f"not appended to {DOC.relative_to(REPO)}: no decode rate for "
+                          f"{', '.join(unmeasured)} (t_N <= t_1); rerun with a larger "
+                          f"--new-tokens/--batch-new-tokens or --repeats")
     if args.record:
         with DOC.open("a", encoding="utf-8") as f:
             f.write("\n" + text)
@@ -958,4 +1068,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

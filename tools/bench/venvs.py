@@ -35,6 +35,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from script_errors import ArgumentParser, run_main  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PINS = Path(__file__).resolve().parent / "pins"
 RUNTIME = REPO / "packages" / "runtime"
@@ -164,8 +167,15 @@ def _forget_stale(peer: str, keep: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    peers = (argv if argv is not None else sys.argv[1:]) or list(PEERS)
-    for peer in peers:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            epilog=f"peers: {', '.join(PEERS)}")
+    parser.add_argument("peers", nargs="*", metavar="PEER",
+                        help="venvs to build or reuse (default: every peer)")
+    peers = parser.parse_args(argv).peers or list(PEERS)
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:  # before any build
+        parser.error(f"unknown peer {', '.join(map(repr, unknown))}; peers are {', '.join(PEERS)}")
+    for peer in dict.fromkeys(peers):
         venv = ensure(peer)
         print(f"{peer}\t{venv.path}\t{venv.size_bytes() / 1e6:.0f} MB\t"
               f"built in {venv.build_seconds:.0f} s")
@@ -173,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

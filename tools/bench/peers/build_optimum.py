@@ -8,8 +8,8 @@ OUT is written under a temporary name and renamed into place when complete.
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -42,12 +42,25 @@ def int8(onnx_dir: Path, out: Path) -> None:
             shutil.copy2(onnx_dir / name, out / name)
 
 
+OPERATIONS = {"export": export, "int8": int8}
+
+
 def main() -> None:
-    what, source, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    tmp = out.with_name(out.name + ".tmp")
+    # Plain argparse: this runs in the optimum venv, without tinygen (or tools/script_errors.py).
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("operation", choices=tuple(OPERATIONS),
+                   help="export: SRC a Hugging Face model folder; int8: SRC optimum's ONNX export")
+    p.add_argument("source", type=Path, metavar="SRC")
+    p.add_argument("out", type=Path, metavar="OUT", help="the folder to write (must not exist)")
+    args = p.parse_args()
+    if not args.source.is_dir():
+        p.error(f"{args.source}: no such folder")
+    if args.out.exists():
+        p.error(f"{args.out} exists; remove it or name another OUT")
+    tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    {"export": export, "int8": int8}[what](source, tmp)
-    tmp.rename(out)
+    OPERATIONS[args.operation](args.source, tmp)
+    tmp.rename(args.out)
 
 
 if __name__ == "__main__":

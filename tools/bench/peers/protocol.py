@@ -15,6 +15,10 @@ and then answers each request line on stdin with one line on stdout:
             which each new token was ready]}
     {"op": "stats"}  -> {"rss_mb": ..., "peak_rss_mb": ..., "cpu_s": ...}
 
+A request it cannot serve (not a JSON object, an unknown op, a batch or token count
+below 1, or an engine that raises; the traceback goes to stderr, the worker's log) is
+answered {"error": "what was wrong"}, and the worker waits for the next.
+
 `token_at` comes from the engine's own token loop (or streamer): the step between two
 tokens is one decode and one sampling in every engine, so its median is a per-token
 cost without the prefill in it, whose run-to-run spread swamps a few dozen tokens.
@@ -37,6 +41,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 from importlib.metadata import PackageNotFoundError, version
 
 _out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -74,14 +79,54 @@ def versions(*dists: str) -> dict[str, str]:
     return found
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got '{text}'") \
+            from None
+    if any(t < 0 for t in ids):
+        raise argparse.ArgumentTypeError("token ids must be >= 0")
+    return ids
+
+
 def parser(description: str) -> argparse.ArgumentParser:
+    # Plain argparse: workers run in their peer's venv, without tinygen's script_errors.
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", required=True, help="model directory (or file) this engine loads")
-    p.add_argument("--threads", type=int, default=2, help="threads for the engine's kernels")
-    p.add_argument("--cold", default=None, metavar="IDS",
+    p.add_argument("--threads", type=_positive, default=2,
+                   help="threads for the engine's kernels")
+    p.add_argument("--cold", type=_ids, default=None, metavar="IDS",
                    help="cold start: comma-separated prompt ids; one token, then --cold-tokens")
-    p.add_argument("--cold-tokens", type=int, default=128)
+    p.add_argument("--cold-tokens", type=_positive, default=128)
     return p
+
+
+def _request_error(request) -> str | None:
+    """What is wrong with a request, or None."""
+    if not isinstance(request, dict):
+        return "a request is a JSON object"
+    if request.get("op") == "generate":
+        prompt, batch, new = (request.get(k) for k in ("prompt", "batch", "new_tokens"))
+        if not (isinstance(prompt, list) and prompt
+                and all(isinstance(t, int) and t >= 0 for t in prompt)):
+            return "generate: prompt must be a non-empty list of token ids"
+        for name, value in (("batch", batch), ("new_tokens", new)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                return f"generate: {name} must be a whole number >= 1, got {value!r}"
+    elif request.get("op") != "stats":
+        return f"unknown op {request.get('op')!r}"
+    return None
 
 
 def run(args: argparse.Namespace, load, dists: tuple[str, ...]) -> None:
@@ -93,7 +138,7 @@ def run(args: argparse.Namespace, load, dists: tuple[str, ...]) -> None:
     started = time.perf_counter()
     generate = load()
     if args.cold is not None:
-        prompt = [int(t) for t in args.cold.split(",")]
+        prompt = args.cold
         first = generate(prompt, 1, 1, [])
         reply({"first_token_at": time.time(), "lengths": [len(r) for r in first]})
         rows = generate(prompt, 1, args.cold_tokens, [])
@@ -102,18 +147,28 @@ def run(args: argparse.Namespace, load, dists: tuple[str, ...]) -> None:
     reply({"ready": True, "load_s": time.perf_counter() - started, "versions": versions(*dists),
            "python": sys.version.split()[0]})
     for line in sys.stdin:
-        request = json.loads(line)
-        if request["op"] == "generate":
+        try:
+            request = json.loads(line)
+        except ValueError:
+            reply({"error": f"not a JSON line: {line.strip()[:80]!r}"})
+            continue
+        wrong = _request_error(request)
+        if wrong:
+            reply({"error": wrong})
+        elif request["op"] == "generate":
             prompt, batch, new = request["prompt"], request["batch"], request["new_tokens"]
             ready: list[float] = []
             start = time.perf_counter()
-            rows = generate(prompt, batch, new, ready)
+            try:
+                rows = generate(prompt, batch, new, ready)
+            except Exception as exc:  # the engine refused the request: say so, keep serving
+                traceback.print_exc()
+                reply({"error": f"generate failed: {type(exc).__name__}: {exc}"})
+                continue
             seconds = time.perf_counter() - start
             reply({"seconds": seconds, "lengths": [len(r) for r in rows],
                    "tokens": [int(t) for t in rows[0]], "token_at": [t - start for t in ready]})
-        elif request["op"] == "stats":
+        else:  # stats
             usage = resource.getrusage(resource.RUSAGE_SELF)
             reply({"rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
                    "cpu_s": usage.ru_utime + usage.ru_stime})
-        else:
-            reply({"error": f"unknown op {request['op']!r}"})
