@@ -21,13 +21,20 @@ def test_the_tinygen_worker_notes_when_each_token_is_ready(exported_llama_dir):
     worker = subprocess.Popen(
         [sys.executable, str(BENCH / "peers" / "tinygen_engine.py"), "--model",
          str(exported_llama_dir), "--threads", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert json.loads(worker.stdout.readline())["ready"]
-        worker.stdin.write(json.dumps({"op": "generate", "prompt": prompt, "batch": 2,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def ask(ids):
+        worker.stdin.write(json.dumps({"op": "generate", "prompt": ids, "batch": 2,
                                        "new_tokens": new}) + "\n")
         worker.stdin.flush()
-        answer = json.loads(worker.stdout.readline())
+        return json.loads(worker.stdout.readline())
+
+    try:
+        assert json.loads(worker.stdout.readline())["ready"]
+        answer = ask(prompt)
+        # as generate does, an id outside the vocabulary is refused (and the worker goes on)
+        assert "outside the vocabulary" in ask([5, 999_999_999])["error"]
+        assert ask(prompt)["tokens"] == answer["tokens"]
     finally:
         worker.stdin.close()
         worker.wait(timeout=60)

@@ -19,7 +19,8 @@ def load(args):
     def generate(prompt, batch, new_tokens, ready):
         config = gen.defaults.merged(do_sample=False, max_new_tokens=new_tokens,
                                      stop_at_eos=False)
-        decoding = gen._decoding([prompt] * batch, [None] * batch, config)
+        [ids] = gen.prompts.encode(prompt)  # checked as generate checks it (ids in the vocabulary)
+        decoding = gen._decoding([ids] * batch, [None] * batch, config)
         while not decoding.done:
             decoding.step(show=False)
             ready.append(time.perf_counter())
