@@ -18,11 +18,11 @@ from .async_api import AsyncTextStream, in_worker_thread
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
-from .processors import softmax
 from .errors import ModelFormatError, TinygenError
 from .fields import FieldSchema
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .onnx_model import load_causal_lm
+from .processors import softmax
 from .prompts import Prompt, PromptEncoder, as_prompt, is_token_ids
 from .sampling import draw_seed
 from .text_file import (WrittenFile, model_identity, resume_point, save_settings, settings_path,
