@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
+ROOFLINE_MB = 512  # MiB per array of read_gbs, far above the caches
 # name -> (bytes moved per element of one array, kernel on one worker's slices)
 KERNELS = {
     "read": (4, lambda a, b, c: np.maximum.reduce(a)),
@@ -87,6 +88,12 @@ def measure(size_mb: int, workers: int, repeats: int) -> dict[str, tuple[float, 
         for m in blocks:
             m.close()
             m.unlink()
+
+
+def read_gbs(workers: int) -> float:
+    """Median GB/s of the read kernel (one load stream, as decoding's weight reads): what the
+    benchmarks' rooflines divide by (bench_decode.py, compare.py)."""
+    return measure(size_mb=ROOFLINE_MB, workers=workers, repeats=10)["read"][1]
 
 
 def available_mib() -> tuple[int, str] | None:

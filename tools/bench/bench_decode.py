@@ -212,8 +212,7 @@ def load_engines(dirs: dict[str, Path], threads: int, names: list[str]) -> list[
 
 
 def _read_bandwidth(threads: int) -> float:
-    """Median GB/s of bandwidth.py's read kernel (one load stream, as decoding's weight reads)."""
-    gbs = bandwidth.measure(size_mb=512, workers=threads, repeats=10)["read"][1]
+    gbs = bandwidth.read_gbs(threads)
     print(f"read bandwidth: {gbs:.1f} GB/s (median, {threads} threads)", flush=True)
     return gbs
 
@@ -431,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record and BASELINE not in names:
         parser.error("--record needs the transformers engine (the table's ratios are against it)")
     if args.roofline:
-        bandwidth.check_fits(512)  # _read_bandwidth's arrays
+        bandwidth.check_fits(bandwidth.ROOFLINE_MB)  # _read_bandwidth's arrays
 
     started = time.perf_counter()
     print(f"building or reusing the model under {args.work_dir} ...", flush=True)

@@ -1046,11 +1046,11 @@ def main(argv: list[str] | None = None) -> int:
         envs["genai-builder"] = venvs.ensure("genai-builder")  # for the install table
     read = []
     if not args.no_roofline:
-        read.append(bandwidth.measure(size_mb=512, workers=args.threads, repeats=10)["read"][1])
+        read.append(bandwidth.read_gbs(args.threads))
     results = [run_group(g, args, envs) for g in groups]
     read_gbs = None
     if read:
-        read.append(bandwidth.measure(size_mb=512, workers=args.threads, repeats=10)["read"][1])
+        read.append(bandwidth.read_gbs(args.threads))
         read_gbs = statistics.mean(read)
         add_roofline(results, read_gbs)
     text = report(results, envs, args, read_gbs, time.perf_counter() - started, load_before)
