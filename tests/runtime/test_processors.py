@@ -8,7 +8,7 @@ from transformers.generation import logits_process as hf
 from tinygen import GenerationConfig
 from tinygen import processors as ours
 from tinygen.processors import build_processors, softmax
-from tinygen.sampling import GreedySampler, RandomSampler
+from tinygen.sampling import BLOCK, GreedySampler, RandomSampler, inverse_cdf
 
 
 @pytest.fixture
@@ -77,6 +77,27 @@ def test_random_sampler_follows_the_distribution():
     counts = np.bincount([int(sampler(logits)[0]) for _ in range(20000)], minlength=4)
     np.testing.assert_allclose(counts / counts.sum(), probs, atol=0.015)
     assert counts[3] == 0  # a masked token is never drawn
+
+
+def test_blocked_inverse_cdf_is_the_whole_vocabulary_cumsum():
+    """inverse_cdf sums blocks of BLOCK tokens, then tokens in one block: it must pick the
+    token one float64 cumsum over the whole vocabulary picks, wherever the draw falls."""
+    rng = np.random.default_rng(5)
+    vocab = 3 * BLOCK + 77  # a last block shorter than the others
+    for _ in range(300):
+        row = (rng.standard_normal(vocab) * rng.uniform(0.5, 8)).astype(np.float32)
+        row[rng.random(vocab) < 0.3] = -np.inf  # masked tokens, block edges included
+        reference = np.cumsum(softmax(row.astype(np.float64)))
+        for u in rng.random(5):
+            assert inverse_cdf(row, u) == np.searchsorted(reference, u * reference[-1], "right")
+
+
+def test_inverse_cdf_never_picks_a_masked_token_at_the_ends():
+    row = np.full(2 * BLOCK + 5, -np.inf, np.float32)
+    row[[3, BLOCK - 1, BLOCK + 7]] = [0.0, 1.0, 2.0]  # nothing after BLOCK + 7 can be drawn
+    assert inverse_cdf(row, 0.0) == 3
+    assert inverse_cdf(row, np.nextafter(1.0, 0.0)) == BLOCK + 7
+    assert inverse_cdf(np.full(10, -np.inf, np.float32), 0.5) == -1
 
 
 def test_each_row_has_its_own_generator(logits):
