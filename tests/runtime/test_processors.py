@@ -45,6 +45,41 @@ def test_processor_matches_transformers(ours_proc, hf_proc, logits):
         np.testing.assert_allclose(softmax(mine), softmax(theirs), rtol=1e-5, atol=1e-7)
 
 
+def _rows_to_prune(vocab: int, seed: int) -> np.ndarray:
+    """Flat to peaked rows, one with masked tokens, one top-k already pruned, and last one
+    with many equal logits at every cut."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.standard_normal(vocab) * scale for scale in (0.3, 3, 12)]
+    masked = rng.standard_normal(vocab) * 3
+    masked[rng.random(vocab) < 0.4] = -np.inf
+    pruned = np.full(vocab, -np.inf)
+    pruned[rng.choice(vocab, 20, replace=False)] = rng.standard_normal(20)
+    tied = np.round(rng.standard_normal(vocab), 1)
+    return np.array(rows + [masked, pruned, tied], dtype=np.float32)
+
+
+@pytest.mark.parametrize("vocab", [40, 1000, 20000])
+def test_nucleus_and_typical_keep_what_transformers_keeps(vocab):
+    """TopP and TypicalP sort a few candidates, not the vocabulary (ours.CANDIDATES): the
+    kept tokens must be transformers' at every size, mass and shape of distribution."""
+    rows = _rows_to_prune(vocab, seed=vocab)
+    for ours_proc, hf_proc in [(ours.TopP(p), hf.TopPLogitsWarper(p)) for p in (0.05, 0.5, 0.9, 0.995)] \
+            + [(ours.TypicalP(m), hf.TypicalLogitsWarper(m)) for m in (0.2, 0.9)]:
+        mine = ours_proc(rows, None)
+        theirs = hf_proc(None, torch.from_numpy(rows.copy())).numpy()
+        kept, kept_theirs = mine > -np.inf, theirs > -np.inf
+        assert np.array_equal(mine[kept], rows[kept])
+        # torch.sort is not stable, so of equal logits at the cut transformers drops any;
+        # ours drops the lower ids first. The last row is all such cuts: same count there.
+        assert np.array_equal(kept[:-1], kept_theirs[:-1]), type(ours_proc).__name__
+        assert kept[-1].sum() == kept_theirs[-1].sum()
+        if isinstance(ours_proc, ours.TopP):
+            cut = rows[-1][kept[-1]].min()
+            at_cut = kept[-1][rows[-1] == cut]
+            assert np.array_equal(at_cut, np.sort(at_cut))  # kept ones are the higher ids
+            assert kept[-1][rows[-1] > cut].all()
+
+
 def test_full_chain_matches_transformers_order(logits):
     config = GenerationConfig().merged(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02,
                                        typical_p=0.95, repetition_penalty=1.2, no_repeat_ngram_size=2)
@@ -111,6 +146,18 @@ def test_each_row_has_its_own_generator(logits):
 
 def test_greedy_sampler_is_argmax(logits):
     assert GreedySampler()(logits).tolist() == logits.argmax(axis=-1).tolist()
+
+
+def test_nucleus_and_typical_pass_rows_with_nothing_to_rank():
+    """An all -inf row (bans removed everything) or a NaN logit (a broken model) comes out
+    as it went in, for the sampler to refuse, not as an exception from the ranking."""
+    nothing = np.full((1, 300), -np.inf, np.float32)
+    broken = np.zeros((1, 300), np.float32)
+    broken[0, 7] = np.nan
+    for processor in (ours.TopP(0.9), ours.TypicalP(0.9)):
+        assert np.array_equal(processor(nothing, None), nothing)
+        np.testing.assert_array_equal(processor(broken, None), broken)  # NaN where NaN was
+    assert inverse_cdf(broken[0], 0.5) == -1
 
 
 def test_extreme_temperature_and_penalty_stay_distributions(logits):

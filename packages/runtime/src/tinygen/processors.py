@@ -134,11 +134,16 @@ class TopK(LogitsProcessor):
         return np.where(logits < kth, NEG_INF, logits)
 
 
-def _mask_sorted(logits: np.ndarray, order: np.ndarray, remove_sorted: np.ndarray) -> np.ndarray:
-    """Scatter a mask given in sorted order back to vocabulary order and apply it."""
-    remove = np.zeros_like(remove_sorted)
-    np.put_along_axis(remove, order, remove_sorted, axis=-1)
-    return np.where(remove, NEG_INF, logits)
+# Top-p and typical-p keep a few of the vocabulary's tokens: they sort this many candidates
+# first (whole groups of equal values), and more only while the kept set could reach past
+# them. A full stable argsort of a 49k vocabulary costs several ms, more than a small model's step.
+CANDIDATES = 256
+
+
+def _keep_only(row: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.full_like(row, NEG_INF)
+    out[keep] = row[keep]
+    return out
 
 
 class TopP(LogitsProcessor):
@@ -146,12 +151,29 @@ class TopP(LogitsProcessor):
         self.top_p = top_p
 
     def __call__(self, logits, history):
-        order = np.argsort(logits, axis=-1, kind="stable")  # ascending
-        sorted_logits = np.take_along_axis(logits, order, axis=-1)
-        cumulative = np.cumsum(softmax(sorted_logits), axis=-1)
-        remove = cumulative <= (1 - self.top_p)
-        remove[:, -1] = False  # always keep the most likely token
-        return _mask_sorted(logits, order, remove)
+        return np.stack([self._row(row) for row in logits])
+
+    def _row(self, row: np.ndarray) -> np.ndarray:
+        # transformers' rule: in ascending order (ties: lower id first), remove the tokens
+        # whose cumulative probability is <= 1 - top_p, never the most likely one.
+        # Tokens already at -inf (p = 0) stay there and are left out of the work.
+        ids = np.flatnonzero(row != NEG_INF)
+        if ids.size == 0:
+            return row.copy()
+        values = row[ids]
+        probs, n, m = softmax(values), ids.size, min(CANDIDATES, ids.size)
+        while True:  # the m most likely tokens, until everything below them is removed
+            kth = np.partition(values, n - m)[n - m]
+            below = values < kth
+            tail = probs.sum(where=below)
+            if tail <= 1 - self.top_p or m == n:
+                break
+            m = min(4 * m, n)
+        candidates = np.flatnonzero(~below)
+        order = candidates[np.argsort(values[candidates], kind="stable")]
+        remove = tail + np.cumsum(probs[order]) <= 1 - self.top_p
+        remove[-1] = False
+        return _keep_only(row, ids[order[~remove]])
 
 
 class MinP(LogitsProcessor):
@@ -172,19 +194,33 @@ class TypicalP(LogitsProcessor):
         self.mass = mass
 
     def __call__(self, logits, history):
-        logp = log_softmax(logits)
-        p = np.exp(logp)
-        with np.errstate(invalid="ignore"):  # -inf * 0 for masked tokens: nansum drops it
-            entropy = -np.nansum(logp * p, axis=-1, keepdims=True)
+        return np.stack([self._row(row) for row in logits])
+
+    def _row(self, row: np.ndarray) -> np.ndarray:
+        # transformers' rule: in ascending |surprise - entropy| (ties: lower id first), keep
+        # the tokens up to the first whose cumulative probability reaches `mass`, ties with it
+        # included, and always the first. Tokens already at -inf stay there, left out of the work.
+        ids = np.flatnonzero(row != NEG_INF)
+        if ids.size == 0:
+            return row.copy()
+        logp = log_softmax(row[ids])
+        probs = np.exp(logp)
+        entropy = -(logp * probs).sum()
         shifted = np.abs(-logp - entropy)
-        order = np.argsort(shifted, axis=-1, kind="stable")
-        sorted_shifted = np.take_along_axis(shifted, order, axis=-1)
-        cumulative = np.cumsum(softmax(np.take_along_axis(logits, order, axis=-1)), axis=-1)
-        last = np.minimum((cumulative < self.mass).sum(axis=-1), logits.shape[-1] - 1)
-        cutoff = np.take_along_axis(sorted_shifted, last[:, None], axis=-1)
-        remove = sorted_shifted > cutoff
-        remove[:, 0] = False
-        return _mask_sorted(logits, order, remove)
+        n, m = ids.size, min(CANDIDATES, ids.size)
+        while True:  # the m most typical tokens, until they hold the mass
+            kth = np.partition(shifted, m - 1)[m - 1]
+            candidates = np.flatnonzero(shifted <= kth)
+            if candidates.size == 0:  # a NaN logit makes every one NaN: nothing to rank
+                return row.copy()
+            order = candidates[np.argsort(shifted[candidates], kind="stable")]
+            cumulative = np.cumsum(probs[order])
+            if cumulative[-1] >= self.mass or m == n:
+                break
+            m = min(4 * m, n)
+        last = min(int((cumulative < self.mass).sum()), order.size - 1)
+        keep = order[shifted[order] <= shifted[order[last]]]
+        return _keep_only(row, ids[np.union1d(keep, order[:1])])
 
 
 def build_processors(config: GenerationConfig, suppress: Sequence[int] = ()) -> list[LogitsProcessor]:
