@@ -46,7 +46,7 @@ def test_processor_matches_transformers(ours_proc, hf_proc, logits):
 
 
 def _rows_to_prune(vocab: int, seed: int) -> np.ndarray:
-    """Flat to peaked rows, one with masked tokens, one top-k already pruned, and last one
+    """Flat to peaked rows, one with masked tokens, one top-k already pruned, and a last one
     with many equal logits at every cut."""
     rng = np.random.default_rng(seed)
     rows = [rng.standard_normal(vocab) * scale for scale in (0.3, 3, 12)]
