@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from bench_decode import DOC, REPO, _int_list  # noqa: E402
 from machine import describe  # noqa: E402
 from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "benchmarks.md"
 # name -> generation options ("sampling" is the default: plain sampling at temperature 1)
 SETTINGS = {
     "greedy": {"do_sample": False},
@@ -76,18 +75,14 @@ def main() -> int:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="an exported model directory "
                    "(default: the embedded tiny model)")
-    p.add_argument("--batches", default="1", help="comma-separated batch sizes (default: 1)")
+    p.add_argument("--batches", type=_int_list, default="1", help="comma-separated batch sizes (default: 1)")
     p.add_argument("--new-tokens", type=int, default=200, help="tokens generated per row")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per row of the table")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     p.add_argument("--record", action="store_true", help=f"append the table to {DOC.relative_to(REPO)}")
     args = p.parse_args()
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        raise ScriptError(f"--batches takes integers separated by commas, got {args.batches!r}") from None
-    if min(batches) < 1 or args.new_tokens < 2 or args.repeats < 1:
-        raise ScriptError("--batches must be >= 1, --new-tokens >= 2 and --repeats >= 1")
+    if args.new_tokens < 2 or args.repeats < 1:
+        raise ScriptError("--new-tokens must be >= 2 and --repeats >= 1")
 
     from tinygen import TextGenerator
 
@@ -96,7 +91,7 @@ def main() -> int:
     lines = ["| decoding | batch | tok/s | µs/token | in onnxruntime | outside it | outside share |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, options in SETTINGS.items():
-        for batch in batches:
+        for batch in args.batches:
             whole, inside = measure(generator, clock, options, batch, args.new_tokens, args.repeats)
             lines.append(f"| {name} | {batch} | {1e6 / whole:.0f} | {whole:.0f} | {inside:.0f} | "
                          f"{whole - inside:.0f} | {(whole - inside) / whole:.0%} |")
