@@ -12,7 +12,6 @@ the rest is a large share of the token; this is the table that shows it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
