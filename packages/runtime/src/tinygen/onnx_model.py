@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import hugepages
+from . import heap, hugepages
 from .errors import ModelFormatError, TinygenError, first_line
 from .graph_limits import check_window_fits
 from .manifest import Manifest
@@ -86,6 +86,8 @@ class OnnxCausalLM:
             raise ModelFormatError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         if before is not None:  # the weights onnxruntime just allocated: huge pages (hugepages.py)
             hugepages.advise_new_memory(before)
+        # After the huge pages: trimming first leaves holes that keep spans from collapsing.
+        heap.release_free_heap()  # the original weights the load repacked and freed (heap.py)
         self._check_graph(path)
 
     def _open_session(self, path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
