@@ -185,3 +185,25 @@ def test_decode_no_rate_where_noise_inverts_the_timings():
 def test_bandwidth_size_beyond_memory():
     line = refused("bandwidth.py", "--size-mb", "1000000000")
     assert "--size-mb 1000000000 needs 3 x 1000000000 MiB" in line and "or less" in line
+
+
+# -- bench_memory.py ------------------------------------------------------------------
+
+def test_memory_folder_that_is_no_model(tmp_path):
+    line = refused("bench_memory.py", str(tmp_path))
+    assert f"{tmp_path}: not a tinygen model directory" in line
+
+
+def test_memory_runs_out_of_range(tmp_path):
+    assert "--runs and --new-tokens must be >= 1" in refused("bench_memory.py", "--runs", "0")
+
+
+def test_memory_table_of_a_model(exported_llama_dir):
+    result = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), str(exported_llama_dir),
+                             "--runs", "1", "--new-tokens", "4"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = result.stdout.splitlines()[2].split("|")
+    assert row[1].strip() == str(exported_llama_dir)
+    imports, loaded, generated, peak, huge = (float(cell) for cell in row[2:7])
+    assert 0 < imports <= loaded and generated <= peak and 0 <= huge <= peak
