@@ -25,3 +25,9 @@ def int8_result(tiny_source_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def torchscript_result(tiny_source_dir, tmp_path_factory):
     return _export(tiny_source_dir, tmp_path_factory.mktemp("ts") / "model", format="torchscript")
+
+
+@pytest.fixture(scope="session")
+def model_bytes():
+    """The bytes of a model directory's graph and its weights' side file (model.onnx.data)."""
+    return lambda folder: sum(p.stat().st_size for p in folder.glob("model.onnx*"))
