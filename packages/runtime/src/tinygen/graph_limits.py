@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import ModelFormatError
 from .manifest import Manifest
+from .onnx_proto import fields, packed, text
 
 
 def check_window_fits(path: Path, m: Manifest, position_ids: str | None) -> None:
@@ -38,29 +39,29 @@ def position_limits(path: Path, position_ids: str | None) -> list[tuple[str, int
 
 
 def _position_limits(data, position_ids: str | None) -> list[tuple[str, int]]:
-    graph = next((value for number, value in _fields(data, 0, len(data)) if number == 7), None)
+    graph = next((value for number, value in fields(data, 0, len(data)) if number == 7), None)
     if not isinstance(graph, tuple):
         return []
     wanted: list[tuple[str, str]] = []  # (what, initializer name)
     rows: dict[str, int] = {}  # initializer name -> its first dimension
-    for number, value in _fields(data, *graph):
+    for number, value in fields(data, *graph):
         if number == 1 and isinstance(value, tuple):  # NodeProto
             node = _node(data, value)
             if node["op_type"] == "GroupQueryAttention" and len(node["input"]) > 7:
-                cos_cache = _text(data, node["input"][7])
+                cos_cache = text(data, node["input"][7])
                 if cos_cache:
                     wanted.append(("rotary cos_cache", cos_cache))
             elif node["op_type"] == "Gather" and position_ids and len(node["input"]) == 2 and \
-                    _text(data, node["input"][1]) == position_ids and node["axis"] == 0:
-                table = _text(data, node["input"][0])
+                    text(data, node["input"][1]) == position_ids and node["axis"] == 0:
+                table = text(data, node["input"][0])
                 wanted.append((f"position table '{table}'", table))
         elif number == 5 and isinstance(value, tuple):  # TensorProto
             name, dims = None, []
-            for field, item in _fields(data, *value):
+            for field, item in fields(data, *value):
                 if field == 8:
-                    name = _text(data, item)
+                    name = text(data, item)
                 elif field == 1:
-                    dims += [item] if isinstance(item, int) else list(_packed(data, item))
+                    dims += [item] if isinstance(item, int) else list(packed(data, item))
             if name is not None and dims:
                 rows[name] = dims[0]
     limits = {(what, rows[name]) for what, name in wanted if name in rows}
@@ -71,57 +72,13 @@ def _node(data, span: tuple[int, int]) -> dict:
     """A NodeProto's inputs (spans: most nodes' are never read), op_type and integer
     `axis` attribute (0 when absent)."""
     node = {"input": [], "op_type": "", "axis": 0}
-    for number, value in _fields(data, *span):
+    for number, value in fields(data, *span):
         if number == 1:
             node["input"].append(value)
         elif number == 4:
-            node["op_type"] = _text(data, value)
+            node["op_type"] = text(data, value)
         elif number == 5:  # AttributeProto: name 1, i 3
-            attribute = dict(_fields(data, *value))
-            if _text(data, attribute.get(1, (0, 0))) == "axis":
+            attribute = dict(fields(data, *value))
+            if text(data, attribute.get(1, (0, 0))) == "axis":
                 node["axis"] = attribute.get(3, 0)
     return node
-
-
-def _fields(data, start: int, end: int):
-    """(field number, value) of each field of the protobuf message at data[start:end]:
-    an int for a varint, (start, end) for a length-delimited field; fixed-width skipped."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(data, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            value, pos = (pos, pos + size), pos + size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            continue
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-        if pos > end:
-            raise ValueError("protobuf field past its message")
-        yield key >> 3, value
-
-
-def _varint(data, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        result |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _packed(data, span: tuple[int, int]):
-    pos, end = span
-    while pos < end:
-        value, pos = _varint(data, pos)
-        yield value
-
-
-def _text(data, span) -> str:
-    return data[span[0]:span[1]].decode("utf-8", "replace") if isinstance(span, tuple) else ""
