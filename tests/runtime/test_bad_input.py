@@ -171,3 +171,51 @@ def test_numpy_values_and_a_none_prompt_are_what_they_hold(optimum_gpt2_dir, tmp
 def test_top_n_is_checked(optimum_gpt2_dir, top_n):
     with pytest.raises(TinygenError, match=f"top_n must be an integer >= 1, got {top_n!r}"):
         TextGenerator(optimum_gpt2_dir).next_token_probs("Hi", top_n=top_n)
+
+
+# -- a fused export's weights file (model.onnx.data) -----------------------------------
+
+@pytest.fixture
+def fused_copy(exported_llama_dir, tmp_path):
+    target = tmp_path / "fused"
+    shutil.copytree(exported_llama_dir, target)
+    assert (target / "model.onnx.data").is_file()
+    return target
+
+
+def test_a_folder_copied_without_its_weights_file(fused_copy):
+    (fused_copy / "model.onnx.data").unlink()
+    with pytest.raises(ModelFormatError, match="missing model.onnx.data, the file that holds its "
+                                               "weights") as info:
+        TextGenerator(fused_copy)
+    assert "\n" not in str(info.value)
+
+
+def test_a_truncated_weights_file(fused_copy):
+    data = fused_copy / "model.onnx.data"
+    whole = data.stat().st_size
+    data.write_bytes(data.read_bytes()[: whole // 2])
+    with pytest.raises(ModelFormatError, match=f"{whole // 2:,} bytes, but the graph reads "
+                                               f"{whole:,}: a truncated copy"):
+        TextGenerator(fused_copy)
+
+
+def test_a_weights_file_outside_the_folder_is_refused(fused_copy):
+    import onnx
+
+    graph = onnx.load(str(fused_copy / "model.onnx"), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere/model.onnx.data"
+    onnx.save(graph, str(fused_copy / "model.onnx"))
+    with pytest.raises(ModelFormatError, match="its weights file '../elsewhere/model.onnx.data' "
+                                               "lies outside the model folder"):
+        TextGenerator(fused_copy)
+
+
+def test_the_whole_copy_loads_and_generates(fused_copy, exported_llama_dir):
+    ids = [5, 6, 7]
+    ours = TextGenerator(fused_copy).generate(ids, do_sample=False, max_new_tokens=4)[0]
+    assert ours.token_ids == TextGenerator(exported_llama_dir).generate(
+        ids, do_sample=False, max_new_tokens=4)[0].token_ids

@@ -18,6 +18,7 @@ from . import heap, hugepages
 from .errors import ModelFormatError, TinygenError, first_line
 from .graph_limits import check_window_fits
 from .manifest import Manifest
+from .weights_files import check_weights_files
 
 DEVICES = ("auto", "cpu", "cuda")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -74,6 +75,7 @@ class OnnxCausalLM:
         # Asked for, on a GPU, and a class that can record (a failed recording turns it off).
         self.cuda_graphs = cuda_graphs and type(self).cuda_graphs and self.device == "cuda"
         path = Path(model_dir) / manifest.model_file
+        check_weights_files(path)  # a folder copied without model.onnx.data: our error, not ORT's
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
