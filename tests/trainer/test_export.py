@@ -142,6 +142,17 @@ def test_a_models_stop_strings_become_the_runtimes_default_stop(tiny_gpt2_dir, t
 
 # -- int8 ---------------------------------------------------------------------
 
+def _mode(path):
+    return path.stat().st_mode & 0o777
+
+
+def test_the_weights_file_is_as_readable_as_the_graph(onnx_result, int8_result):
+    # onnx writes external data 0600 whatever the umask: a served or packaged folder needs more.
+    for out in (onnx_result.path, int8_result.path):
+        assert _mode(out / "model.onnx.data") == _mode(out / "model.onnx") == \
+            _mode(out / "tinygen.json")
+
+
 def test_int8_export_is_smaller_and_reported(int8_result, onnx_result, model_bytes):
     out = int8_result.path
     assert model_bytes(out) < model_bytes(onnx_result.path)
