@@ -242,3 +242,34 @@ def test_the_cards_built_by_line_has_every_option_not_the_default(tmp_path):
     assert (f"Built by `python tools/tinymodel/build.py --teacher-blocks 64 --steps 2 "
             f"--work-dir {work} --teacher {tmp_path / 't'} --batch-size 1 --parallel "
             f"--no-install`") in card
+
+
+def test_smollm2_exports_again_after_the_exporter_changed(tmp_path, monkeypatch):
+    """An export made by an older exporter (another recipe digest, or none) is made again, so the
+    benchmarks' SmolLM2 rows time the graph today's exporter writes; a current one is kept."""
+    import tinygen_trainer.cli
+
+    folder = tmp_path / "smollm2-135m"
+    out = smollm2.export_dir(folder, "int4")
+    calls = []
+
+    def fake_export(argv):
+        calls.append(argv)
+        Path(argv[2]).mkdir(exist_ok=True)
+        (Path(argv[2]) / "tinygen.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(tinygen_trainer.cli, "main", fake_export)
+    monkeypatch.setattr(smollm2, "export_recipe", lambda: "today")
+    out.mkdir(parents=True)
+    (out / "tinygen.json").write_text("{}")  # an export from before the recipe marker
+    assert not smollm2.exported(out)
+    smollm2.export(folder, "int4")
+    assert calls == [["export", str(folder), str(out), "--quantize", "int4"]]
+    assert smollm2.exported(out) and (out / smollm2.RECIPE).read_text() == "today"
+    smollm2.export(folder, "int4")
+    assert len(calls) == 1  # current: kept
+    monkeypatch.setattr(smollm2, "export_recipe", lambda: "tomorrow")
+    assert not smollm2.exported(out)
+    smollm2.export(folder, "int4")
+    assert len(calls) == 2 and (out / smollm2.RECIPE).read_text() == "tomorrow"

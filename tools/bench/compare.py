@@ -212,7 +212,7 @@ def smollm2_group(work: Path, engines: set[str]) -> Group:
                          f"(or .venv/bin/python tools/teacher/smollm2.py)")
     ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}")
             for p in ("fp32", "int8", "int4", "int4-kv8")}
-    missing = [p for p, d in ours.items() if not (d / "tinygen.json").is_file()]
+    missing = [p for p, d in ours.items() if not smollm2.exported(d)]  # or by an older exporter
     if missing and "tinygen" in engines:
         _run_logged([sys.executable, str(REPO / "tools" / "teacher" / "smollm2.py"),
                      "--precisions", *missing], work / "logs" / "smollm2-export.log",

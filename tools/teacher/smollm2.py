@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from models import export_recipe  # noqa: E402  (tools/bench/models.py)
 from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,19 +150,33 @@ def convert(out: Path) -> Path:
     return out
 
 
+RECIPE = ".recipe"  # in an export folder: the exporter's digest when it was written
+
+
+def exported(out: Path) -> bool:
+    """Whether `out` holds an export that today's exporter would write: one made before a
+    change to the exporter (models.export_recipe) is made again, so the benchmarks never time
+    an old graph."""
+    marker = out / RECIPE
+    return (out / "tinygen.json").is_file() and marker.is_file() and \
+        marker.read_text() == export_recipe()
+
+
 def export(folder: Path, precision: str) -> Path:
     """A runtime model (tinygen's fused graph) at `precision`, verified against PyTorch."""
     from tinygen_trainer.cli import main as train_cli
 
     out = export_dir(folder, precision)
-    if (out / "tinygen.json").is_file():
+    if exported(out):
         print(f"= {out} exists, skipped")
         return out
-    # Nothing to clear first: the export builds beside `out` and renames it into place, so a
-    # killed run leaves no half export there (tinygen_trainer/export/staging.py).
+    # Nothing to clear first: the export builds beside `out` and renames it into place (an
+    # earlier export there is replaced), so a killed run leaves no half export there
+    # (tinygen_trainer/export/staging.py); the marker is written last.
     code = train_cli(["export", str(folder), str(out), *EXPORTS[precision]])
     if code:
         sys.exit(code)
+    (out / RECIPE).write_text(export_recipe())
     return out
 
 
