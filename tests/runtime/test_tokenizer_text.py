@@ -185,3 +185,17 @@ def test_a_long_text_encodes_as_a_short_one_does():
     assert len(text) > 4096
     assert tok.encode(text) == tok.tokenizer.encode(text).ids
     assert tok.encode(text)[:9] == tok.encode("Once upon a time, a fox met a crow.\n")[:9]
+
+
+# -- token ids looked up one at a time -------------------------------------------------
+
+def test_token_ids_agree_with_the_whole_vocabulary(bpe_path):
+    tok = Tokenizer.from_file(str(bpe_path))
+    whole = tok.get_vocab(with_added_tokens=True)
+    ids = tokenizer_module.TokenIds(tok)
+    assert len(ids) == len(whole) and set(ids) == set(whole)
+    assert all(ids[token] == i for token, i in whole.items())  # special and plain added too
+    assert ids["<|url|>"] == whole["<|url|>"] and "<fox>" in ids
+    assert "<|nope|>" not in ids
+    with pytest.raises(KeyError):
+        ids["<|nope|>"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +17,27 @@ from .errors import ModelFormatError
 from .replacements import Replacements
 
 
+class TokenIds(Mapping):
+    """token -> id, asked of the tokenizer one token at a time (added tokens included):
+    get_vocab() builds the whole table, ~60 ms for a vocabulary of 49k, on every load,
+    where a replacement config names a handful of tokens."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getitem__(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise KeyError(token)
+        return token_id
+
+    def __iter__(self):
+        return iter(self.tokenizer.get_vocab(with_added_tokens=True))
+
+    def __len__(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+
 class TextTokenizer:
     def __init__(self, path: str | os.PathLike, replacements: Replacements | None = None):
         path = Path(path)
@@ -24,7 +46,7 @@ class TextTokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception for bad files
             raise ModelFormatError(f"{path}: not a loadable tokenizer.json ({str(exc)[:200]})") from None
         self.replacements = replacements or Replacements()
-        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        vocab = TokenIds(self.tokenizer)
         self.replacements.check_vocab(vocab)
         # token id -> the text it stands for when generated
         self.decode_map = {vocab[t]: text for t, text in self.replacements.decode.items()}
