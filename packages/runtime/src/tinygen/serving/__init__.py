@@ -14,14 +14,31 @@ The engine needs only the runtime; the app needs the `server` extra
 (pip install 'tinygen[server]': starlette, uvicorn, websockets).
 """
 
-from .engine import Engine, EngineBusy, GenerationFailed, RequestHandle, SequenceDone, SequencePiece
-from .settings import ServerSettings
+from __future__ import annotations
 
-__all__ = ["Engine", "EngineBusy", "GenerationFailed", "RequestHandle", "SequenceDone", "SequencePiece",
-           "ServerSettings", "create_app"]
+from importlib import import_module
+
+# The names load on first use: the CLI reads ServerSettings' defaults to build its parser,
+# and the engine's imports (asyncio alone ~45 ms) would otherwise delay every `tinygen "..."`.
+_MODULES = {"Engine": "engine", "EngineBusy": "engine", "GenerationFailed": "engine",
+            "RequestHandle": "engine", "SequenceDone": "engine", "SequencePiece": "engine",
+            "ServerSettings": "settings"}
+__all__ = [*_MODULES, "create_app"]
 
 
-def create_app(generator, settings: ServerSettings | None = None):
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module 'tinygen.serving' has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def create_app(generator, settings=None):
     """The ASGI app serving `generator` (see app.create_app); needs the `server` extra."""
     from .app import create_app as create
 
