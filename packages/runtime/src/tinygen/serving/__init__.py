@@ -17,6 +17,10 @@ The engine needs only the runtime; the app needs the `server` extra
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 # The names load on first use: the CLI reads ServerSettings' defaults to build its parser,
 # and the engine's imports (asyncio alone ~45 ms) would otherwise delay every `tinygen "..."`.
@@ -38,7 +42,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def create_app(generator, settings=None):
+def create_app(generator, settings: ServerSettings | None = None):
     """The ASGI app serving `generator` (see app.create_app); needs the `server` extra."""
     from .app import create_app as create
 
