@@ -4,7 +4,7 @@ The names below load on first use, so `tinygen.cli` starts (and answers Ctrl-C) 
 numpy and onnxruntime are imported.
 """
 
-from importlib import import_module
+from .lazy_names import lazy_names
 
 __version__ = "0.1.0"
 _MODULES = {"TextGenerator": "generator", "TextStream": "generator", "GenerationConfig": "config",
@@ -12,15 +12,4 @@ _MODULES = {"TextGenerator": "generator", "TextStream": "generator", "Generation
             "PromptTooLong": "errors",
             "AsyncTextStream": "async_api"}
 __all__ = list(_MODULES)
-
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module 'tinygen' has no attribute {name!r}")
-    value = getattr(import_module(f".{_MODULES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, globals())

@@ -16,8 +16,9 @@ The engine needs only the runtime; the app needs the `server` extra
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from ..lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from .settings import ServerSettings
@@ -28,18 +29,7 @@ _MODULES = {"Engine": "engine", "EngineBusy": "engine", "GenerationFailed": "eng
             "RequestHandle": "engine", "SequenceDone": "engine", "SequencePiece": "engine",
             "ServerSettings": "settings"}
 __all__ = [*_MODULES, "create_app"]
-
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module 'tinygen.serving' has no attribute {name!r}")
-    value = getattr(import_module(f".{_MODULES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, globals())
 
 
 def create_app(generator, settings: ServerSettings | None = None):
