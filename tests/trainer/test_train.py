@@ -388,3 +388,38 @@ def test_train_command(tmp_path, corpus, tokenizer, capsys):
     assert main(["train", str(corpus), str(corpus), "--weights", "1", "--preset", "cpu-tiny",
                  "--tokenizer", str(tokenizer), "-o", str(tmp_path / "o3")]) == 2
     assert "--weights needs one value per corpus (2), got 1" in capsys.readouterr().err
+
+
+def test_a_finished_trainer_is_freed_before_train_returns(monkeypatch, tmp_path):
+    """DistributedDataParallel sits in a reference cycle: left to the interpreter's exit, the
+    gloo process group it holds can abort the process (training/loop.py, fit_and_release)."""
+    import gc
+    import weakref
+
+    from tinygen_trainer.distill import trainer as distill_trainer
+    from tinygen_trainer.training import loop
+
+    class Cyclic:
+        def __init__(self):
+            self.me = self  # a cycle, as DDP's wrapper has
+
+        def fit(self):
+            return tmp_path
+
+    made = []
+
+    def from_config(config):
+        made.append(Cyclic())
+        alive.append(weakref.ref(made[-1]))
+        return made.pop()
+
+    alive = []
+    gc.disable()
+    try:
+        for cls, entry in ((loop.Trainer, loop.train),
+                           (distill_trainer.DistillTrainer, distill_trainer.distill)):
+            monkeypatch.setattr(cls, "from_config", staticmethod(from_config))
+            assert entry(object()) == tmp_path
+            assert alive[-1]() is None  # collected before the call returned, gc disabled or not
+    finally:
+        gc.enable()

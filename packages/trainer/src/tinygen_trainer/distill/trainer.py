@@ -23,7 +23,7 @@ from ..data.dataset import Rows, _EpochSampler
 from ..data.encoder import Encoder
 from ..training.config import DataSource, TrainConfig
 from ..training.feed import HostBatch
-from ..training.loop import Trainer
+from ..training.loop import Trainer, fit_and_release
 from ..training.loss import causal_lm_loss
 from ..training.setup import PhaseRun, phase_schedule
 from .loss import topk_kl
@@ -198,7 +198,7 @@ def projected_embeddings(teacher: Path, vocab_size: int, width: int) -> torch.Te
 
 def distill(config: DistillConfig) -> Path:
     """Train the student `config` describes on its teacher cache; returns the output folder."""
-    return DistillTrainer.from_config(config).fit()
+    return fit_and_release(DistillTrainer.from_config(config))
 
 
 def mean_topk_kl(model: torch.nn.Module, blocks: TeacherBlocks, limit: int = 32,

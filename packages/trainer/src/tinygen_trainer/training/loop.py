@@ -9,6 +9,7 @@ save_final) to change one part without copying the loop. Device specifics
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import random
@@ -45,7 +46,22 @@ FINAL_TMP = "final-"  # save_final's temp folder in --output: .tmp-final-XXXX
 
 def train(config: TrainConfig) -> Path:
     """Train (or finetune) as `config` says; returns the output folder (a transformers model)."""
-    return Trainer.from_config(config).fit()
+    return fit_and_release(Trainer.from_config(config))
+
+
+def fit_and_release(trainer: "Trainer") -> Path:
+    """trainer.fit(), then the trainer is freed while the interpreter is whole.
+
+    DistributedDataParallel sits in a reference cycle, so without a collection the wrapper,
+    and the gloo process group its reducer holds, live until the interpreter exits; freed
+    there, the process group's work objects can abort it: under torchrun in CI the rank that
+    had saved the model exited -6 ("terminate called without an active exception") after
+    a finished run."""
+    try:
+        return trainer.fit()
+    finally:
+        del trainer
+        gc.collect()
 
 
 class Trainer:
