@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 HELP = ("Export a transformers causal LM (GPT-2, Llama, ...) to a tinygen model directory: "
-        "ONNX with KV cache (float32 or float16, or int8 / int4 weights, optionally 8-bit KV buffers) or "
+        "ONNX with KV cache (float32 or float16, or int8 / int4 weights, optionally 8-bit KV buffers; "
+        "the weights in model.onnx.data beside the graph: ship the whole folder) or "
         "TorchScript (for torch.jit.load in PyTorch; the tinygen runtime runs ONNX only), "
         "checked against PyTorch.")
 
