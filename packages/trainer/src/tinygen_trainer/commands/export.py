@@ -6,7 +6,7 @@ import argparse
 
 HELP = ("Export a transformers causal LM (GPT-2, Llama, ...) to a tinygen model directory: "
         "ONNX with KV cache (float32 or float16, or int8 / int4 weights, optionally 8-bit KV buffers; "
-        "the weights in model.onnx.data beside the graph: ship the whole folder) or "
+        "a fused graph keeps its weights in model.onnx.data beside it: ship the whole folder) or "
         "TorchScript (for torch.jit.load in PyTorch; the tinygen runtime runs ONNX only), "
         "checked against PyTorch.")
 
