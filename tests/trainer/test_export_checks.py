@@ -295,3 +295,18 @@ def test_a_symlinked_out_replaces_the_model_it_points_to(exported_gpt2_dir, tiny
     assert (target / "model.onnx").read_bytes() != b"stale"
     left = [p.name for p in [*tmp_path.iterdir(), *target.parent.iterdir()] if p.name.startswith(".")]
     assert left == []
+
+
+# -- permissions of the finished folder ------------------------------------------
+
+def test_a_file_written_for_its_owner_only_is_readable_as_the_folder(tmp_path):
+    out = tmp_path / "out"
+    with staged_dir(out) as stage:
+        private = stage / "model.onnx.data"
+        private.write_bytes(b"weights")
+        private.chmod(0o600)  # as onnx writes external data, whatever the umask
+        (stage / "tinygen.json").write_text("{}")
+    folder_bits = out.stat().st_mode & 0o666
+    assert (out / "model.onnx.data").stat().st_mode & 0o777 == 0o600 | folder_bits
+    assert (out / "model.onnx.data").stat().st_mode & 0o777 == \
+        (out / "tinygen.json").stat().st_mode & 0o777

@@ -101,12 +101,8 @@ def write_onnx(model, path: Path, external: bool) -> None:
     import onnx
 
     if external:
-        data = path.with_name(path.name + ".data")
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        # onnx creates the weights file readable by its owner only (0600), whatever the umask:
-        # a model folder served or packaged for other users must be readable as the graph is.
-        shutil.copymode(path, data)
+                        location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
 

@@ -72,6 +72,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     lock = _lock(stage)
     try:
         yield stage
+        _readable_as_the_folder(stage)
         _replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -79,6 +80,18 @@ def staged_dir(out: Path) -> Iterator[Path]:
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _readable_as_the_folder(stage: Path) -> None:
+    """Give every file the read and write bits the umask gave the folder: some writers create
+    files for their owner only (onnx's external data is 0600 whatever the umask), and a model
+    folder served or packaged for other users must be readable as a whole."""
+    allowed = stage.stat().st_mode & 0o666
+    for path in stage.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            if mode | allowed != mode:
+                path.chmod(mode | allowed)
 
 
 def _replace(stage: Path, out: Path) -> None:
