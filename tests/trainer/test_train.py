@@ -406,14 +406,13 @@ def test_a_finished_trainer_is_freed_before_train_returns(monkeypatch, tmp_path)
         def fit(self):
             return tmp_path
 
-    made = []
+    alive = []
 
     def from_config(config):
-        made.append(Cyclic())
-        alive.append(weakref.ref(made[-1]))
-        return made.pop()
+        trainer = Cyclic()
+        alive.append(weakref.ref(trainer))
+        return trainer
 
-    alive = []
     gc.disable()
     try:
         for cls, entry in ((loop.Trainer, loop.train),
