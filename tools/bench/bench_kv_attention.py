@@ -31,7 +31,8 @@ KINDS = {32: (TensorProto.FLOAT, np.float32, 1, None),
          4: (TensorProto.UINT8, np.uint8, 2, 7)}
 
 
-def build(bits: int, scales: str, args) -> tuple[ort.InferenceSession, ort.IOBinding, np.ndarray, np.ndarray]:
+def build(bits: int, scales: str, args) -> tuple[ort.InferenceSession, ort.IOBinding, np.ndarray,
+                                                 np.ndarray, dict]:
     onnx_type, dtype, per_byte, top = KINDS[bits]
     heads, kv_heads, head, capacity = args.heads, args.kv_heads, args.head_size, args.capacity
     width = head // per_byte
@@ -70,20 +71,132 @@ def build(bits: int, scales: str, args) -> tuple[ort.InferenceSession, ort.IOBin
     seqlens, total = np.zeros(1, np.int32), np.zeros((), np.int32)
     binding.bind_cpu_input("seqlens_k", seqlens)
     binding.bind_cpu_input("total", total)
+    buffers = {}  # (kind, layer) -> the array under the bound buffer
     for layer in range(args.layers):
         for kind in ("key", "value"):
             shape = (1, kv_heads, capacity, width)
             data = rng.uniform(-1, 1, shape) if top is None else rng.integers(0, 100, shape)
-            buffer = ort.OrtValue.ortvalue_from_numpy(data.astype(dtype))
+            buffers[kind, layer] = data = data.astype(dtype)
+            buffer = ort.OrtValue.ortvalue_from_numpy(data)
             binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
             binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)  # in place
     binding.bind_output(f"out_{args.layers - 1}")
-    return session, binding, seqlens, total
+    return session, binding, seqlens, total, buffers
+
+
+MATMUL = (32, "MatMul form")  # the standard-op attention's row in the table
+
+
+class MatMulAttention:
+    """Decode attention as TensorScatter, MatMul, Softmax, MatMul over float32 buffers."""
+
+    def __init__(self, args):
+        heads, kv_heads, head = args.heads, args.kv_heads, args.head_size
+        self.args = args
+        group = heads // kv_heads
+        value_info = helper.make_tensor_value_info
+        inputs = [value_info(n, TensorProto.FLOAT, [1, 1, (heads if n == "q" else kv_heads) * head])
+                  for n in "qkv"]
+        inputs += [value_info("position", TensorProto.INT64, [1]),
+                   value_info("mask", TensorProto.FLOAT, [1, 1, 1, "capacity"])]
+        shapes = [("q_shape", [1, kv_heads, group, head]), ("k_shape", [1, kv_heads, head, 1]),
+                  ("v_shape", [1, kv_heads, 1, head]), ("out_shape", [1, 1, heads * head])]
+        weights = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in shapes]
+        weights.append(numpy_helper.from_array(np.array(head ** -0.5, np.float32), "scale"))
+        nodes = [helper.make_node("Reshape", ["k", "k_shape"], ["k_new"]),
+                 helper.make_node("Reshape", ["v", "v_shape"], ["v_new"])]
+        outputs = []
+        for layer in range(args.layers):
+            keys, values = f"past_key_{layer}", f"past_value_{layer}"
+            inputs += [value_info(keys, TensorProto.FLOAT, [1, kv_heads, head, "capacity"]),
+                       value_info(values, TensorProto.FLOAT, [1, kv_heads, "capacity", head])]
+            query = "q" if layer == 0 else f"out_{layer - 1}"
+            n = lambda name: f"{name}_{layer}"  # noqa: E731
+            nodes += [
+                helper.make_node("TensorScatter", [keys, "k_new", "position"], [n("present_key")], axis=-1),
+                helper.make_node("TensorScatter", [values, "v_new", "position"], [n("present_value")],
+                                 axis=-2),
+                helper.make_node("Reshape", [query, "q_shape"], [n("q")]),
+                helper.make_node("Mul", [n("q"), "scale"], [n("q_scaled")]),
+                helper.make_node("MatMul", [n("q_scaled"), n("present_key")], [n("scores")]),
+                helper.make_node("Add", [n("scores"), "mask"], [n("masked")]),
+                helper.make_node("Softmax", [n("masked")], [n("weights")], axis=-1),
+                helper.make_node("MatMul", [n("weights"), n("present_value")], [n("heads")]),
+                helper.make_node("Reshape", [n("heads"), "out_shape"], [n("out")])]
+            outputs += [value_info(n(f"present_{kind}"), TensorProto.FLOAT, None) for kind in ("key", "value")]
+        outputs.append(value_info(f"out_{args.layers - 1}", TensorProto.FLOAT, None))
+        model = helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs, weights),
+                                  opset_imports=[helper.make_opsetid("", 24)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        # Unfused, the scale stays a Mul of the query (an export folds it into the query's
+        # projection): fused into the MatMul as alpha != 1, MLAS packs every key instead of
+        # running its one-row kernel, three times slower here.
+        self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=["MatMulScaleFusion"])
+        rng = np.random.default_rng(0)
+        self.new = {name: rng.uniform(-1, 1, (1, 1, (heads if name == "q" else kv_heads) * head))
+                    .astype(np.float32) for name in "qkv"}
+        self.bindings: dict[int, ort.IOBinding] = {}
+        self.keep: list = []  # the arrays under the bound OrtValues
+
+    def binding(self, position: int, keys: list[np.ndarray] | None = None,
+                values: list[np.ndarray] | None = None) -> ort.IOBinding:
+        """Buffers of position + 1 rounded up to 64 slots, random or the given ones
+        (keys (kv_heads, head, capacity), values (kv_heads, capacity, head) per layer)."""
+        if keys is None and position in self.bindings:
+            return self.bindings[position]
+        a = self.args
+        capacity = -(-(position + 1) // 64) * 64
+        binding, rng = self.session.io_binding(), np.random.default_rng(position)
+        mask = np.zeros((1, 1, 1, capacity), np.float32)
+        mask[..., position + 1:] = -np.inf
+        arrays = [mask, np.array([position], np.int64), *self.new.values()]
+        binding.bind_cpu_input("mask", mask)
+        binding.bind_cpu_input("position", arrays[1])
+        for name, array in self.new.items():
+            binding.bind_cpu_input(name, array)
+        for layer in range(a.layers):
+            for kind, shape in (("key", (1, a.kv_heads, a.head_size, capacity)),
+                                ("value", (1, a.kv_heads, capacity, a.head_size))):
+                given = keys if kind == "key" else values
+                data = (rng.uniform(-1, 1, shape) if given is None else given[layer][None])
+                data = np.ascontiguousarray(data, np.float32)
+                buffer = ort.OrtValue.ortvalue_from_numpy(data)
+                binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
+                binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)  # in place
+                arrays += [data, buffer]
+        binding.bind_output(f"out_{a.layers - 1}")
+        self.keep.append(arrays)
+        if keys is None:
+            self.bindings[position] = binding
+        return binding
+
+    def difference(self, engine, position: int) -> float:
+        """Largest difference from the float32 GroupQueryAttention engine's output at
+        `position`, over the same keys, values and new tokens."""
+        session, binding, seqlens, total, buffers = engine
+        for name, array in self.new.items():
+            binding.bind_cpu_input(name, array)
+        capacity = -(-(position + 1) // 64) * 64
+        keys = [buffers["key", layer][0, :, :capacity].transpose(0, 2, 1)
+                for layer in range(self.args.layers)]
+        values = [buffers["value", layer][0, :, :capacity] for layer in range(self.args.layers)]
+        ours = self.binding(position, keys, values)  # copies, before the runs write `position`
+        seqlens[0], total[()] = position, position + 1
+        session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(ours)
+        expected, got = binding.get_outputs()[-1].numpy(), ours.get_outputs()[-1].numpy()
+        return float(np.abs(expected - got).max())
 
 
 def step_ms(engine, position: int, steps: int) -> float:
-    session, binding, seqlens, total = engine
-    seqlens[0], total[()] = position, position + 1
+    if isinstance(engine, MatMulAttention):
+        session, binding = engine.session, engine.binding(position)
+    else:
+        session, binding, seqlens, total, _ = engine
+        seqlens[0], total[()] = position, position + 1
     session.run_with_iobinding(binding)
     start = time.perf_counter()
     for _ in range(steps):
@@ -117,6 +230,8 @@ def main() -> None:
                 f"got {' '.join(map(str, args.positions))}")
     kinds = [(32, "-"), (8, "channel"), (4, "channel"), (8, "tensor"), (4, "tensor")]
     engines = {kind: build(*kind, args) for kind in kinds}
+    matmul = engines[MATMUL] = MatMulAttention(args)
+    kinds.append(MATMUL)
     times: dict = {}
     for _ in range(args.rounds):  # interleaved, so a slow spell hits every kind alike
         for kind in kinds:
@@ -130,6 +245,8 @@ def main() -> None:
     for bits, scales in kinds:
         a, b = (statistics.median(times[((bits, scales), pos)]) for pos in args.positions)
         print(f"| {'float32' if bits == 32 else f'{bits}-bit'} | {scales} | {a:.2f} | {b:.2f} | {b - a:.2f} |")
+    difference = max(matmul.difference(engines[32, "-"], position) for position in args.positions)
+    print(f"\nMatMul form against GroupQueryAttention (float32): largest difference {difference:.1e}")
 
 
 if __name__ == "__main__":
