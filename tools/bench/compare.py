@@ -189,6 +189,7 @@ def gpt2_group(work: Path) -> Group:
                  "int4 MatMulNBits block 32; kv8: `--kv-cache int8`, 8-bit KV buffers)"),
         Row("tinygen", "int8", dirs["fused-int8"], dirs["fused-int8"] / "model.onnx"),
         Row("tinygen", "int4", dirs["fused-int4"], dirs["fused-int4"] / "model.onnx"),
+        Row("tinygen", "fp32 kv8", dirs["fused-kv8"], dirs["fused-kv8"] / "model.onnx"),
         Row("tinygen", "int8 kv8", dirs["fused-int8-kv8"], dirs["fused-int8-kv8"] / "model.onnx"),
         Row("tinygen", "int4 kv8", dirs["fused-int4-kv8"], dirs["fused-int4-kv8"] / "model.onnx"),
         Row("transformers", "fp32", dirs["source"], dirs["onnx"] / "model.onnx"),

@@ -164,7 +164,8 @@ def gpt2_124m(work_dir: Path, int8: bool = False, fused: bool = False,
 
     Returns {"source", "onnx"} directories, plus "int8" (optimum graph, int8) with
     `int8`; "fused" with `fused`; "fused-int8" with `fused` and `int8`; "fused-int4" with `int4`;
-    and with `kv8`, "fused-int8-kv8" / "fused-int4-kv8" beside those two (int8 KV buffers).
+    and with `kv8`, "fused-kv8" / "fused-int8-kv8" / "fused-int4-kv8" beside those three
+    (int8 KV buffers).
     """
     root = Path(work_dir) / "gpt2-124m"
     dirs = {"source": build_source(root / "source")}
@@ -177,6 +178,8 @@ def gpt2_124m(work_dir: Path, int8: bool = False, fused: bool = False,
         dirs["fused-int8"] = build_fused(dirs["source"], root / "fused-int8", quantize="int8")
     if int4:
         dirs["fused-int4"] = build_fused(dirs["source"], root / "fused-int4", quantize="int4")
+    if kv8 and fused:
+        dirs["fused-kv8"] = build_fused(dirs["source"], root / "fused-kv8", kv_cache="int8")
     for bits in ("int8", "int4"):
         if kv8 and f"fused-{bits}" in dirs:
             dirs[f"fused-{bits}-kv8"] = build_fused(dirs["source"], root / f"fused-{bits}-kv8",
