@@ -87,6 +87,11 @@ def build(bits: int, scales: str, args) -> tuple[ort.InferenceSession, ort.IOBin
 MATMUL = (32, "MatMul form")  # the standard-op attention's row in the table
 
 
+def grown_capacity(position: int) -> int:
+    """Slots a buffer that grows in steps of 64 holds when it takes `position`."""
+    return -(-(position + 1) // 64) * 64
+
+
 class MatMulAttention:
     """Decode attention as TensorScatter, MatMul, Softmax, MatMul over float32 buffers."""
 
@@ -148,15 +153,15 @@ class MatMulAttention:
         if keys is None and position in self.bindings:
             return self.bindings[position]
         a = self.args
-        capacity = -(-(position + 1) // 64) * 64
-        binding, rng = self.session.io_binding(), np.random.default_rng(position)
+        capacity = grown_capacity(position)
+        bound, rng = self.session.io_binding(), np.random.default_rng(position)
         mask = np.zeros((1, 1, 1, capacity), np.float32)
         mask[..., position + 1:] = -np.inf
         arrays = [mask, np.array([position], np.int64), *self.new.values()]
-        binding.bind_cpu_input("mask", mask)
-        binding.bind_cpu_input("position", arrays[1])
+        bound.bind_cpu_input("mask", mask)
+        bound.bind_cpu_input("position", arrays[1])
         for name, array in self.new.items():
-            binding.bind_cpu_input(name, array)
+            bound.bind_cpu_input(name, array)
         for layer in range(a.layers):
             for kind, shape in (("key", (1, a.kv_heads, a.head_size, capacity)),
                                 ("value", (1, a.kv_heads, capacity, a.head_size))):
@@ -164,14 +169,14 @@ class MatMulAttention:
                 data = (rng.uniform(-1, 1, shape) if given is None else given[layer][None])
                 data = np.ascontiguousarray(data, np.float32)
                 buffer = ort.OrtValue.ortvalue_from_numpy(data)
-                binding.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
-                binding.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)  # in place
+                bound.bind_ortvalue_input(f"past_{kind}_{layer}", buffer)
+                bound.bind_ortvalue_output(f"present_{kind}_{layer}", buffer)  # in place
                 arrays += [data, buffer]
-        binding.bind_output(f"out_{a.layers - 1}")
+        bound.bind_output(f"out_{a.layers - 1}")
         self.keep.append(arrays)
         if keys is None:
-            self.bindings[position] = binding
-        return binding
+            self.bindings[position] = bound
+        return bound
 
     def difference(self, engine, position: int) -> float:
         """Largest difference from the float32 GroupQueryAttention engine's output at
@@ -179,7 +184,7 @@ class MatMulAttention:
         session, binding, seqlens, total, buffers = engine
         for name, array in self.new.items():
             binding.bind_cpu_input(name, array)
-        capacity = -(-(position + 1) // 64) * 64
+        capacity = grown_capacity(position)
         keys = [buffers["key", layer][0, :, :capacity].transpose(0, 2, 1)
                 for layer in range(self.args.layers)]
         values = [buffers["value", layer][0, :, :capacity] for layer in range(self.args.layers)]
