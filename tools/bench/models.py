@@ -24,12 +24,14 @@ EOS = "<|endoftext|>"
 _DONE = ".complete"
 
 
-def _is_built(path: Path, recipe: str = "") -> bool:
+def is_built(path: Path, recipe: str = "") -> bool:
+    """Whether `path` holds a finished build of `recipe` (tools/teacher/smollm2.py's exports too)."""
     marker = path / _DONE
     return marker.is_file() and marker.read_text() == recipe
 
 
-def _mark_built(path: Path, recipe: str = "") -> None:
+def mark_built(path: Path, recipe: str = "") -> None:
+    """Written last: `path` is a finished build of `recipe`."""
     (path / _DONE).write_text(recipe)
 
 
@@ -93,7 +95,7 @@ def build_source(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    if _is_built(path):
+    if is_built(path):
         return path
     _fresh(path)
     torch.manual_seed(seed)
@@ -103,7 +105,7 @@ def build_source(path: Path, seed: int = 0) -> Path:
     tok_file = build_tokenizer(path / "tokenizer.json")
     PreTrainedTokenizerFast(tokenizer_file=str(tok_file), bos_token=EOS, eos_token=EOS) \
         .save_pretrained(path)
-    _mark_built(path)
+    mark_built(path)
     return path
 
 
@@ -111,13 +113,13 @@ def build_onnx(source: Path, path: Path) -> Path:
     """What `optimum-cli export onnx --task text-generation-with-past` writes."""
     from optimum.exporters.onnx import main_export
 
-    if _is_built(path):
+    if is_built(path):
         return path
     _fresh(path)
     main_export(str(source), output=str(path), task="text-generation-with-past")
     if not (path / "tokenizer.json").is_file():  # the runtime decodes ids with it
         shutil.copy2(source / "tokenizer.json", path / "tokenizer.json")
-    _mark_built(path)
+    mark_built(path)
     return path
 
 
@@ -125,7 +127,7 @@ def build_int8(onnx_dir: Path, path: Path) -> Path:
     """The export with weights quantized to int8 (onnxruntime dynamic quantization)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if _is_built(path):
+    if is_built(path):
         return path
     _fresh(path)
     quantize_dynamic(onnx_dir / "model.onnx", path / "model.onnx", weight_type=QuantType.QInt8)
@@ -133,7 +135,7 @@ def build_int8(onnx_dir: Path, path: Path) -> Path:
                  "tokenizer_config.json", "special_tokens_map.json"):
         if (onnx_dir / name).is_file():
             shutil.copy2(onnx_dir / name, path / name)
-    _mark_built(path)
+    mark_built(path)
     return path
 
 
@@ -147,14 +149,14 @@ def build_fused(source: Path, path: Path, quantize: str | None = None,
     from tinygen_trainer.export import ExportConfig, run_export
 
     recipe = export_recipe()
-    if _is_built(path, recipe):
+    if is_built(path, recipe):
         return path
     if path.exists():
         shutil.rmtree(path)
     run_export(ExportConfig(src=source, out=path, graph="fused", quantize=quantize,
                             kv_cache=kv_cache, dtype=dtype),
                echo=lambda line: print(f"  {line}", flush=True))
-    _mark_built(path, recipe)
+    mark_built(path, recipe)
     return path
 
 

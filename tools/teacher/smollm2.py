@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from models import export_recipe  # noqa: E402  (tools/bench/models.py)
+from models import export_recipe, is_built, mark_built  # noqa: E402  (tools/bench/models.py)
 from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,16 +150,11 @@ def convert(out: Path) -> Path:
     return out
 
 
-RECIPE = ".recipe"  # in an export folder: the exporter's digest when it was written
-
-
 def exported(out: Path) -> bool:
     """Whether `out` holds an export that today's exporter would write: one made before a
     change to the exporter (models.export_recipe) is made again, so the benchmarks never time
-    an old graph."""
-    marker = out / RECIPE
-    return (out / "tinygen.json").is_file() and marker.is_file() and \
-        marker.read_text() == export_recipe()
+    an old graph. The bench's own models are marked the same way (models.mark_built)."""
+    return (out / "tinygen.json").is_file() and is_built(out, export_recipe())
 
 
 def export(folder: Path, precision: str) -> Path:
@@ -176,7 +171,7 @@ def export(folder: Path, precision: str) -> Path:
     code = train_cli(["export", str(folder), str(out), *EXPORTS[precision]])
     if code:
         sys.exit(code)
-    (out / RECIPE).write_text(export_recipe())
+    mark_built(out, export_recipe())
     return out
 
 
