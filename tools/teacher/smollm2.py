@@ -42,7 +42,8 @@ LICENCE = "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)"
 END_TOKENS = ("<|endoftext|>", "<|im_end|>")
 # Quantization of each runtime model `--precisions` can ask for.
 EXPORTS = {"fp32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"],
-           "fp32-kv8": ["--kv-cache", "int8"], "int4-kv8": ["--quantize", "int4", "--kv-cache", "int8"]}
+           "fp32-kv8": ["--kv-cache", "int8"],
+           "int4-kv8": ["--quantize", "int4", "--kv-cache", "int8"]}
 
 
 def gguf_path() -> Path:
