@@ -157,9 +157,10 @@ class MatMulAttention:
         bound, rng = self.session.io_binding(), np.random.default_rng(position)
         mask = np.zeros((1, 1, 1, capacity), np.float32)
         mask[..., position + 1:] = -np.inf
-        arrays = [mask, np.array([position], np.int64), *self.new.values()]
+        where = np.array([position], np.int64)
+        arrays = [mask, where, *self.new.values()]
         bound.bind_cpu_input("mask", mask)
-        bound.bind_cpu_input("position", arrays[1])
+        bound.bind_cpu_input("position", where)
         for name, array in self.new.items():
             bound.bind_cpu_input(name, array)
         for layer in range(a.layers):
