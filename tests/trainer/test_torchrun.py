@@ -228,6 +228,6 @@ def test_distill_runs_the_teacher_once(tmp_path, exported_gpt2_dir, tokenizer):
 
     # the teacher fails in process 0: the other process says so in one line and stops too
     run = distill(tmp_path / "other", tmp_path / "no-teacher")
-    ours = [line for line in run.stderr.splitlines() if line.startswith("tinygen-train: ")]
+    ours = our_errors(run.stderr)
     assert run.returncode != 0 and len(ours) == 2, run.stderr[-3000:]
     assert sum("process 0 failed at writing the teacher's texts: " in line for line in ours) == 1

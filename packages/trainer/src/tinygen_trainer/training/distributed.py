@@ -143,18 +143,25 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
 
     if _store is None:
         _store, _, _ = next(rendezvous("env://"))
-    key = f"tinygen/{what}"
-    if process_rank() == 0:
+    key, read = f"tinygen/{what}", f"tinygen/{what}/read"
+    rank, world, _ = torchrun_env()
+    if rank == 0:
         try:
             result = run()
         except BaseException as exc:
             _store.set(key, f"failed: {first_line(exc)}")
+            # torchrun stops the others within 0.1 s of process 0 exiting: wait (a little)
+            # until each has read the failure, so each gets to say it in its own line.
+            deadline = time.monotonic() + 10
+            while _store.add(read, 0) < world - 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
             raise
         _store.set(key, "done")
         return result
     while not _store.check([key]):
         time.sleep(0.5)
     status = _store.get(key).decode()
+    _store.add(read, 1)
     if status != "done":
         raise TinygenError(f"process 0 failed at {what}: {status.removeprefix('failed: ')}")
     return None
