@@ -146,20 +146,28 @@ def _keep_only(row: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-class TopP(LogitsProcessor):
-    def __init__(self, top_p: float):
-        self.top_p = top_p
+class _RowFilter(LogitsProcessor):
+    """A filter that ranks each row's tokens on their own. Tokens already at -inf (p = 0)
+    stay there and are left out of the work: `_keep` sees the ids of the others."""
 
     def __call__(self, logits, history):
         return np.stack([self._row(row) for row in logits])
 
     def _row(self, row: np.ndarray) -> np.ndarray:
+        ids = np.flatnonzero(row != NEG_INF)
+        return row.copy() if ids.size == 0 else self._keep(row, ids)
+
+    def _keep(self, row: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TopP(_RowFilter):
+    def __init__(self, top_p: float):
+        self.top_p = top_p
+
+    def _keep(self, row: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # transformers' rule: in ascending order (ties: lower id first), remove the tokens
         # whose cumulative probability is <= 1 - top_p, never the most likely one.
-        # Tokens already at -inf (p = 0) stay there and are left out of the work.
-        ids = np.flatnonzero(row != NEG_INF)
-        if ids.size == 0:
-            return row.copy()
         values = row[ids]
         probs, n, m = softmax(values), ids.size, min(CANDIDATES, ids.size)
         while True:  # the m most likely tokens, until everything below them is removed
@@ -187,22 +195,16 @@ class MinP(LogitsProcessor):
         return np.where(remove, NEG_INF, logits)
 
 
-class TypicalP(LogitsProcessor):
+class TypicalP(_RowFilter):
     """Locally typical sampling (Meister et al. 2022): keep tokens whose surprise is near the entropy."""
 
     def __init__(self, mass: float):
         self.mass = mass
 
-    def __call__(self, logits, history):
-        return np.stack([self._row(row) for row in logits])
-
-    def _row(self, row: np.ndarray) -> np.ndarray:
+    def _keep(self, row: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # transformers' rule: in ascending |surprise - entropy| (ties: lower id first), keep
         # the tokens up to the first whose cumulative probability reaches `mass`, ties with it
-        # included, and always the first. Tokens already at -inf stay there, left out of the work.
-        ids = np.flatnonzero(row != NEG_INF)
-        if ids.size == 0:
-            return row.copy()
+        # included, and always the first.
         logp = log_softmax(row[ids])
         probs = np.exp(logp)
         entropy = -(logp * probs).sum()
