@@ -77,3 +77,15 @@ def test_the_position_goal_is_only_ours(exported_llama_dir, engine):
     r = _row(exported_llama_dir / "model.onnx", 10.0, 11.0)
     r.row = compare.Row(engine, "int4", exported_llama_dir, None)
     assert compare._position_goals("tiny", {"x": r}) == []
+
+
+@pytest.mark.parametrize("flags, says, leaves_out", [
+    ([], ["ms/token at 1000", "median of 3 fresh processes"], []),
+    (["--cases", "decode", "--cold-runs", "0"], [], ["ms/token at 1000", "fresh processes"]),
+])
+def test_the_settings_line_describes_only_what_ran(flags, says, leaves_out):
+    args = compare.build_parser().parse_args(flags)
+    [settings] = [line for line in compare.report([], {}, args, None, 60.0, 0.5).splitlines()
+                  if line.startswith("- settings: ")]
+    assert "medians of 5 rounds" in settings
+    assert all(s in settings for s in says) and not any(s in settings for s in leaves_out)

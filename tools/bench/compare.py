@@ -848,23 +848,28 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
         engines.update(g.versions)
     versions = "; ".join(f"{e}: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
                          for e, vs in engines.items())
+    settings = [
+        f"{args.threads} threads for every engine, greedy, EOS ignored; medians of "
+        f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
+        f"prompt, N = {args.new_tokens} at batch 1 and {args.batch_new_tokens} at larger batches"]
+    if "pos1000" in args.cases:
+        settings.append(
+            f"ms/token at 1000: median time from one new token to the next over "
+            f"{args.position_tokens} tokens from a 1000-token prompt (fewer where the window "
+            f"ends), and at 32 the same from a 32-token prompt right after each of those runs "
+            f"(where there is no position 1000, 1000 / the batch-1 tok/s)")
+    if args.cold_runs:
+        settings.append(
+            f"cold start and peak RSS: median of {args.cold_runs} fresh processes (page cache "
+            f"warm) that load the model, generate 1 token (cold start: process start to that "
+            f"token) and then {args.new_tokens} more at batch 1")
     out = [
         f"## {stamp}: every engine side by side (tools/bench/compare.py), CPU",
         "",
         f"- machine: {describe()}",
         f"- code: tinygen commit {_commit()}",
         f"- venvs (tools/bench/pins/): {versions}",
-        f"- settings: {args.threads} threads for every engine, greedy, EOS ignored; medians of "
-        f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
-        f"prompt, N = {args.new_tokens} at batch 1 and {args.batch_new_tokens} at larger "
-        f"batches; ms/token at 1000: median time from one new token to the next over "
-        f"{args.position_tokens} tokens from a 1000-token prompt (fewer where the window ends), "
-        f"and at 32 the same from a 32-token prompt right after each of those runs (where "
-        f"there is no position 1000, 1000 / the batch-1 tok/s); "
-        f"cold start and peak RSS: "
-        f"median of {args.cold_runs} fresh processes (page cache warm) that load the model, "
-        f"generate 1 token (cold start: process start to that token) and then "
-        f"{args.new_tokens} more at batch 1",
+        f"- settings: {'; '.join(settings)}",
         f"- load: 1-minute load average {load_before:.2f} before the run; other processes used "
         f"{outside:.0%} of the CPUs while timing (the worst model); the run took "
         f"{elapsed / 60:.1f} min",
