@@ -4,11 +4,9 @@ import json
 import re
 import shutil
 
-import numpy as np
 import pytest
 
 from tinygen import ModelFormatError, TextGenerator, TinygenError
-from tinygen.replacements import Replacements
 
 
 @pytest.fixture(scope="module")
