@@ -135,8 +135,10 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     for hours if need be, where a collective would time out. If it fails, they stop with a
     line that says so. Without torchrun, `run` runs here. The others return None."""
     global _store
-    if torchrun_env() is None:
+    found = torchrun_env()
+    if found is None:
         return run()
+    rank, world, _ = found
     import time
 
     from torch.distributed import rendezvous
@@ -144,7 +146,6 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     if _store is None:
         _store, _, _ = next(rendezvous("env://"))
     key, read = f"tinygen/{what}", f"tinygen/{what}/read"
-    rank, world, _ = torchrun_env()
     if rank == 0:
         try:
             result = run()
