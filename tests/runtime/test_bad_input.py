@@ -103,6 +103,11 @@ def test_manifest_round_trip_and_validation(model_copy):
         Manifest.from_json({k: v for k, v in data.items() if k != "vocab_size"})
     with pytest.raises(ModelFormatError, match="'num_layers' must be a positive integer"):
         Manifest.from_json({**data, "num_layers": 0})
+    vocab = data["vocab_size"]
+    for key, value in (("eos_token_ids", [vocab]), ("bos_token_id", vocab), ("pad_token_id", vocab)):
+        with pytest.raises(ModelFormatError, match=f"'{key}' has token id {vocab}, outside the "
+                                                   f"vocabulary \\(0..{vocab - 1}\\)"):
+            Manifest.from_json({**data, key: value})
 
 
 def test_prompt_longer_than_the_window(optimum_gpt2_dir):
@@ -128,6 +133,29 @@ def test_bad_generation_options(optimum_gpt2_dir, options, message):
     gen = TextGenerator(optimum_gpt2_dir)
     with pytest.raises(TinygenError, match=message):
         gen.generate("Hi", **options)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda gen: gen.generate("caf\udce9"), r"the prompt is not UTF-8 text \(at character 3\); give it as UTF-8"),
+    (lambda gen: gen.generate(["Hi", "\udce9"]), r"the prompt is not UTF-8 text \(at character 0\)"),
+    (lambda gen: gen.generate("Hi", stop=["\udce9"]), "stop '.udce9' is not UTF-8 text"),
+    (lambda gen: gen.generate("Hi", exclude_chars="\udce9"), "exclude_chars is not UTF-8 text"),
+    (lambda gen: gen.generate(b"Hi"), "a prompt must be a string, a list of token ids or a list of "
+                                      "prompts, got bytes"),
+    (lambda gen: gen.generate(5), "a prompt must be .* got int"),
+    (lambda gen: gen.next_token_probs(["a", "b"]), "next_token_probs takes one prompt"),
+    (lambda gen: gen.stream(["a", "b"]), "stream takes one prompt"),
+])
+def test_prompts_that_are_not_text_are_refused_by_name(optimum_gpt2_dir, call, message):
+    """Bytes that were not UTF-8 reach Python as lone surrogates, which the tokenizer refuses
+    with a TypeError; bytes as a prompt would iterate as token ids."""
+    with pytest.raises(TinygenError, match=message):
+        call(TextGenerator(optimum_gpt2_dir))
+
+
+def test_an_empty_model_path_is_not_the_current_folder():
+    with pytest.raises(TinygenError, match="model must be a model folder's path .* got an empty string"):
+        TextGenerator("")
 
 
 def test_token_ids_outside_the_vocabulary(optimum_gpt2_dir):

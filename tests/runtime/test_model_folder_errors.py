@@ -73,6 +73,14 @@ def test_a_fixed_kv_buffer_length_must_be_the_window(tmp_path):
         TextGenerator(model, device="cpu")
 
 
+def test_a_fused_graph_under_a_concat_manifest_says_which_it_wants(tmp_path):
+    model = with_manifest(embedded_model_dir(), tmp_path, kv_cache="concat")
+    with pytest.raises(ModelFormatError, match="kv_cache is 'concat', whose graph reads an attention "
+                                               "mask, but it names no attention_mask input; .* wants "
+                                               "kv_cache 'shared'"):
+        TextGenerator(model, device="cpu")
+
+
 # -- fields.json -----------------------------------------------------------------
 
 @pytest.mark.parametrize("data,message", [

@@ -71,7 +71,8 @@ def test_bad_messages_get_an_error_and_the_connection_stays(served):
                               ('{"prompt": "Hi", "temperature": -1}', "temperature must be"),
                               ('{"type": "dance"}', "unknown message type"),
                               ('{"prompt": ["Hi", "Bye"]}', "takes one prompt"),
-                              ('{"prompt": [[1, 2], [3]]}', "takes one prompt")]:
+                              ('{"prompt": [[1, 2], [3]]}', "takes one prompt"),
+                              ('{"prompt": "caf\\udce9"}', "not UTF-8 text")]:
             ws.send(bad)
             message = receive(ws)
             assert message["type"] == "error" and expected in message["error"]["message"]

@@ -119,6 +119,10 @@ class GenerationConfig:
             raise bad("exclude_strings", "non-empty strings")
         if not isinstance(self.exclude_chars, str):
             raise bad("exclude_chars", "a string of characters")
+        for name in ("stop", "exclude_strings"):
+            for text in getattr(self, name):
+                check_utf8(text, f"{name} {text!r}")
+        check_utf8(self.exclude_chars, "exclude_chars")
         if not _is_seq(self.logit_bias) or not all(
                 isinstance(p, tuple) and len(p) == 2 and is_int(p[0]) and p[0] >= 0 and is_number(p[1])
                 and abs(p[1]) != float("inf") for p in self.logit_bias):
@@ -163,3 +167,15 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def check_utf8(text: str, what: str) -> str:
+    """`text`, if UTF-8 can write it; a TinygenError otherwise. Bytes that are not UTF-8 reach
+    Python as lone surrogates (a command-line argument, stdin under a C locale), which the
+    tokenizer and every file would refuse with a TypeError or UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TinygenError(f"{what} is not UTF-8 text (at character {exc.start}); give it "
+                           f"as UTF-8") from None
+    return text

@@ -59,6 +59,9 @@ class TextGenerator:
         """
         if threads is not None:
             _check_count("threads", plain(threads))
+        if isinstance(model, str) and not model.strip():  # Path("") would be the current folder
+            raise TinygenError("model must be a model folder's path (or None for the embedded "
+                               "model), got an empty string")
         self.model_dir = Path(model) if model is not None else embedded_model_dir()
         self.manifest: Manifest = load_manifest(self.model_dir)
         self.prompts = PromptEncoder.load(self.model_dir, self.manifest, replacements)
@@ -155,7 +158,7 @@ class TextGenerator:
     def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
         """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
         config = self.defaults.merged(**options)
-        [ids] = self.prompts.encode(prompt, single=True)
+        [ids] = self.prompts.encode(prompt, single="stream")
         [seed] = self._seeds(plain(seed), 1, config)
         return TextStream(self._decoding([ids], [seed], config))
 
@@ -183,7 +186,7 @@ class TextGenerator:
         top_n = plain(top_n)
         if not is_int(top_n) or top_n < 1:
             raise TinygenError(f"top_n must be an integer >= 1, got {top_n!r}")
-        [ids] = self.prompts.encode(prompt, single=True)
+        [ids] = self.prompts.encode(prompt, single="next_token_probs")
         decoding = self._decoding([ids], [None], self.defaults.merged(do_sample=False))
         probs = softmax(decoding.logits[0].astype("float64"))
         order = probs.argsort()[::-1][:top_n]
@@ -215,7 +218,7 @@ class TextGenerator:
         # Everything that can be refused is, before the file is touched.
         config = self.defaults.merged(**options)
         conditioned, _ = self._conditioned(prompt, context, target)
-        self.prompts.encode(conditioned, single=True)
+        self.prompts.encode(conditioned, single="generate_to_file")
         self._excluded_ids(config)
         prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         settings = {

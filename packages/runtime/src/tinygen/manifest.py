@@ -160,6 +160,14 @@ class Manifest:
             if value is not None and not _is_token_id(value):
                 raise ModelFormatError(f"{source}: '{name}' must be a token id (an integer >= 0) or null, "
                                        f"got {value!r}")
+        # Out of the vocabulary, an end token would never end a text and a start token would
+        # fail in the graph's embedding.
+        for name, ids in (("eos_token_ids", self.eos_token_ids), ("bos_token_id", [self.bos_token_id]),
+                          ("pad_token_id", [self.pad_token_id])):
+            outside = [i for i in ids if i is not None and not 0 <= i < self.vocab_size]
+            if outside:
+                raise ModelFormatError(f"{source}: '{name}' has token id {outside[0]}, outside the "
+                                       f"vocabulary (0..{self.vocab_size - 1})")
         if self.quantization is not None and not isinstance(self.quantization, str):
             raise ModelFormatError(f"{source}: 'quantization' must be a string or null, got {self.quantization!r}")
 

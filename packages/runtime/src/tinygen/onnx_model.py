@@ -110,6 +110,10 @@ class OnnxCausalLM:
         m = self.manifest
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
+        if m.inputs["attention_mask"] is None:  # a shared-KV manifest's, edited to "concat"
+            raise ModelFormatError(f"{path}: the manifest's kv_cache is 'concat', whose graph reads "
+                                   f"an attention mask, but it names no attention_mask input; a "
+                                   f"graph from `export --graph fused` wants kv_cache 'shared'")
         wanted_in = [m.inputs["input_ids"], m.inputs["attention_mask"], *m.past_names()]
         wanted_out = [m.outputs["logits"], *m.present_names()]
         for name in wanted_in:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence, Union
 
-from .config import plain
+from .config import check_utf8, plain
 from .errors import PromptTooLong, TinygenError
 from .manifest import Manifest
 from .replacements import Replacements
@@ -31,23 +31,28 @@ class PromptEncoder:
         loaded = Replacements.load(replacements) if replacements is not None else None
         return cls(manifest, TextTokenizer(model_dir / manifest.tokenizer_file, loaded))
 
-    def encode(self, prompt, single: bool = False) -> list[list[int]]:
-        """One prompt or a list of them (single: one only) -> token ids per prompt."""
+    def encode(self, prompt, single: str | None = None) -> list[list[int]]:
+        """One prompt or a list of them -> token ids per prompt. single: the name of a method
+        that takes one prompt only, for the error that refuses a list."""
         prompt = as_prompt(prompt)
         if isinstance(prompt, str) or is_token_ids(prompt):
             prompts = [prompt]
         elif single:
-            raise TinygenError("stream takes one prompt (a string or a list of token ids)")
-        else:
+            raise TinygenError(f"{single} takes one prompt (a string or a list of token ids), "
+                               f"not a list of prompts")
+        elif isinstance(prompt, (list, tuple)):
             prompts = list(prompt)
             if not prompts:
                 raise TinygenError("no prompts given")
+        else:  # bytes would iterate as ints, a number not at all
+            raise TinygenError(f"a prompt must be a string, a list of token ids or a list of "
+                               f"prompts, got {type(prompt).__name__}")
         return [self._encode_one(p) for p in prompts]
 
     def _encode_one(self, prompt) -> list[int]:
         vocab = self.manifest.vocab_size
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(check_utf8(prompt, "the prompt"))
         elif is_token_ids(prompt):
             ids = [int(i) for i in prompt]
             bad = [i for i in ids if not 0 <= i < vocab]

@@ -21,7 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check_utf8
 from ..decoding import Completion, TokenProb
+from ..errors import TinygenError
 from .settings import ServerSettings
 
 # OpenAI's finish reasons: the text ended by itself or at a stop string, or ran out of room.
@@ -211,6 +213,11 @@ def _stop(value, limit: int):
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > limit:
         raise ApiError(400, f"stop must be a non-empty string or a list of up to {limit} of them",
                        param="stop")
+    for stop in stops:  # JSON's \udce9 escape makes text that no tokenizer takes
+        try:
+            check_utf8(stop, f"stop {stop!r}")
+        except TinygenError as exc:
+            raise ApiError(400, str(exc), param="stop") from None
     return tuple(stops) or None
 
 
