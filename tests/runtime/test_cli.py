@@ -1,6 +1,7 @@
 """The `tinygen` CLI: stdout holds the text, stderr the seeds and errors; errors are one line, exit 2."""
 
 import io
+import os
 import re
 
 import pytest
@@ -172,6 +173,68 @@ def test_a_closed_stdout_is_one_line(monkeypatch):
     err = io.StringIO()
     assert main(["Hi"], err=err) == 2
     assert err.getvalue() == "tinygen: error: standard output is closed; redirect it to a file or /dev/null\n"
+
+
+def test_bytes_that_are_not_utf8_are_one_line(optimum_gpt2_dir, monkeypatch):
+    """A command-line argument or stdin (C locale) with bytes that are not UTF-8 reaches
+    Python as lone surrogates; stdin under a UTF-8 locale fails to decode."""
+    args = ["--model", str(optimum_gpt2_dir), "--max-new-tokens", "3"]
+    for argv in (["caf\udce9", *args], ["next", "caf\udce9", *args[:2]], ["Hi", "--stop", "\udce9", *args]):
+        code, out, err = run(argv)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "is not UTF-8 text" in err, err
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert run(["-", *args]) == (2, "", "tinygen: error: the prompt on stdin is not UTF-8 text (byte 3); "
+                                        "give it as UTF-8\n")
+
+
+class FullDisk(io.StringIO):
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+
+def test_output_that_cannot_be_written_is_one_line(optimum_gpt2_dir):
+    args = ["--model", str(optimum_gpt2_dir), "--max-new-tokens", "3", "--seed", "1"]
+    for argv in (["Hi", *args], ["Hi", "-n", "2", *args], ["next", "Hi", *args[:2]], ["info", *args[:2]]):
+        err = io.StringIO()
+        assert main(argv, out=FullDisk(), err=err) == 2
+        assert err.getvalue() == "tinygen: error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_under_stdout_is_one_line_and_nothing_more(optimum_gpt2_dir):
+    """A real stdout: one line, and no second error when Python flushes it at exit."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "tinygen.cli", "Hi", "--model", str(optimum_gpt2_dir),
+                               "--max-new-tokens", "3", "--seed", "1"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, "tinygen: error: cannot write the output: No space left on "
+                                                 "device\n")
+
+
+def test_a_closed_stderr_still_generates(optimum_gpt2_dir, monkeypatch):
+    monkeypatch.setattr("sys.stderr", None)
+    out = io.StringIO()
+    assert main(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "3", "--seed", "1"], out=out) == 0
+    assert out.getvalue() == run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "3",
+                                  "--seed", "1"])[1]
+
+
+@pytest.mark.parametrize("option", ["--model", "--replacements", "--to-file", "--dedupe-against"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(option):
+    argv = ["Hi", option, ""] + (["--dedupe", "0.5"] if option == "--dedupe-against" else [])
+    assert run(argv) == (2, "", f"tinygen: error: {option} needs a path, got an empty string\n")
+    if option == "--model":
+        assert run(["curate", "Hi", "--save", ""])[2] == "tinygen: error: --save needs a path, got an empty string\n"
+
+
+def test_curate_refuses_its_prompt_from_stdin_where_its_choices_come_from(monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello"))
+    code, out, err = run(["curate", "-", "-k", "2"])
+    assert code == 2 and out == "" and err.startswith("tinygen: error: curate reads your choices from stdin")
 
 
 def test_an_interrupted_stream_ends_its_line_and_reports_the_seed(optimum_gpt2_dir, monkeypatch):

@@ -40,6 +40,9 @@ def test_bad_limits_are_one_line(optimum_gpt2_dir):
     err = io.StringIO()
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--api-key", "cl\u00e9"], out=io.StringIO(), err=err) == 2
     assert err.getvalue() == "tinygen: error: api_key must be printable ASCII (clients send it in an HTTP header)\n"
+    err = io.StringIO()  # `--api-key "$KEY"` with KEY unset: refused, not served without a key
+    assert main(["serve", "--model", str(optimum_gpt2_dir), "--api-key", ""], out=io.StringIO(), err=err) == 2
+    assert err.getvalue() == "tinygen: error: api_key must not be empty (leave it unset for no authentication)\n"
 
 
 @pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),

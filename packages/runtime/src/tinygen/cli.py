@@ -12,6 +12,7 @@ Library errors (TinygenError) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import TextIO
@@ -266,7 +267,11 @@ def _stdin_prompt() -> str:
     """`echo "Once upon a time" | tinygen -`: the whole input, less the newline echo ends it with."""
     if sys.stdin is None:
         raise TinygenError("the prompt - reads stdin, which is closed; give the prompt as an argument")
-    text = sys.stdin.read()
+    try:
+        text = sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise TinygenError(f"the prompt on stdin is not UTF-8 text (byte {exc.start}); give it "
+                           f"as UTF-8") from None
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -294,14 +299,15 @@ def run_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    import os
-
     from .serving.server import listen, require_server_extra, serve
     from .serving.settings import ServerSettings
 
     require_server_extra()
+    # An empty --api-key (`--api-key "$KEY"` with KEY unset) is refused by validated(), not
+    # taken as no key: only leaving the option out serves without authentication.
+    api_key = args.api_key if args.api_key is not None else os.environ.get("TINYGEN_API_KEY") or None
     settings = ServerSettings(
-        model_name=args.model_name, api_key=args.api_key or os.environ.get("TINYGEN_API_KEY") or None,
+        model_name=args.model_name, api_key=api_key,
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_limit=args.max_tokens_limit,
         max_body_bytes=args.max_body_bytes).validated()
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails at once
@@ -314,10 +320,12 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    if out is None or err is None:  # started with `>&-`: print() would fail on None
+    if out is None:  # started with `>&-`: print() would fail on None
         if err is not None:
             err.write("tinygen: error: standard output is closed; redirect it to a file or /dev/null\n")
         return 2
+    if err is None:  # `2>&-`: the texts still go out; what stderr would say is dropped
+        err = open(os.devnull, "w")
     argv = list(sys.argv[1:] if argv is None else argv)
     # A bare prompt means `generate`: `tinygen "Once upon a time"`.
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
@@ -325,6 +333,10 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
     try:
         # Inside the try: numpy and onnxruntime load here, the first half second a Ctrl-C hits.
         args = build_parser().parse_args(argv)
+        _check_paths(args)
+        if args.command == "curate" and args.prompt == "-":
+            raise TinygenError("curate reads your choices from stdin, so its prompt cannot come "
+                               "from there: give the prompt as an argument")
         if args.command in ("generate", "next") and args.prompt == "-":
             args.prompt = _stdin_prompt()
         run = {"info": run_info, "curate": run_curate, "serve": run_serve,
@@ -338,6 +350,18 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
         return 130
     except BrokenPipeError:  # `tinygen ... | head`
         return 0
+    except OSError as exc:  # writing the texts failed: `> /dev/full`, a disk that filled up
+        if exc.filename is not None:
+            raise  # not the output: a file of ours, shown whole
+        err.write(f"tinygen: error: cannot write the output: {exc.strerror or exc}\n")
+        return 2
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """An empty path would quietly mean the current folder, or no file at all."""
+    for name in ("model", "replacements", "to_file", "save", "dedupe_against"):
+        if getattr(args, name, None) == "":
+            raise TinygenError(f"--{name.replace('_', '-')} needs a path, got an empty string")
 
 
 if __name__ == "__main__":
