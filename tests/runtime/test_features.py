@@ -118,6 +118,8 @@ def test_replacements_apply_on_encode_and_decode(optimum_gpt2_dir, tmp_path):
     ({"encode": [], "colour": 1}, "unknown key 'colour'"),
     ({"encode": [{"pattern": "a", "token": "<|nope|>"}]}, "'encode' names token '<|nope|>'"),
     ({"encode": [{"pattern": "(", "regex": True, "token": "<|endoftext|>"}]}, "not a valid regex"),
+    ({"encode": [{"pattern": "a*", "regex": True, "token": "<|endoftext|>"}]},
+     "'encode[0].pattern' 'a*' matches the empty string"),
     ({"encode": [{"pattern": "a", "token": "<|endoftext|>", "flags": 1}]}, "unknown key 'encode[0].flags'"),
     ({"ban": "x"}, "'ban' must be a list"),
     ({"format_version": 9}, "format_version 9 is not one this tinygen reads"),

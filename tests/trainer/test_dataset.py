@@ -157,6 +157,34 @@ def test_line_by_line_pads_short_records(capsys):
             "on their first 8 tokens only") in capsys.readouterr().err
 
 
+def test_a_csv_quote_never_closed_is_an_error_not_one_record(tmp_path):
+    path = tmp_path / "posts.csv"
+    path.write_text('text,id\n"first,1\nsecond,2\nthird,3\n', encoding="utf-8")
+    with pytest.raises(TinygenError, match="posts.csv: bad CSV: a quote opened in the record at "
+                                           "line 2 is never closed$"):
+        read_documents(path)
+    path.write_text('"te\n', encoding="utf-8")  # in the header row too
+    with pytest.raises(TinygenError, match="in the record at line 1 is never closed"):
+        read_documents(path)
+    path.write_text('text\n"a"b\n', encoding="utf-8")  # what the strict reader refuses besides
+    with pytest.raises(TinygenError, match="posts.csv: bad CSV at line 2 "):
+        read_documents(path)
+
+
+def test_a_token_cache_is_not_read_as_text(tmp_path, encoder):
+    """`encode` or `tokenizer` given a cache, or a cache inside a folder corpus: its gzip bytes,
+    read with --errors replace, would make a corpus of noise."""
+    text = tmp_path / "corpus" / "a.txt"
+    text.parent.mkdir()
+    text.write_text("The quick brown fox jumps over the lazy dog.\n", encoding="utf-8")
+    cache = TokenDataset.from_path(text, encoder, progress=False).save(tmp_path / "corpus" / "b.tokens",
+                                                                        encoder)
+    for path in (cache, cache.parent):
+        with pytest.raises(TinygenError, match=r"b.tokens: a token cache \(or other gzip file\), not "
+                                               r"text; give a cache to `tinygen-train train`"):
+            read_documents(path, errors="replace")
+
+
 def test_line_by_line_refuses_mostly_cut_records(tmp_path, encoder):
     # `encode train.txt` (no --line-by-line) makes the file one document: line by line,
     # training would see its first block and nothing else.
@@ -164,10 +192,13 @@ def test_line_by_line_refuses_mostly_cut_records(tmp_path, encoder):
     text.write_text("The quick brown fox jumps over the lazy dog.\n" * 40, encoding="utf-8")
     whole = TokenDataset.from_path(text, encoder, progress=False)
     cache = whole.save(tmp_path / "train.tokens", encoder)
-    with pytest.raises(TinygenError, match=r"train.tokens: 1 of 1 records are longer than "
-                       r"block_size 32, so --line-by-line would train on their first 32 tokens "
-                       r"only; drop --line-by-line, or encode with 'tinygen-train encode "
-                       r"--line-by-line' if each line is a record$"):
+    longest = whole.num_tokens
+    with pytest.raises(TinygenError, match=fr"train.tokens: 1 of 1 records are longer than "
+                       fr"block_size 32 \(the longest {longest:,} tokens\), so --line-by-line "
+                       fr"would train on their first 32 tokens only; raise --block-size if the "
+                       fr"model's window allows, drop --line-by-line, or encode with "
+                       fr"'tinygen-train encode --line-by-line' if each line of a text file is a "
+                       fr"record$"):
         RecordSampler(TokenDataset.from_path(cache, encoder), block_size=32, seed=0, pad_id=EOS)
     lines = TokenDataset.from_path(text, encoder, line_by_line=True, progress=False)
     lines.save(cache, encoder)

@@ -113,6 +113,8 @@ def test_command_errors_are_one_line(tmp_path, corpus_file, capsys):
 
     assert main(["tokenizer", str(corpus_file), "--replace-regex", "(unclosed", "<|x|>"]) == 2
     assert "not a valid regex" in capsys.readouterr().err
+    assert main(["tokenizer", str(corpus_file), "--replace-regex", "a*", "<|x|>"]) == 2
+    assert "'a*' matches the empty string" in capsys.readouterr().err
 
     # a cache encoded with one tokenizer, read with another
     cache = tmp_path / "c.tokens"
@@ -140,3 +142,12 @@ def test_output_folders(tmp_path, corpus_file, capsys):
                  "-o", str(folder), "--quiet"]) == 2
     assert capsys.readouterr().err == (f"tinygen-train: error: -o {folder} is a folder; give the "
                                        f"token cache's file path, e.g. {folder / 'train.tokens'}\n")
+    # A file where a folder should be: said before the corpus is read (it does not exist
+    # here), not after the work.
+    missing = str(tmp_path / "no-such-corpus")
+    for target, argv in ((corpus_file / "x.tokens", ["encode", missing, "--tokenizer",
+                                                     str(folder / "tokenizer.json")]),
+                         (corpus_file / "tok.json", ["tokenizer", missing, "--vocab-size", "300"])):
+        assert main([*argv, "-o", str(target)]) == 2
+        assert capsys.readouterr().err == (f"tinygen-train: error: cannot write {target}: "
+                                           f"{corpus_file} is a file, not a folder\n")

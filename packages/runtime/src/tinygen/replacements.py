@@ -112,9 +112,12 @@ class Replacements:
                 raise fail(f"'{where}.regex' must be true or false")
             if regex:
                 try:
-                    re.compile(rule["pattern"])
+                    compiled = re.compile(rule["pattern"])
                 except re.error as exc:
                     raise fail(f"'{where}.pattern' is not a valid regex ({exc})") from None
+                if compiled.fullmatch(""):  # it would put the token between every character
+                    raise fail(f"'{where}.pattern' {rule['pattern']!r} matches the empty string; "
+                               f"make it match at least one character (+ instead of *)")
             rules.append(EncodeRule(rule["pattern"], rule["token"], regex))
         decode = data.get("decode", {})
         if not isinstance(decode, dict) or not all(isinstance(v, str) for v in decode.values()):

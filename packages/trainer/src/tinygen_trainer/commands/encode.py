@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinygen.atomic import check_parents
 from tinygen.errors import TinygenError
 from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.is_dir():  # before the corpus is encoded, not after
         raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")
+    check_parents(args.output)
     documents = read_corpus(args)
     name = ", ".join(str(p) for p in args.corpus)
     dataset = TokenDataset.from_documents(documents, encoder, name=name, progress=not args.quiet)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from tinygen.atomic import check_parents
 from tinygen.fields import FieldSchema
 from tinygen.replacements import Replacements
 
@@ -58,6 +59,7 @@ def replacements_from_args(args: argparse.Namespace) -> Replacements:
 
 def run(args: argparse.Namespace) -> int:
     replacements = replacements_from_args(args)
+    check_parents(args.output)  # before the training, not after it
     schema = FieldSchema.parse(args.field) if args.field else None
     specials = tuple(args.special_token) + tuple(schema.tokens() if schema else ())
     config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=specials,

@@ -216,10 +216,12 @@ class RecordSampler(_EpochSampler):
             return
         what = f"{self.dataset.name}: {cut:,} of {n:,} records are longer than block_size {size}"
         if 2 * cut > n:
+            longest = int(np.max(self.dataset.doc_ends - self._starts))
             raise TinygenError(
-                f"{what}, so --line-by-line would train on their first {size} tokens only; "
-                f"drop --line-by-line, or encode with 'tinygen-train encode --line-by-line' "
-                f"if each line is a record"
+                f"{what} (the longest {longest:,} tokens), so --line-by-line would train on "
+                f"their first {size} tokens only; raise --block-size if the model's window "
+                f"allows, drop --line-by-line, or encode with 'tinygen-train encode "
+                f"--line-by-line' if each line of a text file is a record"
             )
         print(f"tinygen-train: warning: {what}; --line-by-line trains on their first "
               f"{size} tokens only", file=sys.stderr)

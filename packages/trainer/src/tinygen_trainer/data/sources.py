@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tinygen.errors import TinygenError
 from tinygen.fields import FieldSchema
+from tinygen.token_cache import is_token_cache
 
 ERRORS = ("strict", "replace")
 CSV_SUFFIXES = (".csv",)
@@ -31,19 +32,24 @@ def read_documents(path: str | Path, field: str | None = None, errors: str = "st
     """All documents under `path` (a file or a folder, searched recursively, in name order)."""
     if errors not in ERRORS:
         raise TinygenError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+    docs: list[str] = []
+    for file in corpus_files(path):
+        docs.extend(_read_file(file, field, errors, line_by_line))
+    return docs
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """The files a corpus at `path` is read from: the file itself, or a folder's files,
+    recursively, in name order, hidden ones (a dot in any part of the path) left out."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
         if not files:
             raise TinygenError(f"{path}: folder has no files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise TinygenError(f"corpus not found: {path}")
-    docs: list[str] = []
-    for file in files:
-        docs.extend(_read_file(file, field, errors, line_by_line))
-    return docs
+        return files
+    if path.is_file():
+        return [path]
+    raise TinygenError(f"corpus not found: {path}")
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -51,6 +57,10 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def _read_file(path: Path, field: str | None, errors: str, line_by_line: bool) -> list[str]:
+    if is_token_cache(path):  # read as text, with --errors replace, it would "work": as noise
+        raise TinygenError(f"{path}: a token cache (or other gzip file), not text; give a cache "
+                           f"to `tinygen-train train` as a corpus of its own, and decompress "
+                           f"other files first")
     text = decode_utf8(path, errors)
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
@@ -79,7 +89,19 @@ def decode_utf8(path: Path, errors: str = "strict") -> str:
 def _csv_documents(path: Path, text: str, field: str) -> list[str]:
     # The default 128 KiB field limit rejects long documents, which are normal here.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a quote never closed is an error, where the lenient reader swallows the rest
+    # of the file into one field, silently.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        return _csv_rows(path, reader, field)
+    except csv.Error as exc:
+        if "end of data" in str(exc):  # the reader ran to the end looking for the closing quote
+            raise TinygenError(f"{path}: bad CSV: a quote opened in the record at line "
+                               f"{reader.line_num + 1} is never closed") from None
+        raise TinygenError(f"{path}: bad CSV at line {reader.reader.line_num} ({exc})") from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader, field: str) -> list[str]:
     if reader.fieldnames is None:
         return []
     schema = FieldSchema.parse(field)
@@ -89,12 +111,9 @@ def _csv_documents(path: Path, text: str, field: str) -> list[str]:
                 f"{path}: no column '{name}' (columns: {', '.join(reader.fieldnames)}); "
                 f"choose with --field"
             )
-    try:
-        if schema:
-            return [doc for doc in (schema.format(row) for row in reader) if doc]
-        return [row[field] for row in reader if row.get(field) and row[field].strip()]
-    except csv.Error as exc:
-        raise TinygenError(f"{path}: bad CSV at line {reader.line_num} ({exc})") from None
+    if schema:
+        return [doc for doc in (schema.format(row) for row in reader) if doc]
+    return [row[field] for row in reader if row.get(field) and row[field].strip()]
 
 
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
