@@ -231,10 +231,13 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(option):
         assert run(["curate", "Hi", "--save", ""])[2] == "tinygen: error: --save needs a path, got an empty string\n"
 
 
-def test_curate_refuses_its_prompt_from_stdin_where_its_choices_come_from(monkeypatch):
+def test_curate_refuses_its_prompt_from_stdin_where_its_choices_come_from(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello"))
     code, out, err = run(["curate", "-", "-k", "2"])
     assert code == 2 and out == "" and err.startswith("tinygen: error: curate reads your choices from stdin")
+    with pytest.raises(SystemExit):
+        main(["curate", "--help"])
+    assert "stdin" not in capsys.readouterr().out.split("options:")[0]
 
 
 def test_an_interrupted_stream_ends_its_line_and_reports_the_seed(optimum_gpt2_dir, monkeypatch):

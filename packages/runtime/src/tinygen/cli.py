@@ -33,11 +33,12 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replacements", metavar="JSON", help="replacement-token config to use instead of the model's")
 
 
-def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+def _add_sampling_arguments(p: argparse.ArgumentParser, prompt_from_stdin: bool = True) -> None:
     from .config import GenerationConfig
 
     d = GenerationConfig()
-    p.add_argument("prompt", nargs="?", default="", help="text to continue (- reads it from stdin)")
+    p.add_argument("prompt", nargs="?", default="",
+                   help="text to continue (- reads it from stdin)" if prompt_from_stdin else "text to continue")
     _add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
@@ -85,7 +86,7 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
-    _add_sampling_arguments(p)
+    _add_sampling_arguments(p, prompt_from_stdin=False)  # stdin gives the choices
     p.add_argument("-k", type=int, default=3, help="continuations to choose from each round")
     p.add_argument("--save", metavar="JSON", help="save the session (text, choices, seeds) here after every round")
 
