@@ -44,6 +44,10 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
         value = getattr(args, name)
         if value is not None and value < 1:
             raise TinygenError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if batch_size < 1:
+        raise TinygenError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_minutes is not None and not max_minutes > 0:  # 0 would stop before the first shard
+        raise TinygenError(f"--max-minutes must be > 0, got {max_minutes:g}")
     return CacheRequest(teacher=args.teacher, corpora=tuple(args.corpus), output=output,
                         block_size=args.block_size, top_k=args.top_k,
                         num_blocks=args.teacher_blocks, seed=args.seed,

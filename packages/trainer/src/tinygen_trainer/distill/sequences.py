@@ -35,12 +35,14 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
     """Write (or finish) request.count teacher texts to request.output; returns the path."""
     from tinygen import TextGenerator
 
+    if request.count < 1:
+        raise TinygenError(f"--teacher-texts must be >= 1, got {request.count}")
+    if request.max_new_tokens < 1:  # the runtime would name its own max_new_tokens, not the flag
+        raise TinygenError(f"--text-tokens must be >= 1, got {request.max_new_tokens}")
     if not (request.teacher / "tinygen.json").is_file():
         raise TinygenError(
             f"--teacher {request.teacher}: sequence-level distillation generates with the tinygen "
             f"runtime; export the teacher first: tinygen-train export {request.teacher} OUT")
-    if request.count < 1:
-        raise TinygenError(f"--teacher-texts must be >= 1, got {request.count}")
     done = _complete_lines(request.output)
     if done >= request.count:
         return request.output

@@ -14,7 +14,8 @@ from tinygen.errors import TinygenError
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
 from ..training.config import TrainConfig
-from ..training.setup import build_encoder, model_window
+from ..export.source import check_model_folder, load_causal_lm
+from ..training.setup import build_encoder, load_hf_config, model_window
 from .teacher_cache import TeacherCache, build_teacher_cache, teacher_fingerprint, torch_scorer
 
 
@@ -37,6 +38,10 @@ class CacheRequest:
 
 def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Encoder:
     """The teacher's tokenizer, end-of-text id and replacement rules, as training would use them."""
+    # Said here: build_encoder's advice (--tokenizer FILE) is for train, which has that option.
+    if not (teacher / "tokenizer.json").is_file():
+        raise TinygenError(f"--teacher {teacher}: has no tokenizer.json; save the teacher's "
+                           f"(fast) tokenizer into the folder")
     encoder, added = build_encoder(TrainConfig(output_dir=output, data=tuple(corpora),
                                                model=teacher))
     if added:
@@ -56,27 +61,42 @@ def load_corpus(corpora: Sequence[Path], encoder: Encoder, field: str | None = N
                         encoder.eos_id, ", ".join(str(c) for c in corpora))
 
 
+def check_teacher(teacher: Path):
+    """The teacher's transformers config, once its folder is known to load (cheap)."""
+    if not teacher.is_dir():
+        raise TinygenError(f"--teacher {teacher}: folder not found")
+    if not (teacher / "config.json").is_file():
+        raise TinygenError(f"--teacher {teacher}: not a transformers model folder (no "
+                           f"config.json); convert GGUF files first (tools/teacher/smollm2.py "
+                           f"shows how)")
+    check_model_folder(teacher, f"--teacher {teacher}")
+    return load_hf_config(teacher)
+
+
 def load_teacher(teacher: Path):
     """The teacher in eval mode, fp32, on the GPU when there is one."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    if not (teacher / "config.json").is_file():
-        raise TinygenError(f"--teacher {teacher}: not a transformers model folder (no config.json); "
-                           f"convert GGUF files first (tools/teacher/smollm2.py shows how)")
-    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    check_teacher(teacher)
+    model = load_causal_lm(teacher, f"--teacher {teacher}").eval()
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def cache_teacher(request: CacheRequest) -> TeacherCache:
     """Build (or continue) the cache `request` describes; returns it, complete or not."""
-    encoder = teacher_encoder(request.teacher, request.corpora, request.output)
-    dataset = load_corpus(request.corpora, encoder, request.field, request.progress)
-    model = load_teacher(request.teacher)
-    window = model_window(model.config)
+    # Checked before the corpus is encoded, which can take longer than the checks by far.
+    config = check_teacher(request.teacher)
+    window = model_window(config)
     if request.block_size > window:
         raise TinygenError(f"--block-size {request.block_size} is larger than the teacher's "
                            f"window ({window})")
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and request.top_k > vocab:
+        raise TinygenError(f"--top-k {request.top_k} is more than the teacher's vocabulary "
+                           f"({vocab} tokens); use --top-k {vocab} or less")
+    encoder = teacher_encoder(request.teacher, request.corpora, request.output)
+    dataset = load_corpus(request.corpora, encoder, request.field, request.progress)
+    model = load_teacher(request.teacher)
     bar = _progress_bar(request.progress)
     cache = build_teacher_cache(
         request.output, dataset, encoder, teacher_fingerprint(request.teacher),

@@ -17,8 +17,9 @@ A cache is a folder:
 Blocks are non-overlapping windows of the token stream, taken in a seeded
 random order, so any prefix of the cache is a fair sample of the corpus.
 Shards are written atomically in order; an interrupted pass (killed, or stopped
-by `max_minutes`) continues from the first missing shard when run again with
-the same arguments, and a finished cache is reused by every student. Asking for
+by `max_minutes`) continues when run again with the same arguments, redoing
+every shard that is missing or fails its checksum (a file cut short or damaged
+on disk), and a finished cache is reused by every student. Asking for
 more (or fewer) blocks keeps every whole shard already scored.
 """
 
@@ -139,11 +140,21 @@ class TeacherCache:
         return index * per, min((index + 1) * per, self.num_blocks)
 
     def shards_done(self) -> int:
-        """How many shards, from the first, are on disk (written shards are whole: atomic)."""
+        """How many shards, from the first, are on disk and whole. Each is read and checked:
+        atomic writes keep out half-written files, not a copy cut short or a damaged disk."""
         done = 0
-        while done < self.num_shards and self.shard_path(done).is_file():
+        while done < self.num_shards and self.shard_ok(done):
             done += 1
         return done
+
+    def shard_ok(self, index: int) -> bool:
+        if not self.shard_path(index).is_file():
+            return False
+        try:
+            self.read_shard(index)
+        except TeacherCacheError:
+            return False
+        return True
 
     @property
     def complete(self) -> bool:
@@ -153,12 +164,12 @@ class TeacherCache:
 
     def load(self) -> TeacherBlocks:
         """Every block, checked; an incomplete or damaged cache is a one-line error."""
-        done = self.shards_done()
+        done = sum(self.shard_path(i).is_file() for i in range(self.num_shards))
         if done < self.num_shards:
             raise TeacherCacheError(
                 f"{self.folder}: teacher cache is incomplete ({done}/{self.num_shards} shards); "
                 f"run the same 'tinygen-train teacher-cache' command again to finish it")
-        parts = [self.read_shard(i) for i in range(self.num_shards)]
+        parts = [self.read_shard(i) for i in range(self.num_shards)]  # each read once, checked
         return TeacherBlocks(*(np.concatenate([getattr(p, f) for p in parts])
                                for f in ("tokens", "ids", "logits")))
 
@@ -188,8 +199,8 @@ class TeacherCache:
         return TeacherBlocks(tokens, ids, logits)
 
     def _corrupt(self, path: Path, why: str) -> TeacherCacheError:
-        return TeacherCacheError(f"{path}: teacher cache shard is corrupt: {why}; delete the file "
-                                 f"and run 'tinygen-train teacher-cache' again to redo it")
+        return TeacherCacheError(f"{path}: teacher cache shard is corrupt: {why}; run the same "
+                                 f"'tinygen-train teacher-cache' command again to redo it")
 
 
 # -- building ----------------------------------------------------------------
@@ -252,7 +263,9 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
 
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     ids_dtype = np.dtype(manifest["ids_dtype"])
-    for index in range(cache.shards_done(), cache.num_shards):
+    for index in range(cache.num_shards):
+        if cache.shard_ok(index):
+            continue
         if deadline is not None and time.monotonic() > deadline:
             break
         start, end = cache.shard_range(index)

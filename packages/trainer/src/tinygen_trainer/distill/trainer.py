@@ -21,6 +21,7 @@ from tinygen.errors import TinygenError
 from ..data.blend import derive_seed
 from ..data.dataset import Rows, _EpochSampler
 from ..data.encoder import Encoder
+from ..export.source import load_causal_lm
 from ..training.config import DataSource, TrainConfig
 from ..training.feed import HostBatch
 from ..training.loop import Trainer, fit_and_release
@@ -179,11 +180,7 @@ def projected_embeddings(teacher: Path, vocab_size: int, width: int) -> torch.Te
     most of a small student's parameters are that table (DistilBERT starts from its
     teacher's weights for the same reason). The SVD keeps the directions of most variance.
     """
-    from transformers import AutoModelForCausalLM
-
-    if not (Path(teacher) / "config.json").is_file():
-        raise TinygenError(f"--teacher-embeddings {teacher}: not a transformers model folder")
-    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    model = load_causal_lm(Path(teacher), f"--teacher-embeddings {teacher}")
     table = model.get_input_embeddings().weight.detach()
     if table.shape[0] < vocab_size:
         raise TinygenError(f"--teacher-embeddings {teacher}: {table.shape[0]} token embeddings, "

@@ -1,21 +1,24 @@
-"""The model being exported: a transformers causal-LM directory, checked before any work starts.
+"""A transformers causal-LM folder, checked before any work starts: the model being exported,
+and the one place every command (train, teacher-cache, distill, export) loads a model folder from.
 
 Every check here is about something the user can fix (wrong path, a classifier
-instead of a language model, missing weights), so each failure is a one-line
-TinygenError naming the directory.
+instead of a language model, missing or truncated weights), so each failure is a
+one-line TinygenError naming the folder or file.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json",
                    "pytorch_model.bin.index.json")
+REDO = "copy or save the model again"
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,7 @@ class SourceModel:
 
     def load_model(self):
         """The PyTorch model, float32 and in eval mode: what every export is checked against."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32,
-                                                     local_files_only=True)
-        return model.eval()
+        return load_causal_lm(self.path).eval()
 
 
 def read_source(src: Path) -> SourceModel:
@@ -50,16 +48,80 @@ def read_source(src: Path) -> SourceModel:
         raise TinygenError(
             f"{src}: no config.json; the source must be a transformers model directory"
         )
-    config = _read_json(src / "config.json")
-    _check_causal_lm(src, config)
-    if not any(any(src.glob(p)) for p in WEIGHT_PATTERNS):
-        raise TinygenError(f"{src}: no model weights (*.safetensors or pytorch_model*.bin)")
+    config = check_model_folder(src)
     gen_path = src / "generation_config.json"
     generation = _read_json(gen_path) if gen_path.is_file() else None
     return SourceModel(src, config, generation)
 
 
-def _check_causal_lm(src: Path, config: dict[str, Any]) -> None:
+def check_model_folder(folder: Path, label: str | None = None) -> dict[str, Any]:
+    """config.json of the causal LM in `folder`, once loading it cannot trip on the folder:
+    an LM-head architecture, and weights that are all there. Cheap (headers only), so every
+    command runs it before its slow work. `label` names the folder in errors ("--teacher X")."""
+    label = label or str(folder)
+    if not (folder / "config.json").is_file():
+        raise TinygenError(f"{label}: not a transformers model folder (no config.json)")
+    config = _read_json(folder / "config.json")
+    _check_causal_lm(label, config)
+    _check_weights(folder, label)
+    return config
+
+
+def load_causal_lm(folder: Path, label: str | None = None):
+    """The causal LM in `folder`, float32 (training keeps fp32 master weights; autocast does the
+    low precision), checked first by check_model_folder."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    check_model_folder(folder, label)
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                    local_files_only=True)
+    except (OSError, SafetensorError) as exc:  # damage the header checks cannot see
+        raise TinygenError(f"{label or folder}: cannot load its weights ({first_line(exc)}); "
+                           f"{REDO}") from None
+
+
+def _check_weights(folder: Path, label: str) -> None:
+    files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
+    if not files:
+        raise TinygenError(f"{label}: no model weights (*.safetensors or pytorch_model*.bin); "
+                           f"{REDO}")
+    for path in files:
+        if path.name.endswith(".index.json"):  # sharded weights: every shard it names is there
+            shards = set(_read_json(path).get("weight_map", {}).values())
+            missing = sorted(name for name in shards if not (folder / name).is_file())
+            if missing:
+                raise TinygenError(f"{path}: names {missing[0]}, which is missing; {REDO}")
+        elif not _whole(path):
+            raise TinygenError(f"{path}: truncated or corrupt weights file "
+                               f"({path.stat().st_size:,} bytes); {REDO}")
+
+
+def _whole(path: Path) -> bool:
+    """Whether a weights file holds all it says it does: what a cut-short copy lacks."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if path.suffix == ".bin":
+            # torch.save's zip format keeps its directory at the end; the legacy pickle
+            # format has no cheap check, so it is left to the loader.
+            return head[:4] != b"PK\x03\x04" or zipfile.is_zipfile(path)
+        # safetensors: an 8-byte header length, a JSON header, then the tensors' bytes.
+        length = int.from_bytes(head, "little") if len(head) == 8 else size
+        if 8 + length > size:
+            return False
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for name, t in header.items()
+                       if name != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return False
+    return 8 + length + end <= size
+
+
+def _check_causal_lm(src: Path | str, config: dict[str, Any]) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = config.get("model_type")

@@ -21,6 +21,7 @@ from tinygen.replacements import Replacements
 from ..data.blend import BlendSampler, derive_seed
 from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
+from ..export.source import check_model_folder, load_causal_lm
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
 from .schedule import LRSchedule
@@ -91,7 +92,8 @@ def plan_model(config: TrainConfig, encoder: Encoder, added_tokens: int = 0) -> 
         hf_config = PRESETS[config.preset].build_config(encoder.vocab_size, encoder.eos_id)
         source = None
     else:
-        hf_config = _load_hf_config(config.model)
+        hf_config = load_hf_config(config.model)
+        check_model_folder(config.model)  # LM head, whole weights: before the corpus is encoded
         source = config.model
         if encoder.vocab_size - added_tokens > hf_config.vocab_size:
             raise TinygenError(
@@ -171,8 +173,7 @@ def load_model(plan: ModelPlan, weights: Path | None) -> torch.nn.Module:
     if source is None:
         model = AutoModelForCausalLM.from_config(plan.hf_config)
     else:
-        # fp32 master weights whatever the file holds; autocast does the low precision.
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = load_causal_lm(source)
     if model.get_input_embeddings().num_embeddings < plan.vocab_size:
         model.resize_token_embeddings(plan.vocab_size)
     return model
@@ -209,14 +210,14 @@ def _replacements(config: TrainConfig, tokenizer_path: Path) -> Replacements:
 
 def _eos_id(config: TrainConfig, tokenizer, tokenizer_path: Path) -> int:
     if config.eos_token is None and config.model is not None:
-        eos = getattr(_load_hf_config(config.model), "eos_token_id", None)
+        eos = getattr(load_hf_config(config.model), "eos_token_id", None)
         eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
         if isinstance(eos, int):
             return eos
     return find_eos_id(tokenizer, config.eos_token, source=str(tokenizer_path))
 
 
-def _load_hf_config(model_dir: Path):
+def load_hf_config(model_dir: Path):
     from transformers import AutoConfig
 
     if not (model_dir / "config.json").is_file():
