@@ -36,3 +36,9 @@ def test_good_phases_load(tmp_path):
     assert phase.steps == 3 and [d.path for d in phase.data] == [tmp_path / "a.txt",
                                                                  tmp_path / "b.jsonl"]
     assert phase.data[1].field == "body"
+
+
+def test_a_folder_as_phases_file_is_one_line_error(tmp_path):
+    with pytest.raises(TinygenError) as info:
+        load_phases(tmp_path)
+    assert str(info.value) == f"--phases {tmp_path} is a folder; give the phases JSON file"

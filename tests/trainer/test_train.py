@@ -320,6 +320,24 @@ def test_bad_input_errors(tmp_path, corpus, tokenizer, tiny_gpt2_dir):
     fails("fp16 needs a GPU", precision="fp16", device="cpu")
 
 
+def test_bad_paths_are_one_line_errors_before_any_work(tmp_path, corpus, tokenizer, monkeypatch):
+    import tinygen_trainer.training.loop as loop
+
+    def no_work(config):
+        raise AssertionError("the tokenizer was loaded before the paths were checked")
+
+    monkeypatch.setattr(loop, "build_encoder", no_work)
+    for options, message in [
+        ({"output_dir": corpus / "run"},
+         f"--output {corpus / 'run'}: {corpus} is a file, not a folder; choose another --output"),
+        ({"tensorboard_dir": corpus},
+         f"--tensorboard {corpus} is a file, not a folder; choose another --tensorboard"),
+    ]:
+        with pytest.raises(TinygenError) as info:
+            Trainer.from_config(tiny(tmp_path, corpus, tokenizer, **options))
+        assert str(info.value) == message
+
+
 def test_device_backends():
     assert select_backend("cpu").precision == "fp32"
     assert select_backend("cpu", "bf16").precision == "bf16"

@@ -162,6 +162,10 @@ def load_phases(path: Path, default_field: str | None = None) -> tuple[Phase, ..
         spec = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TinygenError(f"phases file not found: {path}") from None
+    except IsADirectoryError:
+        raise TinygenError(f"--phases {path} is a folder; give the phases JSON file") from None
+    except OSError as exc:
+        raise TinygenError(f"cannot read the phases file {path} ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TinygenError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(spec, list) or not spec:

@@ -9,6 +9,9 @@ keep. Nothing is pickled, so loading a checkpoint runs no code from it.
 Writes are atomic: everything goes into a `.tmp-step-...` folder, is fsynced,
 and the folder is renamed into place. A run killed mid-write leaves only a temp
 folder, which readers ignore, so the previous checkpoint stays the newest.
+state.json records every other file's size and sha256; a resume checks them and
+skips, with a note, a checkpoint damaged since (a torn copy, a flipped byte) for
+the newest one that is whole. Weights that are not finite are never written.
 
 On a TPU pod slice one process per host trains, and only process 0 writes
 (Backend.write_once); the others wait until the checkpoint is in place. A resume
@@ -60,9 +63,11 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
         backend.save_model(model, tmp)
+        check_finite_weights(tmp, step)
         torch.save(backend.to_host(optimizer.state_dict()), tmp / OPTIMIZER_FILE)
         write_tokenizer(tmp)
-        payload = {"format_version": FORMAT_VERSION, "step": step, **state}
+        payload = {"format_version": FORMAT_VERSION, "step": step, **state,
+                   "files": file_digests(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(payload) + "\n", encoding="utf-8")
         fsync_tree(tmp)
         if final.exists():  # only when an unreadable newer checkpoint was skipped on resume
@@ -77,16 +82,12 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; temp folders and unreadable ones are skipped."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _NAME.match(path.name)
-        if match and path.is_dir() and _readable(path):
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    """Complete checkpoints, oldest first; temp folders and unreadable ones are skipped.
+
+    Their files' digests are not checked here (prune lists them after every save).
+    """
+    return [path for path in _step_folders(output_dir)
+            if checkpoint_problem(path, digests=False) is None]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -94,14 +95,22 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resume_point(output_dir: Path, backend: Backend) -> Path | None:
-    """The newest checkpoint, the same one for every process (host), or a one-line error.
+def resume_point(output_dir: Path, backend: Backend,
+                 note: Callable[[str], None] = lambda _: None) -> Path | None:
+    """The newest checkpoint that is whole, the same one for every process (host), or a
+    one-line error; note() hears of each newer one skipped, and why.
 
     Process 0 writes checkpoints, so the other hosts of a pod slice find them only
     if `output_dir` is a folder they all share; a resume from different points (or
     from none on some hosts) would train different models, so it stops here.
     """
-    latest = latest_checkpoint(output_dir)
+    latest, skipped = None, []
+    for path in reversed(_step_folders(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            latest = path
+            break
+        skipped.append(f"{path.name}: {problem}")
     seen = None
     if latest is not None:
         digest = hashlib.sha256((latest / STATE_FILE).read_bytes()).hexdigest()[:8]
@@ -112,6 +121,13 @@ def resume_point(output_dir: Path, backend: Backend) -> Path | None:
         raise TinygenError(
             f"the hosts see different checkpoints in {output_dir} ({each}); only process 0 "
             f"writes them, so on a pod slice --output must be a folder every host shares")
+    if latest is None and skipped:  # after the gather: every host reaches it, or none does
+        raise TinygenError(
+            f"no checkpoint in {Path(output_dir) / CHECKPOINTS} can be loaded ({skipped[0]}"
+            f"{f'; and {len(skipped) - 1} more' if len(skipped) > 1 else ''}); delete that folder "
+            f"to train afresh, or choose another --output")
+    for line in skipped:
+        note(f"skipped checkpoint {line}; resuming from {latest.name}")
     return latest
 
 
@@ -159,16 +175,83 @@ def restore_rng(state: dict[str, Any], backend: Backend) -> None:
     backend.set_rng_state(state["device"])
 
 
-# -- helpers ----------------------------------------------------------------------
+# -- checking what was written --------------------------------------------------------
 
-def _readable(path: Path) -> bool:
+# state.json's fields a resume reads, by type; a checkpoint may lack those added since.
+_STATE_TYPES = {"tokens_seen": int, "data": list, "rng": dict, "backend": dict, "files": dict}
+
+
+def checkpoint_problem(path: Path, digests: bool = True) -> str | None:
+    """Why checkpoint `path` cannot be resumed from, or None if it can.
+
+    With `digests`, every file state.json lists is read back and compared with its
+    size and sha256 when written; checkpoints from before they were recorded have none.
+    """
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return (isinstance(state, dict) and isinstance(state.get("step"), int)
-            and (path / OPTIMIZER_FILE).is_file() and (path / "config.json").is_file()
-            and any(path.glob("model*.safetensors")))
+        return f"its {STATE_FILE} is missing or not JSON"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"its {STATE_FILE} has no step"
+    for name, kind in _STATE_TYPES.items():
+        if name in state and not isinstance(state[name], kind):
+            return f"its {STATE_FILE} has a bad {name!r}"
+    if not ((path / OPTIMIZER_FILE).is_file() and (path / "config.json").is_file()
+            and any(path.glob("model*.safetensors"))):
+        return "it lacks its weights, config.json or optimizer.pt"
+    for name, recorded in (state.get("files") or {}).items() if digests else ():
+        file = path / name
+        recorded = recorded if isinstance(recorded, dict) else {}
+        if not file.is_file():
+            return f"its {name} is missing"
+        size = file.stat().st_size
+        if size != recorded.get("size"):
+            return f"its {name} has {size} bytes, {recorded.get('size')} when written"
+        if _sha256(file) != recorded.get("sha256"):
+            return f"its {name} differs from what was written (sha256)"
+    return None
+
+
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Each file under `folder` (by relative path): its size and sha256."""
+    return {path.relative_to(folder).as_posix(): {"size": path.stat().st_size,
+                                                    "sha256": _sha256(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def check_finite_weights(folder: Path, step: int) -> None:
+    """Refuse weights holding nan or inf (a diverged run): written, they would be all that
+    is left to resume from. Read back from the files, so no device computes anything more."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("model*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():
+                if not torch.isfinite(weights.get_tensor(name)).all():
+                    raise TinygenError(
+                        f"training diverged: the weights hold nan or inf after step {step}; "
+                        f"lower --lr or set --grad-clip (e.g. 1.0), then --resume from the last "
+                        f"checkpoint")
+
+
+# -- helpers ----------------------------------------------------------------------
+
+def _step_folders(output_dir: Path) -> list[Path]:
+    """The step-NNNNNNNN folders under output_dir/checkpoints, oldest first (temp ones left out)."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in root.iterdir()
+             if (match := _NAME.match(path.name)) and path.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_tree(folder: Path) -> None:

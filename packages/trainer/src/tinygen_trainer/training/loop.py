@@ -8,9 +8,11 @@ save_final) to change one part without copying the loop. Device specifics
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import random
 import shutil
@@ -23,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 from tinygen.file_digest import ends_digest
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 
 from ..data.dataset import Rows
 from ..data.encoder import Encoder
-from .checkpoint import (TMP_PREFIX, fsync_dir, fsync_tree, capture_rng, load_optimizer,
-                         read_state, restore_rng, resume_point, save_checkpoint)
+from ..data.sources import corpus_files
+from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
+                         load_optimizer, read_state, restore_rng, resume_point, save_checkpoint)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .feed import Feed, HostBatch
@@ -82,6 +85,7 @@ class Trainer:
         self._data_files = data_files or {}  # data_fingerprints(), written into checkpoints
         self.tokens_seen = 0
         self.tokens_per_step = config.batch_size * config.grad_accum * block_size
+        self._diverged: tuple[int, float] | None = None  # (step, loss) of a non-finite logged loss
         self._log_time = time.perf_counter()
         self._log_tokens = 0
 
@@ -95,6 +99,8 @@ class Trainer:
             failure = None
             try:  # collectives here only where every process gets alike: one that fails must reach agree()
                 backend.check_batch(config.batch_size)
+                _check_folder(config.output_dir, "--output")
+                _check_folder(config.tensorboard_dir, "--tensorboard")
                 checkpoint = _checkpoint_to_resume(config, backend)
                 encoder, added = build_encoder(config)
                 plan = plan_model(config, encoder, added)
@@ -114,7 +120,9 @@ class Trainer:
             backend.agree(failure)
             set_seed(config.seed)  # before the model: a fresh init depends on it
             backend.seed(config.seed)
-            model = backend.place_model(load_model(plan, checkpoint))
+            with _loading(checkpoint):
+                model = load_model(plan, checkpoint)
+            model = backend.place_model(model)
             backend.seed_processes(config.seed)  # data parallel: dropout differs per process
             trainer = cls(config, backend, encoder, model, phases, block_size, reporter, data_files)
             if state is not None:
@@ -194,9 +202,9 @@ class Trainer:
                                      "phase": phase.index, **self.backend.step_metrics()}
             # Reading the loss waits for the device: only on logging steps, so GPUs run ahead
             # in between; on XLA it is read after the step's graph ran (a step closure).
-            self.backend.when_ready(
-                loss, lambda value: self.reporter.log(step, {"loss": value, **rest}))
+            self.backend.when_ready(loss, lambda value: self._log(step, value, rest))
             self._log_time, self._log_tokens = now, self.tokens_seen
+        self._stop_if_diverged()  # on XLA a logged loss is read a step later, at the next sync
         paused = time.perf_counter()
         if cfg.sample_every and self.step % cfg.sample_every == 0:
             # Every process takes part in the copy (on a pod, fetching weights is collective);
@@ -210,11 +218,26 @@ class Trainer:
             self.save_checkpoint()
         self._log_time += time.perf_counter() - paused  # sampling and saving are not training
 
+    def _log(self, step: int, loss: float, rest: dict[str, Any]) -> None:
+        if not math.isfinite(loss) and self._diverged is None:
+            self._diverged = (step, loss)
+        self.reporter.log(step, {"loss": loss, **rest})
+
+    def _stop_if_diverged(self) -> None:
+        """Stop at a non-finite logged loss. Every process reads the same summed loss, so all
+        stop at the same step; the weights are not saved, so the last checkpoint stays good."""
+        if self._diverged is not None:
+            step, loss = self._diverged
+            raise TinygenError(
+                f"training diverged: the loss was {loss} at step {step}; lower --lr or set "
+                f"--grad-clip (e.g. 1.0), then --resume from the last checkpoint")
+
     # -- saving and resuming -------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of this step (process 0 of a pod slice or torchrun; others wait)."""
         self.backend.flush()  # metrics.jsonl reaches this step before the checkpoint exists
+        self._stop_if_diverged()
         # Every process's RNG: data-parallel processes draw different dropout.
         rngs = self.backend.gather(capture_rng(self.backend))
         return self.backend.write_once(f"checkpoint {self.step}",
@@ -237,7 +260,8 @@ class Trainer:
                                self.write_tokenizer, self.config.keep_checkpoints, self.backend)
 
     def restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
-        load_optimizer(checkpoint, self.optimizer, self.backend.checkpoint_location)
+        with _loading(checkpoint):
+            load_optimizer(checkpoint, self.optimizer, self.backend.checkpoint_location)
         for feed, sampler_state in zip(self.feeds, state["data"], strict=True):
             feed.load_state_dict(sampler_state)
         rngs = state.get("process_rng") or []
@@ -260,6 +284,7 @@ class Trainer:
         model.safetensors there for export to take for a trained model.
         """
         self.backend.flush()
+        self._stop_if_diverged()
         out = self.config.output_dir
 
         def write() -> None:
@@ -269,6 +294,7 @@ class Trainer:
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{FINAL_TMP}", dir=out))
             try:
                 self.backend.save_model(self.model, tmp)
+                check_finite_weights(tmp, self.step)
                 self.write_tokenizer(tmp)
                 (tmp / TRAIN_CONFIG_FILE).write_text(
                     json.dumps(self.config.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -373,12 +399,16 @@ def _weights_last(path: Path) -> tuple[bool, bool]:
 
 
 def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
-    latest = resume_point(config.output_dir, backend)  # the same on every host, or an error
+    skipped: list[str] = []  # damaged newer checkpoints
+    latest = resume_point(config.output_dir, backend, skipped.append)  # the same on every host
     if latest is not None and not config.resume:
         raise TinygenError(
             f"{config.output_dir} already has checkpoints; pass --resume to continue that run, "
             f"or choose another --output"
         )
+    if backend.is_writer:
+        for line in skipped:
+            print(f"tinygen-train: note: {line}", file=sys.stderr)
     if latest is None:  # a run starts here: it must not write over what the folder holds
         _check_fresh_output(config)
         if config.resume and backend.is_writer:
@@ -392,10 +422,8 @@ def _check_fresh_output(config: TrainConfig) -> None:
     checkpoint left (metrics, temp files). A trained model, an export or data is refused:
     the run would overwrite or mix with it."""
     out = config.output_dir
-    if not out.exists():
+    if not out.exists():  # _check_folder made sure that one that exists is a folder
         return
-    if not out.is_dir():
-        raise TinygenError(f"--output {out} exists and is not a folder")
     # Its own inputs may live there too: distill writes the teacher's texts or cache first.
     inside = [config.tensorboard_dir, *config.data_paths()]
     left = {METRICS_FILE, "checkpoints",
@@ -430,14 +458,26 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
             f"restore the rules it was trained with or start a new --output")
     if len(state.get("data", [])) != len(config.resolved_phases()):
         raise TinygenError(f"cannot resume {checkpoint}: it has a different number of phases")
-    for path, digest in (state.get("data_files") or {}).items():  # older checkpoints: none
+    _check_steps_left(config, checkpoint, int(state["step"]))
+    recorded = state.get("data_files")
+    for path, digest in (recorded or {}).items():  # older checkpoints: none
+        if path not in data_files and Path(path).exists():
+            continue  # a file the reader skips (hidden), which older checkpoints listed too
         if data_files.get(path) != digest:
             raise TinygenError(f"cannot resume {checkpoint}: {path} changed since it was written "
                                f"(other rows would follow); restore it or start a new --output")
+    added = sorted(set(data_files) - set(recorded)) if recorded is not None else []
+    if added:
+        raise TinygenError(f"cannot resume {checkpoint}: {added[0]} was added to the corpus "
+                           f"since it was written (other rows would follow); remove it or start "
+                           f"a new --output")
     old = state.get("optimisation") or {}
     notes = [f"resuming with {name}={_shown(value)} where the checkpoint's run had "
              f"{_shown(old[name])}: the losses from here are not an uninterrupted run's"
              for name, value in config.resume_noted().items() if name in old and old[name] != value]
+    if int(state["step"]) == config.total_steps:  # e.g. killed while saving the final model
+        return notes + [f"{checkpoint.name} is the run's last step: nothing to train, "
+                        f"its weights are saved as the trained model"]
     steps = old.get("total_steps")  # older checkpoints: not recorded
     if steps is not None and steps != config.total_steps and config.lr_schedule != "constant":
         notes.append(f"resuming with {config.total_steps} steps where the checkpoint's run had {steps}: "
@@ -446,17 +486,58 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
     return notes
 
 
+def _check_steps_left(config: TrainConfig, checkpoint: Path, done: int) -> None:
+    """A resume trains on from the checkpoint's step: fewer steps would train nothing and
+    save the checkpoint's weights as a model of fewer steps than they had."""
+    total = config.total_steps
+    if done > total:
+        steps = f"the phases' {total} steps" if config.phases else f"--steps {total}"
+        raise TinygenError(f"the checkpoint {checkpoint.name} is at step {done}, beyond {steps}: "
+                           f"ask for more steps than {done} to go on")
+
+
+def _check_folder(path: Path | None, flag: str) -> None:
+    """Before any work: a folder the run creates or writes into is not, nor is inside, a file."""
+    if path is None:
+        return
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise TinygenError(f"{flag} {path}{where} is a file, not a folder; choose another {flag}")
+
+
+@contextlib.contextmanager
+def _loading(checkpoint: Path | None):
+    """A checkpoint whose files fail to load (one too old to record digests, damaged since):
+    one line. Only a file's faults: out of memory, say, is no reason to set it aside."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, EOFError, ValueError, SafetensorError, RuntimeError) as exc:
+        torn_zip = isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc)
+        if checkpoint is None or isinstance(exc, TinygenError) or \
+                (isinstance(exc, RuntimeError) and not torn_zip):
+            raise
+        raise TinygenError(f"cannot load checkpoint {checkpoint} ({first_line(exc)}); move it "
+                           f"out of the checkpoints folder to resume from the one before") from None
+
+
 def _shown(value: Any) -> str:
     return "the default" if value is None else repr(value)
 
 
 def data_fingerprints(paths: list[Path]) -> dict[str, str]:
     """Each corpus file's size and ends (tinygen.file_digest), by absolute path; a folder's
-    files each. A resume compares them: the sampler's place in a corpus that changed would
-    be another run's."""
+    files each, those the reader reads (data/sources.py skips hidden ones). A resume compares
+    them: the sampler's place in a corpus that changed would be another run's."""
     files = []
     for path in paths:
         path = Path(path).resolve()
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if not path.is_dir():
+            files.append(path)
+            continue
+        with contextlib.suppress(TinygenError):  # no files: the data loader's one-line error
+            files += corpus_files(path)
     # A missing corpus is skipped here: it is the data loader's one-line error.
     return {str(path): ends_digest(path) for path in files if path.is_file()}

@@ -1,9 +1,9 @@
 """Reporting: a progress bar (loss, tokens/s, ETA), metrics.jsonl, and optionally TensorBoard.
 
 metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
-"tokens_per_s", "phase"}); it is the record a resumed run continues, so on
-resume the lines after the checkpoint's step (and a line torn by a kill) are
-dropped first.
+"tokens_per_s", "phase"}; null for a number that is not finite); it is the record
+a resumed run continues, so on resume the lines after the checkpoint's step (and
+a line torn by a kill) are dropped first.
 
 On a TPU pod slice only process 0 reports (writes=True); the Reporter of every
 other host writes no file and prints nothing, so there is one metrics.jsonl,
@@ -13,6 +13,7 @@ one TensorBoard log and one progress bar for the whole slice.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -84,8 +85,11 @@ class Reporter:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.writes:
             return
+        # json.dumps writes nan as a bare NaN, which is not JSON (a diverged loss): null instead.
+        record = {name: None if isinstance(value, float) and not math.isfinite(value) else value
+                  for name, value in metrics.items()}
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.write(json.dumps({"step": step, **record}) + "\n")
         if self.writer is not None:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):
