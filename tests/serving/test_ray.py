@@ -63,6 +63,22 @@ def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
     for name, value in (("chunk_size", 0), ("batch_size", True)):
         with pytest.raises(TinygenError, match=f"{name} must be an integer >= 1"):
             tray.generate("Hi", model=optimum_gpt2_dir, **{name: value})
+    # What each actor's TextGenerator would refuse, as an ActorDiedError of twenty lines.
+    for options, message in (({"device": "gpu"}, "unknown device 'gpu'; choose one of: auto, cpu, cuda"),
+                             ({"threads": 0}, "threads must be an integer >= 1, got 0"),
+                             ({"cpus_per_worker": -1}, "cpus_per_worker must be a number > 0, got -1"),
+                             ({"cpus_per_worker": "1"}, "cpus_per_worker must be a number > 0")):
+        with pytest.raises(TinygenError, match=message):
+            tray.generate("Hi", model=optimum_gpt2_dir, **options)
+
+
+def test_a_bad_deployment_is_refused_when_built(tmp_path):
+    """Not after serve.run, as a failed deployment whose cause is in the controller's log."""
+    pytest.importorskip("ray.serve")
+    with pytest.raises(TinygenError, match="model directory not found"):
+        tray.deployment(tmp_path / "nonexistent")
+    with pytest.raises(TinygenError, match="unknown device 'gpu'"):
+        tray.deployment(device="gpu")
 
 
 def test_the_serve_deployment_answers_the_openai_client(cluster, gpt2_gen, optimum_gpt2_dir):

@@ -28,11 +28,12 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from .config import GenerationConfig
+from .config import GenerationConfig, is_int, is_number
 from .decoding import Completion
 from .errors import TinygenError
 from .generator import TextGenerator, embedded_model_dir
 from .manifest import load_manifest
+from .onnx_model import DEVICES
 from .prompts import Prompt, PromptEncoder
 
 
@@ -80,6 +81,9 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
                         ("chunk_size", batch_size if chunk_size is None else chunk_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
+    if not is_number(cpus_per_worker) or not cpus_per_worker > 0:
+        raise TinygenError(f"cpus_per_worker must be a number > 0, got {cpus_per_worker!r}")
+    _check_worker_options(device, threads)
     rows = [p for p in prompts for _ in range(n)]
     seeds = TextGenerator._seeds(seed, len(rows), config)
     size = batch_size if chunk_size is None else chunk_size
@@ -95,6 +99,16 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         for actor in actors:
             ray.kill(actor)
     return results
+
+
+def _check_worker_options(device: str, threads: int | None) -> None:
+    """What each actor's TextGenerator would refuse, refused on the driver: in an actor it
+    comes back as an ActorDiedError of twenty lines. Whether 'cuda' can run is the
+    workers' to say (the driver may have no GPU)."""
+    if device not in DEVICES:
+        raise TinygenError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if threads is not None and (not is_int(threads) or threads < 1):
+        raise TinygenError(f"threads must be an integer >= 1, got {threads!r}")
 
 
 class _ServeReplica:
@@ -123,6 +137,8 @@ def deployment(model: str | os.PathLike | None = None, settings=None, device: st
     from .serving.settings import ServerSettings
 
     model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
+    load_manifest(model_dir)  # a bad folder: one line here, not a failed deployment later
+    _check_worker_options(device, threads)
     settings = (settings or ServerSettings()).validated()
     app = serve.deployment(serve.ingress()(_ServeReplica), name=name, **deployment_options)
     return app.bind(model_dir, settings, device, threads)
