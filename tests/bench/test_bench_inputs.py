@@ -3,6 +3,7 @@ built or loaded (tools/script_errors.py); nothing here builds a model."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -92,6 +93,31 @@ def test_perplexity_tokens_that_are_text(tmp_path):
 def test_perplexity_text_not_there(tmp_path):
     line = refused("perplexity.py", str(tmp_path), "--text", str(tmp_path / "nope.txt"))
     assert "No such file or directory" in line and "nope.txt" in line
+
+
+def test_perplexity_tokens_of_another_tokenizer(token_cache):
+    """Scored anyway, the ids would be another vocabulary's: noise, or an IndexError past it."""
+    from tinygen_tinymodel import model_dir
+
+    line = refused("perplexity.py", str(model_dir()), "--tokens", str(token_cache), "--block", "8",
+                   "--blocks", "2")
+    assert line.endswith(f"{token_cache} was encoded with another tokenizer or other replacement "
+                         f"rules than {model_dir()}'s: encode the held-out text with `tinygen-train "
+                         f"encode --tokenizer {model_dir() / 'tokenizer.json'}`, or compare models "
+                         f"of different tokenizers with --text")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_help_shows_no_empty_or_repeated_defaults(script):
+    """The project's formatter: a default is added where it tells something, once."""
+    result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for empty in ("(default: None)", "(default: False)"):
+        assert empty not in result.stdout, f"{script}: {empty}"
+    options = re.split(r"\n  -", " ".join(result.stdout.split("\n\n")[1:]))
+    assert all(o.lower().count("default") <= 1 for o in options), \
+        [o for o in options if o.lower().count("default") > 1]
 
 
 @pytest.mark.parametrize("option, value", [("--blocks", "0"), ("--block", "0"), ("--block", "-5")])

@@ -17,7 +17,6 @@ machine is the more honest figure.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import shutil
@@ -124,8 +123,7 @@ def check_fits(size_mb: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mb", type=int, default=512, help="MiB per array (3 arrays)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes sharing the work")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per kernel")

@@ -20,7 +20,6 @@ first token for each prompt length, and batch-1 ms per token at each context pos
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import datetime, timezone
@@ -187,8 +186,7 @@ def check_cuda() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
                    help="where the benchmark models are built and cached")
     p.add_argument("--new-tokens", type=int, default=128, help="N: tokens generated per row")

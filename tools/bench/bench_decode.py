@@ -386,8 +386,7 @@ def _name_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", type=Path, default=REPO / "build" / "bench",
                    help="where the benchmark models are built and cached")
     p.add_argument("--new-tokens", type=int, default=64, help="N: tokens generated per row")

@@ -403,8 +403,7 @@ def record(title: str, settings: str, body: str) -> None:
 # -- command line ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="an already-running server on loopback (else one is started)")
     p.add_argument("--model-id", help="with --url: the model id to ask for (default: from /health)")
     p.add_argument("--api-key", default=os.environ.get("TINYGEN_API_KEY"), help="with --url: its API key")

@@ -17,7 +17,6 @@ build/tinymodel-distill/corpus/holdout.txt).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -91,9 +90,29 @@ def mean_nll(model_dir: Path, tokens: np.ndarray, block: int, blocks: int,
     return float(nll.sum() / (blocks * block))
 
 
+def check_same_tokenizer(model_dir: Path, path: Path, header: dict) -> None:
+    """The cache's ids must be this model's tokens: encoded with its tokenizer and replacement
+    rules (the fingerprints `tinygen-train encode` records). Otherwise the score is noise, or
+    an id past the model's vocabulary."""
+    from tinygen.manifest import load_manifest
+    from tinygen.replacements import Replacements
+    from tinygen_trainer.data import Encoder, load_tokenizer
+
+    manifest = load_manifest(model_dir)
+    rules = Replacements.load(model_dir / manifest.replacements_file) \
+        if manifest.replacements_file else Replacements()
+    # The end-of-text id plays no part in the fingerprints.
+    encoder = Encoder(load_tokenizer(model_dir / manifest.tokenizer_file), 0, rules)
+    if (header.get("tokenizer_sha256"), header.get("replacements_sha256")) != \
+            (encoder.fingerprint, encoder.replacements_fingerprint):
+        raise ScriptError(f"{path} was encoded with another tokenizer or other replacement rules "
+                          f"than {model_dir}'s: encode the held-out text with `tinygen-train encode "
+                          f"--tokenizer {model_dir / manifest.tokenizer_file}`, or compare models "
+                          f"of different tokenizers with --text")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", type=Path, help="exported tinygen model directories")
     p.add_argument("--tokens", type=Path, help="held-out token cache (tinygen-train encode)")
     p.add_argument("--text", type=Path,
@@ -101,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chars", type=int, default=50_000, help="characters of --text scored")
     p.add_argument("--block", type=int, default=256, help="tokens per scored block")
     p.add_argument("--blocks", type=int, default=40, help="blocks scored (one batch)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     args = p.parse_args(argv)
     if (args.tokens is None) == (args.text is None):
         p.error("give one of --tokens (perplexity) or --text (bits per character)")
@@ -124,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from tinygen_trainer.data import load_token_cache
 
-    tokens = np.asarray(load_token_cache(args.tokens).tokens)
+    cache = load_token_cache(args.tokens)
+    tokens = np.asarray(cache.tokens)
     if len(tokens) < args.blocks * args.block + 1:
         p.error(f"{args.tokens} has {len(tokens)} tokens, fewer than --blocks x --block + 1 "
                 f"({args.blocks * args.block + 1})")
     for model in args.models:
         check_model(model, args.block)
+        check_same_tokenizer(model, args.tokens, cache.header)
     print("| model | perplexity |\n|---|---:|")
     for model in args.models:
         value = perplexity(model, tokens, args.block, args.blocks, args.threads)

@@ -24,6 +24,9 @@ class ArgumentParser(argparse.ArgumentParser):
     bad input is: `PROG: error: MESSAGE (see PROG --help)`, PROG naming the subcommand that
     took the arguments (argparse prints the whole usage first, then the top-level program's)."""
 
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
