@@ -17,3 +17,22 @@ def test_usage_errors_are_one_line(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith(message)
+
+
+def test_an_error_is_one_write(tmp_path, monkeypatch):
+    """Under torchrun every process says its error into the same stderr: a line written in two
+    parts (print writes the newline apart) can run into another process's line."""
+    import io
+
+    writes = []
+
+    class Recording(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return super().write(text)
+
+    monkeypatch.setattr("sys.stderr", Recording())
+    assert main(["encode", str(tmp_path / "nope.txt"), "--tokenizer", str(tmp_path / "nope.json"),
+                 "-o", str(tmp_path / "x.tokens")]) == 2
+    assert len(writes) == 1 and writes[0].startswith("tinygen-train: error: ") and \
+        writes[0].endswith("\n") and writes[0].count("\n") == 1

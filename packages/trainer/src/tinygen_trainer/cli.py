@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args._run(args) or 0
     except TinygenError as exc:
-        print(f"tinygen-train: error: {exc}", file=sys.stderr)
+        # One write: print() writes the text and the newline apart, and under torchrun, where
+        # every process says its error, two processes' lines could run together.
+        sys.stderr.write(f"tinygen-train: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         print("tinygen-train: interrupted", file=sys.stderr)
