@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"tinygen-train: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
-        print("tinygen-train: interrupted", file=sys.stderr)
+        sys.stderr.write("tinygen-train: interrupted\n")
         return 130
 
 
