@@ -87,7 +87,7 @@ def test_tokenizer_and_encode_commands(tmp_path, corpus_file, capsys):
     cache = tmp_path / "corpus.tokens"
     rc = main(["encode", str(corpus_file), "--tokenizer", str(out), "-o", str(cache), "--quiet"])
     assert rc == 0
-    assert "tokens in 1 documents" in capsys.readouterr().err
+    assert "tokens in 1 document (" in capsys.readouterr().err
     # replacements.json beside the tokenizer was applied: every URL is one token
     encoder = Encoder.load(out, Replacements.load(out.parent / "replacements.json"))
     dataset = TokenDataset.load(cache, encoder)

@@ -158,6 +158,8 @@ def test_resume_refuses_changed_options(tmp_path, corpus, tokenizer):
     train(config)
     with pytest.raises(TinygenError, match="trained with batch_size=4, this run has 8"):
         train(dataclasses.replace(config, resume=True, batch_size=8))
+    with pytest.raises(TinygenError, match="trained with block_size=32, this run has the default"):
+        train(dataclasses.replace(config, resume=True, block_size=None))
     # more steps is a valid change: the run continues from step 2
     longer = train(dataclasses.replace(config, resume=True, steps=3))
     assert [m["step"] for m in read_metrics(longer)] == [1, 2, 3]

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     name = ", ".join(str(p) for p in args.corpus)
     dataset = TokenDataset.from_documents(documents, encoder, name=name, progress=not args.quiet)
     path = dataset.save(args.output, encoder, compress=args.compress)
-    print(f"wrote {path}: {dataset.num_tokens:,} tokens in {dataset.num_documents:,} documents "
+    docs = dataset.num_documents
+    print(f"wrote {path}: {dataset.num_tokens:,} tokens in {docs:,} document{'s' * (docs != 1)} "
           f"({dataset.tokens.dtype.name}, {path.stat().st_size:,} bytes)", file=sys.stderr)
     return 0

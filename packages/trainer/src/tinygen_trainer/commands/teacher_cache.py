@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
     parser.add_argument("--batch-size", type=int, default=4, help="blocks per teacher forward")
     parser.add_argument("--max-minutes", type=float,
-                        help="stop after about this long; run the same command again to go on")
+                        help="stop after about this long, at the end of a shard (64 blocks); "
+                             "run the same command again to go on")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

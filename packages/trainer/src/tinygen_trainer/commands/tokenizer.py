@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     path = save_tokenizer(tokenizer, args.output, replacements)
     if schema:  # training and export find it beside the tokenizer, as replacements.json
         schema.save(Path(path).parent)
-    print(f"wrote {path}: {tokenizer.get_vocab_size()} tokens from {len(documents)} documents",
+    docs = len(documents)
+    print(f"wrote {path}: {tokenizer.get_vocab_size()} tokens from {docs} document{'s' * (docs != 1)}",
           file=sys.stderr)
     return 0
 

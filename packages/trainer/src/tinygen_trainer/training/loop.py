@@ -446,8 +446,8 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
         # A checkpoint from before `name` was recorded (errors) cannot tell: not a mismatch.
         if name in saved and saved[name] != value:
             raise TinygenError(
-                f"cannot resume {checkpoint}: it was trained with {name}={saved.get(name)!r}, "
-                f"this run has {value!r}; keep the options or start a new --output"
+                f"cannot resume {checkpoint}: it was trained with {name}={_shown(saved.get(name))}, "
+                f"this run has {_shown(value)}; keep the options or start a new --output"
             )
     if state.get("tokenizer_sha256") != encoder.fingerprint:
         raise TinygenError(f"cannot resume {checkpoint}: its tokenizer differs from this run's")
