@@ -85,8 +85,10 @@ def test_torchrun_environment(monkeypatch):
 def test_batch_must_split_over_the_processes():
     check_batch(8, 4)
     with pytest.raises(TinygenError, match=r"batch_size 6 is the global batch .* 4 torchrun "
-                                           r"processes .* use --batch-size 4 \(1 rows"):
+                                           r"processes .* use --batch-size 4 \(1 row per"):
         check_batch(6, 4)
+    with pytest.raises(TinygenError, match=r"use --batch-size 8 \(2 rows per process\)"):
+        check_batch(10, 4)
 
 
 def test_each_process_feeds_its_share_of_the_global_batch():
@@ -163,9 +165,13 @@ def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
     errors = our_errors(run.stderr)
     assert errors, run.stderr[-3000:]
     assert set(errors) == {"batch_size 3 is the global batch and must be a multiple of the 2 "
-                           "torchrun processes it is split over; use --batch-size 2 (1 rows per "
+                           "torchrun processes it is split over; use --batch-size 2 (1 row per "
                            "process)"}
     assert not (tmp_path / "out" / "checkpoints").exists()
+    # The first process out exits 2, not of SIGABRT as its group is torn down (4 runs of 6
+    # when process 0 left while process 1 was still in a collective).
+    assert "SIGABRT" not in run.stderr and "terminate called" not in run.stderr, run.stderr[-3000:]
+    assert "failed (exitcode: 2)" in run.stderr, run.stderr[-3000:]
 
 
 @needs_gloo
