@@ -101,6 +101,31 @@ def build_tiny_llama(model_dir: Path, max_positions: int = 128) -> Path:
     return model_dir
 
 
+def build_tiny_model(model_dir: Path, config_class: str, model_class: str, **options) -> Path:
+    """Any transformers causal LM, 2 layers x 4 heads x 64, with the GPT-2 style tokenizer;
+    `options` go to its config class (e.g. FalconConfig's num_kv_heads)."""
+    import torch
+    import transformers
+
+    tok_file = train_tokenizer(model_dir / "tokenizer.json")
+    vocab = json.loads(tok_file.read_text())["model"]["vocab"]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(
+        vocab_size=len(vocab), num_hidden_layers=2, num_attention_heads=4, hidden_size=64,
+        bos_token_id=0, eos_token_id=0, **options)
+    model = getattr(transformers, model_class)(config).eval()
+    _sharpen(model, 0.3)
+    model.save_pretrained(model_dir)
+    _save_hf_tokenizer(model_dir, tok_file, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """build_tiny_model, for tests of architectures beyond GPT-2 and Llama."""
+    return build_tiny_model
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))

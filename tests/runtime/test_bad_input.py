@@ -35,6 +35,12 @@ def test_missing_file(model_copy, name):
         TextGenerator(model_copy)
 
 
+def test_a_transformers_folder_is_told_to_export(tiny_gpt2_dir):
+    with pytest.raises(ModelFormatError, match=r"missing model.onnx \(a transformers model folder: "
+                                               r"export it first, 'tinygen-train export .* OUT'\)"):
+        TextGenerator(tiny_gpt2_dir)
+
+
 def test_corrupt_onnx(model_copy):
     data = (model_copy / "model.onnx").read_bytes()
     (model_copy / "model.onnx").write_bytes(data[: len(data) // 3])

@@ -172,6 +172,16 @@ class Manifest:
             raise ModelFormatError(f"{source}: 'quantization' must be a string or null, got {self.quantization!r}")
 
 
+def _kv_heads(config: dict[str, Any], heads: int) -> Any:
+    """Key/value heads: num_key_value_heads, or Falcon's own keys, as transformers reads them
+    (one head for multi-query attention unless new_decoder_architecture)."""
+    if config.get("model_type") == "falcon":
+        if config.get("new_decoder_architecture") or not config.get("multi_query", True):
+            return config.get("num_kv_heads") or heads
+        return 1
+    return _first(config, "num_key_value_heads", default=heads)
+
+
 def _as_id_list(value: Any, source: str) -> list[int]:
     if value is None:
         return []
@@ -199,11 +209,14 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
     heads = _first(config, "num_attention_heads", "n_head")
     hidden = _first(config, "hidden_size", "n_embd", "d_model")
     window = _first(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length")
-    if not (arch and layers and heads and hidden and window):
-        raise ModelFormatError(
-            f"{source}: cannot tell the model's shape (need model_type, layers, heads, "
-            f"hidden size and context window)"
-        )
+    shape = {"model_type": arch, "number of layers": layers, "number of attention heads": heads,
+             "hidden size": hidden, "context window (max_position_embeddings)": window}
+    missing = [what for what, value in shape.items() if not value]
+    if missing:
+        # ALiBi models (bloom, mpt) have no window in their config: positions are not embedded.
+        raise ModelFormatError(f"{source}: cannot tell the model's shape: no {missing[0]} in it "
+                               f"(tinygen runs models whose config gives model_type, layers, "
+                               f"heads, hidden size and context window)")
     if config.get("vocab_size") is None:
         raise ModelFormatError(f"{source}: missing 'vocab_size'")
 
@@ -219,7 +232,7 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
         return number
 
     heads, hidden = count(heads, "the number of attention heads"), count(hidden, "the hidden size")
-    kv_heads = _first(config, "num_key_value_heads", default=heads)
+    kv_heads = _kv_heads(config, heads)
     head_size = _first(config, "head_dim", default=hidden // heads)
     eos = _first(gen, "eos_token_id", default=config.get("eos_token_id"))
     pad = _first(gen, "pad_token_id", default=config.get("pad_token_id"))
@@ -279,5 +292,8 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
         )
     for name in (manifest.model_file, manifest.tokenizer_file):
         if not (model_dir / name).is_file():
-            raise ModelFormatError(f"{model_dir}: missing {name}")
+            trained = not path.is_file() and any(model_dir.glob("*.safetensors"))
+            hint = (f" (a transformers model folder: export it first, 'tinygen-train export "
+                    f"{model_dir} OUT')") if trained and name == manifest.model_file else ""
+            raise ModelFormatError(f"{model_dir}: missing {name}{hint}")
     return manifest

@@ -29,20 +29,24 @@ def export_onnx(src: Path, dest: Path) -> GraphSignature:
 
     scratch = dest.parent / "_optimum"
     try:
-        with warnings.catch_warnings():
-            # Tracing warns about every Python branch on a shape; the graph is
-            # checked numerically afterwards, so these are noise for our users.
-            warnings.simplefilter("ignore", TracerWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            main_export(str(src), output=scratch, task=TASK, local_files_only=True,
-                        # Our verify step is stricter (greedy tokens on a real prompt).
-                        do_validation=False)
+        try:
+            with warnings.catch_warnings():
+                # Tracing warns about every Python branch on a shape; the graph is
+                # checked numerically afterwards, so these are noise for our users.
+                warnings.simplefilter("ignore", TracerWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                main_export(str(src), output=scratch, task=TASK, local_files_only=True,
+                            # Our verify step is stricter (greedy tokens on a real prompt).
+                            do_validation=False)
+        # ValueError for an unsupported architecture or task; others from inside the trace
+        # (seen: a RuntimeError from the dummy cache it builds for Falcon's new decoder).
+        except Exception as exc:
+            raise TinygenError(f"{src}: optimum cannot export this model "
+                               f"({type(exc).__name__}: {first_line(exc)})") from exc
         exported = scratch / MODEL_FILE
         if not exported.is_file():
             raise TinygenError(f"{src}: optimum wrote no {MODEL_FILE}")
         move_onnx(exported, dest)
-    except ValueError as exc:  # optimum's "unsupported architecture/task" errors
-        raise TinygenError(f"{src}: optimum cannot export this model ({first_line(exc)})") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return read_signature(dest)

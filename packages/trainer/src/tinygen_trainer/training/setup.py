@@ -188,8 +188,11 @@ def model_window(hf_config: Any) -> int:
         value = getattr(hf_config, name, None)
         if isinstance(value, int) and value > 0:
             return value
+    # Not "pass --block-size": the export and the runtime need the window too.
     raise TinygenError(
-        "cannot tell the model's context window from its config.json; pass --block-size")
+        f"cannot tell the model's context window from its config.json (no n_positions or "
+        f"max_position_embeddings: an ALiBi model such as {getattr(hf_config, 'model_type', '?')}?); "
+        f"tinygen's export and runtime need one, so they cannot run this model")
 
 
 def _sampler(config: TrainConfig, dataset: TokenDataset, source: DataSource, block_size: int,
