@@ -222,6 +222,11 @@ def test_sequence_level_distillation(exported_gpt2_dir, tokenizer, tmp_path):
     teacher_texts(TextsRequest(exported_gpt2_dir, texts_file, 6, max_new_tokens=12, seed=11),
                   progress=False)
     assert texts_file.read_bytes() == whole
+    # A rerun the run's checks refuse must not touch the texts its checkpoints trained on
+    # (more texts written, then the resume refused the file as changed).
+    more = [a if a != "6" else "7" for a in args]
+    assert main(more) == 2 and main([*more, "--resume"]) == 2
+    assert texts_file.read_bytes() == whole
 
 
 def test_cache_grows_and_shrinks_keeping_whole_shards(cache_dir, teacher_parts, tmp_path):

@@ -19,6 +19,10 @@ from tinygen_trainer.commands.train import load_phases
     ({"data": "a.txt", "steps": 2}, r"phases.json: phase 2: data must be a list"),
     ({"data": [{"path": "a.txt", "weight": 0}], "steps": 2},
      r"phases.json: phase 2: .*weight must be > 0"),
+    ({"data": [{"path": "a.jsonl", "field": 5}], "steps": 2},
+     r"phases.json: phase 2: .*a.jsonl: field must be a column or key name .* got 5"),
+    ({"data": [{"path": "a.jsonl", "field": ["text", "title"]}], "steps": 2},
+     r"phases.json: phase 2: .*field must be a column or key name"),
 ])
 def test_bad_phase_names_file_and_phase(tmp_path, phase, match):
     spec = tmp_path / "phases.json"

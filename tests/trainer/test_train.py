@@ -298,6 +298,7 @@ def test_bad_input_errors(tmp_path, corpus, tokenizer, tiny_gpt2_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n", encoding="utf-8")
     fails("corpus is empty", data=(empty,))
+    fails(r"seed must be below 2\*\*32 \(4294967296\), got 4294967296", seed=2**32)
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"the cat sat on the mat. " * 10 + b"caf\xe9")
     fails(r"latin.txt: not UTF-8 at byte 243 .*--errors replace", data=(latin,))

@@ -119,6 +119,7 @@ def _logits(args: argparse.Namespace) -> int:
 
 def _sequences(args: argparse.Namespace) -> int:
     from ..distill import TextsRequest, teacher_texts
+    from ..distill.sequences import check_written_texts
     from ..training import train
     from ..training.distributed import before_training_once
 
@@ -145,6 +146,7 @@ def _sequences(args: argparse.Namespace) -> int:
     args.loss_weights = args.loss_weights and [*args.loss_weights, 1.0]
     # Checked before the teacher writes a text; the texts file need not exist yet.
     config = train_command.config_from_args(args)
+    check_written_texts(request, config.resume)
     before_training_once("writing the teacher's texts",
                          lambda: teacher_texts(request, progress=not args.quiet))
     return _saved(train(config))

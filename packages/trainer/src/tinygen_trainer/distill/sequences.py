@@ -68,6 +68,24 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
     return request.output
 
 
+def check_written_texts(request: TextsRequest, resume: bool) -> None:
+    """A run with checkpoints trained on the texts already written: writing more, or any
+    without --resume, would change its data (and the resume would then refuse the file)."""
+    from ..training.checkpoint import latest_checkpoint
+
+    run = request.output.parent
+    if latest_checkpoint(run) is None:
+        return
+    if not resume:
+        raise TinygenError(f"{run} already has checkpoints; pass --resume to continue that run, "
+                           f"or choose another --output")
+    data = request.output.read_bytes() if request.output.is_file() else b""
+    written = data[:data.rfind(b"\n") + 1].count(b"\n")
+    if written != request.count:
+        raise TinygenError(f"the run in {run} trained on {written} teacher texts; resume with "
+                           f"--teacher-texts {written}")
+
+
 def _complete_lines(path: Path) -> int:
     """Records in a part-written file; a torn last line (no newline) is cut off."""
     if not path.exists():

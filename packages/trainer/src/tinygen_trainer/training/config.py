@@ -41,6 +41,9 @@ class DataSource:
             value = getattr(self, name)
             if not _is_number(value) or not value > 0:
                 raise TinygenError(f"{self.path}: {name} must be > 0, got {value!r}")
+        if self.field is not None and not (isinstance(self.field, str) and self.field.strip()):
+            raise TinygenError(f"{self.path}: field must be a column or key name (several: "
+                               f"\"title,body\"), got {self.field!r}")
 
     @classmethod
     def of(cls, value: "DataSource | str | Path") -> "DataSource":
@@ -189,6 +192,8 @@ class TrainConfig:
                 continue
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
+        if self.seed >= 2**32:  # numpy's and torch's generators are seeded from 32 bits
+            raise bad("seed", "below 2**32 (4294967296)")
         lr = self.learning_rate
         if lr is not None and not (_is_number(lr) and lr > 0):
             raise bad("learning_rate", "> 0")
