@@ -69,6 +69,10 @@ def test_bad_options():
         TokenizerConfig(special_tokens=("",))
     with pytest.raises(TinygenError, match="empty corpus"):
         train_tokenizer(["  ", ""], TokenizerConfig(vocab_size=300, progress=False))
+    with pytest.raises(TinygenError, match="a replacement to <\\|endoftext\\|> would end a document"):
+        TokenizerConfig(replacements=Replacements(encode=(EncodeRule("cat", "<|endoftext|>"),)))
+    with pytest.raises(TinygenError, match="banning <\\|endoftext\\|> would keep the model from"):
+        TokenizerConfig(replacements=Replacements(ban=("<|endoftext|>",)))
 
 
 # -- the commands -------------------------------------------------------------------

@@ -46,6 +46,12 @@ class TokenizerConfig:
                 f"special tokens must be non-empty strings, got {list(self.special_tokens)}")
         if not isinstance(self.min_frequency, int) or self.min_frequency < 1:
             raise TinygenError(f"min_frequency must be an integer >= 1, got {self.min_frequency!r}")
+        if any(rule.token == EOS_TOKEN for rule in self.replacements.encode):
+            raise TinygenError(f"a replacement to {EOS_TOKEN} would end a document at every match; "
+                               f"replace with a token of its own, e.g. <|url|>")
+        if EOS_TOKEN in self.replacements.ban:
+            raise TinygenError(f"banning {EOS_TOKEN} would keep the model from ever ending a text; "
+                               f"drop --ban {EOS_TOKEN}")
         least = BYTE_ALPHABET + len(self.all_special_tokens())
         if not isinstance(self.vocab_size, int) or self.vocab_size < least:
             raise TinygenError(
