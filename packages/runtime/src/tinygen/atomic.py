@@ -38,17 +38,22 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file that stands where `path` needs a folder (`corpus.txt` in `corpus.txt/run`)."""
+    return next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+
+
 def check_parents(path: Path) -> None:
     """Refuse, before the work that makes a file, a path whose folders a file stands in the
     way of (`-o corpus.txt/train.tokens`), as atomic_write would refuse it after."""
-    blocking = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(path)
     if blocking is not None:
         raise TinygenError(f"cannot write {path}: {blocking} is a file, not a folder")
 
 
 def _cannot_write(path: Path, exc: OSError) -> TinygenError:
     if isinstance(exc, (FileExistsError, NotADirectoryError)):  # mkdir's words for "a file is in the way"
-        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        blocking = file_in_the_way(path)
         if blocking is not None:
             return TinygenError(f"cannot write {path}: {blocking} is a file, not a folder")
     return TinygenError(f"cannot write {path}: {exc.strerror or exc}")

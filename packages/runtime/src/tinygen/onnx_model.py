@@ -28,10 +28,14 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
 KVCache = list  # list[ort.OrtValue], ordered as Manifest.past_names()
 
 
-def resolve_device(device: str, manifest: Manifest | None = None) -> str:
-    """'auto' -> 'cuda' when onnxruntime-gpu can run here and the model can run on it, else 'cpu'."""
+def check_device_name(device: str) -> None:
     if device not in DEVICES:
         raise TinygenError(f"unknown device '{device}'; choose one of: {', '.join(DEVICES)}")
+
+
+def resolve_device(device: str, manifest: Manifest | None = None) -> str:
+    """'auto' -> 'cuda' when onnxruntime-gpu can run here and the model can run on it, else 'cpu'."""
+    check_device_name(device)
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not has_cuda:
         raise TinygenError("device 'cuda' needs onnxruntime-gpu: pip install onnxruntime-gpu")

@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from .config import GenerationConfig, is_int, is_number
+from .config import GenerationConfig, is_number
 from .decoding import Completion
 from .errors import TinygenError
-from .generator import TextGenerator, embedded_model_dir
+from .generator import TextGenerator, _check_count, embedded_model_dir
 from .manifest import load_manifest
-from .onnx_model import DEVICES
+from .onnx_model import check_device_name
 from .prompts import Prompt, PromptEncoder
 
 
@@ -79,8 +79,7 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     prompts = PromptEncoder.load(model_dir, manifest).encode(prompt)
     for name, value in (("n", n), ("num_workers", num_workers), ("batch_size", batch_size),
                         ("chunk_size", batch_size if chunk_size is None else chunk_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
+        _check_count(name, value)
     if not is_number(cpus_per_worker) or not cpus_per_worker > 0:
         raise TinygenError(f"cpus_per_worker must be a number > 0, got {cpus_per_worker!r}")
     _check_worker_options(device, threads)
@@ -105,10 +104,9 @@ def _check_worker_options(device: str, threads: int | None) -> None:
     """What each actor's TextGenerator would refuse, refused on the driver: in an actor it
     comes back as an ActorDiedError of twenty lines. Whether 'cuda' can run is the
     workers' to say (the driver may have no GPU)."""
-    if device not in DEVICES:
-        raise TinygenError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-    if threads is not None and (not is_int(threads) or threads < 1):
-        raise TinygenError(f"threads must be an integer >= 1, got {threads!r}")
+    check_device_name(device)
+    if threads is not None:
+        _check_count("threads", threads)
 
 
 class _ServeReplica:

@@ -79,8 +79,7 @@ def check_written_texts(request: TextsRequest, resume: bool) -> None:
     if not resume:
         raise TinygenError(f"{run} already has checkpoints; pass --resume to continue that run, "
                            f"or choose another --output")
-    data = request.output.read_bytes() if request.output.is_file() else b""
-    written = data[:data.rfind(b"\n") + 1].count(b"\n")
+    written = _whole_lines(request.output.read_bytes()) if request.output.is_file() else 0
     if written != request.count:
         raise TinygenError(f"the run in {run} trained on {written} teacher texts; resume with "
                            f"--teacher-texts {written}")
@@ -96,7 +95,12 @@ def _complete_lines(path: Path) -> int:
     if keep != len(data):
         with open(path, "r+b") as f:
             f.truncate(keep)
-    return data[:keep].count(b"\n")
+    return _whole_lines(data)
+
+
+def _whole_lines(data: bytes) -> int:
+    """Lines ended by a newline: a torn last one does not count."""
+    return data[:data.rfind(b"\n") + 1].count(b"\n")
 
 
 def _bar(total: int, done: int):

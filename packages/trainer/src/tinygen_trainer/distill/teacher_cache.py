@@ -80,6 +80,7 @@ class TeacherCache:
     def __init__(self, folder: Path, manifest: dict[str, Any]):
         self.folder = folder
         self.manifest = manifest
+        self._whole: set[int] = set()  # shards read and checked (or written) by this process
 
     @classmethod
     def open(cls, folder: str | Path) -> "TeacherCache":
@@ -148,12 +149,16 @@ class TeacherCache:
         return done
 
     def shard_ok(self, index: int) -> bool:
+        """Whether shard `index` is on disk and whole; each is read once per process."""
+        if index in self._whole:
+            return True
         if not self.shard_path(index).is_file():
             return False
         try:
             self.read_shard(index)
         except TeacherCacheError:
             return False
+        self._whole.add(index)
         return True
 
     @property
@@ -285,6 +290,7 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
                  "sha256": hashlib.sha256(b"".join(arrays)).hexdigest()}
         packed = msgpack.packb(shard, use_bin_type=True)
         atomic_write(cache.shard_path(index), lambda f: f.write(packed))
+        cache._whole.add(index)
     return cache
 
 

@@ -155,7 +155,7 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
             _store.set(key, f"failed: {first_line(exc)}")
             # torchrun stops the others within 0.1 s of process 0 exiting: wait (a little)
             # until each has read the failure, so each gets to say it in its own line.
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + CLOSE_WAIT.total_seconds()
             while _store.add(read, 0) < world - 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             raise

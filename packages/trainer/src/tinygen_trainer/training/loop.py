@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinygen.atomic import file_in_the_way
 from tinygen.errors import TinygenError, first_line
 from tinygen.file_digest import ends_digest
 from tinygen.fields import FILE_NAME as FIELDS_FILE
@@ -500,9 +501,9 @@ def _check_folder(path: Path | None, flag: str) -> None:
     """Before any work: a folder the run creates or writes into is not, nor is inside, a file."""
     if path is None:
         return
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        where = "" if existing == path else f": {existing}"
+    blocking = path if path.exists() and not path.is_dir() else file_in_the_way(path)
+    if blocking is not None:
+        where = "" if blocking == path else f": {blocking}"
         raise TinygenError(f"{flag} {path}{where} is a file, not a folder; choose another {flag}")
 
 
