@@ -199,3 +199,40 @@ def test_token_ids_agree_with_the_whole_vocabulary(bpe_path):
     assert "<|nope|>" not in ids
     with pytest.raises(KeyError):
         ids["<|nope|>"]
+
+
+# -- a text that ends inside a character ----------------------------------------------
+
+
+def _incomplete_with_space(tok: TextTokenizer) -> int:
+    """A token that is a space and the first bytes of a character, such as " \\xe2\\x80"."""
+    for i, b in enumerate(tok.token_bytes):
+        if len(b) > 1 and b.startswith(b" ") and b[1] >= 0xC0:
+            try:
+                b.decode("utf-8")
+            except UnicodeDecodeError:
+                return i
+    raise AssertionError("no such token")
+
+
+def test_a_text_ending_inside_a_character_keeps_what_its_last_token_held():
+    """The stream holds an incomplete character's bytes back; when the text ends there,
+    they show as a full decode shows them (\\ufffd), with the space that came with them."""
+    gen = TextGenerator()
+    tok = gen.tokenizer
+    partial = _incomplete_with_space(tok)
+    whole = tok.tokenizer.decode([partial])
+    assert whole.startswith(" ") and whole.endswith("\ufffd")
+    assert tok.decode([partial]) == whole
+    assert tok.decode(tok.encode("café") + [partial]) == "café" + whole
+    for max_new in (1, 3):  # ends at its length right after the token, or later
+        bias = {partial: 1000.0} if max_new == 1 else {}
+        [text] = gen.generate("Once upon a time", do_sample=False, max_new_tokens=max_new,
+                              logit_bias=bias)
+        assert text == tok.tokenizer.decode(list(text.token_ids), skip_special_tokens=True)
+    [text] = gen.generate("Once upon a time", do_sample=False, max_new_tokens=1,
+                          logit_bias={partial: 1000.0})
+    assert text == whole and text.finish_reason == "length"
+    pieces = list(gen.stream("Once upon a time", do_sample=False, max_new_tokens=1,
+                             logit_bias={partial: 1000.0}))
+    assert "".join(pieces) == whole

@@ -144,14 +144,19 @@ class SequenceState:
         return Piece(text, probs)
 
     def decode_pending(self) -> None:
-        """Bring `text` up to the last generated token."""
+        """Bring `text` up to the last generated token; once the text has ended (but for
+        a stop string, which cut it), with what the decoder still held back."""
         if self.undecoded:
             step = self.decoder.step
             self.text += "".join([step(t) for t in self.generated[-self.undecoded:]])
         self.undecoded = 0
+        if self.finish_reason and self.finish_reason != "stop":
+            self.text += self.decoder.finish()
 
     def completion(self) -> Completion:
         self.decode_pending()
+        if self.finish_reason is None:  # ended from outside: the text ends here all the same
+            self.text += self.decoder.finish()
         return Completion(self.text, self.seed, tuple(self.generated), self.finish_reason or "length",
                           tuple(self.probs))
 

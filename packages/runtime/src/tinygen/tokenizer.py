@@ -72,7 +72,7 @@ class TextTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         decoder = self.stream_decoder()
-        return "".join(decoder.step(i) for i in ids)
+        return "".join(decoder.step(i) for i in ids) + decoder.finish()
 
     def stream_decoder(self, prompt_ids: Sequence[int] | None = None) -> "StreamDecoder":
         """A decoder for one generated text; `prompt_ids`: the tokens the text continues.
@@ -129,7 +129,9 @@ class StreamDecoder:
     """Turns token ids into text one at a time, never splitting a multi-byte character.
 
     `step` returns "" while a character's bytes are still incomplete; special
-    tokens become their replacement text, or nothing.
+    tokens become their replacement text, or nothing. `finish` gives what a text that
+    ends there still holds back (an incomplete character shows as \ufffd, as a full
+    decode shows it).
 
     `prompt_ids`: the tokens the text continues. The stream starts from their last
     few (`PRIME_TOKENS`), so the first token decodes as it would inside the text: a
@@ -147,6 +149,9 @@ class StreamDecoder:
         # While a primed stream has emitted nothing, the ids it took: to start over
         # unprimed if the tokenizer's decoding of prompt + text is not prefix-stable.
         self._pending: list[int] | None = [] if prime else None
+        self._prime_ids = prime
+        self._ids: list[int] = []  # every id the stream took; those from `_shown` on are held back
+        self._shown = 0
 
     def _prime(self, prompt_ids: Sequence[int]) -> list[int]:
         # Replacement tokens never reach the stream while generating; nor here.
@@ -160,17 +165,39 @@ class StreamDecoder:
         replacement = self._tok.decode_map.get(token_id)
         if replacement is not None:
             return replacement
+        ids = self._ids
+        ids.append(int(token_id))
         if self._pending is None:
-            return self._stream.step(self._tok.tokenizer, int(token_id)) or ""
-        self._pending.append(int(token_id))
-        try:
-            text = self._stream.step(self._tok.tokenizer, int(token_id))
-        except Exception:  # tokenizers: "Invalid prefix encountered"
-            self._stream = DecodeStream(skip_special_tokens=True)
-            text = self._stream.step(self._tok.tokenizer, self._pending)
+            text = self._stream.step(self._tok.tokenizer, ids[-1])
+        else:
+            self._pending.append(ids[-1])
+            try:
+                text = self._stream.step(self._tok.tokenizer, ids[-1])
+            except Exception:  # tokenizers: "Invalid prefix encountered"
+                self._stream = DecodeStream(skip_special_tokens=True)
+                text = self._stream.step(self._tok.tokenizer, self._pending)
+            if text:
+                self._pending = None
         if text:
-            self._pending = None
-        return text or ""
+            self._shown = len(ids)
+            return text
+        return ""
+
+    def finish(self) -> str:
+        """The text of the ids the stream still holds back, for a text that ends here:
+        bytes of a character that never completed decode to \ufffd, and whatever came
+        with them in their tokens (a space, say) is kept."""
+        held = self._ids[self._shown:]
+        if not held:
+            return ""
+        self._shown = len(self._ids)
+        decode = self._tok.tokenizer.decode
+        # Decoded after the ids before them, as the stream would: a Metaspace tokenizer
+        # strips the leading space of a text's first token only.
+        context = (self._prime_ids + self._ids[:-len(held)])[-self.PRIME_TOKENS:]
+        before = decode(context, skip_special_tokens=True)
+        whole = decode(context + held, skip_special_tokens=True)
+        return whole[len(before):] if whole.startswith(before) else decode(held, skip_special_tokens=True)
 
 
 def _byte_decoder() -> dict[str, int]:
