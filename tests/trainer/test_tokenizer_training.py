@@ -11,6 +11,7 @@ from tinygen.errors import TinygenError
 from tinygen.replacements import EncodeRule, Replacements
 from tinygen_trainer.cli import main
 from tinygen_trainer.data import Encoder, TokenDataset
+from tinygen_trainer.data.encoder import find_eos_id
 from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
 CORPUS = [
@@ -155,3 +156,24 @@ def test_output_folders(tmp_path, corpus_file, capsys):
         assert main([*argv, "-o", str(target)]) == 2
         assert capsys.readouterr().err == (f"tinygen-train: error: cannot write {target}: "
                                            f"{corpus_file} is a file, not a folder\n")
+
+
+def test_a_plain_word_is_refused_as_a_special_token():
+    """It would be matched inside other words ("the" in "there") and vanish when decoded."""
+    for word in ("the", "end 1"):
+        with pytest.raises(TinygenError, match=f"special token '{word}' is a plain word"):
+            TokenizerConfig(vocab_size=300, special_tokens=("<|a|>", word))
+    with pytest.raises(TinygenError, match="special token 'LINK' is a plain word"):  # --replace's too
+        TokenizerConfig(vocab_size=300, replacements=Replacements(encode=(EncodeRule("http", "LINK"),)))
+    for marker in ("<|user|>", "[SEP]", "__eou__", "###"):
+        assert marker in TokenizerConfig(vocab_size=300, special_tokens=(marker,)).all_special_tokens()
+
+
+def test_an_ordinary_token_is_refused_as_the_end_token(tmp_path):
+    tok = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=300, special_tokens=("<|user|>",),
+                                                  progress=False))
+    path = save_tokenizer(tok, tmp_path / "tokenizer.json")
+    assert find_eos_id(tok, "<|user|>") == tok.token_to_id("<|user|>")  # special: taken
+    with pytest.raises(TinygenError, match=r"--eos-token '\.' is an ordinary token, which the text "
+                                           r"itself makes; name a special token: <\|endoftext\|>, <\|user\|>"):
+        Encoder.load(path, eos_token=".")

@@ -44,6 +44,14 @@ class TokenizerConfig:
         if any(not isinstance(t, str) or not t.strip() for t in self.special_tokens):
             raise TinygenError(
                 f"special tokens must be non-empty strings, got {list(self.special_tokens)}")
+        word = next((t for t in self.all_special_tokens() if all(c.isalnum() or c.isspace() for c in t)),
+                    None)
+        if word is not None:
+            # Special tokens are matched before anything else and skipped when decoding:
+            # a plain word would be cut out of every word that holds it ("the" from "there").
+            raise TinygenError(f"special token {word!r} is a plain word: it would be cut out of every "
+                               f"word that contains it and vanish from decoded text; mark it, "
+                               f"e.g. <|{word.strip()}|>")
         if not isinstance(self.min_frequency, int) or self.min_frequency < 1:
             raise TinygenError(f"min_frequency must be an integer >= 1, got {self.min_frequency!r}")
         if any(rule.token == EOS_TOKEN for rule in self.replacements.encode):

@@ -130,6 +130,8 @@ def find_eos_id(tokenizer: Tokenizer, eos_token: str | None = None,
     for name in names:
         token_id = tokenizer.token_to_id(name)
         if token_id is not None:
+            if eos_token:
+                _check_special(tokenizer, eos_token, token_id, source)
             return token_id
     if eos_token:
         raise TinygenError(f"{source}: has no token '{eos_token}'")
@@ -137,6 +139,18 @@ def find_eos_id(tokenizer: Tokenizer, eos_token: str | None = None,
         f"{source}: no end-of-text token (looked for {', '.join(EOS_CANDIDATES)}); "
         f"name one with --eos-token"
     )
+
+
+def _check_special(tokenizer: Tokenizer, name: str, token_id: int, source: str) -> None:
+    """An end token must be a special token: an ordinary one ("." say) also comes out of
+    the text itself, so every one of them would end a document, and a generated text."""
+    added = tokenizer.get_added_tokens_decoder().get(token_id)
+    if added is None or not added.special:
+        specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
+        raise TinygenError(
+            f"{source}: --eos-token {name!r} is an ordinary token, which the text itself makes; "
+            + (f"name a special token: {', '.join(specials)}" if specials else
+               "it has no special token: train one with tinygen-train tokenizer"))
 
 
 def _batches(documents: Sequence[str]) -> Iterator[Sequence[str]]:
