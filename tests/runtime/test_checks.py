@@ -249,3 +249,14 @@ def test_a_finished_row_with_nothing_left_does_not_stop_its_batch(gen, do_sample
                          stop=gen.tokenizer.token_text(other), **options)
     assert texts[0].token_ids == (other,) and texts[0].finish_reason == "stop"
     assert texts[1].token_ids == (first, other) and texts[1].finish_reason == "stop"
+
+
+def test_first_line_keeps_a_third_party_message_to_one_line_and_says_when_it_cut():
+    from tinygen.errors import first_line
+
+    assert first_line(RuntimeError("  bad shape\n  at node 3\n")) == "bad shape"
+    assert first_line(KeyError()) == "KeyError"
+    long = RuntimeError("x" * 150 + " " + "y" * 100)
+    cut = first_line(long)
+    assert len(cut) <= 200 and cut.endswith("...") and cut.startswith("x" * 150)
+    assert first_line(RuntimeError("z" * 200)) == "z" * 200  # at the limit: whole

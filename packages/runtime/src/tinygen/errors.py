@@ -8,7 +8,10 @@ is a bug and keeps its traceback.
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """A third-party exception (or a TinygenError) as the tail of a one-line message."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[:limit - 3].rstrip() + "..."  # a cut says so
 
 
 class TinygenError(ValueError):
