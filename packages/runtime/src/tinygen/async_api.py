@@ -16,12 +16,25 @@ T = TypeVar("T")
 _PIECE, _END, _ERROR = range(3)
 
 
-async def in_worker_thread(lock: threading.Lock, call: Callable[[], T]) -> T:
-    """call() under the lock in a worker thread."""
-    def locked() -> T:
+async def in_worker_thread(lock: threading.Lock, call: Callable[[threading.Event], T]) -> T:
+    """call(cancelled) under the lock in a worker thread.
+
+    A caller that is cancelled (task.cancel(), wait_for's timeout, Ctrl-C in asyncio.run) sets
+    `cancelled`: a call still waiting for the lock then never runs, and a running one is to stop
+    (generate ends after its current step). A thread cannot be killed, so without this the call
+    ran to its end unseen, holding the generator, and every call queued behind it, that long."""
+    cancelled = threading.Event()
+
+    def locked() -> T | None:
         with lock:
-            return call()
-    return await asyncio.get_running_loop().run_in_executor(None, locked)
+            if cancelled.is_set():
+                return None  # nobody waits for it any more
+            return call(cancelled)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, locked)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
 
 
 class AsyncTextStream:
@@ -41,6 +54,7 @@ class AsyncTextStream:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
+        holds_lock = threading.Event()
 
         def post(kind: int, value) -> None:
             try:
@@ -51,6 +65,9 @@ class AsyncTextStream:
         def work() -> None:
             try:
                 with self._lock:
+                    holds_lock.set()
+                    if stop.is_set():  # given up while it waited for the lock
+                        return
                     stream = self._open()
                     for piece in stream:
                         if stop.is_set():
@@ -72,4 +89,9 @@ class AsyncTextStream:
                 yield value
         finally:
             stop.set()
-            await asyncio.shield(worker)  # the lock is free again once this returns
+            # A worker holding the lock stops after its current step: wait for that, so the
+            # lock is free again once this returns. One still waiting for the lock, behind
+            # other calls, returns as soon as it gets it; waiting for it here held a
+            # cancellation (wait_for's timeout) up for as long as those calls took.
+            if holds_lock.is_set():
+                await asyncio.shield(worker)

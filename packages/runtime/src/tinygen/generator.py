@@ -87,7 +87,8 @@ class TextGenerator:
                  seed: int | Sequence[int] | None = None, batch_size: int = 16,
                  progress: bool = False, dedupe: float | None = None, dedupe_ngram: int = 8,
                  dedupe_against: str | os.PathLike | None = None, context: dict | None = None,
-                 target: str | None = None, **options) -> "Generations":
+                 target: str | None = None, _cancel: threading.Event | None = None,
+                 **options) -> "Generations":
         """Generate `n` continuations of each prompt; returns them in prompt order.
 
         Options are GenerationConfig's (max_new_tokens, do_sample, temperature,
@@ -104,6 +105,8 @@ class TextGenerator:
         context: for models trained on records with fields (fields.json), the known
         fields, e.g. {"title": ..., "keywords": [...]}; the text generated is the
         `target` field (default: the last field not given), and `prompt` is its start.
+
+        _cancel: agenerate's (internal): once set, decoding stops after its current step.
         """
         config = self.defaults.merged(**options)
         n, batch_size, seed = plain(n), plain(batch_size), plain(seed)
@@ -121,6 +124,8 @@ class TextGenerator:
             decoding = self._decoding(rows[start:start + batch_size],
                                       seeds[start:start + batch_size], config, end_ids)
             while not decoding.done:
+                if _cancel is not None and _cancel.is_set():  # agenerate's caller gave up
+                    raise TinygenError("generation cancelled")
                 decoding.step(show=False)
             results.extend(decoding.completions())
             if bar:
@@ -164,10 +169,13 @@ class TextGenerator:
 
     async def agenerate(self, prompt: Prompt | Sequence[Prompt] = "", **kwargs) -> "Generations":
         """`generate` for asyncio: the same texts, decoded in a worker thread while the event
-        loop goes on. Calls on one generator (agenerate, astream) run one at a time."""
+        loop goes on. Calls on one generator (agenerate, astream) run one at a time; a call
+        cancelled (task.cancel(), wait_for's timeout) stops after its current step, or never
+        starts if it was still waiting for its turn."""
         from .async_api import in_worker_thread
 
-        return await in_worker_thread(self._async_lock, lambda: self.generate(prompt, **kwargs))
+        return await in_worker_thread(
+            self._async_lock, lambda cancelled: self.generate(prompt, _cancel=cancelled, **kwargs))
 
     def astream(self, prompt: Prompt = "", seed: int | None = None, **options) -> AsyncTextStream:
         """`stream` for asyncio: `async for piece in gen.astream(...)`. Options are checked
