@@ -5,7 +5,9 @@ RUNTIME_VENV := .venv-runtime
 DEV_VENV := .venv
 PIP_FLAGS ?= -q
 
-RUNTIME_SOURCES := $(shell find packages/runtime packages/tinymodel -type f -not -path '*/__pycache__/*' -not -path '*.egg-info*')
+# Folders too: a deleted file changes only its folder's time.
+RUNTIME_SOURCES := $(shell find packages/runtime packages/tinymodel -not -path '*/__pycache__*' \
+	-not -path '*.egg-info*' -not -path 'packages/*/build*')
 DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml packages/tinymodel/pyproject.toml requirements-dev.txt
 
 .PHONY: generate test test-xla dev bench teacher tinymodel clean
@@ -14,6 +16,7 @@ DEV_INPUTS := packages/runtime/pyproject.toml packages/trainer/pyproject.toml pa
 $(RUNTIME_VENV)/.installed: $(RUNTIME_SOURCES)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	rm -rf packages/runtime/build packages/tinymodel/build  # setuptools would ship stale files from there
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) ./packages/runtime ./packages/tinymodel
 	touch $@
 
@@ -66,4 +69,4 @@ tinymodel: teacher
 	$(DEV_VENV)/bin/python tools/tinymodel/build.py
 
 clean:
-	rm -rf $(RUNTIME_VENV) $(DEV_VENV) build
+	rm -rf $(RUNTIME_VENV) $(DEV_VENV) build packages/*/build

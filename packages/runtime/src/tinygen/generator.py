@@ -40,10 +40,18 @@ def embedded_model_dir() -> Path:
         import tinygen_tinymodel
     except ImportError:
         raise TinygenError(
-            "no model given and the embedded tiny model is not installed: "
-            "pip install tinygen-tinymodel, or pass a model directory"
+            "no model given and the embedded tiny model is not installed: pip install "
+            "tinygen-tinymodel (from a clone: pip install ./packages/tinymodel), or give a model "
+            "folder (--model DIR)"
         ) from None
-    return tinygen_tinymodel.model_dir()
+    folder = tinygen_tinymodel.model_dir()
+    if not (folder / MANIFEST_NAME).is_file():  # not the user's model: no advice to export it
+        raise ModelFormatError(f"{folder}: no {MANIFEST_NAME}; {REINSTALL}")
+    return folder
+
+
+# A file of the installed tiny model missing or damaged: the package's, not the user's, to mend.
+REINSTALL = "the embedded tiny model is damaged: pip install --force-reinstall tinygen-tinymodel"
 
 
 class TextGenerator:
@@ -63,11 +71,16 @@ class TextGenerator:
             raise TinygenError("model must be a model folder's path (or None for the embedded "
                                "model), got an empty string")
         self.model_dir = Path(model) if model is not None else embedded_model_dir()
-        self.manifest: Manifest = load_manifest(self.model_dir)
-        self.prompts = PromptEncoder.load(self.model_dir, self.manifest, replacements)
+        try:
+            self.manifest: Manifest = load_manifest(self.model_dir)
+            self.prompts = PromptEncoder.load(self.model_dir, self.manifest, replacements)
+            self.model = load_causal_lm(self.model_dir, self.manifest, device=device,
+                                        threads=threads, cuda_graphs=cuda_graphs)
+        except ModelFormatError as exc:
+            if model is not None:
+                raise
+            raise ModelFormatError(f"{exc}; {REINSTALL}") from None
         self.tokenizer = self.prompts.tokenizer
-        self.model = load_causal_lm(self.model_dir, self.manifest, device=device, threads=threads,
-                                    cuda_graphs=cuda_graphs)
         self.fields = FieldSchema.load(self.model_dir / self.manifest.fields_file) \
             if self.manifest.fields_file else None
         try:
