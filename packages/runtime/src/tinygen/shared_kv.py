@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -98,6 +99,9 @@ class SharedKVCausalLM(OnnxCausalLM):
         # With graphs on, every run names its graph: prompts and restarts are not recorded.
         self._uncaptured = run_options(UNCAPTURED) if self.cuda_graphs else None
         self._graphs: dict[int, DecodeGraph] = {}  # batch size -> its graph's buffers
+        # With graphs, one thread at a time: onnxruntime's recorded graphs are not safe to run
+        # from two threads at once, and two caches must not lease one graph's buffers.
+        self._serial = threading.Lock() if self.cuda_graphs else None
 
     def _check_graph(self, path) -> None:
         m = self.manifest
@@ -141,6 +145,12 @@ class SharedKVCausalLM(OnnxCausalLM):
     def empty_cache(self, batch: int, capture: bool = True) -> SharedKVCache:
         """Buffers for `batch` rows; on a GPU those of the batch size's decode graph when no
         other cache holds them (`capture=False`: never, for a cache only prefilled)."""
+        if self._serial is None:
+            return self._empty_cache(batch, capture)
+        with self._serial:  # a graph found free is leased before another thread looks
+            return self._empty_cache(batch, capture)
+
+    def _empty_cache(self, batch: int, capture: bool) -> SharedKVCache:
         m = self.manifest
         shape = (batch, m.num_kv_heads, self.capacity, m.head_size)
         arrays = None
@@ -247,7 +257,9 @@ class SharedKVCausalLM(OnnxCausalLM):
             step = {self._ids_name: ids, self._seqlens_name: seqlens}
             if self.position_ids_name:
                 step[self.position_ids_name] = cache.inputs[self.position_ids_name][0]
-            return cache.graph.step(self.session, step).astype(np.float32), cache
+            with self._serial:
+                logits = cache.graph.step(self.session, step).astype(np.float32)
+            return logits, cache
         self._run(cache)
         logits = cache.last_logits
         return (logits if self.logits_dtype is np.float32 else logits.astype(np.float32)), cache
@@ -258,6 +270,10 @@ class SharedKVCausalLM(OnnxCausalLM):
             # when it is bound, not when the graph runs: bind the step's values again.
             for name, (_, value) in cache.inputs.items():
                 cache.binding.bind_ortvalue_input(name, value)
+            if self._serial is not None:
+                with self._serial:
+                    self.session.run_with_iobinding(cache.binding, self._uncaptured)
+                return
         self.session.run_with_iobinding(cache.binding, self._uncaptured)
 
     def restart_rows(self, cache: SharedKVCache, mask: np.ndarray, rows: list[int],
