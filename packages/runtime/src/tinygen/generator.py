@@ -106,7 +106,8 @@ class TextGenerator:
 
         Options are GenerationConfig's (max_new_tokens, do_sample, temperature,
         top_k, top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size,
-        stop, exclusions, probabilities). Sequence i (counting across prompts, then
+        stop, stop_at_eos, slide_window, exclude_ids / exclude_strings / exclude_chars,
+        logit_bias, return_probs / top_n / raw_probs). Sequence i (counting across prompts, then
         samples) gets seed `seed + i`, so any text can be made again alone; with no
         seed, one is drawn. Each result is a str carrying `.seed`, `.token_ids` and
         `.finish_reason`.
