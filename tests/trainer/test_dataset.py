@@ -78,7 +78,10 @@ def test_missing_and_empty(tmp_path):
 
 # -- the token stream ------------------------------------------------------------
 
-def test_documents_joined_with_eos(encoder, capsys):
+def test_documents_joined_with_eos(encoder, capsys, monkeypatch):
+    from tinygen_trainer import bars
+
+    monkeypatch.setattr(bars, "on_terminal", lambda file: True)  # the bar is for terminals
     texts = ["The quick fox.", "Naïve café 🙂", "lazy dog"]
     dataset = TokenDataset.from_documents(texts, encoder, progress=True)
     assert "encoding" in capsys.readouterr().err  # the tqdm bar

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--phases", type=Path, metavar="JSON",
                       help='cross-training schedule (instead of corpus arguments and --steps): a JSON '
                            'list of phases, each {"data": [CORPUS, ...], "steps": N, "learning_rate": LR}; '
-                           'a corpus is a path or {"path", "weight", "field"}, relative to the file')
+                           'a corpus is a path or {"path", "weight", "loss_weight", "field"}, '
+                           'relative to the file')
     data.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
     data.add_argument("--errors", choices=ERRORS, default=_default("errors"),
                       help="what to do with bytes that are not UTF-8")

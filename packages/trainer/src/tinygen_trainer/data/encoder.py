@@ -17,10 +17,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
 from tinygen.errors import TinygenError
 from tinygen.replacements import Replacements
+
+from ..bars import progress_bar
 
 # Tried in order when neither the caller nor the model names the end-of-text token.
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
@@ -99,8 +100,8 @@ class Encoder:
         lengths: list[int] = []
         total_chars = sum(len(d) for d in documents)
         n_tokens = 0
-        with tqdm(total=total_chars, unit="char", unit_scale=True, desc=desc,
-                  disable=not progress, leave=False) as bar:
+        with progress_bar(total_chars, desc, "char", unit_scale=True, enabled=progress,
+                          leave=False) as bar:
             for batch in _batches(documents):
                 encoded = encode_batch([self.replacements.apply_encode(d) for d in batch])
                 ids = [e.ids for e in encoded]

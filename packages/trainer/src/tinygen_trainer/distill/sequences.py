@@ -11,6 +11,7 @@ complete line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
         return request.output
     generator = TextGenerator(request.teacher)
     bar = _bar(request.count, done) if progress else None
-    with open(request.output, "a", encoding="utf-8") as f:
+    with open(request.output, "a", encoding="utf-8") as f, _closing(bar):
         for start in range(done, request.count, request.batch_size):
             count = min(request.batch_size, request.count - start)
             # One prompt per batch keeps the batch one prefill; prompts cycle over batches.
@@ -63,9 +64,17 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
             os.fsync(f.fileno())
             if bar is not None:
                 bar.update(count)
-    if bar is not None:
-        bar.close()
     return request.output
+
+
+@contextlib.contextmanager
+def _closing(bar):
+    """Close the bar on Ctrl-C too: left to the exit, it redrew itself after 'interrupted'."""
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def check_written_texts(request: TextsRequest, resume: bool) -> None:
@@ -104,10 +113,7 @@ def _whole_lines(data: bytes) -> int:
 
 
 def _bar(total: int, done: int):
-    import sys
+    from ..bars import progress_bar
 
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc="teacher texts", unit="text", file=sys.stderr,
-                dynamic_ncols=True)
+    return progress_bar(total, "teacher texts", "text", initial=done)
 

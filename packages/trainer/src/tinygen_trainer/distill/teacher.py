@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -98,27 +97,26 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
     dataset = load_corpus(request.corpora, encoder, request.field, request.progress)
     model = load_teacher(request.teacher)
     bar = _progress_bar(request.progress)
-    cache = build_teacher_cache(
-        request.output, dataset, encoder, teacher_fingerprint(request.teacher),
-        torch_scorer(model, request.top_k), request.block_size, request.top_k, request.seed,
-        request.num_blocks, batch_size=request.batch_size, max_minutes=request.max_minutes,
-        progress=bar)
-    if bar is not None:
-        bar.close()
-    return cache
+    try:
+        return build_teacher_cache(
+            request.output, dataset, encoder, teacher_fingerprint(request.teacher),
+            torch_scorer(model, request.top_k), request.block_size, request.top_k, request.seed,
+            request.num_blocks, batch_size=request.batch_size, max_minutes=request.max_minutes,
+            progress=bar)
+    finally:  # on Ctrl-C too: closed at exit instead, it redrew itself after 'interrupted'
+        if bar is not None:
+            bar.close()
 
 
 class _Bar:
     def __init__(self):
-        from tqdm import tqdm
-
         self.bar = None
-        self.tqdm = tqdm
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = self.tqdm(total=total, initial=0, desc="teacher", unit="block",
-                                 file=sys.stderr, dynamic_ncols=True)
+            from ..bars import progress_bar
+
+            self.bar = progress_bar(total, "teacher", "block")
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

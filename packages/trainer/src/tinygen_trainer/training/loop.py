@@ -137,7 +137,7 @@ class Trainer:
 
     def fit(self) -> Path:
         total = self.config.total_steps
-        self.reporter.start(self.step)
+        self.reporter.start(self.step, resumed=self.config.resume)
         if self.config.progress:
             self.reporter.write(self.describe())
         self.model.train()

@@ -5,6 +5,10 @@ metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
 a resumed run continues, so on resume the lines after the checkpoint's step (and
 a line torn by a kill) are dropped first.
 
+TensorBoard gets the same scalars. A resumed run logs the steps after its
+checkpoint again, so its writer purges them (SummaryWriter's purge_step): the
+interrupted run's points past the checkpoint would otherwise stay beside the new ones.
+
 On a TPU pod slice only process 0 reports (writes=True); the Reporter of every
 other host writes no file and prints nothing, so there is one metrics.jsonl,
 one TensorBoard log and one progress bar for the whole slice.
@@ -24,10 +28,13 @@ from tqdm.auto import tqdm
 from tinygen.errors import TinygenError
 from tinygen.atomic import atomic_write
 
+from ..bars import progress_bar
+
 METRICS_FILE = "metrics.jsonl"
 
 
-def summary_writer(log_dir: Path):
+def summary_writer(log_dir: Path | None = None, purge_step: int | None = None):
+    """A SummaryWriter for `log_dir`; None: only check that tensorboard imports."""
     # Imported here: tensorboard is an optional extra and slow to import.
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -36,7 +43,9 @@ def summary_writer(log_dir: Path):
             "--tensorboard needs the tensorboard package: "
             "pip install 'tinygen-trainer[tensorboard]'"
         ) from None
-    return SummaryWriter(log_dir=str(log_dir))
+    if log_dir is None:
+        return None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 class Reporter:
@@ -46,15 +55,27 @@ class Reporter:
         self.total_steps = total_steps
         self.writes = writes  # False: another process reports, this one stays silent
         self.progress = progress and writes
-        self.writer = summary_writer(tensorboard_dir) if tensorboard_dir and writes else None
+        self.tensorboard_dir = tensorboard_dir if writes else None
+        if self.tensorboard_dir:
+            summary_writer()  # a missing package is an error now, not after the run's setup
+        self.writer = None  # made by start(), which knows the step the run starts at
         self.bar: tqdm | None = None
 
-    def start(self, step: int) -> None:
+    def start(self, step: int, resumed: bool = False) -> None:
+        """`resumed`: the run goes on (--resume) from `step`, its checkpoint's (0 if it had
+        none yet), after a run interrupted later than that."""
         if not self.writes:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="training",
-                        disable=not self.progress, dynamic_ncols=True)
+        if self.tensorboard_dir:
+            # This run logs again the steps after `step` that the interrupted run logged:
+            # TensorBoard hides the old ones (purge_step: the first step hidden), as
+            # truncate_after drops them from metrics.jsonl.
+            self.writer = summary_writer(self.tensorboard_dir,
+                                         purge_step=step + 1 if resumed else None)
+        # On a terminal a bar; in a log, a plain line now and then (bars.py).
+        self.bar = progress_bar(self.total_steps, "training", "step", initial=step,
+                                enabled=self.progress)
 
     def truncate_after(self, step: int) -> None:
         """Drop metrics of steps after `step`: the resumed run logs them again.
