@@ -175,8 +175,23 @@ def load_model(plan: ModelPlan, weights: Path | None) -> torch.nn.Module:
     else:
         model = load_causal_lm(source)
     if model.get_input_embeddings().num_embeddings < plan.vocab_size:
-        model.resize_token_embeddings(plan.vocab_size)
+        _resize_embeddings(model, plan.vocab_size)
     return model
+
+
+def _resize_embeddings(model, vocab_size: int) -> None:
+    """Rows for the tokens added (fields, replacements), started from the old rows' mean and
+    covariance (transformers' mean_resizing), without transformers' warning about it: it
+    prints even under --quiet and names an argument the user of this command cannot pass."""
+    from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(hf_logging.ERROR)
+    try:
+        model.resize_token_embeddings(vocab_size)
+    finally:
+        logger.setLevel(level)
 
 
 def default_learning_rate(config: TrainConfig) -> float:
