@@ -156,3 +156,22 @@ def test_astream_cancelled_mid_stream_then_reused(gen, alone):
 
 async def _joined(stream) -> str:
     return "".join([piece async for piece in stream])
+
+
+def test_close_frees_the_model_and_later_calls_say_so():
+    import gc
+    import weakref
+
+    from tinygen import TinygenError
+
+    with TextGenerator() as gen:
+        text = str(gen.generate("Once", seed=1, max_new_tokens=4)[0])
+        session = weakref.ref(gen.model.session)
+    gc.collect()
+    assert session() is None  # the onnxruntime session is gone with the block
+    for call in (lambda: gen.generate("Once", seed=1), lambda: list(gen.stream("Once")),
+                 lambda: gen.next_token_probs("Once"), lambda: gen.device):
+        with pytest.raises(TinygenError, match="this TextGenerator was closed; make a new one"):
+            call()
+    gen.close()  # again: nothing to do
+    assert str(TextGenerator().generate("Once", seed=1, max_new_tokens=4)[0]) == text

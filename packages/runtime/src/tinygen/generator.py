@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
+from . import heap
 from .dedupe import NgramIndex, find_duplicates
 from .errors import ModelFormatError, TinygenError
 from .fields import FieldSchema
@@ -93,6 +94,24 @@ class TextGenerator:
     @property
     def device(self) -> str:
         return self.model.device
+
+    def close(self) -> None:
+        """Free the model now: its onnxruntime session, its buffers, and the heap pages they
+        leave (which the C library would otherwise keep for the process's life). For an
+        application done with the model, or about to load another; calls after it are an
+        error. `with TextGenerator(...) as gen:` closes at the end of the block. A stream
+        still open keeps the model until it is dropped."""
+        if isinstance(self.model, _Closed):
+            return
+        self.model = _Closed()
+        self._indexes.clear()
+        heap.release_free_heap()
+
+    def __enter__(self) -> "TextGenerator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- public API -------------------------------------------------------------
 
@@ -413,6 +432,13 @@ class TextStream:
             if piece:
                 yield piece
         [self.completion] = self._decoding.completions()
+
+
+class _Closed:
+    """Stands for the model after `close`: any use of it says so, in one line."""
+
+    def __getattr__(self, name: str):
+        raise TinygenError("this TextGenerator was closed; make a new one to generate")
 
 
 def _check_count(name: str, value) -> None:
