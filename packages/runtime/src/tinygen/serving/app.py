@@ -49,6 +49,7 @@ class Server:
         self.generator, self.settings = generator, settings.validated()
         self.model_id = settings.model_name or generator.model_dir.name
         self.engine = Engine(generator, max_batch=settings.max_batch, max_waiting=settings.max_waiting)
+        self.sockets_answering = 0  # websocket messages not yet answered (websocket.py)
 
     def check_key(self, headers, supplied: str | None = None) -> None:
         """Raise 401 unless the Bearer token (or `supplied`, from a websocket message) is the key."""

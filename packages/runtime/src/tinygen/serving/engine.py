@@ -88,6 +88,9 @@ class SequenceDone:
 class _Failed:
     message: str
     status: int = 500
+    # Read before the events still queued: at shutdown the reply that says so must go out
+    # now, not after the text a slow client has yet to take (uvicorn will not wait long).
+    first: bool = False
 
 
 Event = SequencePiece | SequenceDone
@@ -121,13 +124,14 @@ class RequestHandle:
         self.config = config
         self.remaining = len(seeds)
         self.cancelled = False
+        self._first: _Failed | None = None  # a failure that overtakes the queue (_Failed.first)
 
     def cancel(self) -> None:
         """Stop the request: its readers see the end at once, the engine drops it at its next step."""
         if not self.cancelled and self.remaining:
             self.cancelled = True
             self._queue.put_nowait(_CANCELLED)  # wakes a reader waiting in next_event
-            self._engine._wake()
+            self._engine._forget(self)
 
     @property
     def done(self) -> bool:
@@ -140,7 +144,7 @@ class RequestHandle:
         """
         if self.remaining == 0 or self.cancelled:
             return None
-        event = await self._queue.get()
+        event = self._first or await self._queue.get()
         if event is _CANCELLED:
             return None
         if isinstance(event, _Failed):
@@ -167,14 +171,15 @@ class RequestHandle:
     def _deliver(self, events: list) -> None:
         """Called on the engine thread: hand events to the request's event loop."""
         try:
-            self._loop.call_soon_threadsafe(_put_all, self._queue, events)
+            self._loop.call_soon_threadsafe(self._put_all, events)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancelled = True
 
-
-def _put_all(queue: asyncio.Queue, events: list) -> None:
-    for event in events:
-        queue.put_nowait(event)
+    def _put_all(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, _Failed) and event.first:
+                self._first = event
+            self._queue.put_nowait(event)  # also wakes a reader waiting in next_event
 
 
 class _RowSampler(RandomSampler):
@@ -289,11 +294,20 @@ class Engine:
             waiting = [h for h, _ in self._waiting]
             self._waiting.clear()
         for handle in {*waiting, *(s.owner for s in self._sequences)}:
-            handle._deliver([_Failed("the server is shutting down", 503)])
+            handle._deliver([_Failed("the server is shutting down", 503, first=True)])
         self._reset()
 
-    def _wake(self) -> None:
+    def _forget(self, handle: RequestHandle) -> None:
+        """A cancelled request leaves the queue now, and the engine wakes to drop its rows.
+
+        The engine only pops the queue's head, and not at all while a static batch runs: clients
+        that give up while waiting (timeouts, retries) would otherwise pile up there, each with its
+        sequences, until the batch ends."""
         with self._lock:
+            for i, (waiting, _) in enumerate(self._waiting):
+                if waiting is handle:
+                    del self._waiting[i]
+                    break
             self._lock.notify()
 
     def _run(self) -> None:

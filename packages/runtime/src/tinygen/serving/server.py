@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import logging
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING, TextIO
 
 from ..errors import TinygenError
@@ -13,6 +16,8 @@ from .settings import ServerSettings
 
 if TYPE_CHECKING:
     from ..generator import TextGenerator
+
+logger = logging.getLogger("tinygen.serving")
 
 
 def require_server_extra() -> None:
@@ -74,15 +79,64 @@ def serve(generator: "TextGenerator", settings: ServerSettings, host: str = "127
               f"on http://{shown}:{port} (playground at /, OpenAI API at /v1)\n")
     config = uvicorn.Config(app, log_level=log_level, ws_max_size=settings.max_body_bytes,
                             timeout_graceful_shutdown=5)
+    try:
+        uvicorn_server(app, config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has stopped, as uvicorn.run hides
+        pass
+
+
+def uvicorn_server(app, config):
+    """uvicorn's Server for `app` (create_app's), which ends the requests in flight with a reply
+    that says why before it stops."""
+    import uvicorn
 
     class Server(uvicorn.Server):
+        exiting = False  # waiting for the websockets' last replies
+
         def handle_exit(self, sig, frame) -> None:
             # uvicorn would wait for open requests, then cancel them, and only then run the
             # app's shutdown: fail them first, so each client gets a reply that says why.
-            app.state.server.engine.close()
-            super().handle_exit(sig, frame)
+            served = app.state.server
+            served.engine.close()
+            if self.exiting or self.should_exit or not served.sockets_answering:
+                super().handle_exit(sig, frame)
+                return
+            # HTTP replies in flight may finish once uvicorn shuts down, but websockets are closed
+            # (1012) the moment it starts: let them send their error first. This runs in a signal
+            # handler, so the waiting is scheduled on the loop.
+            self.exiting = True
+            loop = asyncio.get_running_loop()
+            loop.call_soon_threadsafe(loop.create_task, self._exit_once_answered(sig, frame))
 
-    try:
-        Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has stopped, as uvicorn.run hides
-        pass
+        async def _exit_once_answered(self, sig, frame) -> None:
+            deadline = time.monotonic() + 2  # a client that reads nothing holds its reply back
+            while app.state.server.sockets_answering and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if not self.should_exit:  # else a second signal already started the shutdown
+                super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:
+            # uvicorn waits up to timeout_graceful_shutdown for the replies in flight, then cancels
+            # them, a traceback each in the log. Only a client that reads nothing of its stream
+            # holds its reply back that long: halfway there, close its connection as if it had left.
+            timeout = self.config.timeout_graceful_shutdown
+            stuck = None
+            if timeout is not None:
+                stuck = asyncio.get_running_loop().call_later(timeout / 2, self._close_connections)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if stuck is not None:
+                    stuck.cancel()
+
+        def _close_connections(self) -> None:
+            connections = list(self.server_state.connections)
+            if connections:
+                logger.warning("tinygen: closing %d connection(s) whose client reads no more of its "
+                               "reply", len(connections))
+            for connection in connections:
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+    return Server(config)

@@ -47,31 +47,42 @@ async def stream_socket(websocket: WebSocket, server: "Server") -> None:
     reader = asyncio.ensure_future(_read_all(websocket, inbox.queue))
     try:
         while (message := await inbox.get()) is not None:
+            # Counted until answered: at shutdown uvicorn closes sockets at once (1012), so
+            # server.py waits for their last reply (the error that says why) to go out first.
+            server.sockets_answering += 1
             try:
-                data = _message_json(message, server.settings.max_body_bytes)
-                if data.get("type") == "cancel":
-                    continue  # nothing is running
-                try:
-                    server.check_key(websocket.headers, data.get("api_key"))
-                except ApiError as exc:
-                    await websocket.send_json({"type": "error", **exc.body()})
-                    await websocket.close(POLICY_VIOLATION)
+                if not await _answer(websocket, server, message, inbox):
                     return
-                if data.get("type", "generate") != "generate":
-                    raise ApiError(400, f"unknown message type {data.get('type')!r}", param="type")
-                params = api.parse_completion(data, server.settings, server.model_id,
-                                              server.generator.manifest.vocab_size, socket=True,
-                                              default_max_tokens=server.generator.defaults.max_new_tokens)
-                handle = await server.submit(params)
-            except ApiError as exc:
-                await websocket.send_json({"type": "error", **exc.body()})
-                continue
-            if not await _generate(websocket, handle, inbox):
-                return
+            finally:
+                server.sockets_answering -= 1
     except (WebSocketDisconnect, OSError):
         return
     finally:
         reader.cancel()
+
+
+async def _answer(websocket: WebSocket, server: "Server", message: dict, inbox: "_Inbox") -> bool:
+    """Handle one message from the client; False when the connection is over."""
+    try:
+        data = _message_json(message, server.settings.max_body_bytes)
+        if data.get("type") == "cancel":
+            return True  # nothing is running
+        try:
+            server.check_key(websocket.headers, data.get("api_key"))
+        except ApiError as exc:
+            await websocket.send_json({"type": "error", **exc.body()})
+            await websocket.close(POLICY_VIOLATION)
+            return False
+        if data.get("type", "generate") != "generate":
+            raise ApiError(400, f"unknown message type {data.get('type')!r}", param="type")
+        params = api.parse_completion(data, server.settings, server.model_id,
+                                      server.generator.manifest.vocab_size, socket=True,
+                                      default_max_tokens=server.generator.defaults.max_new_tokens)
+        handle = await server.submit(params)
+    except ApiError as exc:
+        await websocket.send_json({"type": "error", **exc.body()})
+        return True
+    return await _generate(websocket, handle, inbox)
 
 
 class _Inbox:
