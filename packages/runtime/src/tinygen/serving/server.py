@@ -97,7 +97,10 @@ def uvicorn_server(app, config):
             # uvicorn would wait for open requests, then cancel them, and only then run the
             # app's shutdown: fail them first, so each client gets a reply that says why.
             served = app.state.server
-            served.engine.close()
+            loop = asyncio.get_running_loop()
+            # On the loop, not here: the signal may have come while this thread held the
+            # engine's lock (submit, a cancel), and the engine's thread could not stop.
+            loop.call_soon(served.engine.close)
             if self.exiting or self.should_exit or not served.sockets_answering:
                 super().handle_exit(sig, frame)
                 return
@@ -105,7 +108,6 @@ def uvicorn_server(app, config):
             # (1012) the moment it starts: let them send their error first. This runs in a signal
             # handler, so the waiting is scheduled on the loop.
             self.exiting = True
-            loop = asyncio.get_running_loop()
             loop.call_soon_threadsafe(loop.create_task, self._exit_once_answered(sig, frame))
 
         async def _exit_once_answered(self, sig, frame) -> None:
