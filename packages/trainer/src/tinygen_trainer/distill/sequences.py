@@ -11,12 +11,14 @@ complete line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 from tinygen.errors import TinygenError
+
+from ..bars import progress_bar
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
     if done >= request.count:
         return request.output
     generator = TextGenerator(request.teacher)
-    bar = _bar(request.count, done) if progress else None
-    with open(request.output, "a", encoding="utf-8") as f, _closing(bar):
+    # A with block closes the bar on Ctrl-C too: left to the exit, it redrew itself after
+    # 'interrupted'.
+    with open(request.output, "a", encoding="utf-8") as f, \
+            progress_bar(request.count, "teacher texts", "text", initial=done, enabled=progress) as bar:
         for start in range(done, request.count, request.batch_size):
             count = min(request.batch_size, request.count - start)
             # One prompt per batch keeps the batch one prefill; prompts cycle over batches.
@@ -62,19 +66,8 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
                             for t, s in zip(texts, seeds)))
             f.flush()
             os.fsync(f.fileno())
-            if bar is not None:
-                bar.update(count)
+            bar.update(count)
     return request.output
-
-
-@contextlib.contextmanager
-def _closing(bar):
-    """Close the bar on Ctrl-C too: left to the exit, it redrew itself after 'interrupted'."""
-    try:
-        yield
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def check_written_texts(request: TextsRequest, resume: bool) -> None:
@@ -111,9 +104,4 @@ def _whole_lines(data: bytes) -> int:
     """Lines ended by a newline: a torn last one does not count."""
     return data[:data.rfind(b"\n") + 1].count(b"\n")
 
-
-def _bar(total: int, done: int):
-    from ..bars import progress_bar
-
-    return progress_bar(total, "teacher texts", "text", initial=done)
 

@@ -33,8 +33,8 @@ from ..bars import progress_bar
 METRICS_FILE = "metrics.jsonl"
 
 
-def summary_writer(log_dir: Path | None = None, purge_step: int | None = None):
-    """A SummaryWriter for `log_dir`; None: only check that tensorboard imports."""
+def summary_writer_class():
+    """torch's SummaryWriter, or a one-line error saying how to install tensorboard."""
     # Imported here: tensorboard is an optional extra and slow to import.
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -43,9 +43,7 @@ def summary_writer(log_dir: Path | None = None, purge_step: int | None = None):
             "--tensorboard needs the tensorboard package: "
             "pip install 'tinygen-trainer[tensorboard]'"
         ) from None
-    if log_dir is None:
-        return None
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    return SummaryWriter
 
 
 class Reporter:
@@ -56,9 +54,10 @@ class Reporter:
         self.writes = writes  # False: another process reports, this one stays silent
         self.progress = progress and writes
         self.tensorboard_dir = tensorboard_dir if writes else None
-        if self.tensorboard_dir:
-            summary_writer()  # a missing package is an error now, not after the run's setup
-        self.writer = None  # made by start(), which knows the step the run starts at
+        # Checked now, not after the run's setup; the writer is made by start(), which knows
+        # the step the run starts at.
+        self._writer_class = summary_writer_class() if self.tensorboard_dir else None
+        self.writer = None
         self.bar: tqdm | None = None
 
     def start(self, step: int, resumed: bool = False) -> None:
@@ -71,8 +70,8 @@ class Reporter:
             # This run logs again the steps after `step` that the interrupted run logged:
             # TensorBoard hides the old ones (purge_step: the first step hidden), as
             # truncate_after drops them from metrics.jsonl.
-            self.writer = summary_writer(self.tensorboard_dir,
-                                         purge_step=step + 1 if resumed else None)
+            self.writer = self._writer_class(log_dir=str(self.tensorboard_dir),
+                                             purge_step=step + 1 if resumed else None)
         # On a terminal a bar; in a log, a plain line now and then (bars.py).
         self.bar = progress_bar(self.total_steps, "training", "step", initial=step,
                                 enabled=self.progress)
