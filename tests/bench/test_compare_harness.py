@@ -89,3 +89,29 @@ def test_the_settings_line_describes_only_what_ran(flags, says, leaves_out):
                   if line.startswith("- settings: ")]
     assert "medians of 5 rounds" in settings
     assert all(s in settings for s in says) and not any(s in settings for s in leaves_out)
+
+
+def test_half_the_rounds_run_on_workers_started_in_the_reverse_order(tmp_path):
+    rows = [compare.Row(engine, precision, tmp_path)
+            for engine in ("tinygen", "ort-genai") for precision in ("fp32", "int4")]
+    (first, first_rounds), (second, second_rounds) = compare.halves(rows, 15)
+    assert [r.label for r in first] == ["tinygen fp32", "ort-genai fp32", "tinygen int4",
+                                        "ort-genai int4"]
+    assert second == first[::-1] and (first_rounds, second_rounds) == (8, 7)
+    # one round, or one worker, has no second half to run
+    assert [n for _, n in compare.halves(rows, 1)] == [1]
+    assert [n for _, n in compare.halves(rows[:1], 15)] == [15]
+
+
+def test_a_row_s_figures_pool_the_rounds_of_both_start_orders():
+    first = compare.Timing(t_1=[1.0, 1.0], t_n=[3.0, 3.0], steps=[0.02, 0.02],
+                           tokens=[1, 2], near=compare.Timing(steps=[0.01]))
+    second = compare.Timing(t_1=[1.0], t_n=[5.0], steps=[0.04], tokens=[1, 2],
+                            near=compare.Timing(steps=[0.03, 0.03]))
+    first.extend(second)
+    assert first.t_n == [3.0, 3.0, 5.0] and first.near.steps == [0.01, 0.03, 0.03]
+    result = compare.RowResult(compare.Row("tinygen", "fp32", Path(".")))
+    compare._record(compare.Case("b1", 32, 1, 3), first, result)
+    assert result.decode[1] == pytest.approx(2 / (3.0 - 1.0))  # medians over all three rounds
+    compare._record(compare.Case("pos1000", 1000, 1, 3, near_prompt_len=32), first, result)
+    assert result.ms_per_token == {1000: pytest.approx(20.0), 32: pytest.approx(30.0)}

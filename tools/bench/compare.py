@@ -22,7 +22,10 @@ How it measures. All workers of one model are loaded together, started one engin
 after another in turn (start_order); every case is timed in rounds, each round
 timing every engine once in a rotating order that runs backwards every other
 round, so a burst of outside load lands on all engines alike and no engine always
-follows the same one; medians over --repeats rounds after one warm-up. Every
+follows the same one. Half the rounds run on workers started in that order, the
+other half on fresh workers started in the reverse order (halves): a process's
+speed depends on when it started. Medians over all --repeats rounds, each half after
+its own warm-up. Every
 engine: --threads threads, greedy, EOS ignored, the same prompt ids, and exactly
 the tokens asked for (checked).
 
@@ -400,6 +403,17 @@ class Timing:
     steps: list[float] = field(default_factory=list)  # each t_N run's median token-to-token time
     near: "Timing | None" = None  # the case's near_prompt_len timings, same rounds
 
+    def extend(self, other: "Timing") -> None:
+        """Take in another set of rounds of the same case (the other start order's)."""
+        self.t_1 += other.t_1
+        self.t_n += other.t_n
+        self.steps += other.steps
+        self.tokens = other.tokens or self.tokens
+        if other.near is not None:
+            if self.near is None:
+                self.near = Timing()
+            self.near.extend(other.near)
+
 
 def measure_case(workers: list[Worker], case: Case, prompt: list[int], repeats: int,
                  stalled: dict[str, str]) -> dict[str, Timing]:
@@ -457,8 +471,8 @@ def start_order(rows: list[Row]) -> list[Row]:
     Where a worker starts among the others moved its speed by up to 10%: the same six
     SmolLM2 workers, tinygen's three started first, had tinygen fp32 at 0.93x
     onnxruntime-genai's; genai's three first, 1.03x (docs/benchmarks.md). Taking turns
-    keeps every engine's rows spread over the start order, and tinygen starting each turn
-    leaves any advantage of starting later to the others.
+    keeps every engine's rows spread over the start order; `halves` runs the other half
+    of the rounds in this order reversed, so no row keeps the place it drew.
     """
     by_engine: dict[str, list[Row]] = {}
     for row in rows:
@@ -467,6 +481,16 @@ def start_order(rows: list[Row]) -> list[Row]:
     while any(by_engine.values()):
         order += [queue.pop(0) for queue in by_engine.values() if queue]
     return order
+
+
+def halves(rows: list[Row], repeats: int) -> list[tuple[list[Row], int]]:
+    """(start order, rounds) for each set of workers a model's rounds run on: the start
+    order for the first half of the rounds, reversed for the rest. Even two workers of one
+    engine and model read 1-1.5% apart by which started second (SmolLM2 int4, 12 paired
+    rounds: docs/benchmarks.md), as large as the gaps the table is read for."""
+    order = start_order(rows)
+    second = repeats // 2 if len(order) > 1 else 0
+    return [(order, repeats - second)] + ([(order[::-1], second)] if second else [])
 
 
 def decode_rate(t: Timing, batch: int, new_tokens: int) -> float | None:
@@ -566,65 +590,39 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
     group_cases = cases(args, group.window)
     print(f"\n== {group.title}: {len(group.rows)} engines, cases "
           f"{', '.join(c.name for c in group_cases)}", flush=True)
-    workers: list[Worker] = []
     stalled: dict[str, str] = {}  # label -> why the row was dropped
     results = {r.label: RowResult(r) for r in group.rows}
-    try:
-        for row in start_order(group.rows):
-            print(f"loading {row.label}", flush=True)
-            try:
-                workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
-                                      logs / f"{group.key}-{row.label.replace(' ', '-')}.log",
-                                      args.stall_timeout))
-            except Stalled as exc:
-                stalled[row.label] = f"loading: {exc}"
-                print(f"  {row.label} stalled ({exc}); dropped", flush=True)
-                continue
-            print(f"  {workers[-1].memory()}", flush=True)
+    timings: dict[str, dict[str, Timing]] = {c.name: {} for c in group_cases}  # case -> label ->
+    versions: dict[str, dict] = {}
+    wall = busy = 0.0  # seconds timing, and other processes' CPU seconds meanwhile
+    for half, (order, repeats) in enumerate(halves(group.rows, args.repeats), 1):
+        print(f"-- start order {half}: {', '.join(r.label for r in order)}; {repeats} rounds",
+              flush=True)
+        workers = load_workers([r for r in order if r.label not in stalled], envs, args,
+                               logs, f"{group.key}-order{half}", stalled)
         every = list(workers)  # `workers` loses the ones that stall
-        busy0, own0 = _busy_cpu_seconds(), time.process_time()
-        workers_cpu0 = sum(w.cpu_seconds() for w in every)
-        wall0 = time.perf_counter()
-        for case in group_cases:
-            print(f"{case.name}: prompt {case.prompt_len}, batch {case.batch}, "
-                  f"{case.new_tokens} tokens, {args.repeats} rounds", flush=True)
-            timings = measure_case(workers, case, group.prompt, args.repeats, stalled)
-            for label, t in timings.items():
-                r = results[label]
-                if case.name.startswith("b"):
-                    rate = decode_rate(t, case.batch, case.new_tokens)
-                    if case.batch == 1:
-                        r.ttft[32] = statistics.median(t.t_1)
-                        r.spread = (max(t.t_n) - min(t.t_n)) / statistics.median(t.t_n)
-                        r.tokens = t.tokens
-                    if rate is None:
-                        r.unmeasured.append(case.batch)
-                        print(f"  {label}: no rate, t_N <= t_1 (raise the token count or "
-                              f"--repeats)", flush=True)
-                        continue
-                    r.decode[case.batch] = rate
-                    if case.batch == 1:
-                        r.ms_per_token[32] = 1000 / rate
-                    print(f"  {label}: {rate:.1f} tok/s", flush=True)
-                elif case.name == "ttft512":
-                    r.ttft[512] = statistics.median(t.t_1)
-                    print(f"  {label}: TTFT {r.ttft[512] * 1000:.0f} ms", flush=True)
-                else:  # token-to-token: t_N - t_1 here is mostly the long prefill's spread
-                    r.ms_per_token[case.prompt_len] = 1000 * statistics.median(t.steps)
-                    # Replaces the batch-1 run's figure, timed minutes away from this one.
-                    r.ms_per_token[case.near_prompt_len] = 1000 * statistics.median(t.near.steps)
-                    print(f"  {label}: {r.ms_per_token[case.prompt_len]:.1f} ms/token, "
-                          f"{r.ms_per_token[case.near_prompt_len]:.1f} at "
-                          f"{case.near_prompt_len}", flush=True)
-        wall = time.perf_counter() - wall0
-        workers_cpu = sum(w.cpu_seconds() for w in every) - workers_cpu0
-        outside = max(0.0, _busy_cpu_seconds() - busy0 - (time.process_time() - own0)
-                      - workers_cpu) / (wall * os.cpu_count())
-        versions = {w.row.engine: {**w.hello["versions"], "python": w.hello["python"]}
-                    for w in every}
-    finally:
-        for w in every if "every" in locals() else workers:
-            w.close()
+        try:
+            busy0, own0 = _busy_cpu_seconds(), time.process_time()
+            workers_cpu0 = sum(w.cpu_seconds() for w in every)
+            wall0 = time.perf_counter()
+            for case in group_cases:
+                print(f"{case.name}: prompt {case.prompt_len}, batch {case.batch}, "
+                      f"{case.new_tokens} tokens, {repeats} rounds", flush=True)
+                for label, t in measure_case(workers, case, group.prompt, repeats,
+                                             stalled).items():
+                    timings[case.name].setdefault(label, Timing()).extend(t)
+            wall += time.perf_counter() - wall0
+            busy += max(0.0, _busy_cpu_seconds() - busy0 - (time.process_time() - own0)
+                        - (sum(w.cpu_seconds() for w in every) - workers_cpu0))
+            versions.update({w.row.engine: {**w.hello["versions"], "python": w.hello["python"]}
+                             for w in every})
+        finally:
+            for w in every:
+                w.close()
+    for case in group_cases:  # a row that stalled keeps the rounds it finished
+        for label, t in timings[case.name].items():
+            _record(case, t, results[label])
+    outside = busy / (wall * os.cpu_count()) if wall else 0.0
     _compare_tokens(list(results.values()))
     for row in group.rows if args.cold_runs else []:
         r = results[row.label]
@@ -651,6 +649,60 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
               f"first token, {statistics.median(c[1] for c in cli):.2f} s to the last", flush=True)
     return GroupResult(group, list(results.values()), group_cases, versions, outside,
                        time.perf_counter() - started, cli)
+
+
+def load_workers(order: list[Row], envs: dict[str, venvs.Venv], args: argparse.Namespace,
+                 logs: Path, prefix: str, stalled: dict[str, str]) -> list[Worker]:
+    """A loaded worker per row, started in `order` (logs/PREFIX-ROW.log); a row that stalls
+    while loading goes into `stalled` instead. Nothing is left running if loading fails."""
+    workers = []
+    try:
+        for row in order:
+            print(f"loading {row.label}", flush=True)
+            try:
+                workers.append(Worker(row, envs[ENGINES[row.engine][0]], args.threads,
+                                      logs / f"{prefix}-{row.label.replace(' ', '-')}.log",
+                                      args.stall_timeout))
+            except Stalled as exc:
+                stalled[row.label] = f"loading: {exc}"
+                print(f"  {row.label} stalled ({exc}); dropped", flush=True)
+                continue
+            print(f"  {workers[-1].memory()}", flush=True)
+    except BaseException:
+        for w in workers:
+            w.close()
+        raise
+    return workers
+
+
+def _record(case: Case, t: Timing, r: RowResult) -> None:
+    """Put one row's timings of a case (both start orders' rounds) into its results."""
+    label = r.row.label
+    if case.name.startswith("b"):
+        rate = decode_rate(t, case.batch, case.new_tokens)
+        if case.batch == 1:
+            r.ttft[32] = statistics.median(t.t_1)
+            r.spread = (max(t.t_n) - min(t.t_n)) / statistics.median(t.t_n)
+            r.tokens = t.tokens
+        if rate is None:
+            r.unmeasured.append(case.batch)
+            print(f"  {label}: no rate, t_N <= t_1 (raise the token count or --repeats)",
+                  flush=True)
+            return
+        r.decode[case.batch] = rate
+        if case.batch == 1:
+            r.ms_per_token[32] = 1000 / rate
+        print(f"  {label} {case.name}: {rate:.1f} tok/s; token to token "
+              f"{1000 * statistics.median(t.steps):.2f} ms (median)", flush=True)
+    elif case.name == "ttft512":
+        r.ttft[512] = statistics.median(t.t_1)
+        print(f"  {label}: TTFT {r.ttft[512] * 1000:.0f} ms", flush=True)
+    else:  # token-to-token: t_N - t_1 here is mostly the long prefill's spread
+        r.ms_per_token[case.prompt_len] = 1000 * statistics.median(t.steps)
+        # Replaces the batch-1 run's figure, timed minutes away from this one.
+        r.ms_per_token[case.near_prompt_len] = 1000 * statistics.median(t.near.steps)
+        print(f"  {label}: {r.ms_per_token[case.prompt_len]:.1f} ms/token, "
+              f"{r.ms_per_token[case.near_prompt_len]:.1f} at {case.near_prompt_len}", flush=True)
 
 
 def _compare_tokens(results: list[RowResult]) -> None:
@@ -850,7 +902,8 @@ def report(results: list[GroupResult], envs: dict[str, venvs.Venv], args: argpar
                          for e, vs in engines.items())
     settings = [
         f"{args.threads} threads for every engine, greedy, EOS ignored; medians of "
-        f"{args.repeats} rounds after a warm-up, engines interleaved; decode from a 32-token "
+        f"{args.repeats} rounds after a warm-up, engines interleaved, half of them on "
+        f"workers started in the reverse order; decode from a 32-token "
         f"prompt, N = {args.new_tokens} at batch 1 and {args.batch_new_tokens} at larger batches"]
     if "pos1000" in args.cases:
         settings.append(
