@@ -592,7 +592,7 @@ def run_group(group: Group, args: argparse.Namespace, envs: dict[str, venvs.Venv
           f"{', '.join(c.name for c in group_cases)}", flush=True)
     stalled: dict[str, str] = {}  # label -> why the row was dropped
     results = {r.label: RowResult(r) for r in group.rows}
-    timings: dict[str, dict[str, Timing]] = {c.name: {} for c in group_cases}  # case -> label ->
+    timings: dict[str, dict[str, Timing]] = {c.name: {} for c in group_cases}  # case, row: rounds
     versions: dict[str, dict] = {}
     wall = busy = 0.0  # seconds timing, and other processes' CPU seconds meanwhile
     for half, (order, repeats) in enumerate(halves(group.rows, args.repeats), 1):
