@@ -253,3 +253,49 @@ def test_the_whole_copy_loads_and_generates(fused_copy, exported_llama_dir):
     ours = TextGenerator(fused_copy).generate(ids, do_sample=False, max_new_tokens=4)[0]
     assert ours.token_ids == TextGenerator(exported_llama_dir).generate(
         ids, do_sample=False, max_new_tokens=4)[0].token_ids
+
+
+def test_more_threads_than_cpus_is_refused_before_onnxruntime_makes_them(optimum_gpt2_dir):
+    """onnxruntime creates every intra-op thread asked for: --threads 100000 took 10 GB."""
+    import os
+
+    too_many = (os.cpu_count() or 1) + 1
+    with pytest.raises(TinygenError, match=f"threads must be at most {too_many - 1}, the CPUs this "
+                                           f"machine has .*got {too_many}"):
+        TextGenerator(optimum_gpt2_dir, threads=too_many)
+    assert TextGenerator(optimum_gpt2_dir, threads=too_many - 1).generate("Hi", max_new_tokens=2, seed=0)
+
+
+def test_a_huge_n_starts_at_once_and_holds_only_its_batch(optimum_gpt2_dir, tmp_path):
+    """-n 99999999999999999999 was killed for memory building every row's prompt and seed
+    before the first text: rows and seeds are made batch by batch."""
+    import threading
+
+    class AfterChecks(threading.Event):  # `_cancel` that says stop after a few decode steps
+        def __init__(self, checks):
+            super().__init__()
+            self.left = checks
+
+        def is_set(self):
+            self.left -= 1
+            return self.left < 0
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    for greedy in (False, True):
+        with pytest.raises(TinygenError, match="generation cancelled"):
+            gen.generate("Hi", n=10**20, seed=3, do_sample=not greedy, max_new_tokens=2, batch_size=2,
+                         _cancel=AfterChecks(5))
+    batches = []
+    real = gen.generate
+
+    def one_batch(*args, **kwargs):  # the file's first batch, then an interruption
+        if batches:
+            raise KeyboardInterrupt
+        batches.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    gen.generate = one_batch
+    target = tmp_path / "t.txt"
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_to_file(target, "Hi", n=10**20, seed=7, batch_size=2, max_new_tokens=2)
+    assert batches == [[7, 8]] and target.read_text().count("seed") == 2

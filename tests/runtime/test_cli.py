@@ -275,3 +275,13 @@ def test_generating_loads_neither_the_server_nor_asyncio(optimum_gpt2_dir):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_no_color_drops_the_bold_prompt_but_not_asked_for_colours(optimum_gpt2_dir, monkeypatch):
+    """NO_COLOR (no-color.org) turns off styling the user did not ask for; --show-probs is asked for."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    args = ["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", "--seed", "1"]
+    code, out, _ = run(args, out=Tty())
+    assert code == 0 and out.startswith("Once") and "\033[" not in out
+    code, out, _ = run([*args, "--show-probs"], out=Tty())
+    assert code == 0 and out.startswith("Once") and "\033[38;5;" in out and BOLD not in out

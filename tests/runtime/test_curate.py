@@ -73,3 +73,16 @@ def test_curate_pick_reroll_edit_undo_and_save(optimum_gpt2_dir, tmp_path):
     gen = TextGenerator(optimum_gpt2_dir)
     [alone] = gen.generate("Once", seed=14, max_new_tokens=6)
     assert rounds[0]["text"] == str(alone) == rounds[0]["candidates"][1]
+
+
+def test_a_choice_of_digits_int_cannot_read_is_not_a_command(optimum_gpt2_dir):
+    """'²' passes str.isdigit but int() refuses it: it is asked again, not a traceback."""
+    import io
+
+    from tinygen.curate import run_curate
+
+    out = io.StringIO()
+    session = run_curate(TextGenerator(optimum_gpt2_dir), "Once", 3, 1, {"max_new_tokens": 3}, None,
+                         io.StringIO("²\ne ²\n٢\nq\n"), out)
+    assert out.getvalue().count("? [1-3] choose") == 2
+    assert [r.choice for r in session.rounds] == [1]  # '٢' is an Arabic-Indic 2

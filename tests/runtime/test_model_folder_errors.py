@@ -154,3 +154,18 @@ def test_manifest_format_version_of_the_wrong_type_says_so():
         Manifest.from_json({**data, "format_version": "1"})
     with pytest.raises(ModelFormatError, match="missing integer 'format_version'"):
         Manifest.from_json({k: v for k, v in data.items() if k != "format_version"})
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"\xff\xfe", "not valid JSON"),
+    (b'{"ban": ["<|nope|>"]}', "names token '<|nope|>', which is not in the tokenizer's vocabulary"),
+    (None, "replacements file not found"),
+])
+def test_a_bad_replacements_file_with_the_embedded_model_is_the_users_to_fix(tmp_path, data, message):
+    """The embedded model is fine: the error names the user's file, and says nothing of reinstalling."""
+    path = tmp_path / "mine.json"
+    if data is not None:
+        path.write_bytes(data)
+    code, out, err = run(["Hi", "--replacements", str(path)])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert str(path) in err and message in err and "reinstall" not in err

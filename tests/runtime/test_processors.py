@@ -175,3 +175,26 @@ def test_extreme_temperature_and_penalty_stay_distributions(logits):
         boosted = [t for t in set(seen) if banned[row, t] > 0]
         if boosted:
             assert probs[row].argmax() == max(boosted, key=lambda t: banned[row, t])
+
+
+def test_a_huge_temperature_is_uniform_over_the_tokens_left():
+    """float32 made 1e300 inf, and a banned token's -inf / inf NaN: `--temperature 1e300` was
+    refused as 'no token is left to sample', though nothing but that one token was banned."""
+    banned = np.array([[3.0, -np.inf, -2.0, 9.0]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        hot = ours.Temperature(1e300)(banned, [[]])
+    probs = softmax(hot.astype(np.float64))[0]
+    assert probs[1] == 0 and np.allclose(probs[[0, 2, 3]], 1 / 3)
+
+
+def test_a_huge_logit_bias_or_penalty_stays_within_float32(logits):
+    """float32 made a bias of 1e300 inf: the token it should force was never drawn (NaN), and
+    a penalty of 1e300 printed numpy's overflow warnings on the user's screen."""
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        forced = ours.LogitBias([(4, 1e300)])(logits, HISTORY)
+        banned = ours.LogitBias([(4, -1e300)])(logits, HISTORY)
+        penalised = ours.RepetitionPenalty(1e300)(logits, HISTORY)
+    assert (softmax(forced.astype(np.float64)).argmax(axis=-1) == 4).all()
+    assert np.isfinite(softmax(banned.astype(np.float64))).all()
+    assert (softmax(banned.astype(np.float64))[:, 4] == 0).all()
+    assert np.isfinite(softmax(penalised.astype(np.float64))).all()

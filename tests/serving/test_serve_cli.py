@@ -188,3 +188,17 @@ def test_ctrl_c_ends_requests_in_flight_with_a_reply_that_says_why(optimum_gpt2_
     status, reply = replies["plain"]
     assert status == 503 and reply["error"]["message"] == "the server is shutting down"
     assert code == 0 and "Traceback" not in output and "CancelledError" not in output, output
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_model_name_is_refused_not_served_as_the_folder_name(name):
+    """`--model-name "$NAME"` with NAME unset served the folder's name; blanks served '  '.
+    (`tinygen serve` validates its settings before it binds the port or loads the model.)"""
+    from tinygen import TinygenError
+    from tinygen.serving.settings import ServerSettings
+
+    with pytest.raises(TinygenError) as info:
+        ServerSettings(model_name=name).validated()
+    assert str(info.value) == ("model_name must be a non-empty name (leave it unset for the model "
+                               f"folder's name), got {name!r}")
+    assert ServerSettings(model_name="mine").validated().model_name == "mine"

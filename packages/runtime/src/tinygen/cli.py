@@ -195,7 +195,9 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if context is not None:
         options.update(context=context, target=args.target)
     tty = out.isatty()
-    shown_prompt = f"{BOLD}{args.prompt}{RESET}" if tty else args.prompt
+    # NO_COLOR (no-color.org) drops the bold prompt; --show-probs, asked for by name, still colours.
+    bold = tty and not os.environ.get("NO_COLOR")
+    shown_prompt = f"{BOLD}{args.prompt}{RESET}" if bold else args.prompt
     if args.to_file:
         written = gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
                                        batch_size=args.batch_size, resume=args.resume,

@@ -106,9 +106,10 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
             if chosen:
                 session.rounds.remove(chosen[-1])
             pending = curator.candidates(session.text)
-        elif command.isdigit() and 1 <= int(command) <= k:
+        # isdecimal, not isdigit: int() refuses digits such as '²' that isdigit accepts.
+        elif command.isdecimal() and 1 <= int(command) <= k:
             pending.choice, pending.text = int(command) - 1, pending.candidates[int(command) - 1]
-        elif command.startswith("e") and command[1:].strip().isdigit() and 1 <= int(command[1:]) <= k:
+        elif command.startswith("e") and command[1:].strip().isdecimal() and 1 <= int(command[1:]) <= k:
             index = int(command[1:]) - 1
             out.write(f"new text for [{index + 1}]: ")
             out.flush()

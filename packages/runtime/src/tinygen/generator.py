@@ -68,6 +68,11 @@ class TextGenerator:
         """
         if threads is not None:
             _check_count("threads", plain(threads))
+            # onnxruntime makes every thread asked for: 100000 took 10 GB and never loaded.
+            cores = os.cpu_count() or 1
+            if threads > cores:
+                raise TinygenError(f"threads must be at most {cores}, the CPUs this machine has "
+                                   f"(more only slow it down), got {threads}")
         if isinstance(model, str) and not model.strip():  # Path("") would be the current folder
             raise TinygenError("model must be a model folder's path (or None for the embedded "
                                "model), got an empty string")
@@ -78,7 +83,9 @@ class TextGenerator:
             self.model = load_causal_lm(self.model_dir, self.manifest, device=device,
                                         threads=threads, cuda_graphs=cuda_graphs)
         except ModelFormatError as exc:
-            if model is not None:
+            # A --replacements file is the user's to mend, not the installed package's.
+            theirs = replacements is not None and str(Path(replacements)) in str(exc)
+            if model is not None or theirs:
                 raise
             raise ModelFormatError(f"{exc}; {REINSTALL}") from None
         self.tokenizer = self.prompts.tokenizer
@@ -149,13 +156,16 @@ class TextGenerator:
         _check_count("batch_size", batch_size)
         # Checked (and the training-data index built) before decoding, not after it.
         reference = self._dedupe_reference(dedupe, dedupe_ngram, dedupe_against)
-        rows = [ids for ids in prompts for _ in range(n)]
-        seeds = self._seeds(seed, len(rows), config)
+        # Rows and seeds are made batch by batch: a list of them all would not fit in memory
+        # for a huge n (-n 99999999999999999999 was killed for memory before its first text).
+        total = len(prompts) * n
+        seeds = self._seed_sequence(seed, total, config)
         results: list[Completion] = []
-        bar = _progress_bar(len(rows)) if progress else None
-        for start in range(0, len(rows), batch_size):
-            decoding = self._decoding(rows[start:start + batch_size],
-                                      seeds[start:start + batch_size], config, end_ids)
+        bar = _progress_bar(total) if progress else None
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            decoding = self._decoding([prompts[i // n] for i in range(start, stop)],
+                                      seeds[start:stop], config, end_ids)
             while not decoding.done:
                 if _cancel is not None and _cancel.is_set():  # agenerate's caller gave up
                     raise TinygenError("generation cancelled")
@@ -289,8 +299,8 @@ class TextGenerator:
                 return WrittenFile.of(path, 0, done)
         elif path.exists() and path.stat().st_size:
             raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
-        seeds = self._seeds(base, n, config)
-        settings["seed"] = seeds[0]
+        seeds = self._seed_sequence(base, n, config)
+        settings["seed"] = seeds[0:1][0]
         bar = _progress_bar(n) if progress else None
         if bar:
             bar.update(done)
@@ -393,6 +403,15 @@ class TextGenerator:
             return m.pad_token_id
         return m.eos_token_ids[0] if m.eos_token_ids else 0
 
+    @classmethod
+    def _seed_sequence(cls, seed, count: int, config: GenerationConfig):
+        """_seeds for `count` sequences, sliced batch by batch: a range, not a list, unless a
+        list was given (count may be more seeds than memory holds)."""
+        if isinstance(seed, (list, tuple)):
+            return cls._seeds(seed, count, config)
+        [first] = cls._seeds(seed, 1, config)
+        return _SeedRange(first, count)
+
     @staticmethod
     def _seeds(seed, count: int, config: GenerationConfig) -> list[int | None]:
         if config.greedy:
@@ -408,6 +427,18 @@ class TextGenerator:
         if len(seed) != count or not all(isinstance(s, int) and s >= 0 for s in seed):
             raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
         return list(seed)
+
+
+class _SeedRange:
+    """Seeds first, first + 1, ... (all None for greedy decoding) for `count` sequences; a
+    slice is a list."""
+
+    def __init__(self, first: int | None, count: int):
+        self.first, self.count = first, count
+
+    def __getitem__(self, part: slice) -> list[int | None]:
+        start, stop, _ = part.indices(self.count)
+        return [None if self.first is None else self.first + i for i in range(start, stop)]
 
 
 class Generations(list):

@@ -48,8 +48,10 @@ class RepetitionPenalty(LogitsProcessor):
     needs_history = True
 
     def __init__(self, penalty: float):
-        # float32 makes a tiny penalty 0 (and -inf x 0 is NaN): keep the smallest normal one.
-        self.penalty = max(np.float32(penalty), np.finfo(np.float32).tiny)
+        # float32 makes a tiny penalty 0 (and -inf x 0 is NaN): keep the smallest normal one;
+        # and a huge one inf (-inf / inf is NaN, with a warning on the user's screen): the largest.
+        self.penalty = np.float32(min(max(float(penalty), float(np.finfo(np.float32).tiny)),
+                                      float(_LARGEST)))
 
     def __call__(self, logits, history):
         out = logits.copy()
@@ -102,7 +104,9 @@ class SuppressTokens(LogitsProcessor):
 class LogitBias(LogitsProcessor):
     def __init__(self, bias: Sequence[tuple[int, float]]):
         self.ids = np.asarray([i for i, _ in bias], dtype=np.int64)
-        self.values = np.asarray([b for _, b in bias], dtype=np.float32)
+        # Within float32: 1e300 became inf there, and a token biased to inf was never drawn (NaN).
+        self.values = np.clip(np.asarray([b for _, b in bias], dtype=np.float64),
+                              -float(_LARGEST), float(_LARGEST)).astype(np.float32)
 
     def __call__(self, logits, history):
         out = logits.copy()
@@ -112,8 +116,10 @@ class LogitBias(LogitsProcessor):
 
 class Temperature(LogitsProcessor):
     def __init__(self, temperature: float):
-        # float32 turns a temperature under ~1e-45 into 0: keep the smallest normal one.
-        self.temperature = max(np.float32(temperature), np.finfo(np.float32).tiny)
+        # float32 turns a temperature under ~1e-45 into 0: keep the smallest normal one; and one
+        # over ~3.4e38 into inf, whose quotient with a banned token's -inf is NaN: the largest.
+        self.temperature = np.float32(min(max(float(temperature), float(np.finfo(np.float32).tiny)),
+                                          float(_LARGEST)))
 
     def __call__(self, logits, history):
         if self.temperature >= 1e-30:  # logits stay far below float32's largest: as transformers

@@ -38,6 +38,11 @@ class ServerSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise TinygenError(f"{name} must be an integer >= 0, got {value!r}")
+        # `--model-name "$NAME"` with NAME unset would quietly serve the folder's name instead.
+        model = self.model_name
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise TinygenError(f"model_name must be a non-empty name (leave it unset for the model "
+                               f"folder's name), got {model!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise TinygenError("api_key must not be empty (leave it unset for no authentication)")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
