@@ -48,9 +48,23 @@ def test_greedy_and_drawn_seeds(cluster, gpt2_gen, optimum_gpt2_dir):
     assert drawn.token_ids == gpt2_gen.generate("To be", seed=drawn.seed, max_new_tokens=8)[0].token_ids
 
 
+def test_numpy_counts_and_seeds_as_text_generator_takes_them(cluster, gpt2_gen, optimum_gpt2_dir):
+    """A seed drawn from a numpy Generator is an np.int64: TextGenerator.generate takes it."""
+    import numpy as np
+
+    texts = tray.generate("To be", model=optimum_gpt2_dir, n=np.int64(2), seed=np.int64(70),
+                          batch_size=np.int64(2), num_workers=np.int64(1), max_new_tokens=6)
+    want = gpt2_gen.generate("To be", n=2, seed=70, max_new_tokens=6)
+    assert [(t.seed, t.token_ids) for t in texts] == [(w.seed, w.token_ids) for w in want]
+    [listed] = tray.generate("To be", model=optimum_gpt2_dir, seed=[np.int64(71)], max_new_tokens=6)
+    assert listed.token_ids == want[1].token_ids
+
+
 def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
     with pytest.raises(TinygenError, match="n must be"):
         tray.generate("Hi", model=optimum_gpt2_dir, n=0)
+    with pytest.raises(TinygenError, match="model must be a model folder's path .* got an empty string"):
+        tray.generate("Hi", model=" ")  # not "." (the current folder) as ".: no tinygen.json"
     with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
         tray.generate("Hi", model=optimum_gpt2_dir, tempreature=1)
     # checked in the driver, before an actor starts (from an actor they come as a RayTaskError)
@@ -79,6 +93,20 @@ def test_a_bad_deployment_is_refused_when_built(tmp_path):
         tray.deployment(tmp_path / "nonexistent")
     with pytest.raises(TinygenError, match="unknown device 'gpu'"):
         tray.deployment(device="gpu")
+    with pytest.raises(TinygenError, match="model must be a model folder's path .* got an empty string"):
+        tray.deployment("")
+
+
+def test_a_missing_ray_or_ray_serve_says_what_to_install(monkeypatch):
+    """ray without its [serve] extra cannot import ray.serve: one line, not an ImportError."""
+    monkeypatch.delattr(ray, "serve", raising=False)
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    with pytest.raises(TinygenError, match=r"^tinygen.ray.deployment needs Ray Serve: pip install 'ray\[serve\]'$"):
+        tray.deployment()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for call in (tray.generate, tray.deployment):
+        with pytest.raises(TinygenError, match=r"^tinygen.ray needs Ray: pip install ray "):
+            call()
 
 
 def test_the_serve_deployment_answers_the_openai_client(cluster, gpt2_gen, optimum_gpt2_dir):

@@ -145,6 +145,20 @@ def test_launch_with_too_few_arguments(fakes):
     assert calls == []
 
 
+def test_launch_without_its_local_python_says_how_to_get_one(fakes, tmp_path):
+    """Not train.sh's line, whose fixes (install.sh, TINYGEN_PYTHON) are the workers'."""
+    text = tmp_path / "stories.txt"
+    text.write_text("the cat sat.")
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    for dry_run in ({}, {"DRY_RUN": "1"}):
+        done, calls = fakes(TPU / "launch.sh", str(text), "model", LOCAL_PYTHON=str(missing),
+                            TPU_LOCAL_DIR=str(tmp_path / "prep"), **dry_run)
+        assert one_line_error(done, "launch.sh: ") == (
+            f"launch.sh: no Python at {missing} to prepare the tokens here: run make dev, "
+            "or set LOCAL_PYTHON to a Python with tinygen-trainer\n")
+        assert calls == [] and not (tmp_path / "prep").exists()
+
+
 # -- train.sh: its inputs checked before OUT is made ------------------------------------------
 
 def test_train_with_a_missing_text_makes_nothing(fakes, tmp_path):

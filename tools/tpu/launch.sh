@@ -43,6 +43,13 @@ stem="$(basename "${text%.*}")"
 name="$(printf '%s' "$stem" | tr -c 'A-Za-z0-9._-' '_')-$key"
 prep="${TPU_LOCAL_DIR:-$root/build/tpu}/$name"  # build/ is ignored by git
 local_python="${LOCAL_PYTHON:-$root/.venv/bin/python}"
+# Said here: train.sh would name install.sh and TINYGEN_PYTHON, which are the workers' and
+# which this script overrides.
+if ! command -v "$local_python" >/dev/null; then
+    echo "launch.sh: no Python at $local_python to prepare the tokens here: run make dev," \
+        "or set LOCAL_PYTHON to a Python with tinygen-trainer" >&2
+    exit 2
+fi
 
 TINYGEN_PYTHON="$local_python" PJRT_DEVICE=CPU "$(dirname "$0")/train.sh" "$text" "$prep" --prepare-only
 settings=""

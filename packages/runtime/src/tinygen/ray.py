@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from .config import GenerationConfig, is_number
+from .config import GenerationConfig, is_number, plain
 from .decoding import Completion
 from .errors import TinygenError
 from .generator import TextGenerator, _check_count, embedded_model_dir
@@ -69,9 +69,12 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     Completion whose `.seed` remakes it with TextGenerator alone.
     """
     ray = _ray()
+    # numpy scalars (a seed from a Generator) as Python values, as TextGenerator.generate takes them
+    n, seed, num_workers, batch_size, chunk_size, threads, cpus_per_worker = (plain(v) for v in (
+        n, seed, num_workers, batch_size, chunk_size, threads, cpus_per_worker))
     if not ray.is_initialized():
         raise TinygenError("Ray is not running here: call ray.init() (or ray.init(address=...)) first")
-    model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
+    model_dir = _model_dir(model)
     manifest = load_manifest(model_dir)
     config = GenerationConfig().merged(**manifest.generation).merged(**options)
     # Encoded here, so a bad prompt (too long, an id outside the vocabulary) is refused before
@@ -98,6 +101,14 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         for actor in actors:
             ray.kill(actor)
     return results
+
+
+def _model_dir(model: str | os.PathLike | None) -> str:
+    """The model's folder as TextGenerator finds it; "" is refused as there (it would read as ".")."""
+    if isinstance(model, str) and not model.strip():
+        raise TinygenError("model must be a model folder's path (or None for the embedded model), got an "
+                           "empty string")
+    return os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
 
 
 def _check_worker_options(device: str, threads: int | None) -> None:
@@ -130,11 +141,14 @@ def deployment(model: str | os.PathLike | None = None, settings=None, device: st
     own engine, with continuous batching inside it.
     """
     _ray()
-    from ray import serve
+    try:
+        from ray import serve
+    except ImportError:  # ray without the [serve] extra lacks its dependencies
+        raise TinygenError("tinygen.ray.deployment needs Ray Serve: pip install 'ray[serve]'") from None
 
     from .serving.settings import ServerSettings
 
-    model_dir = os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
+    model_dir = _model_dir(model)
     load_manifest(model_dir)  # a bad folder: one line here, not a failed deployment later
     _check_worker_options(device, threads)
     settings = (settings or ServerSettings()).validated()
