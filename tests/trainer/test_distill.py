@@ -263,6 +263,26 @@ def test_student_embeddings_start_from_the_teachers(cache_dir, tiny_gpt2_dir, tm
         projected_embeddings(tiny_gpt2_dir, teacher.shape[0], 128)
 
 
+def test_teacher_embeddings_with_another_tokenizer_are_refused(cache_dir, tiny_gpt2_dir, tmp_path):
+    """A teacher whose tokenizer has the student's size but other ids passed the row count,
+    and gave tokens other tokens' embeddings."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_gpt2_dir, teacher)
+    data = json.loads((teacher / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    a, b = "a", "b"  # two ordinary tokens trade ids: same size, other tokenizer
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (teacher / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    config = student_config(tmp_path, cache_dir, tiny_gpt2_dir / "tokenizer.json",
+                            teacher_embeddings=teacher, steps=2)
+    with pytest.raises(TinygenError, match="its tokenizer differs from the student's "
+                                           r"\(2 of \d+ ids are other tokens\)") as info:
+        DistillTrainer.from_config(config)
+    assert "\n" not in str(info.value)
+
+
 # -- corrupt caches, ignored options, options checked before the teacher runs ------------
 
 def test_corrupt_manifest_and_shard_are_one_line_errors(cache_dir, tmp_path):
@@ -355,6 +375,27 @@ def test_sequence_distill_checks_options_before_the_teacher_writes(no_teacher, t
     assert message in capsys.readouterr().err
 
 
+def test_sequence_distill_prompts_not_utf8_is_one_line(no_teacher, tmp_path, capsys):
+    """A prompts file that is not UTF-8 was a traceback."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"Once\n\xff\xfe upon\n")
+    args = ["distill", "--teacher", str(tmp_path / "teacher"), "--teacher-texts", "4", "--prompts",
+            str(prompts), "--preset", "cpu-tiny", "--tokenizer", str(tmp_path / "tokenizer.json"),
+            "-o", str(tmp_path / "student"), "--quiet"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"tinygen-train: error: --prompts {prompts}: not UTF-8 at "
+                                       f"byte 5; give a text file of prompts, one per line, in "
+                                       f"UTF-8\n")
+
+
+def test_a_missing_text_teacher_is_not_told_to_export_itself(tmp_path):
+    from tinygen_trainer.distill import TextsRequest, teacher_texts
+
+    missing = tmp_path / "no-such-teacher"
+    with pytest.raises(TinygenError, match=f"^--teacher {missing}: folder not found$"):
+        teacher_texts(TextsRequest(missing, tmp_path / "texts.jsonl", 2), progress=False)
+
+
 def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
@@ -395,6 +436,10 @@ def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
     ("logits", ["--prompts", "prompts.txt"], "--prompts is for sequence-level distillation"),
     ("logits", ["--text-tokens", "64"], "--text-tokens is for sequence-level distillation"),
     ("cache", ["--field", "body"], "drop --field"),
+    # options that shape a cache built here: a built cache kept its own, silently
+    ("cache", ["--top-k", "4"], "so --top-k (for a cache built here) would be ignored; drop --top-k"),
+    ("cache", ["--teacher-blocks", "4"], "drop --teacher-blocks"),
+    ("cache", ["--teacher", "teacher"], "drop --teacher"),
 ])
 def test_options_of_the_other_kind_of_distillation_are_refused(no_teacher, tmp_path, capsys,
                                                                 kind, extra, message):

@@ -46,3 +46,19 @@ def test_a_folder_as_phases_file_is_one_line_error(tmp_path):
     with pytest.raises(TinygenError) as info:
         load_phases(tmp_path)
     assert str(info.value) == f"--phases {tmp_path} is a folder; give the phases JSON file"
+
+
+@pytest.mark.parametrize("flag, key", [("--weights", "weight"), ("--loss-weights", "loss_weight")])
+def test_corpus_weights_beside_phases_are_refused(tmp_path, capsys, flag, key):
+    """--weights with --phases was ignored, silently: there are no corpus arguments to weight."""
+    from tinygen_trainer.cli import main
+
+    spec = tmp_path / "phases.json"
+    spec.write_text(json.dumps([{"data": ["a.txt"], "steps": 1}]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--phases", str(spec), flag, "2", "--preset", "cpu-tiny", "--tokenizer",
+                 str(tmp_path / "tokenizer.json"), "-o", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"tinygen-train: error: {flag} is for corpus arguments; with "
+                                       f"--phases give each corpus its \"{key}\" in {spec}, and "
+                                       f"drop {flag}\n")
+    assert not out.exists()

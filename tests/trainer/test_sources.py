@@ -39,3 +39,14 @@ def test_jsonl_fields_keep_separators(tmp_path):
     path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
     [doc] = read_documents(path, field="title,body")
     assert "t\u2028t" in doc and "b\u0085b" in doc
+
+
+def test_a_tokens_file_that_is_no_cache_is_not_sent_to_errors_replace(tmp_path):
+    """A damaged `*.tokens` file was read as text, and the advice was --errors replace: training
+    on its bytes as noise."""
+    path = tmp_path / "train.tokens"
+    path.write_bytes(b"\x9a\x01\xff\xfe" * 64)
+    with pytest.raises(TinygenError) as info:
+        read_documents(path)
+    assert str(info.value) == (f"{path}: not a tinygen token cache (nor UTF-8 text); make it again "
+                               f"with 'tinygen-train encode'")

@@ -73,6 +73,8 @@ def one_line_error(capsys) -> str:
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--max-minutes", "0"], "--max-minutes must be > 0, got 0"),
     (["--max-minutes", "-1"], "--max-minutes must be > 0, got -1"),
+    # a block of one token has no next token: no student could train on the cache
+    (["--block-size", "1"], "--block-size must be >= 2, got 1"),
 ])
 def test_bad_options_are_refused_before_scoring(tiny_gpt2_dir, corpus, tmp_path, capsys,
                                                 extra, message):
@@ -108,3 +110,27 @@ def test_text_tokens_is_named_by_its_flag(exported_gpt2_dir, tiny_gpt2_dir, tmp_
                  "-o", str(out), "--quiet"]) == 2
     assert f"--text-tokens must be >= 1, got {tokens}" in one_line_error(capsys)
     assert not (out / "teacher-texts.jsonl").exists()
+
+
+def test_an_output_that_is_a_file_is_refused(tiny_gpt2_dir, corpus, tmp_path, capsys):
+    """-o FILE was mkdir's traceback, after encoding the corpus."""
+    out = tmp_path / "notes.txt"
+    out.write_text("mine", encoding="utf-8")
+    assert main(["teacher-cache", str(corpus), "--teacher", str(tiny_gpt2_dir), "-o", str(out),
+                 "--block-size", "16", "--quiet"]) == 2
+    assert one_line_error(capsys) == (f"tinygen-train: error: -o {out} is a file; a teacher cache "
+                                      f"is a folder: choose another -o")
+    assert out.read_text(encoding="utf-8") == "mine"
+
+
+def test_an_output_inside_the_corpus_folder_is_refused(tiny_gpt2_dir, corpus, tmp_path, capsys):
+    """A cache written into its corpus folder was read back as corpus text by the rerun that
+    continues it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(corpus, folder)
+    out = folder / "cache"
+    assert main(["teacher-cache", str(folder), "--teacher", str(tiny_gpt2_dir), "-o", str(out),
+                 "--block-size", "16", "--quiet"]) == 2
+    assert "is inside the corpus folder" in one_line_error(capsys)
+    assert not out.exists()

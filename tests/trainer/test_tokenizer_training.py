@@ -177,3 +177,58 @@ def test_an_ordinary_token_is_refused_as_the_end_token(tmp_path):
     with pytest.raises(TinygenError, match=r"--eos-token '\.' is an ordinary token, which the text "
                                            r"itself makes; name a special token: <\|endoftext\|>, <\|user\|>"):
         Encoder.load(path, eos_token=".")
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path, corpus_file, capsys):
+    """`encode train.txt -o train.txt` replaced the corpus with its tokens, `-o tokenizer.json`
+    the tokenizer; a file written into a corpus folder was read as text by the next run."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(corpus_file.read_bytes())
+    tok = tmp_path / "tok" / "tokenizer.json"
+    assert main(["tokenizer", str(corpus), "-o", str(tok), "--vocab-size", "300"]) == 0
+    before = corpus.read_bytes(), tok.read_bytes()
+    capsys.readouterr()
+    for target in (corpus, tok):
+        assert main(["encode", str(corpus), "--tokenizer", str(tok), "-o", str(target), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"tinygen-train: error: {target} is one of this command's inputs and "
+                       f"would be overwritten; write to another path\n")
+    records = tmp_path / "records.json"  # a tokenizer -o FILE.json that is the corpus
+    records.write_text("some text to train on\n", encoding="utf-8")
+    assert main(["tokenizer", str(records), "-o", str(records), "--vocab-size", "300"]) == 2
+    assert "is one of this command's inputs" in capsys.readouterr().err
+    assert (corpus.read_bytes(), tok.read_bytes()) == before
+    assert records.read_text(encoding="utf-8") == "some text to train on\n"
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(corpus_file.read_bytes())
+    for argv in (["encode", str(folder), "--tokenizer", str(tok), "-o", str(folder / "x.tokens")],
+                 ["tokenizer", str(folder), "-o", str(folder), "--vocab-size", "300"]):
+        assert main(argv) == 2
+        assert "inside the corpus folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
+    # hidden paths are not read as corpus, so they may hold outputs
+    assert main(["encode", str(folder), "--tokenizer", str(tok), "-o",
+                 str(folder / ".cache" / "x.tokens"), "--quiet"]) == 0
+
+
+def test_rules_and_fields_of_an_earlier_tokenizer_are_not_left_beside_a_new_one(tmp_path, corpus_file,
+                                                                                capsys):
+    """A tokenizer retrained into its folder without --replace or --field kept the old
+    replacements.json and fields.json beside it: encode then refused the new tokenizer (or
+    applied rules it was not trained with)."""
+    out = tmp_path / "tok"
+    assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300",
+                 "--replace-regex", r"https?://\S+", "<|url|>", "--field", "title,body"]) == 0
+    capsys.readouterr()
+    for name, argv in (("replacements.json", ["--field", "title,body"]), ("fields.json", [])):
+        assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300", *argv]) == 2
+        assert capsys.readouterr().err == (f"tinygen-train: error: {out / name} is left from another "
+                                           f"tokenizer and would be read with this one; delete it, "
+                                           f"or write the tokenizer to another folder\n")
+        (out / name).unlink()
+    assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]
+    assert main(["encode", str(corpus_file), "--tokenizer", str(out / "tokenizer.json"), "-o",
+                 str(tmp_path / "c.tokens"), "--quiet"]) == 0

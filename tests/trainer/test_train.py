@@ -443,3 +443,23 @@ def test_a_finished_trainer_is_freed_before_train_returns(monkeypatch, tmp_path)
             assert alive[-1]() is None  # collected before the call returned, gc disabled or not
     finally:
         gc.enable()
+
+
+def test_an_output_inside_a_corpus_folder_is_refused(tmp_path, corpus, tokenizer, capsys):
+    """Checkpoints written into the corpus folder joined the corpus, so --resume refused the
+    run, advising to remove a checkpoint file."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(corpus, folder)
+    out = folder / "run"
+    phases = tmp_path / "phases.json"
+    phases.write_text(json.dumps([{"data": [str(folder)], "steps": 2}]), encoding="utf-8")
+    common = ["--preset", "cpu-tiny", "--tokenizer", str(tokenizer), "-o", str(out),
+              "--block-size", "32", "--batch-size", "2", "--quiet"]
+    for argv in (["train", str(folder), "--steps", "2", *common],
+                 ["train", "--phases", str(phases), *common]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"tinygen-train: error: {out} is inside the corpus folder "
+                                           f"{folder}, where later runs would read it as text; "
+                                           f"write it outside that folder\n")
+    assert not out.exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.sources import ERRORS, read_documents
+from tinygen.errors import TinygenError
+
+from ..data.sources import ERRORS, _hidden, corpus_files, read_documents
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,3 +28,23 @@ def read_corpus(args: argparse.Namespace) -> list[str]:
         documents.extend(read_documents(path, field=args.field, errors=args.errors,
                                         line_by_line=args.line_by_line))
     return documents
+
+
+def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],
+                              inputs: list[Path | None] = ()) -> None:
+    """Refuse outputs that are, or lie in, what the command reads: `encode train.txt -o
+    train.txt` would replace the corpus with its tokens, and a file written into a corpus
+    folder would be read back as text by the next run on that folder."""
+    folders = [p.resolve() for p in map(Path, corpus) if p.is_dir()]
+    files = {f.resolve() for path in corpus for f in corpus_files(path)}
+    files |= {p.resolve() for p in inputs if p is not None}
+    for out in outputs:
+        where = out.resolve()
+        if where in files:
+            raise TinygenError(f"{out} is one of this command's inputs and would be overwritten; "
+                               f"write to another path")
+        folder = next((f for f in folders
+                       if where.is_relative_to(f) and not _hidden(where, f)), None)
+        if folder is not None:
+            raise TinygenError(f"{out} is inside the corpus folder {folder}, where later runs "
+                               f"would read it as text; write it outside that folder")

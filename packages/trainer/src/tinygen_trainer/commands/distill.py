@@ -101,6 +101,13 @@ def _logits(args: argparse.Namespace) -> int:
         request = cache_command.request_from_args(args, cache)
     elif args.corpus:
         raise TinygenError("with --teacher-cache the data is the cache; drop the corpus arguments")
+    else:  # the cache is built already: these would be ignored, silently
+        for flag, set_ in (("--teacher", args.teacher is not None),
+                           ("--top-k", args.top_k != LOGIT_OPTIONS["top_k"]),
+                           ("--teacher-blocks", args.teacher_blocks is not None)):
+            if set_:
+                raise TinygenError(f"--teacher-cache {cache} is built already, so {flag} (for a "
+                                   f"cache built here) would be ignored; drop {flag}")
     args.corpus = [cache]
     # Every option is checked before the teacher runs: scoring a corpus takes hours on a CPU.
     base = train_command.config_from_args(args)
@@ -133,6 +140,9 @@ def _sequences(args: argparse.Namespace) -> int:
             lines = args.prompts.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise TinygenError(f"cannot read --prompts {args.prompts}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise TinygenError(f"--prompts {args.prompts}: not UTF-8 at byte {exc.start}; give a "
+                               f"text file of prompts, one per line, in UTF-8") from None
         prompts = tuple(line for line in lines if line.strip()) or prompts
     n = len(args.corpus)
     for flag, values in (("--weights", args.weights), ("--loss-weights", args.loss_weights)):

@@ -14,7 +14,7 @@ from tinygen.replacements import Replacements
 
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
-from .corpus_args import add_corpus_arguments, read_corpus
+from .corpus_args import add_corpus_arguments, read_corpus, refuse_overwriting_inputs
 
 HELP = "Encode a corpus with a tokenizer into a token cache (msgpack, gzip)."
 
@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     beside = args.tokenizer.parent / REPLACEMENTS_FILE
-    replacements = None
+    replacements, rules_file = None, None
     if args.replacements is not None:
-        replacements = Replacements.load(args.replacements)
+        replacements, rules_file = Replacements.load(args.replacements), args.replacements
     elif beside.is_file():
-        replacements = Replacements.load(beside)
+        replacements, rules_file = Replacements.load(beside), beside
     encoder = Encoder.load(args.tokenizer, replacements, args.eos_token)
     schema = FieldSchema.parse(args.field) if args.field else None
     missing = [t for t in (schema.tokens() if schema else ()) if encoder.tokenizer.token_to_id(t) is None]
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")
     check_parents(args.output)
+    refuse_overwriting_inputs(args.corpus, [args.output], [args.tokenizer, rules_file])
     documents = read_corpus(args)
     name = ", ".join(str(p) for p in args.corpus)
     dataset = TokenDataset.from_documents(documents, encoder, name=name, progress=not args.quiet)

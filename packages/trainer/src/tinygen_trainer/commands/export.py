@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="onnx", metavar="FORMAT",
                         help=f"model file format: {' or '.join(FORMATS)}")
     parser.add_argument("--quantize", default=None, metavar="TYPE",
-                        help=f"quantize the weights: {', '.join(QUANTIZATIONS)} (ONNX only)")
+                        help=f"quantize the weights: {', '.join(QUANTIZATIONS)} (ONNX float32 only; "
+                             f"int4 on the fused graph)")
     parser.add_argument("--graph", default=None, metavar="GRAPH",
                         help=f"ONNX graph: {' or '.join(GRAPHS)} (default: fused for GPT-2 and Llama, "
                              f"whose KV cache it updates in place; optimum for the rest)")

@@ -41,10 +41,11 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
 
     from ..distill import CacheRequest
 
-    for name in ("block_size", "top_k", "teacher_blocks"):
+    # A block of one token holds no next token to learn: no student could train on the cache.
+    for name, least in (("block_size", 2), ("top_k", 1), ("teacher_blocks", 1)):
         value = getattr(args, name)
-        if value is not None and value < 1:
-            raise TinygenError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and value < least:
+            raise TinygenError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if batch_size < 1:
         raise TinygenError(f"--batch-size must be >= 1, got {batch_size}")
     if max_minutes is not None and not max_minutes > 0:  # 0 would stop before the first shard
@@ -58,7 +59,9 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
 
 def run(args: argparse.Namespace) -> int:
     from ..distill import cache_teacher
+    from .corpus_args import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(args.corpus, [args.output])  # its shards, read as corpus by a rerun
     cache = cache_teacher(request_from_args(args, args.output, args.max_minutes, args.batch_size))
     done = cache.shards_done()
     if done < cache.num_shards:

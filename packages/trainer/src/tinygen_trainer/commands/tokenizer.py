@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from tinygen.atomic import check_parents
+from tinygen.errors import TinygenError
+from tinygen.fields import FILE_NAME as FIELDS_FILE
 from tinygen.fields import FieldSchema
+from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
 from ..tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
-from .corpus_args import add_corpus_arguments, read_corpus
+from .corpus_args import add_corpus_arguments, read_corpus, refuse_overwriting_inputs
 
 HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
@@ -60,7 +63,18 @@ def replacements_from_args(args: argparse.Namespace) -> Replacements:
 def run(args: argparse.Namespace) -> int:
     replacements = replacements_from_args(args)
     check_parents(args.output)  # before the training, not after it
+    beside = args.output.parent  # replacements.json and fields.json go there too
+    refuse_overwriting_inputs(args.corpus,
+                              [args.output, beside / REPLACEMENTS_FILE, beside / FIELDS_FILE])
     schema = FieldSchema.parse(args.field) if args.field else None
+    # An earlier tokenizer's rules or fields, left beside this one, would be read with it (or
+    # refuse it): this run writes neither file, so say so before the training.
+    for name, writes in ((REPLACEMENTS_FILE, bool(replacements.tokens())),
+                         (FIELDS_FILE, schema is not None)):
+        stale = beside / name
+        if not writes and stale.exists():
+            raise TinygenError(f"{stale} is left from another tokenizer and would be read with "
+                               f"this one; delete it, or write the tokenizer to another folder")
     specials = tuple(args.special_token) + tuple(schema.tokens() if schema else ())
     config = TokenizerConfig(vocab_size=args.vocab_size, special_tokens=specials,
                              min_frequency=args.min_frequency, replacements=replacements,

@@ -27,6 +27,7 @@ from tinygen.errors import TinygenError
 from ..data.sources import ERRORS
 from ..training.config import DEVICES, PRECISIONS, SCHEDULES, DataSource, Phase, TrainConfig
 from ..training.presets import PRESETS
+from .corpus_args import refuse_overwriting_inputs
 
 HELP = "Finetune a transformers causal LM (--model) or train one from scratch (--preset)."
 # Defaults shown in --help come from the config itself, so the two never disagree.
@@ -128,9 +129,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.phases is not None:
         if args.corpus:
             raise TinygenError("give corpora either as arguments or in --phases, not both")
+        for flag, values, key in (("--weights", args.weights, "weight"),
+                                  ("--loss-weights", args.loss_weights, "loss_weight")):
+            if values is not None:  # one value per corpus argument, and there are none: ignored
+                raise TinygenError(f"{flag} is for corpus arguments; with --phases give each "
+                                   f"corpus its \"{key}\" in {args.phases}, and drop {flag}")
         phases = load_phases(args.phases, args.field)
     else:
         data = _sources(args)
+    # Checkpoints written into a corpus folder join the corpus: the resume then refuses it.
+    corpora = [source.path for source in data] + [s.path for p in phases for s in p.data]
+    refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], [args.output])
     return TrainConfig(
         output_dir=args.output, data=data, phases=phases, model=args.model, preset=args.preset,
         tokenizer=args.tokenizer, replacements=args.replacements, eos_token=args.eos_token,

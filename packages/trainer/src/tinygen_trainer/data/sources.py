@@ -61,8 +61,14 @@ def _read_file(path: Path, field: str | None, errors: str, line_by_line: bool) -
         raise TinygenError(f"{path}: a token cache (or other gzip file), not text; give a cache "
                            f"to `tinygen-train train` as a corpus of its own, and decompress "
                            f"other files first")
-    text = decode_utf8(path, errors)
     suffix = path.suffix.lower()
+    try:
+        text = decode_utf8(path, errors)
+    except TinygenError:
+        if suffix == ".tokens":  # meant as a cache: --errors replace would train on its noise
+            raise TinygenError(f"{path}: not a tinygen token cache (nor UTF-8 text); make it "
+                               f"again with 'tinygen-train encode'") from None
+        raise
     if suffix in CSV_SUFFIXES:
         return _csv_documents(path, text, field or DEFAULT_FIELD)
     if suffix in JSONL_SUFFIXES:

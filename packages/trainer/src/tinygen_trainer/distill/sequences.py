@@ -42,6 +42,8 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
         raise TinygenError(f"--teacher-texts must be >= 1, got {request.count}")
     if request.max_new_tokens < 1:  # the runtime would name its own max_new_tokens, not the flag
         raise TinygenError(f"--text-tokens must be >= 1, got {request.max_new_tokens}")
+    if not request.teacher.is_dir():  # "export it first" would send the user after a typo
+        raise TinygenError(f"--teacher {request.teacher}: folder not found")
     if not (request.teacher / "tinygen.json").is_file():
         raise TinygenError(
             f"--teacher {request.teacher}: sequence-level distillation generates with the tinygen "

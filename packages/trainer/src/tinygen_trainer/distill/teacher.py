@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tinygen.atomic import check_parents
 from tinygen.errors import TinygenError
 
 from ..data.dataset import TokenDataset
@@ -85,6 +86,10 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
     """Build (or continue) the cache `request` describes; returns it, complete or not."""
     # Checked before the corpus is encoded, which can take longer than the checks by far.
     config = check_teacher(request.teacher)
+    if request.output.exists() and not request.output.is_dir():  # mkdir's traceback, after the work
+        raise TinygenError(f"-o {request.output} is a file; a teacher cache is a folder: choose "
+                           f"another -o")
+    check_parents(request.output)
     window = model_window(config)
     if request.block_size > window:
         raise TinygenError(f"--block-size {request.block_size} is larger than the teacher's "

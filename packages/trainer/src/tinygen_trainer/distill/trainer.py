@@ -138,8 +138,9 @@ class DistillTrainer(Trainer):
         trainer = super().from_config(config)
         if config.teacher_embeddings is not None and trainer.step == 0:  # a resume has its own
             embedding = trainer.model.get_input_embeddings().weight
+            vocab = trainer.encoder.tokenizer.get_vocab(with_added_tokens=True)
             table = projected_embeddings(config.teacher_embeddings, embedding.shape[0],
-                                         embedding.shape[1])
+                                         embedding.shape[1], vocab)
             with torch.no_grad():
                 embedding.copy_(table.to(embedding.device))
         return trainer
@@ -172,14 +173,18 @@ class DistillTrainer(Trainer):
         return loss
 
 
-def projected_embeddings(teacher: Path, vocab_size: int, width: int) -> torch.Tensor:
+def projected_embeddings(teacher: Path, vocab_size: int, width: int,
+                         vocab: dict[str, int] | None = None) -> torch.Tensor:
     """The teacher's (vocab, d) token embeddings on their top `width` principal directions.
 
     With a shared tokenizer the teacher's embeddings already place every token, rare ones
     included, which a small student would otherwise have to learn from few occurrences;
     most of a small student's parameters are that table (DistilBERT starts from its
     teacher's weights for the same reason). The SVD keeps the directions of most variance.
+    `vocab` (the student's token -> id) is checked against the teacher's tokenizer.json.
     """
+    if vocab is not None and (Path(teacher) / "tokenizer.json").is_file():
+        _check_same_tokens(Path(teacher), vocab)
     model = load_causal_lm(Path(teacher), f"--teacher-embeddings {teacher}")
     table = model.get_input_embeddings().weight.detach()
     if table.shape[0] < vocab_size:
@@ -191,6 +196,25 @@ def projected_embeddings(teacher: Path, vocab_size: int, width: int) -> torch.Te
     table = table[:vocab_size]
     _, _, basis = torch.linalg.svd(table - table.mean(0), full_matrices=False)
     return table @ basis[:width].T
+
+
+def _check_same_tokens(teacher: Path, vocab: dict[str, int]) -> None:
+    # Another tokenizer of the same size passed the row count and gave tokens others' rows.
+    from tokenizers import Tokenizer
+
+    try:
+        theirs = Tokenizer.from_file(str(teacher / "tokenizer.json"))
+    except Exception as exc:  # tokenizers raises plain Exceptions
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TinygenError(f"--teacher-embeddings {teacher}: cannot read its tokenizer.json "
+                           f"({why})") from None
+    theirs = theirs.get_vocab(with_added_tokens=True)
+    by_id = {i: token for token, i in theirs.items()}
+    other = sum(1 for token, i in vocab.items() if by_id.get(i, token) != token)
+    if other:
+        raise TinygenError(f"--teacher-embeddings {teacher}: its tokenizer differs from the "
+                           f"student's ({other} of {len(vocab)} ids are other tokens); the "
+                           f"embeddings need the same tokenizer")
 
 
 def distill(config: DistillConfig) -> Path:
