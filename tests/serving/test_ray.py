@@ -128,3 +128,13 @@ def test_the_serve_deployment_answers_the_openai_client(cluster, gpt2_gen, optim
         assert "".join(c.choices[0].text for c in stream if c.choices) == reply.choices[0].text
     finally:
         serve.shutdown()
+
+
+def test_an_actor_runs_on_the_cpus_ray_gives_it_unless_told():
+    from tinygen.ray import actor_threads
+
+    assert actor_threads("cpu", None, 1) == 1
+    assert actor_threads("cpu", None, 4) == 4
+    assert actor_threads("cpu", None, 0.5) == 1  # a fraction of a CPU still needs a thread
+    assert actor_threads("cpu", 3, 1) == 3  # asked for: kept
+    assert actor_threads("cuda", None, 1) is None  # the GPU's provider: onnxruntime's default

@@ -45,6 +45,18 @@ def test_bad_limits_are_one_line(optimum_gpt2_dir):
     assert err.getvalue() == "tinygen: error: api_key must not be empty (leave it unset for no authentication)\n"
 
 
+def test_an_empty_api_key_in_the_environment_is_refused_not_served_without_one(
+        optimum_gpt2_dir, monkeypatch):
+    pytest.importorskip("uvicorn")
+    monkeypatch.setenv("TINYGEN_API_KEY", " ")  # `-e TINYGEN_API_KEY=$KEY` with KEY unset
+    err = io.StringIO()
+    # --max-batch 0 is refused after the key: a server that took no key would stop there, not serve
+    assert main(["serve", "--model", str(optimum_gpt2_dir), "--max-batch", "0"], out=io.StringIO(),
+                err=err) == 2
+    assert err.getvalue() == ("tinygen: error: TINYGEN_API_KEY is set but empty; set it to the key, "
+                              "or unset it to serve without authentication\n")
+
+
 @pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
                                            ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_loopback_detection(host, loopback):

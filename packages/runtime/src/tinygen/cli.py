@@ -307,8 +307,14 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     require_server_extra()
     # An empty --api-key (`--api-key "$KEY"` with KEY unset) is refused by validated(), not
-    # taken as no key: only leaving the option out serves without authentication.
-    api_key = args.api_key if args.api_key is not None else os.environ.get("TINYGEN_API_KEY") or None
+    # taken as no key: only leaving the option out serves without authentication. So is an
+    # empty TINYGEN_API_KEY (`-e TINYGEN_API_KEY=$KEY` in a container, KEY unset).
+    api_key = args.api_key
+    if api_key is None and "TINYGEN_API_KEY" in os.environ:
+        api_key = os.environ["TINYGEN_API_KEY"]
+        if not api_key.strip():
+            raise TinygenError("TINYGEN_API_KEY is set but empty; set it to the key, or unset it "
+                               "to serve without authentication")
     settings = ServerSettings(
         model_name=args.model_name, api_key=api_key,
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_limit=args.max_tokens_limit,
