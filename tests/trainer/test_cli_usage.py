@@ -36,3 +36,30 @@ def test_an_error_is_one_write(tmp_path, monkeypatch):
                  "-o", str(tmp_path / "x.tokens")]) == 2
     assert len(writes) == 1 and writes[0].startswith("tinygen-train: error: ") and \
         writes[0].endswith("\n") and writes[0].count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["encode", "c.txt", "--tokenizer", "t.json", "-o", "c.tokens"],
+                                  ["tokenizer", "c.txt", "-o", "t.json"],
+                                  ["export", "run", "out"]])
+def test_one_process_commands_under_torchrun_are_refused(argv, monkeypatch, capsys):
+    # Each process would do the whole job: encode wrote its file twice, teacher-cache scored twice.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tinygen-train: error: {argv[0]} runs in one process: run it without torchrun "
+                   f"(only train and distill use several)\n")
+
+
+def test_ctrl_c_under_torchrun_is_said_by_process_0_alone(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    from tinygen_trainer.commands import train
+
+    monkeypatch.setattr(train, "run", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "tinygen-train: interrupted\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "c.txt", "--preset", "cpu-tiny", "-o", "out"]) == 130
+        assert capsys.readouterr().err == said

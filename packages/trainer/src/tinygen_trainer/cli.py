@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tinygen.errors import TinygenError
@@ -22,6 +23,8 @@ COMMANDS = {
     "distill": "distill",
     "export": "export",
 }
+# What torchrun may start several of; the rest would each do the whole job, side by side.
+SEVERAL_PROCESSES = ("train", "distill")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
+        if args.command not in SEVERAL_PROCESSES and _under_torchrun():
+            raise TinygenError(f"{args.command} runs in one process: run it without torchrun "
+                               f"(only {' and '.join(SEVERAL_PROCESSES)} use several)")
         return args._run(args) or 0
     except TinygenError as exc:
         # One write: print() writes the text and the newline apart, and under torchrun, where
@@ -55,8 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"tinygen-train: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("tinygen-train: interrupted\n")
+        if os.environ.get("RANK", "0") == "0":  # Ctrl-C reaches every process: one says so
+            sys.stderr.write("tinygen-train: interrupted\n")
         return 130
+
+
+def _under_torchrun() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:  # train's own check names a bad WORLD_SIZE
+        return False
 
 
 if __name__ == "__main__":
