@@ -285,3 +285,34 @@ def test_no_color_drops_the_bold_prompt_but_not_asked_for_colours(optimum_gpt2_d
     assert code == 0 and out.startswith("Once") and "\033[" not in out
     code, out, _ = run([*args, "--show-probs"], out=Tty())
     assert code == 0 and out.startswith("Once") and "\033[38;5;" in out and BOLD not in out
+
+
+@pytest.mark.parametrize("argv,fix", [
+    (["-hello"], "tinygen [OPTIONS] -- -hello"),  # argparse read it as -h with 'ello'
+    (["-world", "-n", "2"], "tinygen [OPTIONS] -- -world"),
+    (["next", "-x"], "tinygen next [OPTIONS] -- -x"),
+    (["-it's"], "tinygen [OPTIONS] -- '-it'\"'\"'s'"),
+])
+def test_a_prompt_that_starts_with_a_dash_is_told_how_to_be_given(argv, fix, capsys, optimum_gpt2_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, out=io.StringIO(), err=io.StringIO())
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert f"; a prompt that starts with '-' goes after '--', behind the options: {fix} (see" in err
+    # and the advice works
+    code, out, _ = run(["--model", str(optimum_gpt2_dir), "--max-new-tokens", "3", "--", "-hello"]
+                       if argv[0] != "next" else
+                       ["next", "--model", str(optimum_gpt2_dir), "--", "-x"])
+    assert code == 0 and (out.startswith("-hello") or argv[0] == "next")
+
+
+def test_only_a_one_dash_argument_gets_the_prompt_advice(capsys):
+    with pytest.raises(SystemExit):
+        main(["Hi", "-q"], out=io.StringIO(), err=io.StringIO())  # one dash, after the prompt
+    assert "goes after '--'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["Hi", "--bogus"], out=io.StringIO(), err=io.StringIO())
+    assert "goes after '--'" not in capsys.readouterr().err  # a mistyped --option is no prompt
+    with pytest.raises(SystemExit):
+        main(["-n2", "Hi", "--bogus"], out=io.StringIO(), err=io.StringIO())
+    assert "goes after '--'" not in capsys.readouterr().err  # -n2 is -n with its value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 from typing import TextIO
 
@@ -91,8 +92,47 @@ def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", metavar="JSON", help="save the session (text, choices, seeds) here after every round")
 
 
+class _Parser(ArgumentParser):
+    """The CLI's parser: its errors also say how to give a prompt that starts with '-', which
+    argparse reads as an option (`tinygen -hello` was "argument -h/--help: ignored explicit
+    argument 'ello'")."""
+
+    dashed: str | None = None  # for this command line, set by main(): the way to write it
+
+    def error(self, message: str):
+        if _Parser.dashed is not None:
+            message += f"; a prompt that starts with '-' goes after '--', behind the options: " \
+                       f"{_Parser.dashed}"
+        super().error(message)
+
+
+def _dashed_prompt(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """How to write the first argument before '--' that starts with one '-' (a mistyped
+    --option is not a prompt) but is no option of its command, if that command takes a prompt."""
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    command = argv[0] if argv else None
+    if command not in ("generate", "next", "curate"):
+        return None
+    known = commands.choices[command]._option_string_actions
+    for arg in argv[1:argv.index("--") if "--" in argv else len(argv)]:
+        short = known.get(arg[:2])  # -n2 is -n with its value; -hello is no -h (a flag)
+        if arg.startswith("-") and not arg.startswith("--") and arg != "-" and " " not in arg \
+                and arg not in known and not (short and short.nargs != 0) and not _is_number(arg):
+            named = "" if command == "generate" else f" {command}"
+            return f"tinygen{named} [OPTIONS] -- {shlex.quote(arg)}"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="tinygen", description="Generate text offline with a small language model.")
+    parser = _Parser(prog="tinygen", description="Generate text offline with a small language model.")
     parser.add_argument("--version", action="version", version=f"tinygen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = HelpFormatter
@@ -341,7 +381,12 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
         argv.insert(0, "generate")
     try:
         # Inside the try: numpy and onnxruntime load here, the first half second a Ctrl-C hits.
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        _Parser.dashed = _dashed_prompt(parser, argv)
+        try:
+            args = parser.parse_args(argv)
+        finally:  # for this command line only
+            _Parser.dashed = None
         _check_paths(args)
         if args.command == "curate" and args.prompt == "-":
             raise TinygenError("curate reads your choices from stdin, so its prompt cannot come "
