@@ -300,7 +300,7 @@ class TextGenerator:
         elif path.exists() and path.stat().st_size:
             raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
         seeds = self._seed_sequence(base, n, config)
-        settings["seed"] = seeds[0:1][0]
+        settings["seed"] = seeds[0]
         bar = _progress_bar(n) if progress else None
         if bar:
             bar.update(done)
@@ -430,13 +430,15 @@ class TextGenerator:
 
 
 class _SeedRange:
-    """Seeds first, first + 1, ... (all None for greedy decoding) for `count` sequences; a
-    slice is a list."""
+    """Seeds first, first + 1, ... (all None for greedy decoding) for `count` sequences, as
+    the list _seeds makes, without holding them; a slice is a list."""
 
     def __init__(self, first: int | None, count: int):
         self.first, self.count = first, count
 
-    def __getitem__(self, part: slice) -> list[int | None]:
+    def __getitem__(self, part: int | slice):
+        if isinstance(part, int):
+            return self[part:part + 1][0]
         start, stop, _ = part.indices(self.count)
         return [None if self.first is None else self.first + i for i in range(start, stop)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinygen.errors import TinygenError
 
-from ..data.sources import ERRORS, _hidden, corpus_files, read_documents
+from ..data.sources import ERRORS, corpus_files, hidden_under, read_documents
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],
             raise TinygenError(f"{out} is one of this command's inputs and would be overwritten; "
                                f"write to another path")
         folder = next((f for f in folders
-                       if where.is_relative_to(f) and not _hidden(where, f)), None)
+                       if where.is_relative_to(f) and not hidden_under(where, f)), None)
         if folder is not None:
             raise TinygenError(f"{out} is inside the corpus folder {folder}, where later runs "
                                f"would read it as text; write it outside that folder")

@@ -43,7 +43,7 @@ def corpus_files(path: str | Path) -> list[Path]:
     recursively, in name order, hidden ones (a dot in any part of the path) left out."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not hidden_under(p, path))
         if not files:
             raise TinygenError(f"{path}: folder has no files")
         return files
@@ -52,7 +52,8 @@ def corpus_files(path: str | Path) -> list[Path]:
     raise TinygenError(f"corpus not found: {path}")
 
 
-def _hidden(path: Path, root: Path) -> bool:
+def hidden_under(path: Path, root: Path) -> bool:
+    """Whether `path`, below `root`, is or lies in a dot-file or dot-folder: never read as corpus."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
