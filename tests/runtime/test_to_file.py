@@ -250,3 +250,21 @@ def test_texts_written_inside_the_model_folder_resume(optimum_gpt2_dir, tmp_path
     code, _, err = run([*args, "-n", "3", "--resume"])
     assert code == 0, err
     assert seeds_in(model / "t.txt") == [5, 6, 7]
+
+
+def test_to_file_makes_missing_folders_as_save_does(optimum_gpt2_dir, tmp_path):
+    """--to-file and curate's --save follow one rule, the trainer's -o's: missing folders are made."""
+    target = tmp_path / "runs" / "today" / "texts.txt"
+    code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "-n", "2", "--seed", "3",
+                        "--max-new-tokens", "4", "--to-file", str(target)])
+    assert code == 0, err
+    assert seeds_in(target) == [3, 4]
+
+
+def test_a_file_in_the_way_of_to_file_is_one_line(optimum_gpt2_dir, tmp_path):
+    (tmp_path / "afile").write_text("")
+    target = tmp_path / "afile" / "texts.txt"
+    code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
+                        "--to-file", str(target)])
+    assert code == 2
+    assert err == f"tinygen: error: cannot write {target}: {tmp_path / 'afile'} is a file, not a folder\n"

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from .atomic import check_parents
 from .config import GenerationConfig, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion
 from . import heap
@@ -288,6 +289,7 @@ class TextGenerator:
         done, offset, base = 0, 0, seed
         if path.is_dir():
             raise TinygenError(f"{path} is a folder; give a file to write the texts to")
+        check_parents(path)
         if resume and path.exists():
             try:
                 done, offset, found_base, recorded = resume_point(path, sidecar, settings, prompt_text)
@@ -311,6 +313,7 @@ class TextGenerator:
             bar.update(done)
         written = 0
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # as --save and the trainer's -o do
             with open(path, "ab") as f:
                 if f.seek(0, os.SEEK_END) > offset:  # an unfinished batch, or a text cut short
                     f.truncate(offset)
