@@ -138,3 +138,55 @@ def test_an_actor_runs_on_the_cpus_ray_gives_it_unless_told():
     assert actor_threads("cpu", None, 0.5) == 1  # a fraction of a CPU still needs a thread
     assert actor_threads("cpu", 3, 1) == 3  # asked for: kept
     assert actor_threads("cuda", None, 1) is None  # the GPU's provider: onnxruntime's default
+
+
+class _Enough(Exception):
+    """Raised by the fake pool once it has seen the chunks a test looks at."""
+
+
+def _fake_ray(submitted: list, stop_after: int):
+    """A Ray whose pool records each chunk (rows, seeds) handed to it, and stops after a few."""
+    from types import SimpleNamespace
+
+    class Pool:
+        def __init__(self, actors):
+            self.actors = actors
+
+        def submit(self, fn, chunk):
+            submitted.append(chunk)
+            if len(submitted) == stop_after:
+                raise _Enough
+
+        def map(self, fn, chunks):  # as Ray's: submits every chunk first
+            for chunk in chunks:
+                self.submit(fn, chunk)
+
+    class Worker:
+        @staticmethod
+        def remote(*args):
+            return object()
+
+    return SimpleNamespace(is_initialized=lambda: True, remote=lambda **_: lambda cls: Worker,
+                           util=SimpleNamespace(ActorPool=Pool), kill=lambda actor: None)
+
+
+def test_a_huge_n_hands_out_chunks_without_listing_every_row(optimum_gpt2_dir, monkeypatch):
+    """n=10**12 built every row and seed on the driver before the first chunk went out (killed
+    for memory); chunks are made as they are handed out, as TextGenerator.generate does."""
+    import tracemalloc
+
+    submitted = []
+    monkeypatch.setattr(tray, "_ray", lambda: _fake_ray(submitted, stop_after=3))
+    tracemalloc.start()
+    try:
+        with pytest.raises(_Enough):  # 10**6 rows listed up front take tens of MB
+            tray.generate(["A", "B"], model=optimum_gpt2_dir, n=10**6, seed=5, chunk_size=4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+    submitted.clear()
+    with pytest.raises(_Enough):
+        tray.generate(["A", "B"], model=optimum_gpt2_dir, n=10**12, seed=5, chunk_size=4)
+    assert [seeds for _, seeds in submitted] == [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    assert all(len(set(map(tuple, rows))) == 1 for rows, _ in submitted)  # all "A": n of it come first

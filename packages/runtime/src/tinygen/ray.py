@@ -25,6 +25,7 @@ and the work is already split by the seeds. `deployment` runs the same ASGI app 
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Sequence
 
@@ -89,16 +90,32 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         raise TinygenError(f"cpus_per_worker must be a number > 0, got {cpus_per_worker!r}")
     _check_worker_options(device, threads)
     threads = actor_threads(device, threads, cpus_per_worker)
-    rows = [p for p in prompts for _ in range(n)]
-    seeds = TextGenerator._seeds(seed, len(rows), config)
-    size = batch_size if chunk_size is None else chunk_size
-    chunks = [(rows[i:i + size], seeds[i:i + size]) for i in range(0, len(rows), size)]
+    total, size = len(prompts) * n, batch_size if chunk_size is None else chunk_size
+    seeds = TextGenerator._seed_sequence(seed, total, config)
+    # Chunks are made as they are handed out, as TextGenerator.generate makes its batches:
+    # every row and seed listed up front (and ActorPool.map submits them all at once) did not
+    # fit in memory for a huge n, before the first text.
+    chunks = (([prompts[i // n] for i in range(start, min(start + size, total))],
+               seeds[start:start + size]) for start in range(0, total, size))
     worker = ray.remote(num_cpus=cpus_per_worker)(_Worker)
-    actors = [worker.remote(model_dir, device, threads) for _ in range(min(num_workers, len(chunks)))]
+    workers = min(num_workers, -(-total // size))  # no more actors than chunks
+    actors = [worker.remote(model_dir, device, threads) for _ in range(workers)]
     pool = ray.util.ActorPool(actors)
+
+    def run(actor, chunk):
+        return actor.generate.remote(*chunk, batch_size, options)
+
     results: list[Completion] = []
     try:
-        for done in pool.map(lambda actor, chunk: actor.generate.remote(*chunk, batch_size, options), chunks):
+        # Two chunks an actor: results come back in order, and an actor done before the
+        # oldest chunk finds the next one waiting.
+        for chunk in itertools.islice(chunks, 2 * len(actors)):
+            pool.submit(run, chunk)
+        while pool.has_next():
+            done = pool.get_next()
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pool.submit(run, chunk)
             results.extend(Completion(*fields) for fields in done)
     finally:
         for actor in actors:
