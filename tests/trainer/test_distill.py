@@ -453,3 +453,20 @@ def test_options_of_the_other_kind_of_distillation_are_refused(no_teacher, tmp_p
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "student").exists()
+
+
+def test_teacher_prompts_go_round_per_text_whatever_the_batch(exported_gpt2_dir, tmp_path):
+    """--prompts A,B,C with 6 texts gives A,B,C,A,B,C; a text's prompt and seed are its index's."""
+    from tinygen_trainer.distill import TextsRequest, teacher_texts
+
+    prompts = ("Once upon", "The quick", "To be")
+    files = []
+    for batch_size in (4, 1):
+        path = tmp_path / f"texts-{batch_size}.jsonl"
+        teacher_texts(TextsRequest(exported_gpt2_dir, path, 6, prompts, max_new_tokens=6, seed=3,
+                                   batch_size=batch_size), progress=False)
+        files.append([json.loads(line) for line in path.read_text().splitlines()])
+    records = files[0]
+    assert [r["seed"] for r in records] == list(range(3, 9))
+    assert all(r["text"].startswith(prompts[i % 3]) for i, r in enumerate(records))
+    assert files[0] == files[1]

@@ -150,11 +150,11 @@ def test_ctrl_c_while_writing_teacher_texts_is_its_last_line(tmp_path, monkeypat
         def __init__(self, folder):
             pass
 
-        def generate(self, prompt, n, **options):
+        def generate(self, prompts, n, **options):
             Generator.calls += 1
             if Generator.calls == 2:
                 raise KeyboardInterrupt
-            return ["a text"] * n
+            return ["a text"] * (len(prompts) * n)  # n texts per prompt, as TextGenerator's
 
     monkeypatch.setattr(tinygen, "TextGenerator", Generator)
     teacher = tmp_path / "teacher"

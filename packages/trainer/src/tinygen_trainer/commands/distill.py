@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher-texts", type=int, metavar="N",
                        help="sequence-level: the teacher writes N texts to OUTPUT/teacher-texts.jsonl")
     group.add_argument("--prompts", type=Path,
-                       help="sequence-level: a text file of prompts, one per line, cycled")
+                       help="sequence-level: a text file of prompts, one per line, taken in "
+                            "turn per text")
     group.add_argument("--text-tokens", type=int,
                        default=TEXT_OPTIONS["text_tokens"],
                        help="sequence-level: new tokens per teacher text")

@@ -26,7 +26,7 @@ class TextsRequest:
     teacher: Path  # an exported tinygen model folder (tinygen.json)
     output: Path  # the JSONL file to write (or continue)
     count: int  # texts in all
-    prompts: tuple[str, ...] = ("",)  # cycled; "" starts a new document
+    prompts: tuple[str, ...] = ("",)  # text i gets prompt i mod len; "" starts a new document
     max_new_tokens: int = 256
     seed: int = 42
     batch_size: int = 16
@@ -58,14 +58,15 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
             progress_bar(request.count, "teacher texts", "text", initial=done, enabled=progress) as bar:
         for start in range(done, request.count, request.batch_size):
             count = min(request.batch_size, request.count - start)
-            # One prompt per batch keeps the batch one prefill; prompts cycle over batches.
-            prompt = request.prompts[(start // request.batch_size) % len(request.prompts)]
+            # Text i gets prompt i mod len and seed + i: neither depends on the batch size.
+            prompts = [request.prompts[i % len(request.prompts)]
+                       for i in range(start, start + count)]
             seeds = [request.seed + i for i in range(start, start + count)]
-            texts = generator.generate(prompt, n=count, seed=seeds, batch_size=count,
+            texts = generator.generate(prompts, n=1, seed=seeds, batch_size=count,
                                        max_new_tokens=request.max_new_tokens,
                                        temperature=request.temperature, top_p=request.top_p)
-            f.write("".join(json.dumps({"text": prompt + str(t), "seed": s}) + "\n"
-                            for t, s in zip(texts, seeds)))
+            f.write("".join(json.dumps({"text": p + str(t), "seed": s}) + "\n"
+                            for p, t, s in zip(prompts, texts, seeds)))
             f.flush()
             os.fsync(f.fileno())
             bar.update(count)
