@@ -407,7 +407,8 @@ def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
                         lambda request: calls.append(request) or SimpleNamespace(complete=True))
     monkeypatch.setattr(trainer, "distill",
                         lambda config: calls.append(config) or config.output_dir)
-    corpus, out, tok = tmp_path / "corpus.txt", tmp_path / "student", tmp_path / "tokenizer.json"
+    corpus, out, tok = tmp_path / "corpus.jsonl", tmp_path / "student", tmp_path / "tokenizer.json"
+    corpus.touch()  # records: --field over text files alone is refused
     assert main(["distill", str(corpus), "--teacher", str(tmp_path / "teacher"), "--preset",
                  "cpu-tiny", "--tokenizer", str(tok), "-o", str(out), "--quiet", "--field", "body",
                  "--kd-weight", "0.5"]) == 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tinygen.errors import TinygenError
+from tinygen_trainer.cli import main
 from tinygen_trainer.data.sources import read_documents
+from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 
 # Raw in a JSON string (json.dumps(ensure_ascii=False) writes them so), yet str.splitlines()
 # splits on each: U+2028/U+2029 line/paragraph separators, NEL, and the file separators.
@@ -50,3 +53,29 @@ def test_a_tokens_file_that_is_no_cache_is_not_sent_to_errors_replace(tmp_path):
         read_documents(path)
     assert str(info.value) == (f"{path}: not a tinygen token cache (nor UTF-8 text); make it again "
                                f"with 'tinygen-train encode'")
+
+
+@pytest.mark.parametrize("command", [
+    ["tokenizer", "-o", "tok"],
+    ["encode", "--tokenizer", "tokenizer.json", "-o", "c.tokens"],
+    ["train", "--preset", "cpu-tiny", "--tokenizer", "tokenizer.json", "-o", "out", "--steps", "1"],
+    ["teacher-cache", "--teacher", "teacher", "-o", "cache"],
+])
+def test_field_over_plain_text_is_refused(tmp_path, monkeypatch, capsys, command):
+    """--field picks a CSV column or JSONL key; over a .txt file it was ignored, silently."""
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("Plain notes, no records.\n" * 20, encoding="utf-8")
+    tokenizer = train_tokenizer(["Plain notes, no records."] * 20,
+                                TokenizerConfig(vocab_size=300, progress=False))
+    save_tokenizer(tokenizer, "tokenizer.json")
+    assert main([command[0], "notes.txt", *command[1:], "--field", "title"]) == 2
+    assert capsys.readouterr().err == (
+        "tinygen-train: error: --field title picks a CSV column or JSONL key, and notes.txt holds "
+        "no CSV or JSONL files; drop --field, or give the records (.csv, .jsonl)\n")
+
+
+def test_field_over_a_folder_with_records_still_reads_them(tmp_path):
+    (tmp_path / "posts.jsonl").write_text(json.dumps({"title": "a title"}) + "\n", encoding="utf-8")
+    (tmp_path / "README.txt").write_text("about the posts\n", encoding="utf-8")
+    assert main(["tokenizer", str(tmp_path), "-o", str(tmp_path.parent / "tok"),
+                 "--vocab-size", "300", "--field", "title"]) == 0

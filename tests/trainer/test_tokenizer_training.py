@@ -213,12 +213,14 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, corpus_file, capsys):
                  str(folder / ".cache" / "x.tokens"), "--quiet"]) == 0
 
 
-def test_rules_and_fields_of_an_earlier_tokenizer_are_not_left_beside_a_new_one(tmp_path, corpus_file,
-                                                                                capsys):
+def test_rules_and_fields_of_an_earlier_tokenizer_are_not_left_beside_a_new_one(tmp_path, capsys):
     """A tokenizer retrained into its folder without --replace or --field kept the old
     replacements.json and fields.json beside it: encode then refused the new tokenizer (or
     applied rules it was not trained with)."""
     out = tmp_path / "tok"
+    corpus_file = tmp_path / "records.jsonl"  # records: --field is refused on plain text
+    corpus_file.write_text("".join(json.dumps({"title": "t", "body": doc, "text": doc}) + "\n"
+                                   for doc in CORPUS), encoding="utf-8")
     assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300",
                  "--replace-regex", r"https?://\S+", "<|url|>", "--field", "title,body"]) == 0
     capsys.readouterr()
@@ -232,3 +234,43 @@ def test_rules_and_fields_of_an_earlier_tokenizer_are_not_left_beside_a_new_one(
     assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]
     assert main(["encode", str(corpus_file), "--tokenizer", str(out / "tokenizer.json"), "-o",
                  str(tmp_path / "c.tokens"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("pattern, problem", [
+    ("(", "is not a valid regex (missing ), unterminated subpattern at position 0)"),
+    ("a*", "matches the empty string; make it match at least one character (+ instead of *)"),
+])
+def test_a_bad_replace_regex_is_named_by_its_flag(corpus_file, tmp_path, capsys, pattern, problem):
+    """The error named the rule's place in replacements.json ('encode[0].pattern'), a file the
+    user never wrote: it names the flag and the pattern typed."""
+    assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "tok"),
+                 "--replace-regex", pattern, "<|x|>"]) == 2
+    expected = f"tinygen-train: error: --replace-regex {pattern!r} {problem}\n"
+    assert capsys.readouterr().err == expected
+
+
+def test_a_bad_regex_in_a_replacements_file_names_the_file(corpus_file, tmp_path, capsys):
+    tok = save_tokenizer(train_tokenizer(CORPUS, TokenizerConfig(vocab_size=300, progress=False)),
+                         tmp_path / "tokenizer.json")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"encode": [{"pattern": "(", "regex": True, "token": "<|x|>"}]}))
+    assert main(["encode", str(corpus_file), "--tokenizer", str(tok), "--replacements", str(rules),
+                 "-o", str(tmp_path / "c.tokens")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinygen-train: error: {rules}: 'encode[0].pattern' '(' "
+                          f"is not a valid regex")
+
+
+def test_a_vocabulary_the_corpus_cannot_fill_is_said(corpus_file, tmp_path, capsys):
+    """BPE stops when no pair is left to merge: --vocab-size 70000 on a small corpus gave a few
+    hundred tokens, silently."""
+    assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "big"),
+                 "--vocab-size", "70000"]) == 0
+    size = Tokenizer.from_file(str(tmp_path / "big" / "tokenizer.json")).get_vocab_size()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if "fewer than" in line] == [
+        f"note: the tokenizer has {size} tokens, fewer than the 70000 asked: the corpus holds "
+        f"no more pairs to merge (seen at least --min-frequency 2 times)"]
+    assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "small"),
+                 "--vocab-size", "300"]) == 0
+    assert "fewer than" not in capsys.readouterr().err

@@ -30,6 +30,18 @@ FILE_NAME = "replacements.json"
 _RULE_KEYS = {"pattern", "regex", "token"}
 
 
+def regex_problem(pattern: str) -> str | None:
+    """What keeps `pattern` from being a replacement regex, as the end of a sentence naming
+    it (its file and rule, or its command-line flag); None when it is fine."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"is not a valid regex ({exc})"
+    if compiled.fullmatch(""):  # it would put the token between every character
+        return "matches the empty string; make it match at least one character (+ instead of *)"
+    return None
+
+
 @dataclass(frozen=True)
 class EncodeRule:
     pattern: str
@@ -110,14 +122,9 @@ class Replacements:
             regex = rule.get("regex", False)
             if not isinstance(regex, bool):
                 raise fail(f"'{where}.regex' must be true or false")
-            if regex:
-                try:
-                    compiled = re.compile(rule["pattern"])
-                except re.error as exc:
-                    raise fail(f"'{where}.pattern' is not a valid regex ({exc})") from None
-                if compiled.fullmatch(""):  # it would put the token between every character
-                    raise fail(f"'{where}.pattern' {rule['pattern']!r} matches the empty string; "
-                               f"make it match at least one character (+ instead of *)")
+            problem = regex_problem(rule["pattern"]) if regex else None
+            if problem:
+                raise fail(f"'{where}.pattern' {rule['pattern']!r} {problem}")
             rules.append(EncodeRule(rule["pattern"], rule["token"], regex))
         decode = data.get("decode", {})
         if not isinstance(decode, dict) or not all(isinstance(v, str) for v in decode.values()):

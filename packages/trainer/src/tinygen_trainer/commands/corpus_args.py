@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinygen.errors import TinygenError
 
-from ..data.sources import ERRORS, corpus_files, hidden_under, read_documents
+from ..data.sources import ERRORS, corpus_files, hidden_under, holds_records, read_documents
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,17 @@ def read_corpus(args: argparse.Namespace) -> list[str]:
         documents.extend(read_documents(path, field=args.field, errors=args.errors,
                                         line_by_line=args.line_by_line))
     return documents
+
+
+def refuse_field_without_records(corpora: list[Path], field: str | None) -> None:
+    """Text files have no fields: a --field over them alone would be ignored, silently.
+    (A folder mixing text and records is fine: the field picks the records' text.)"""
+    if field is None or any(holds_records(path) for path in corpora):
+        return
+    names = ", ".join(str(path) for path in corpora)
+    raise TinygenError(f"--field {field} picks a CSV column or JSONL key, and {names} "
+                       f"hold{'s' * (len(corpora) == 1)} no CSV or JSONL files; drop --field, "
+                       f"or give the records (.csv, .jsonl)")
 
 
 def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],

@@ -22,6 +22,7 @@ from tinygen.errors import TinygenError
 
 from . import teacher_cache as cache_command
 from . import train as train_command
+from .corpus_args import refuse_field_without_records
 
 HELP = "Distill a teacher into a student: logit distillation from a teacher cache, or sequence-level."
 
@@ -145,6 +146,8 @@ def _sequences(args: argparse.Namespace) -> int:
             raise TinygenError(f"--prompts {args.prompts}: not UTF-8 at byte {exc.start}; give a "
                                f"text file of prompts, one per line, in UTF-8") from None
         prompts = tuple(line for line in lines if line.strip()) or prompts
+    # Before the teacher's texts (JSONL) join the corpora: they would hide a --field on text.
+    refuse_field_without_records(args.corpus, args.field)
     n = len(args.corpus)
     for flag, values in (("--weights", args.weights), ("--loss-weights", args.loss_weights)):
         if values is not None and len(values) != n:  # counted before the texts join, at weight 1

@@ -14,7 +14,8 @@ from tinygen.replacements import Replacements
 
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
-from .corpus_args import add_corpus_arguments, read_corpus, refuse_overwriting_inputs
+from .corpus_args import (add_corpus_arguments, read_corpus, refuse_field_without_records,
+                          refuse_overwriting_inputs)
 
 HELP = "Encode a corpus with a tokenizer into a token cache (msgpack, gzip)."
 
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_field_without_records(args.corpus, args.field)
     beside = args.tokenizer.parent / REPLACEMENTS_FILE
     replacements, rules_file = None, None
     if args.replacements is not None:

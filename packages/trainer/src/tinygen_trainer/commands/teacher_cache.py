@@ -40,12 +40,14 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
     from tinygen.errors import TinygenError
 
     from ..distill import CacheRequest
+    from .corpus_args import refuse_field_without_records
 
     # A block of one token holds no next token to learn: no student could train on the cache.
     for name, least in (("block_size", 2), ("top_k", 1), ("teacher_blocks", 1)):
         value = getattr(args, name)
         if value is not None and value < least:
             raise TinygenError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    refuse_field_without_records(args.corpus, args.field)
     if batch_size < 1:
         raise TinygenError(f"--batch-size must be >= 1, got {batch_size}")
     if max_minutes is not None and not max_minutes > 0:  # 0 would stop before the first shard

@@ -12,10 +12,11 @@ from tinygen.errors import TinygenError
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
-from tinygen.replacements import Replacements
+from tinygen.replacements import Replacements, regex_problem
 
 from ..tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
-from .corpus_args import add_corpus_arguments, read_corpus, refuse_overwriting_inputs
+from .corpus_args import (add_corpus_arguments, read_corpus, refuse_field_without_records,
+                          refuse_overwriting_inputs)
 
 HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
@@ -54,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def replacements_from_args(args: argparse.Namespace) -> Replacements:
     """The --replace/--replace-regex/--decode/--ban flags as one validated Replacements."""
+    # Checked here, not by from_json, whose message names a place in replacements.json.
+    for pattern, _ in args.replace_regex:
+        if problem := regex_problem(pattern):
+            raise TinygenError(f"--replace-regex {pattern!r} {problem}")
     rules = [{"pattern": p, "regex": False, "token": t} for p, t in args.replace]
     rules += [{"pattern": p, "regex": True, "token": t} for p, t in args.replace_regex]
     data = {"encode": rules, "decode": dict(args.decode), "ban": list(args.ban)}
@@ -61,6 +66,7 @@ def replacements_from_args(args: argparse.Namespace) -> Replacements:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_field_without_records(args.corpus, args.field)
     replacements = replacements_from_args(args)
     check_parents(args.output)  # before the training, not after it
     beside = args.output.parent  # replacements.json and fields.json go there too
@@ -84,8 +90,13 @@ def run(args: argparse.Namespace) -> int:
     path = save_tokenizer(tokenizer, args.output, replacements)
     if schema:  # training and export find it beside the tokenizer, as replacements.json
         schema.save(Path(path).parent)
+    size = tokenizer.get_vocab_size()
+    if size < args.vocab_size:  # BPE stops when no pair is frequent enough to merge
+        print(f"note: the tokenizer has {size} tokens, fewer than the {args.vocab_size} asked: "
+              f"the corpus holds no more pairs to merge (seen at least --min-frequency "
+              f"{args.min_frequency} times)", file=sys.stderr)
     docs = len(documents)
-    print(f"wrote {path}: {tokenizer.get_vocab_size()} tokens from {docs} document{'s' * (docs != 1)}",
+    print(f"wrote {path}: {size} tokens from {docs} document{'s' * (docs != 1)}",
           file=sys.stderr)
     return 0
 

@@ -27,7 +27,7 @@ from tinygen.errors import TinygenError
 from ..data.sources import ERRORS
 from ..training.config import DEVICES, PRECISIONS, SCHEDULES, DataSource, Phase, TrainConfig
 from ..training.presets import PRESETS
-from .corpus_args import refuse_overwriting_inputs
+from .corpus_args import refuse_field_without_records, refuse_overwriting_inputs
 
 HELP = "Finetune a transformers causal LM (--model) or train one from scratch (--preset)."
 # Defaults shown in --help come from the config itself, so the two never disagree.
@@ -216,7 +216,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train  # torch and transformers load only when training runs
     from ..training.distributed import process_rank
 
-    out = train(config_from_args(args))
+    config = config_from_args(args)
+    refuse_field_without_records([s.path for p in config.resolved_phases() for s in p.data],
+                                 args.field)
+    out = train(config)
     if process_rank() == 0:  # under torchrun: once, not once per process
         print(f"saved the model to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
     return 0

@@ -52,6 +52,11 @@ def corpus_files(path: str | Path) -> list[Path]:
     raise TinygenError(f"corpus not found: {path}")
 
 
+def holds_records(path: str | Path) -> bool:
+    """Whether the corpus at `path` has a CSV or JSONL file, the only files --field reads."""
+    return any(f.suffix.lower() in CSV_SUFFIXES + JSONL_SUFFIXES for f in corpus_files(path))
+
+
 def hidden_under(path: Path, root: Path) -> bool:
     """Whether `path`, below `root`, is or lies in a dot-file or dot-folder: never read as corpus."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)
