@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -79,6 +81,42 @@ def test_export_model_prints_the_verification_line(tiny_gpt2_dir, tmp_path, caps
     assert path == tmp_path / "out"
     stdout = capsys.readouterr().out
     assert "verified: 32/32 greedy tokens match PyTorch, max |logit diff| " in stdout
+
+
+@pytest.mark.parametrize("options", [["--graph", "optimum"], ["--format", "torchscript"]])
+def test_export_prints_no_library_noise(tiny_gpt2_dir, tmp_path, options):
+    """transformers and optimum logged lines no user can act on (`torch_dtype` is deprecated,
+    tied-weight initializers, `loss_type=None`). A fresh process: transformers says each
+    line once per process, so an earlier test's export would hide it here."""
+    code = "import sys; from tinygen_trainer.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "export", str(tiny_gpt2_dir),
+                           str(tmp_path / "out"), *options],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "wrote " in done.stdout
+    assert done.stderr == ""
+
+
+def test_only_the_known_noise_is_dropped_and_only_during_the_export():
+    import io
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    from tinygen_trainer.export.noise import library_noise_dropped
+
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)  # as transformers' own, on its library logger
+    transformers_logging.get_logger().addHandler(handler)
+    logger = transformers_logging.get_logger("transformers.modeling_utils")
+    try:
+        with library_noise_dropped():
+            logger.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+            logger.warning("Some weights of GPT2LMHeadModel were not initialized")  # actionable
+        logger.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+    finally:
+        transformers_logging.get_logger().removeHandler(handler)
+    assert written.getvalue() == ("Some weights of GPT2LMHeadModel were not initialized\n"
+                                  "`torch_dtype` is deprecated! Use `dtype` instead!\n")
 
 
 def test_export_replaces_an_earlier_export(tiny_gpt2_dir, tmp_path):

@@ -17,6 +17,7 @@ from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
 from .fused.float16 import convert_to_float16
 from .fused.graph import GQA_HEAD_SIZE_MULTIPLE, NoFusedGraph
 from .fused.quantize import INT8_BLOCK_SIZE, quantize_nbits
+from .noise import library_noise_dropped
 from .onnx_export import MODEL_FILE as ONNX_FILE
 from .onnx_export import export_onnx, read_signature
 from .quantize import quantize_int8
@@ -43,7 +44,7 @@ def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
     say = echo or (lambda line: None)
     source = read_source(config.src)
     check_output_dir(config.out, config.src)
-    with staged_dir(config.out) as stage:
+    with library_noise_dropped(), staged_dir(config.out) as stage:
         tokenizer = write_tokenizer(source.path, stage)
         manifest = replace(base_manifest(source, copy_replacements(source.path, stage, tokenizer)),
                            fields_file=copy_fields(source.path, stage, tokenizer))
