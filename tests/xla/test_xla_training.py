@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -159,3 +161,33 @@ def test_trained_model_exports_and_generates(xla_run, tmp_path):
     model = export_model(xla_run.out, tmp_path / "model")  # checks 32 greedy tokens itself
     text = TextGenerator(str(model)).generate("the cat", do_sample=False, max_new_tokens=8)[0]
     assert text.token_ids and isinstance(text, str)
+
+
+# -- the end of a run -------------------------------------------------------------------
+
+class LosesTheDevice(Trainer):
+    """Fails before step 4: step 3's loss, logged, is still waiting for the next sync."""
+
+    def train_step(self, feed):
+        if self.step == 3:
+            raise RuntimeError("the device went away")
+        return super().train_step(feed)
+
+
+def test_a_failed_run_leaves_nothing_for_the_next_sync(tiny, tmp_path):
+    """close() drops the reports when_ready still holds: left in torch_xla's step closures,
+    a report of the failed run would run at the next run's first sync in this process,
+    writing its step into metrics.jsonl after the resume had cut it, and would keep the
+    failed trainer (its model and optimizer state on the device) alive until then."""
+    options = dict(steps=6, log_every=1, checkpoint_every=2)
+    failed = LosesTheDevice.from_config(tiny(tmp_path / "out", **options))
+    with pytest.raises(RuntimeError, match="the device went away"):
+        failed.fit()
+    assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2]  # 3's never came
+    gone = weakref.ref(failed)
+    del failed
+    gc.collect()
+    assert gone() is None, "a pending report still holds the failed trainer"
+
+    train(tiny(tmp_path / "out", resume=True, **options))  # from step 2, in this process
+    assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]

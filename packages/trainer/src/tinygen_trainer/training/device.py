@@ -97,7 +97,10 @@ class Backend:
         """Once the model is built: seed what differs between processes (DDP's dropout)."""
 
     def close(self) -> None:
-        """Leave the process group, if any (the end of a run)."""
+        """The end of a run, finished or failed (the trainer calls it once, in a finally):
+        leave the process group, if any (data parallel), and drop the reports when_ready
+        still holds (XLA; after a finished run flush() has run them all). It runs no device
+        work, so it cannot hide the error a failed run is raising."""
 
     def feed(self, sampler, make_batch, batch_size: int, accum: int) -> Feed:
         """A phase's batches: `make_batch` turns the sampler's rows into CPU tensors."""
@@ -252,6 +255,9 @@ class XlaBackend(Backend):
         self.device = self.runtime.device
         self.precision = self.resolve_precision(precision)
         self.scaler = None
+        # when_ready's (value, report) pairs until the next sync; kept here, not in
+        # torch_xla's step closures (global to the process), so that close() can drop them.
+        self._reports: list[tuple[torch.Tensor, Callable[[float], None]]] = []
 
     def resolve_precision(self, precision: str) -> str:
         if precision == "fp16":
@@ -295,10 +301,29 @@ class XlaBackend(Backend):
     def when_ready(self, value: torch.Tensor, report: Callable[[float], None]) -> None:
         # The step's graph has been launched; the closure runs at the next sync, when
         # its result is device data, so reading it costs a copy and no new graph.
-        self._xla.add_step_closure(lambda: report(value.item()))
+        self._reports.append((value, report))
+        if len(self._reports) == 1:
+            self._xla.add_step_closure(self._report)
+
+    def _report(self) -> None:
+        reports, self._reports = self._reports, []
+        for value, report in reports:
+            report(value.item())
 
     def flush(self) -> None:
         self._xla.sync()
+
+    def close(self) -> None:
+        # A failed run can leave a logged step's report waiting for a sync. In torch_xla's
+        # queue it would run at the next sync in this process, a later run's (a resume
+        # in a notebook or a test), and log this run's step after the resume had cut it
+        # from metrics.jsonl; it would also keep this run's trainer, model and optimizer
+        # state on the device until then. Dropped here, unread: reading it could hang or
+        # fail on a device in trouble. The closure queued for them then finds none.
+        # The gloo group between hosts (xla.join_hosts) stays: torch-xla's xla://
+        # rendezvous keeps its store for the life of the process, and a later run here
+        # joins the group that exists rather than rendezvous again on that store.
+        self._reports.clear()
 
     def step_metrics(self) -> dict[str, Any]:
         return {"xla_compilations": self._xla.compilations()}
