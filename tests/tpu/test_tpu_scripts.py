@@ -228,3 +228,53 @@ def test_xla_venv_modes_the_makefile_uses(fakes, tmp_path):
     assert done.stdout == f"{path}\n" and (Path(path) / ".complete").is_file()
     assert f"python3.11 -m venv {path}" in calls
     assert any(call.startswith("pip install ") for call in calls)
+
+
+# -- train.sh on a pod slice: one worker exports ----------------------------------------------
+
+TRAINING_PYTHON = r"""#!/usr/bin/env bash
+# As the XLA venv's python: notes each tinygen-train command; `train` leaves the trained model
+# in TRAIN_DIR, as process 0 does (every worker sees it there when TRAIN_DIR is shared).
+echo "${*:3}" >> "$FAKE_LOG"
+if [[ "$3" == train ]]; then mkdir -p "$TRAIN_DIR" && echo {} > "$TRAIN_DIR/train_config.json"; fi
+"""
+
+
+def prepared_run(tmp_path: Path, worker: int) -> tuple[Path, Path]:
+    """(TEXT, OUT) as launch.sh leaves them on one worker: the tokens made, from this text."""
+    import hashlib
+
+    out = tmp_path / f"worker-{worker}" / "run"
+    text = out / "stories.txt"
+    (out / "tokenizer").mkdir(parents=True)
+    text.write_text("the cat sat.")
+    (out / "tokenizer" / "tokenizer.json").write_text("{}")
+    (out / "train.tokens").write_text("")
+    sha = hashlib.sha256(text.read_bytes()).hexdigest()
+    (out / "prepared").write_text(f"{sha} vocab 16384\n")
+    return text, out
+
+
+@pytest.mark.parametrize("exporter", [None, "2"])
+def test_train_with_a_shared_train_dir_exports_on_one_worker(fakes, tmp_path, exporter):
+    """Every worker sees the model process 0 wrote to a shared TRAIN_DIR; only the worker
+    launch.sh copies the model back from (TPU_MODEL_WORKER, default 0) exports it."""
+    python = tmp_path / "bin" / "python"
+    python.write_text(TRAINING_PYTHON)
+    shared = tmp_path / "nfs" / "trained"
+    chosen = int(exporter or 0)
+    settings = {"TRAIN_DIR": str(shared), **({"TPU_MODEL_WORKER": exporter} if exporter else {})}
+    for worker in range(4):
+        text, out = prepared_run(tmp_path, worker)
+        done, calls = fakes(TPU / "train.sh", str(text), str(out), "--quiet",
+                            TPU_WORKER_ID=str(worker), **settings)
+        assert done.returncode == 0, done.stderr
+        assert [call.split()[0] for call in calls] == \
+            (["train", "export"] if worker == chosen else ["train"]), (worker, calls)
+        line = done.stderr.splitlines()[-1]
+        assert line.startswith(f"worker {worker} (")
+        if worker == chosen:
+            assert calls[1] == f"export {shared} {out}/model"
+            assert line.endswith(f"): exported the model to {out}/model")
+        else:
+            assert f"): trained; worker {chosen} exports the model" in line

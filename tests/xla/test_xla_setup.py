@@ -456,7 +456,8 @@ fi
 
 @pytest.mark.parametrize("writer", [True, False])
 def test_tpu_train_exports_only_where_process_0_wrote_the_model(tmp_path, writer):
-    """On a pod slice train.sh runs on every worker; only process 0's has a model to export."""
+    """The exporting worker (TPU_MODEL_WORKER) exports only where process 0 wrote the model:
+    with a TRAIN_DIR of its own, that is on process 0's worker alone."""
     python, log = tmp_path / "python", tmp_path / "calls.log"
     python.write_text(FAKE_PYTHON)
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
@@ -468,7 +469,8 @@ def test_tpu_train_exports_only_where_process_0_wrote_the_model(tmp_path, writer
     (out / "train.tokens").write_text("")
     (out / "prepared").write_text(f"{sha256(text)} vocab 16384\n")  # from this text
     env = {**os.environ, "TINYGEN_PYTHON": str(python), "FAKE_LOG": str(log),
-           "TRAIN_DIR": str(shared), "STEPS": "7", "BATCH_SIZE": "32", "TPU_WORKER_ID": "3"}
+           "TRAIN_DIR": str(shared), "STEPS": "7", "BATCH_SIZE": "32", "TPU_WORKER_ID": "3",
+           "TPU_MODEL_WORKER": "3"}
     if writer:
         env["FAKE_WRITER"] = "1"
     done = subprocess.run([str(TPU / "train.sh"), str(text), str(out), "--quiet"], env=env,
@@ -485,4 +487,30 @@ def test_tpu_train_exports_only_where_process_0_wrote_the_model(tmp_path, writer
     else:
         assert calls[1:] == []
         assert done.stderr.startswith("worker 3 (")
-        assert done.stderr.endswith("): trained; process 0 wrote the model on another worker\n")
+        assert done.stderr.endswith("): trained; process 0 wrote the model on another worker: "
+                                    "launch again with TPU_MODEL_WORKER set to the worker whose "
+                                    "TRAIN_DIR has it\n")
+
+
+def test_a_worker_holding_the_model_names_itself_when_another_exports(tmp_path):
+    """Process 0 ran on worker 3 and TRAIN_DIR is its own: worker 0 exports (and finds
+    nothing), so worker 3 says how to export from it."""
+    python, log = tmp_path / "python", tmp_path / "calls.log"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    out, trained = tmp_path / "run", tmp_path / "trained"
+    text = tmp_path / "stories.txt"
+    text.write_text("the cat sat.")
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.json").write_text("{}")
+    (out / "train.tokens").write_text("")
+    (out / "prepared").write_text(f"{sha256(text)} vocab 16384\n")
+    env = {**os.environ, "TINYGEN_PYTHON": str(python), "FAKE_LOG": str(log),
+           "TRAIN_DIR": str(trained), "TPU_WORKER_ID": "3", "FAKE_WRITER": "1"}
+    env.pop("TPU_MODEL_WORKER", None)
+    done = subprocess.run([str(TPU / "train.sh"), str(text), str(out), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [c for c in log.read_text().splitlines() if c.startswith("export")] == []
+    assert done.stderr.endswith("): trained; worker 0 exports the model (it is here too: if "
+                                "worker 0 finds none, launch again with TPU_MODEL_WORKER=3)\n")

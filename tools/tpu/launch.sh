@@ -7,11 +7,10 @@
 # `make dev`), so every worker of a pod slice trains on the very same tokens. They go
 # to every worker, tools/tpu/train.sh runs on all of them at once (one process per
 # worker, SPMD over every chip of the slice, each worker loading its share of every
-# batch), and the exported model comes back to LOCAL_OUT from TPU_MODEL_WORKER
-# (default 0): only process 0 writes the model, and it runs on worker 0 unless the
-# runtime numbered them otherwise (train.sh prints the worker number that exported).
-# PRESET, STEPS, BATCH_SIZE (global), BLOCK_SIZE, VOCAB_SIZE and TRAIN_DIR are passed
-# on to train.sh.
+# batch), and the model comes back to LOCAL_OUT from TPU_MODEL_WORKER (default 0,
+# where process 0 writes it), the one worker that exports it (train.sh prints which).
+# PRESET, STEPS, BATCH_SIZE (global), BLOCK_SIZE, VOCAB_SIZE, TRAIN_DIR and
+# TPU_MODEL_WORKER are passed on to train.sh.
 #
 # The preparation (build/tpu/NAME-KEY here) and the run (runs/NAME-KEY on the workers) are
 # named after the text and KEY, the start of its sha256: the same text launched again resumes
@@ -53,7 +52,7 @@ fi
 
 TINYGEN_PYTHON="$local_python" PJRT_DEVICE=CPU "$(dirname "$0")/train.sh" "$text" "$prep" --prepare-only
 settings=""
-for var in PRESET STEPS BATCH_SIZE BLOCK_SIZE VOCAB_SIZE TRAIN_DIR; do
+for var in PRESET STEPS BATCH_SIZE BLOCK_SIZE VOCAB_SIZE TRAIN_DIR TPU_MODEL_WORKER; do
     if [[ -n "${!var:-}" ]]; then settings+="$var=$(printf '%q' "${!var}") "; fi
 done
 extra=""

@@ -14,12 +14,14 @@
 # count of the whole slice), BLOCK_SIZE, VOCAB_SIZE, TRAIN_DIR, TINYGEN_PYTHON (default: the
 # venv install.sh made).
 #
-# On a pod slice only process 0 writes TRAIN_DIR, so only the worker it runs on exports; the
-# others say so and stop. Each says which worker it is: the number gcloud's --worker=N takes
-# (launch.sh's TPU_MODEL_WORKER), from TPU_WORKER_ID or else the VM's metadata. To resume there,
-# TRAIN_DIR must be a folder every worker shares (an NFS mount such as Filestore): otherwise the
-# other workers see no checkpoint and the trainer stops with a one-line error instead of
-# training from different starting points.
+# On a pod slice every worker trains, process 0 alone writes TRAIN_DIR, and one worker exports:
+# TPU_MODEL_WORKER (default 0, where process 0 runs: torch-xla numbers the processes as the
+# workers), the one launch.sh copies the model back from; the others say so and stop. Each says
+# which worker it is: the number gcloud's --worker=N takes, from TPU_WORKER_ID or else the VM's
+# metadata (none found: one machine, which exports). To resume there, TRAIN_DIR must be a folder
+# every worker shares (an NFS mount such as Filestore): otherwise the other workers see no
+# checkpoint and the trainer stops with a one-line error instead of training from different
+# starting points.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"  # for tpu_help: no gcloud here
 tpu_help "$@"
@@ -45,15 +47,16 @@ if ! command -v "$python" >/dev/null; then
 fi
 export PJRT_DEVICE="${PJRT_DEVICE:-TPU}"
 tinygen_train() { "$python" -m tinygen_trainer.cli "$@"; }
-# This worker's number as gcloud's --worker=N counts them (the TPU VM's agent-worker-number).
-worker() {
+# This worker's number as gcloud's --worker=N counts them (the TPU VM's agent-worker-number);
+# nothing where there is none (not a TPU VM).
+worker_number() {
     local number="${TPU_WORKER_ID:-}"
     if [[ -z "$number" ]] && command -v curl >/dev/null; then
         local attributes=http://metadata.google.internal/computeMetadata/v1/instance/attributes
         number="$(curl -sf -m 5 -H 'Metadata-Flavor: Google' "$attributes/agent-worker-number" \
             2>/dev/null || true)"
     fi
-    echo "worker ${number:-?} ($(hostname))"
+    echo "$number"
 }
 
 mkdir -p "$out"
@@ -77,9 +80,22 @@ trained="${TRAIN_DIR:-$out/trained}"
 tinygen_train train "$out/train.tokens" --tokenizer "$out/tokenizer/tokenizer.json" \
     --preset "${PRESET:-gpt2-124m}" --steps "${STEPS:-5000}" --batch-size "${BATCH_SIZE:-64}" \
     --block-size "${BLOCK_SIZE:-1024}" --device xla -o "$trained" --resume "$@"
+number="$(worker_number)"
+me="worker ${number:-?} ($(hostname))"
+exporter="${TPU_MODEL_WORKER:-0}"
+# One export: with a shared TRAIN_DIR every worker sees the model there.
+if [[ -n "$number" && "$number" != "$exporter" ]]; then
+    held=""  # where process 0 ran here and TRAIN_DIR is not shared, the exporter has none
+    if [[ -f "$trained/train_config.json" ]]; then
+        held=" (it is here too: if worker $exporter finds none, launch again with TPU_MODEL_WORKER=$number)"
+    fi
+    echo "$me: trained; worker $exporter exports the model$held" >&2
+    exit 0
+fi
 if [[ ! -f "$trained/train_config.json" ]]; then
-    echo "$(worker): trained; process 0 wrote the model on another worker" >&2
+    echo "$me: trained; process 0 wrote the model on another worker: launch again with" \
+        "TPU_MODEL_WORKER set to the worker whose TRAIN_DIR has it" >&2
     exit 0
 fi
 tinygen_train export "$trained" "$out/model"
-echo "$(worker): exported the model to $out/model" >&2
+echo "$me: exported the model to $out/model" >&2
