@@ -94,6 +94,10 @@ class GenerationConfig:
         def bad(name: str, rule: str) -> TinygenError:
             return TinygenError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
+        # A string is truthy: do_sample="false" (from a config file, say) sampled.
+        for name in ("do_sample", "stop_at_eos", "slide_window", "return_probs", "raw_probs"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", "an integer >= 1")
         # inf passes `>= 0` but divides every logit into NaN: refused here, by name.
@@ -135,9 +139,9 @@ class GenerationConfig:
 def _bias_pairs(value: Any) -> Any:
     """logit_bias as given ({id: bias} or [(id, bias), ...]) -> ((id, bias), ...) sorted by id."""
     if isinstance(value, dict):
-        pairs = list(value.items())
+        pairs = [(plain(i), plain(b)) for i, b in value.items()]  # numpy ids and biases too
     elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
-        pairs = [tuple(p) for p in value]
+        pairs = [(plain(i), plain(b)) for i, b in value]
     else:
         raise TinygenError(f"logit_bias must be a mapping of token id to number, got {value!r}")
     if not all(is_int(i) for i, _ in pairs):

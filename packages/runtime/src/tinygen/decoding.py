@@ -58,6 +58,9 @@ class Completion(str):
         self.token_probs = token_probs
         return self
 
+    def __reduce__(self):  # str's own would remake it from the text alone (pickle, copy)
+        return Completion, (str(self), self.seed, self.token_ids, self.finish_reason, self.token_probs)
+
 
 class Piece(str):
     """A streamed piece of text, with the probabilities of the tokens that made it."""
@@ -68,6 +71,9 @@ class Piece(str):
         self = super().__new__(cls, text)
         self.token_probs = token_probs
         return self
+
+    def __reduce__(self):
+        return Piece, (str(self), self.token_probs)
 
 
 class SequenceState:

@@ -82,6 +82,12 @@ class TextGenerator:
             if threads > cores:
                 raise TinygenError(f"threads must be at most {cores}, the CPUs this machine has "
                                    f"(more only slow it down), got {threads}")
+        if isinstance(replacements, str) and not replacements.strip():  # Path("") is the current folder
+            raise TinygenError("replacements must be a replacements.json path (or None for the "
+                               "model's own), got an empty string")
+        cuda_graphs = plain(cuda_graphs)
+        if not isinstance(cuda_graphs, bool):  # "no" is truthy
+            raise TinygenError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.model_dir = model_folder(model)
         try:
             self.manifest: Manifest = load_manifest(self.model_dir)
@@ -156,6 +162,7 @@ class TextGenerator:
         """
         config = self.defaults.merged(**options)
         n, batch_size, seed = plain(n), plain(batch_size), plain(seed)
+        dedupe, dedupe_ngram = plain(dedupe), plain(dedupe_ngram)
         prompt, end_ids = self._conditioned(as_prompt(prompt), context, target)
         prompts = self.prompts.encode(prompt)
         _check_count("n", n)
@@ -273,6 +280,8 @@ class TextGenerator:
             raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
         path = Path(path)
         # Everything that can be refused is, before the file is touched.
+        if isinstance(self.model, _Closed):
+            raise TinygenError(CLOSED)
         config = self.defaults.merged(**options)
         conditioned, _ = self._conditioned(prompt, context, target)
         self.prompts.encode(conditioned, single="generate_to_file")
@@ -422,19 +431,21 @@ class TextGenerator:
 
     @staticmethod
     def _seeds(seed, count: int, config: GenerationConfig) -> list[int | None]:
+        # Checked under greedy decoding too, which draws nothing: seed=-1 is a mistake there as well.
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, list, tuple)):
+                raise TinygenError(f"seed must be an integer or a list of integers, got {seed!r}")
+            if isinstance(seed, int) and seed < 0:
+                raise TinygenError(f"seed must be >= 0, got {seed}")
+            # None stands for a greedy row's seed (ray.py hands its workers such lists).
+            if not isinstance(seed, int) and (len(seed) != count or not all(
+                    (is_int(s) and s >= 0) or (s is None and config.greedy) for s in seed)):
+                raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
         if config.greedy:
             return [None] * count  # greedy decoding draws nothing
         if seed is None:
             seed = draw_seed()
-        if isinstance(seed, bool) or not isinstance(seed, (int, list, tuple)):
-            raise TinygenError(f"seed must be an integer or a list of integers, got {seed!r}")
-        if isinstance(seed, int):
-            if seed < 0:
-                raise TinygenError(f"seed must be >= 0, got {seed}")
-            return [seed + i for i in range(count)]
-        if len(seed) != count or not all(isinstance(s, int) and s >= 0 for s in seed):
-            raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
-        return list(seed)
+        return [seed + i for i in range(count)] if isinstance(seed, int) else list(seed)
 
 
 class _SeedRange:
@@ -475,11 +486,14 @@ class TextStream:
         [self.completion] = self._decoding.completions()
 
 
+CLOSED = "this TextGenerator was closed; make a new one to generate"
+
+
 class _Closed:
     """Stands for the model after `close`: any use of it says so, in one line."""
 
     def __getattr__(self, name: str):
-        raise TinygenError("this TextGenerator was closed; make a new one to generate")
+        raise TinygenError(CLOSED)
 
 
 def _check_count(name: str, value) -> None:

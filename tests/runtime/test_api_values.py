@@ -1,0 +1,93 @@
+"""The Python API as users call it: values of the wrong kind refused by name, numpy values taken
+for what they hold, and results that survive pickle and copy (multiprocessing, caches)."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from tinygen import TextGenerator, TinygenError
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return TextGenerator()  # the embedded tiny model: no export needed
+
+
+@pytest.mark.parametrize("name", ["do_sample", "stop_at_eos", "slide_window", "return_probs", "raw_probs"])
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, 1.0])
+def test_a_switch_takes_true_or_false_only(gen, name, value):
+    """do_sample="false" (read from a config file) is a truthy string: it sampled."""
+    with pytest.raises(TinygenError, match=f"{name} must be True or False, got {value!r}"):
+        gen.generate("Hi", max_new_tokens=2, **{name: value})
+
+
+def test_numpy_switches_are_the_bools_they_hold(gen):
+    assert gen.generate("Hi", max_new_tokens=4, do_sample=np.bool_(False)) == \
+        gen.generate("Hi", max_new_tokens=4, do_sample=False)
+
+
+def test_a_seed_list_of_bools_is_refused(gen):
+    with pytest.raises(TinygenError, match="a list of seeds needs 2 integers >= 0"):
+        gen.generate("Hi", n=2, seed=[True, 2], max_new_tokens=2)
+
+
+def test_numpy_logit_bias_and_dedupe_ngram_are_the_numbers_they_hold(gen):
+    plain = gen.generate("Hi", n=3, seed=1, max_new_tokens=6, logit_bias={5: 2.0},
+                         dedupe=0.5, dedupe_ngram=3)
+    numpy = gen.generate("Hi", n=3, seed=1, max_new_tokens=6, logit_bias={np.int64(5): np.float32(2.0)},
+                         dedupe=np.float64(0.5), dedupe_ngram=np.int64(3))
+    assert list(numpy) == list(plain)
+    pairs = gen.generate("Hi", n=3, seed=1, max_new_tokens=6, logit_bias=[(np.int32(5), np.float64(2.0))])
+    assert list(pairs) == list(gen.generate("Hi", n=3, seed=1, max_new_tokens=6, logit_bias={5: 2.0}))
+
+
+def test_texts_and_pieces_survive_pickle_and_copy(gen):
+    texts = gen.generate("Hi", n=2, seed=1, max_new_tokens=5, return_probs=True, dedupe=0.5)
+    for again in (pickle.loads(pickle.dumps(texts)), copy.deepcopy(texts), copy.copy(texts)):
+        assert list(again) == list(texts)
+        for a, b in zip(again, texts):
+            assert (a.seed, a.token_ids, a.finish_reason, a.token_probs) == \
+                (b.seed, b.token_ids, b.finish_reason, b.token_probs)
+    pieces = list(gen.stream("Hi", seed=1, max_new_tokens=3, return_probs=True))
+    again = pickle.loads(pickle.dumps(pieces))
+    assert again == pieces and [p.token_probs for p in again] == [p.token_probs for p in pieces]
+
+
+def test_constructor_arguments_are_checked_by_name():
+    with pytest.raises(TinygenError, match="replacements must be a replacements.json path .* "
+                                           "got an empty string"):
+        TextGenerator(replacements="")
+    with pytest.raises(TinygenError, match="cuda_graphs must be True or False, got 'no'"):
+        TextGenerator(cuda_graphs="no")
+
+
+def test_a_closed_generator_writes_no_file(tmp_path):
+    gen = TextGenerator()
+    gen.close()
+    with pytest.raises(TinygenError, match="this TextGenerator was closed"):
+        gen.generate_to_file(tmp_path / "texts.txt", "Hi", n=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed,message", [(-1, "seed must be >= 0, got -1"),
+                                          ("7", "seed must be an integer or a list of integers, got '7'"),
+                                          ([1, 2], "a list of seeds needs 1 integers >= 0")])
+def test_a_bad_seed_is_refused_under_greedy_decoding_too(gen, seed, message):
+    """Greedy decoding draws nothing, but a bad seed is still a mistake: it was ignored."""
+    for call in (lambda: gen.generate("Hi", seed=seed, do_sample=False, max_new_tokens=2),
+                 lambda: gen.stream("Hi", seed=seed, temperature=0, max_new_tokens=2)):
+        with pytest.raises(TinygenError, match=message):
+            call()
+    assert gen.generate("Hi", seed=5, do_sample=False, max_new_tokens=2)[0].seed is None
+
+
+def test_greedy_texts_to_a_file_in_several_batches(gen, tmp_path):
+    """generate_to_file hands each batch its seeds, all None under greedy decoding."""
+    written = gen.generate_to_file(tmp_path / "t.txt", "Hi", n=3, batch_size=2, do_sample=False,
+                                   max_new_tokens=3)
+    assert written.written == 3
+    assert (tmp_path / "t.txt").read_text().count("==================== seed greedy\n") == 3
+    with pytest.raises(TinygenError, match="a list of seeds needs 2 integers >= 0"):
+        gen.generate("Hi", n=2, seed=[None, 1], max_new_tokens=2)
