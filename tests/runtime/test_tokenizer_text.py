@@ -236,3 +236,23 @@ def test_a_text_ending_inside_a_character_keeps_what_its_last_token_held():
     pieces = list(gen.stream("Once upon a time", do_sample=False, max_new_tokens=1,
                              logit_bias={partial: 1000.0}))
     assert "".join(pieces) == whole
+
+
+def test_a_replacement_inside_a_character_comes_after_the_bytes_before_it(bpe_path):
+    """A replacement token between the bytes of one character: the bytes before it show first
+    (as \\ufffd, as a full decode shows them), and those after it cannot complete the character.
+    It was put first ("<url>é"), then the character made whole around it."""
+    tok = TextTokenizer(bpe_path, Replacements(decode={"<|url|>": "<url>"}))
+    url = tok.tokenizer.token_to_id("<|url|>")
+    first, second = tok.tokenizer.token_to_id("Ã"), tok.tokenizer.token_to_id("©")  # é's two bytes
+    assert tok.tokenizer.decode([first, second]) == "é"
+    the = tok.encode(" the")
+    ids = the + [first, url, second] + the + [first, second, url] + the + [first, url]
+    want = " the\ufffd<url>\ufffd the" + "é<url>" + " the\ufffd<url>"
+    assert tok.decode(ids) == want
+    for prompt in (None, tok.encode("Once")):
+        decoder = tok.stream_decoder(prompt)
+        assert "".join(decoder.step(i) for i in ids) + decoder.finish() == want
+        decoder = tok.stream_decoder(prompt)
+        assert "".join(decoder.step(i) for i in [first, url, first]) + decoder.finish() == \
+            "\ufffd<url>\ufffd"

@@ -143,7 +143,10 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: TextTokenizer, prompt_ids: Sequence[int] | None = None):
         self._tok = tokenizer
-        prime = self._prime(prompt_ids) if prompt_ids is not None else []
+        self._start(self._prime(prompt_ids) if prompt_ids is not None else [])
+
+    def _start(self, prime: list[int]) -> None:
+        """A fresh DecodeStream that continues the text of the ids `prime`."""
         self._stream = DecodeStream(prime, skip_special_tokens=True) if prime else DecodeStream(
             skip_special_tokens=True)
         # While a primed stream has emitted nothing, the ids it took: to start over
@@ -164,7 +167,14 @@ class StreamDecoder:
     def step(self, token_id: int) -> str:
         replacement = self._tok.decode_map.get(token_id)
         if replacement is not None:
-            return replacement
+            if self._shown == len(self._ids):
+                return replacement
+            # It cuts a character short: its bytes so far come first (as \ufffd, as a full
+            # decode shows them), and the bytes after it cannot complete it.
+            prime = (self._prime_ids + self._ids[:self._shown])[-self.PRIME_TOKENS:]
+            cut = self.finish()
+            self._start(prime)
+            return cut + replacement
         ids = self._ids
         ids.append(int(token_id))
         if self._pending is None:
