@@ -74,6 +74,29 @@ def test_context_with_to_file_from_the_cli(fields_model, tmp_path):
     assert seeds_in(target) == [1, 2]
 
 
+def test_a_streamed_text_takes_a_context(fields_model):
+    """stream and astream condition as generate does: the same text for a seed, ended by a
+    field token; so `tinygen --context` streams its text as it comes."""
+    import asyncio
+
+    gen = TextGenerator(fields_model)
+    options = dict(context={"title": "Rain"}, max_new_tokens=12, seed=7)
+    [made] = gen.generate("It", **options)
+    stream = gen.stream("It", **options)
+    assert "".join(stream) == made and stream.completion.token_ids == made.token_ids
+
+    async def pieces():
+        return "".join([p async for p in gen.astream("It", **options)])
+
+    assert asyncio.run(pieces()) == made
+    with pytest.raises(TinygenError, match="target needs a context"):
+        gen.astream("It", target="body")
+    code, out, err = run(["It", "--model", str(fields_model), "--context", "title=Rain",
+                          "--seed", "7", "--max-new-tokens", "12", "--show-probs"])
+    assert code == 0, err
+    assert out == f"It{made}\n" and err == "seed: 7\n"
+
+
 # -- 2. resuming ----------------------------------------------------------------------
 
 def test_resume_with_fewer_texts_asked_keeps_every_complete_record(optimum_gpt2_dir, tmp_path):

@@ -226,9 +226,9 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise TinygenError("--dedupe does not work with --to-file (texts are written as they are made); "
                            "drop one of them")
     context = _context(args)
-    streamed = args.n == 1 and context is None and args.dedupe is None and not args.to_file
+    streamed = args.n == 1 and args.dedupe is None and not args.to_file
     if args.show_probs and not streamed:
-        raise TinygenError("--show-probs works only for one streamed text: drop it, or drop -n, --context, "
+        raise TinygenError("--show-probs works only for one streamed text: drop it, or drop -n, "
                            "--dedupe and --to-file")
     gen = _generator(args)
     options = _options(args)

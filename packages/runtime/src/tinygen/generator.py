@@ -216,12 +216,15 @@ class TextGenerator:
             self._indexes[key] = NgramIndex.from_token_cache(path, n, self.tokenizer.vocab_size)
         return self._indexes[key]
 
-    def stream(self, prompt: Prompt = "", seed: int | None = None, **options) -> "TextStream":
-        """Yield the text as tokens arrive; whole characters only, stop strings never shown."""
+    def stream(self, prompt: Prompt = "", seed: int | None = None, context: dict | None = None,
+               target: str | None = None, **options) -> "TextStream":
+        """Yield the text as tokens arrive; whole characters only, stop strings never shown.
+        context and target condition it as they do `generate`'s, with the same text a seed."""
         config = self.defaults.merged(**options)
+        prompt, end_ids = self._conditioned(prompt, context, target)
         [ids] = self.prompts.encode(prompt, single="stream")
         [seed] = self._seeds(plain(seed), 1, config)
-        return TextStream(self._decoding([ids], [seed], config))
+        return TextStream(self._decoding([ids], [seed], config, end_ids))
 
     async def agenerate(self, prompt: Prompt | Sequence[Prompt] = "", **kwargs) -> "Generations":
         """`generate` for asyncio: the same texts, decoded in a worker thread while the event
@@ -233,14 +236,18 @@ class TextGenerator:
         return await in_worker_thread(
             self._async_lock, lambda cancelled: self.generate(prompt, _cancel=cancelled, **kwargs))
 
-    def astream(self, prompt: Prompt = "", seed: int | None = None, **options) -> AsyncTextStream:
-        """`stream` for asyncio: `async for piece in gen.astream(...)`. Options are checked
-        and the seed drawn here, at the call; the prompt is encoded when iteration starts."""
+    def astream(self, prompt: Prompt = "", seed: int | None = None, context: dict | None = None,
+                target: str | None = None, **options) -> AsyncTextStream:
+        """`stream` for asyncio: `async for piece in gen.astream(...)`. Options and the
+        context are checked and the seed drawn here, at the call; the prompt is encoded when
+        iteration starts."""
         from .async_api import AsyncTextStream
 
         config = self.defaults.merged(**options)
+        self._conditioned(prompt, context, target)
         [seed] = self._seeds(plain(seed), 1, config)
-        return AsyncTextStream(self._async_lock, lambda: self.stream(prompt, seed=seed, **options), seed)
+        return AsyncTextStream(self._async_lock, lambda: self.stream(
+            prompt, seed=seed, context=context, target=target, **options), seed)
 
     def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
         """The model's own distribution over the token after `prompt`: the top_n (text, prob).
