@@ -68,3 +68,9 @@ def test_a_cache_from_another_tokenizer_is_refused(optimum_gpt2_dir, tmp_path):
     with pytest.raises(TinygenError, match=f"encoded with another tokenizer \\({other} tokens; this "
                                            f"model's has {gen.tokenizer.vocab_size}\\)"):
         gen.generate("Once", max_new_tokens=4, dedupe=0.5, dedupe_against=cache)
+
+
+def test_a_folder_as_the_training_cache_is_named_a_folder(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    with pytest.raises(TinygenError, match=f"^{tmp_path} is a folder; give a token cache file"):
+        gen.generate("Once", max_new_tokens=4, dedupe=0.5, dedupe_against=tmp_path)

@@ -96,6 +96,9 @@ def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None,
     `token_name` (the tokenizer's id_to_token) names tokens in a mismatch message.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TinygenError(f"{path} is a folder; give a token cache file (.tokens, made by "
+                           f"tinygen-train encode)")
     if not path.is_file():
         raise TinygenError(f"token cache not found: {path}")
     raw = path.read_bytes()
