@@ -138,3 +138,36 @@ def test_replacement_bans_are_never_generated(optimum_gpt2_dir, tmp_path):
     eos = gen.manifest.eos_token_ids[0]
     texts = gen.generate("To be", n=20, seed=0, max_new_tokens=30, temperature=2.0)
     assert all(t.finish_reason == "length" and eos not in t.token_ids for t in texts)
+
+
+def test_min_new_tokens_holds_the_end_back(gen):
+    """With EOS made all but certain, a text ends at once; min_new_tokens=5 makes it end
+    right after its fifth token, in a batch and alone, and stop strings still end it."""
+    [eos] = gen.manifest.eos_token_ids[:1]
+    forced = dict(logit_bias={eos: 50.0}, max_new_tokens=20, seed=1)
+    [early] = gen.generate("Once", **forced)
+    assert early.finish_reason == "eos" and early.token_ids == ()
+    texts = gen.generate("Once", n=3, min_new_tokens=5, **forced)
+    assert [(len(t.token_ids), t.finish_reason) for t in texts] == [(5, "eos")] * 3
+    assert gen.generate("Once", min_new_tokens=5, **{**forced, "seed": 2})[0] == texts[1]
+    assert "".join(gen.stream("Once", min_new_tokens=5, **forced)) == texts[0]
+    [greedy] = gen.generate("Once", min_new_tokens=3, do_sample=False, logit_bias={eos: 50.0})
+    assert len(greedy.token_ids) == 3 and greedy.finish_reason == "eos"
+    [stopped] = gen.generate("Once", min_new_tokens=20, stop=[texts[0][:1]], **forced)
+    assert stopped.finish_reason == "stop"
+    for bad in (-1, 21, 2.5):
+        with pytest.raises(TinygenError, match=r"min_new_tokens must be an integer from 0 to "
+                                               r"max_new_tokens \(20\)"):
+            gen.generate("Once", min_new_tokens=bad, max_new_tokens=20)
+
+
+def test_min_new_tokens_from_the_cli(optimum_gpt2_dir):
+    import io
+
+    from tinygen.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
+                 "--min-new-tokens", "9"], out=out, err=err) == 2
+    assert err.getvalue() == "tinygen: error: min_new_tokens must be an integer from 0 to " \
+                             "max_new_tokens (4), got 9\n"

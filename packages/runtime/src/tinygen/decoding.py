@@ -16,7 +16,7 @@ a row's tokens, and memory stays flat however long the text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -99,6 +99,11 @@ class SequenceState:
     @property
     def history(self) -> list[int]:
         return self.prompt_ids + self.generated
+
+    @property
+    def may_end(self) -> bool:
+        """Whether an end token may come now (min_new_tokens)."""
+        return len(self.generated) >= self.config.min_new_tokens
 
     def record_probs(self, probs: np.ndarray, token: int, token_text) -> None:
         """probs: this step's distribution (vocab,); token_text: id -> shown text."""
@@ -192,6 +197,18 @@ def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
     return best
 
 
+def hold_back_ends(logits: np.ndarray, rows: Sequence[SequenceState],
+                   ends: Collection[int]) -> np.ndarray:
+    """The logits with the end tokens ruled out for the rows still under min_new_tokens (as
+    transformers' MinNewTokensLengthLogitsProcessor); the same array when no row is."""
+    early = [i for i, row in enumerate(rows) if not row.finish_reason and not row.may_end]
+    if not early or not ends:
+        return logits
+    out = logits.copy()
+    out[np.ix_(early, sorted(ends))] = -np.inf
+    return out
+
+
 class BatchDecoding:
     def __init__(self, model: OnnxCausalLM, tokenizer: TextTokenizer, prompts: list[list[int]],
                  seeds: list[int | None], config: GenerationConfig, pad_id: int,
@@ -237,6 +254,8 @@ class BatchDecoding:
         """
         histories = [r.history for r in self.rows] if self.needs_history else None
         logits = self.logits
+        if self.config.min_new_tokens:
+            logits = hold_back_ends(logits, self.rows, self.eos)
         for processor in self.processors:
             logits = processor(logits, histories)
         tokens = self.sampler(logits)
