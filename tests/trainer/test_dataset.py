@@ -250,3 +250,19 @@ def test_blend_rejects_bad_weights():
         BlendSampler([s, s], [1.0, 0.0], seed=0)
     with pytest.raises(TinygenError, match="one weight per corpus"):
         BlendSampler([s], [1.0, 2.0], seed=0)
+
+
+def test_a_csv_row_with_more_or_fewer_cells_than_the_header_is_an_error(tmp_path):
+    """An unquoted comma in the text cut the text at the comma (the rest went to a nameless
+    column), and an unquoted newline split a record in two, the second half dropped: both
+    silently. JSONL names a record without its field; CSV names its ragged row."""
+    path = tmp_path / "posts.csv"
+    path.write_text("title,text\na,hello there\nb,hello, world\n", encoding="utf-8")
+    with pytest.raises(TinygenError, match=r"posts.csv: line 3 has 3 cells, the header 2 "
+                                           r"\(title, text\); quote cells that hold commas"):
+        read_documents(path)
+    path.write_text("title,text\na,hello\nworld\n", encoding="utf-8")
+    with pytest.raises(TinygenError, match="posts.csv: line 3 has 1 cell, the header 2 "):
+        read_documents(path, field="title,text")
+    path.write_text('title,text\na,"hello,\nworld"\nb,\n', encoding="utf-8")  # quoted: fine
+    assert read_documents(path) == ["hello,\nworld"]

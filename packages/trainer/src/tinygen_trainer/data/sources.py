@@ -123,9 +123,24 @@ def _csv_rows(path: Path, reader: csv.DictReader, field: str) -> list[str]:
                 f"{path}: no column '{name}' (columns: {', '.join(reader.fieldnames)}); "
                 f"choose with --field"
             )
+    rows = (_whole_row(path, reader, row) for row in reader)
     if schema:
-        return [doc for doc in (schema.format(row) for row in reader) if doc]
-    return [row[field] for row in reader if row.get(field) and row[field].strip()]
+        return [doc for doc in (schema.format(row) for row in rows) if doc]
+    return [row[field] for row in rows if row[field].strip()]
+
+
+def _whole_row(path: Path, reader: csv.DictReader, row: dict) -> dict:
+    """A row with one cell per column. Another count is a broken record, not a short one: an
+    unquoted comma puts the rest of a text in a nameless cell, an unquoted newline splits a
+    record in two; read as they are, both would lose text silently."""
+    if None in row or None in row.values():  # DictReader's restkey and restval
+        cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+        columns = len(reader.fieldnames)
+        raise TinygenError(
+            f"{path}: line {reader.line_num} has {cells} cell{'s' * (cells != 1)}, the header "
+            f"{columns} ({', '.join(reader.fieldnames)}); quote cells that hold commas or "
+            f"newlines (\"like, this\")")
+    return row
 
 
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
