@@ -13,6 +13,7 @@ is swept: a folder that may be in use is never deleted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -74,8 +75,11 @@ def staged_dir(out: Path) -> Iterator[Path]:
         yield stage
         _readable_as_the_folder(stage)
         _replace(stage, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TinygenError(f"cannot write {out}: {exc.strerror}; free some space and export "
+                               f"again") from None
         raise
     finally:
         if lock is not None:

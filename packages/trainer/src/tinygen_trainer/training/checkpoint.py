@@ -21,6 +21,7 @@ the same newest one, which holds when --output is a folder they share.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -74,11 +75,34 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (reason := write_failure(exc)) is not None:
+            raise TinygenError(f"cannot write the checkpoint of step {step} in {root}: {reason} "
+                               f"(the checkpoints before it are kept)") from None
         raise
     prune(root, keep)
     return final
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed (a full disk, no permission) and what to do, as one clause, or None
+    when `exc` is no failed write. torch.save's zip writer does not name the cause."""
+    from safetensors import SafetensorError
+
+    text, full = str(exc), False
+    if isinstance(exc, OSError):
+        reason, full = exc.strerror or text, exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    elif isinstance(exc, SafetensorError) and "I/O error: " in text:
+        reason = text.split("I/O error: ", 1)[1].split(" (os error")[0]
+        full = "(os error 28)" in text or "(os error 122)" in text
+    elif isinstance(exc, RuntimeError) and ("inline_container" in text
+                                            or "PytorchStreamWriter" in text):
+        reason, full = f"the write stopped short (is the disk full?): {text.splitlines()[0]}", True
+    else:
+        return None
+    fix = "free some space" if full else "fix that"
+    return f"{reason}; {fix}, then run the same command with --resume"
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

@@ -34,7 +34,8 @@ from ..data.dataset import Rows
 from ..data.encoder import Encoder
 from ..data.sources import corpus_files
 from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
-                         load_optimizer, read_state, restore_rng, resume_point, save_checkpoint)
+                         load_optimizer, read_state, restore_rng, resume_point, save_checkpoint,
+                         write_failure)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .feed import Feed, HostBatch
@@ -303,6 +304,11 @@ class Trainer:
                 for path in sorted(tmp.iterdir(), key=_weights_last):
                     os.replace(path, out / path.name)
                 fsync_dir(out)
+            except Exception as exc:
+                if (reason := write_failure(exc)) is not None:
+                    raise TinygenError(f"cannot write the trained model to {out}: {reason}") \
+                        from None
+                raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
