@@ -154,3 +154,27 @@ def test_resume_sees_a_file_added_to_a_folder_and_ignores_hidden_ones(tmp_path, 
     (folder / "b.txt").unlink()
     train(longer)  # the hidden file changed, but the reader never reads it
     assert [m["step"] for m in read_metrics(config.output_dir)] == [1, 2, 3]
+
+
+# -- 6. two runs in one --output at once ----------------------------------------------
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, corpus, tokenizer):
+    """Two runs started on one --output (the same command launched twice, or with another
+    --lr) both trained into it: checkpoints of both, metrics.jsonl interleaved, the model of
+    whichever finished last, and no error. The running one holds the folder."""
+    from tinygen_trainer.training.loop import Trainer
+
+    first = Trainer.from_config(tiny(tmp_path, corpus, tokenizer))
+    with pytest.raises(TinygenError, match=re.escape(
+            f"{tmp_path / 'out'} is in use by another training run; wait for it to end, or "
+            f"choose another --output")):
+        Trainer.from_config(tiny(tmp_path, corpus, tokenizer, learning_rate=1e-3))
+    first.fit()  # the first run is untouched, and lets go of the folder when done
+    assert [r["step"] for r in read_metrics(tmp_path / "out")] == [1, 2, 3, 4]
+    train(tiny(tmp_path, corpus, tokenizer, resume=True, steps=5))
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path, corpus, tokenizer):
+    with pytest.raises(TinygenError, match="block_size"):
+        train(tiny(tmp_path, corpus, tokenizer, block_size=4096))
+    assert not (tmp_path / "out").exists()

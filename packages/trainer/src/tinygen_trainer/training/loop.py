@@ -90,11 +90,13 @@ class Trainer:
         self._diverged: tuple[int, float] | None = None  # (step, loss) of a non-finite logged loss
         self._log_time = time.perf_counter()
         self._log_tokens = 0
+        self._output_lock: OutputLock | None = None  # from_config's: held until fit() ends
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Trainer":
         """Build a ready-to-fit trainer; any user error is raised here, before training."""
         backend = select_backend(config.device, config.precision)  # under torchrun: joins the group
+        output_lock = None
         if config.progress and not backend.is_writer:
             config = dataclasses.replace(config, progress=False)  # process 0's bars alone
         try:
@@ -103,6 +105,8 @@ class Trainer:
                 backend.check_batch(config.batch_size)
                 _check_folder(config.output_dir, "--output")
                 _check_folder(config.tensorboard_dir, "--tensorboard")
+                if backend.is_writer:  # the one process that writes there
+                    output_lock = OutputLock(config.output_dir)
                 checkpoint = _checkpoint_to_resume(config, backend)
                 encoder, added = build_encoder(config)
                 plan = plan_model(config, encoder, added)
@@ -127,9 +131,12 @@ class Trainer:
             model = backend.place_model(model)
             backend.seed_processes(config.seed)  # data parallel: dropout differs per process
             trainer = cls(config, backend, encoder, model, phases, block_size, reporter, data_files)
+            trainer._output_lock = output_lock
             if state is not None:
                 trainer.restore(checkpoint, state)
         except BaseException:
+            if output_lock is not None:
+                output_lock.release()
             backend.close()
             raise
         return trainer
@@ -160,6 +167,8 @@ class Trainer:
                 feed.close()
             self.reporter.close()
             self.backend.close()
+            if self._output_lock is not None:
+                self._output_lock.release()
 
     def train_step(self, feed: Feed) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns its mean loss per target
@@ -501,6 +510,54 @@ def _check_steps_left(config: TrainConfig, checkpoint: Path, done: int) -> None:
         steps = f"the phases' {total} steps" if config.phases else f"--steps {total}"
         raise TinygenError(f"the checkpoint {checkpoint.name} is at step {done}, beyond {steps}: "
                            f"ask for more steps than {done} to go on")
+
+
+class OutputLock:
+    """An exclusive flock on the output folder (made here if new) for the length of a run.
+
+    Two runs in one folder at once would both write checkpoints, metrics.jsonl and the
+    model: a mix of two runs, and no error. The lock goes with the process, however it ends;
+    a folder this made is removed again when the run fails to start (release)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.made = not folder.exists()
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock, no lock
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(folder, os.O_RDONLY)
+        except OSError as exc:
+            raise TinygenError(f"cannot create --output {folder}: {exc.strerror or exc}") from None
+        for _ in range(2):
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                # Maybe a trainer this process made and dropped unfitted, its lock not yet
+                # collected (trainers sit in reference cycles): collected, it lets go.
+                gc.collect()
+            except OSError:  # a filesystem without flock: run unlocked, as before
+                return
+        os.close(self.fd)
+        self.fd = None
+        raise TinygenError(f"{folder} is in use by another training run; wait for it to end, "
+                           f"or choose another --output")
+
+    def __del__(self) -> None:  # a trainer dropped unfitted lets go of the folder too
+        self.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.made:
+            self.made = False
+            with contextlib.suppress(OSError):  # only while empty: a run that wrote keeps it
+                self.folder.rmdir()
 
 
 def _check_folder(path: Path | None, flag: str) -> None:
