@@ -68,6 +68,21 @@ def test_bad_values_name_their_parameter(served, call, field, value, param):
                  param=param)
 
 
+def test_stream_options_take_a_boolean_include_usage(served, call):
+    url, model = served
+    body = {"model": model, "prompt": "Hi", "max_tokens": 2, "stream": True}
+    for options in ({"include_usage": "yes"}, {"include_usage": 1}, {"usage": True}, ["include_usage"]):
+        assert_error(call("POST", f"{url}/v1/completions", {**body, "stream_options": options}), 400,
+                     param="stream_options")
+
+
+def test_a_huge_float_is_named_as_sent(served, call):
+    url, model = served
+    body = {"model": model, "prompt": "Hi", "seed": 1e300}
+    error = assert_error(call("POST", f"{url}/v1/completions", body), 400, param="seed")
+    assert error["message"].endswith("got 1e+300")
+
+
 def test_missing_and_unknown_models(served, call):
     url, _ = served
     assert_error(call("POST", f"{url}/v1/completions", {"prompt": "Hi"}), 400, param="model")
@@ -101,6 +116,8 @@ def test_too_many_sequences_in_one_request(served, call):
 def test_unknown_routes_and_methods_are_json_too(served, call):
     url, _ = served
     assert_error(call("GET", f"{url}/v1/chat/completions"), 404)
+    assert_error(call("POST", f"{url}/v1/chat/completions", {"model": "m", "messages": []}), 404,
+                 "no chat completions (its model completes text): use POST /v1/completions")
     assert_error(call("GET", f"{url}/v1/completions"), 405)
 
 

@@ -94,8 +94,21 @@ def test_logprobs_are_the_models_own(client, model_id, gpt2_gen):
     lp = reply.choices[0].logprobs
     assert lp.tokens == [tp.text for tp in want.token_probs]
     assert lp.token_logprobs == pytest.approx([math.log(tp.prob) for tp in want.token_probs], abs=1e-4)
-    assert all(len(top) <= 3 for top in lp.top_logprobs)
+    assert all(len(top) <= 4 for top in lp.top_logprobs)  # the 3 likeliest and the one drawn
     assert lp.text_offset[0] == 0
+
+
+def test_top_logprobs_hold_the_token_drawn_as_openais_do(client, model_id):
+    # OpenAI: "the API will always return the logprob of the sampled token, so there may be
+    # up to logprobs+1 elements": a token drawn from outside the likeliest ones is among them.
+    reply = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=30, seed=3,
+                                      temperature=2.0, logprobs=1)
+    lp = reply.choices[0].logprobs
+    assert any(len(top) == 2 for top in lp.top_logprobs)  # drawn from outside the likeliest
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert token in top and len(top) <= 2
+        if "\ufffd" not in token:  # part of a character: other tokens may show the same text
+            assert top[token] == pytest.approx(logprob)
 
 
 def test_echo_and_stop(client, model_id, gpt2_gen):
@@ -200,3 +213,21 @@ def test_a_request_its_own_options_leave_without_a_token_is_a_400():
         "invalid_request_error"
     assert failure_error(GenerationFailed("the server is shutting down", 503)).status == 503
     assert failure_error(GenerationFailed("generation failed: a bug")).status == 500
+
+
+def test_streamed_text_offsets_are_the_ones_a_full_reply_gives(client, model_id, gpt2_gen):
+    # A stop string that starts inside a token and then does not match: the stream shows that
+    # token's text only in part at first (the rest might be the stop string's start), so the
+    # offsets must count the tokens' texts, not the text shown so far.
+    [text] = gpt2_gen.generate("Once upon a time", do_sample=False, max_new_tokens=20,
+                               return_probs=True, top_n=1)
+    tokens = [tp.text for tp in text.token_probs]
+    j = next(i for i, t in enumerate(tokens[:-1]) if len(t) > 1 and t.isascii())
+    stop = tokens[j][1:] + "\x07never"
+    ask = dict(model=model_id, prompt="Once upon a time", max_tokens=20, temperature=0, stop=stop, logprobs=1)
+    full = client.completions.create(**ask).choices[0].logprobs.text_offset
+    streamed = []
+    for chunk in client.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            streamed += c.logprobs.text_offset if c.logprobs else []
+    assert streamed == full

@@ -223,7 +223,7 @@ async def _sse(server: Server, params: api.CompletionRequest, handle: RequestHan
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         return f"data: {json.dumps(api.completion_body(request_id, model_id, choices, usage))}\n\n"
 
-    offsets = {}  # characters sent so far per choice (logprobs' text_offset)
+    offsets = {}  # per choice, where its next token starts in the text (logprobs' text_offset)
     try:
         if params.echo:
             for i in range(len(handle.seeds)):
@@ -236,7 +236,9 @@ async def _sse(server: Server, params: api.CompletionRequest, handle: RequestHan
                 logprobs = None
                 if params.logprobs is not None:
                     logprobs = api.logprobs_block(piece.token_probs, offsets.get(i, 0))
-                offsets[i] = offsets.get(i, 0) + len(piece)
+                # The tokens' texts, as a full reply counts them: a piece may show only part
+                # of its tokens' text yet (the start of a stop string is held back).
+                offsets[i] = offsets.get(i, 0) + sum(len(tp.text) for tp in piece.token_probs)
                 yield chunk([api.choice(i, str(piece), None, handle.seeds[i], logprobs)])
             elif isinstance(event, SequenceDone):
                 completion_tokens += len(event.completion.token_ids)
@@ -257,7 +259,12 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    error = ApiError(exc.status_code, exc.detail or "error", code="not_found" if exc.status_code == 404 else None)
+    message = exc.detail or "error"
+    if exc.status_code == 404 and request.url.path.rstrip("/") == "/v1/chat/completions":
+        # What an OpenAI client tries first: say what this server has instead.
+        message = ("this server has no chat completions (its model completes text): "
+                   "use POST /v1/completions")
+    error = ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
     return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
 
 

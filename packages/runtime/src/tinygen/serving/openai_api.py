@@ -129,8 +129,10 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     if stream_options is not None:
         if not stream:
             raise ApiError(400, "stream_options needs stream: true", param="stream_options")
-        if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
-            raise ApiError(400, "stream_options takes only include_usage", param="stream_options")
+        if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"} or \
+                not isinstance(stream_options.get("include_usage"), (bool, type(None))):
+            raise ApiError(400, "stream_options takes only include_usage: true or false",
+                           param="stream_options")
     echo = p.bool("echo", False)
     if echo and logprobs is not None:
         raise ApiError(400, "echo with logprobs is not supported", param="echo", code="unsupported_parameter")
@@ -154,13 +156,15 @@ class _Reader:
         return self.body.get(name)
 
     def int(self, name: str, low: int, high: int, default):
-        value = self._get(name)
+        sent = value = self._get(name)
         if value is None:
             return default
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {value!r}", param=name)
+            # `sent`: 1e300 as sent, not as its 301 digits
+            raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {sent!r}",
+                           param=name)
         return value
 
     def number(self, name: str, low: float, high: float, default, open_low: bool = False):
@@ -266,7 +270,8 @@ def logprobs_block(token_probs: tuple[TokenProb, ...], offset: int) -> dict:
     for tp in token_probs:
         tokens.append(tp.text)
         logprobs.append(_log(tp.prob))
-        top.append({text: _log(prob) for text, prob in tp.top})
+        # OpenAI's top_logprobs also hold the token drawn (logprobs + 1 of them, at most).
+        top.append({text: _log(prob) for text, prob in tp.top} | {tp.text: logprobs[-1]})
         offsets.append(offset)
         offset += len(tp.text)
     return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top, "text_offset": offsets}
