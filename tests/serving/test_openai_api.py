@@ -231,3 +231,19 @@ def test_streamed_text_offsets_are_the_ones_a_full_reply_gives(client, model_id,
         for c in chunk.choices:
             streamed += c.logprobs.text_offset if c.logprobs else []
     assert streamed == full
+
+
+def test_min_tokens_holds_the_end_back_as_generate_does(client, model_id, gpt2_gen):
+    """min_tokens (vLLM's name) is generate's min_new_tokens: with EOS all but certain, a
+    text of exactly that many tokens, the same as generate's for the seed."""
+    [eos] = gpt2_gen.manifest.eos_token_ids[:1]
+    options = dict(prompt="Once", max_tokens=20, seed=3, logit_bias={str(eos): 50})
+    assert client.completions.create(model=model_id, **options).choices[0].text == ""
+    reply = client.completions.create(model=model_id, extra_body={"min_tokens": 6}, **options)
+    [made] = gpt2_gen.generate("Once", max_new_tokens=20, seed=3, min_new_tokens=6,
+                               logit_bias={eos: 50.0})
+    assert len(made.token_ids) == 6 and made.finish_reason == "eos"
+    assert reply.choices[0].text == made and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == 6
+    with pytest.raises(openai.BadRequestError, match="min_tokens must be at most max_tokens"):
+        client.completions.create(model=model_id, extra_body={"min_tokens": 30}, **options)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 import numpy as np
 
 from ..config import GenerationConfig
-from ..decoding import Completion, Piece, left_pad
+from ..decoding import Completion, Piece, hold_back_ends, left_pad
 from ..errors import TinygenError
 from ..processors import LogitsProcessor, build_processors, softmax
 from ..sampling import NOTHING_LEFT, RandomSampler
@@ -382,6 +382,9 @@ class Engine:
             raw = logits[rows]
             histories = [sequences[i].history for i in rows]
             processed = raw
+            if config.min_new_tokens:
+                processed = hold_back_ends(processed, [sequences[i] for i in rows],
+                                           sequences[rows[0]].eos)
             for processor in self._chain(config, suppress):
                 processed = processor(processed, histories)
             if config.greedy:

@@ -33,7 +33,9 @@ LOGPROB_FLOOR = -9999.0  # JSON has no -inf: the logprob of a token with probabi
 OPENAI_PARAMS = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stream",
                  "stream_options", "logprobs", "echo", "stop", "seed", "user", "logit_bias",
                  "presence_penalty", "frequency_penalty", "best_of", "suffix"}
-TINYGEN_PARAMS = {"top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size"}
+# min_tokens as vLLM names it (GenerationConfig's min_new_tokens).
+TINYGEN_PARAMS = {"top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
+                  "min_tokens"}
 # The websocket takes the same sampling parameters, one text at a time, and its own extras.
 SOCKET_PARAMS = (OPENAI_PARAMS | TINYGEN_PARAMS | {"api_key", "raw_probs", "type"}) - \
     {"n", "stream", "stream_options", "echo", "best_of", "suffix", "user"}
@@ -105,6 +107,7 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
         raise ApiError(400, "user must be a string", param="user")
     options: dict[str, Any] = {
         "max_new_tokens": _max_tokens(p, settings.max_tokens_limit, default_max_tokens),
+        "min_new_tokens": p.int("min_tokens", 0, settings.max_tokens_limit, None),
         "temperature": p.number("temperature", 0.0, 2.0, None),
         "top_p": p.number("top_p", 0.0, 1.0, None, open_low=True),
         "top_k": p.int("top_k", 0, vocab_size, None),
@@ -115,6 +118,9 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
         "stop": _stop(body.get("stop"), settings.max_stop),
         "logit_bias": _logit_bias(body.get("logit_bias"), vocab_size),
     }
+    if (options["min_new_tokens"] or 0) > (options["max_new_tokens"] or settings.max_tokens_limit):
+        raise ApiError(400, f"min_tokens must be at most max_tokens ({options['max_new_tokens']}), "
+                            f"got {options['min_new_tokens']}", param="min_tokens")
     if socket:
         top_n = p.int("logprobs", 0, 20, 5)  # alternatives shown per token
         options.update(return_probs=True, top_n=top_n, raw_probs=p.bool("raw_probs", False))
