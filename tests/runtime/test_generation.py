@@ -203,3 +203,17 @@ def test_runtime_never_imports_torch(optimum_gpt2_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "2\nheavy: []" in out
+
+
+@pytest.mark.parametrize("text,stops,held", [
+    ("Once upon a ti", ("time",), 2), ("Once upon a ti", ("a time", "time"), 4),
+    ("abcab", ("abcabd",), 5), ("aaaa", ("aab",), 2), ("xyz", ("abc",), 0),
+    ("a", ("abc", "a b"), 1), ("", ("abc",), 0), ("the end", ("end.", "he end?"), 6),
+])
+def test_the_start_of_a_stop_string_is_held_back(text, stops, held):
+    """The longest end of the text that begins a stop string, as every length tried in turn."""
+    from tinygen.decoding import _partial_stop
+
+    assert _partial_stop(text, stops) == held
+    assert held == max((k for s in stops for k in range(min(len(s) - 1, len(text)) + 1)
+                        if text.endswith(s[:k])), default=0)

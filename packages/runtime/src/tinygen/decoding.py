@@ -187,13 +187,19 @@ def left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray
 
 
 def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that begins some stop string (to hold back)."""
+    """Length of the longest end of `text` that begins some stop string (to hold back).
+
+    Only the places in the text's tail that hold a stop's first character are tried, longest
+    first: trying every length cost a step time in the square of a long stop string's length."""
     best = 0
     for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
+        i = text.find(stop[0], max(0, len(text) - len(stop) + 1))
+        while i >= 0 and len(text) - i > best:
+            # A few characters first: most places fail there, without copying the tail.
+            if stop.startswith(text[i:i + 16]) and stop.startswith(text[i:]):
+                best = len(text) - i
                 break
+            i = text.find(stop[0], i + 1)
     return best
 
 
