@@ -59,6 +59,7 @@ def test_unknown_parameters_are_named(served, call):
     ("logit_bias", {"\u00b2": 5}, "logit_bias"), ("logit_bias", {"\u0663": 5}, "logit_bias"),
     ("presence_penalty", 0.5, "presence_penalty"), ("best_of", 2, "best_of"), ("suffix", "end", "suffix"),
     ("top_k", -1, "top_k"), ("repetition_penalty", 0, "repetition_penalty"),
+    ("stop", ["x" * 1001], "stop"), ("min_tokens", 501, "min_tokens"), ("min_tokens", -1, "min_tokens"),
     # Lone surrogates: what JSON's \udce9 escape makes of bytes that were not UTF-8.
     ("prompt", "caf\udce9", "prompt"), ("prompt", ["Hi", "caf\udce9"], "prompt"), ("stop", ["\udce9"], "stop"),
 ])

@@ -216,6 +216,11 @@ def _max_tokens(p: "_Reader", limit: int, default: int | None) -> int | None:
     return asked
 
 
+# Characters in one stop string: every step looks for the start of each stop string at the
+# text's end, over as many characters as the stop string has, for every request in the batch.
+MAX_STOP_CHARS = 1000
+
+
 def _stop(value, limit: int):
     if value is None:
         return None
@@ -223,6 +228,9 @@ def _stop(value, limit: int):
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > limit:
         raise ApiError(400, f"stop must be a non-empty string or a list of up to {limit} of them",
                        param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"a stop string may have at most {MAX_STOP_CHARS} characters, got "
+                            f"{max(len(s) for s in stops)}", param="stop")
     for stop in stops:  # JSON's \udce9 escape makes text that no tokenizer takes
         try:
             check_utf8(stop, f"stop {stop!r}")
