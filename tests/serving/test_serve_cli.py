@@ -43,6 +43,10 @@ def test_bad_limits_are_one_line(optimum_gpt2_dir):
     err = io.StringIO()  # `--api-key "$KEY"` with KEY unset: refused, not served without a key
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--api-key", ""], out=io.StringIO(), err=err) == 2
     assert err.getvalue() == "tinygen: error: api_key must not be empty (leave it unset for no authentication)\n"
+    err = io.StringIO()
+    assert main(["serve", "--model", str(optimum_gpt2_dir), "--cors-origin", "app.example.com"],
+                out=io.StringIO(), err=err) == 2
+    assert err.getvalue().startswith("tinygen: error: a CORS origin is '*' or scheme://host[:port]")
 
 
 def test_an_empty_api_key_in_the_environment_is_refused_not_served_without_one(

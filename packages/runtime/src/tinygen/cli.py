@@ -163,6 +163,9 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $TINYGEN_API_KEY, else no key)")
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the directory name)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (https://app.example.com; * for any) call the API "
+                        "and open the websocket (repeatable; default: only the server's own pages)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, default=d.max_waiting,
                    help="requests queued for a place; more get 429")
@@ -358,7 +361,7 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise TinygenError("TINYGEN_API_KEY is set but empty; set it to the key, or unset it "
                                "to serve without authentication")
     settings = ServerSettings(
-        model_name=args.model_name, api_key=api_key,
+        model_name=args.model_name, api_key=api_key, cors_origins=tuple(args.cors_origin),
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_limit=args.max_tokens_limit,
         max_body_bytes=args.max_body_bytes).validated()
     sock = listen(args.host, args.port)  # before the model loads: a taken port fails at once

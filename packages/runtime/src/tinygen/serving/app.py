@@ -27,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from ..errors import PromptTooLong, TinygenError
@@ -138,7 +140,12 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
     async def socket(websocket) -> None:
         await stream_socket(websocket, server)
 
+    # Browser pages on other origins may call the API only where --cors-origin allows them.
+    cors = [Middleware(CORSMiddleware, allow_origins=list(server.settings.cors_origins),
+                       allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+            ] if server.settings.cors_origins else []
     app = Starlette(
+        middleware=cors,
         routes=[
             Route("/", playground, methods=["GET"]),
             Route("/health", health, methods=["GET"]),

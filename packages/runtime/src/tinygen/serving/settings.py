@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..errors import TinygenError
@@ -28,6 +29,16 @@ class ServerSettings:
     max_logprobs: int = 5
     # Most stop strings, OpenAI's limit.
     max_stop: int = 4
+    # Origins (https://app.example.com) whose web pages may call the API and open the
+    # websocket; "*" for any. By default only the server's own pages (the playground) may.
+    cors_origins: tuple[str, ...] = ()
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a browser page from `origin` may use the API (a request with no Origin
+        comes from no web page: a script, curl, the OpenAI client)."""
+        if origin is None or "*" in self.cors_origins or origin in self.cors_origins:
+            return True
+        return host is not None and origin.split("://", 1)[-1] == host  # the server's own page
 
     def validated(self) -> "ServerSettings":
         for name in ("max_batch", "max_body_bytes", "max_tokens_limit", "max_n"):
@@ -43,6 +54,10 @@ class ServerSettings:
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise TinygenError(f"model_name must be a non-empty name (leave it unset for the model "
                                f"folder's name), got {model!r}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise TinygenError(f"a CORS origin is '*' or scheme://host[:port] with no path "
+                                   f"(https://app.example.com), got {origin!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise TinygenError("api_key must not be empty (leave it unset for no authentication)")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):

@@ -15,6 +15,8 @@ One connection runs one generation at a time, as JSON text messages:
              "prob": 0.41, "top": [[" there", 0.41], [" the", 0.2], ...]}]}   (one per step)
             {"type": "done", "finish_reason": "length", "text": "...", "seed": 7,
              "completion_tokens": 64}
+    A page from another origin than the server's is refused (closed, 1008) unless the
+    server allows it (ServerSettings.cors_origins, `tinygen serve --cors-origin`).
     client: {"type": "cancel"} stops the generation (then "done" with finish_reason "cancelled").
     server: {"type": "error", "error": {"message", "type", "param", "code"}} for a bad
             message; the connection stays open, except for a bad API key (closed, 1008).
@@ -42,6 +44,12 @@ POLICY_VIOLATION = 1008
 
 
 async def stream_socket(websocket: WebSocket, server: "Server") -> None:
+    # Browsers let any page open a websocket anywhere (CORS does not cover them): a page on
+    # another site would use this server as its visitor's, key or not, unless allowed.
+    if not server.settings.origin_allowed(websocket.headers.get("origin"),
+                                          websocket.headers.get("host")):
+        await websocket.close(code=POLICY_VIOLATION, reason="origin not allowed (--cors-origin)")
+        return
     await websocket.accept()
     inbox = _Inbox()
     reader = asyncio.ensure_future(_read_all(websocket, inbox.queue))
