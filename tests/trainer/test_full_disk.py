@@ -79,3 +79,31 @@ def test_an_export_on_a_full_disk_is_one_line(tiny_gpt2_dir, tmp_path, monkeypat
     assert err == (f"tinygen-train: error: cannot write {out}: No space left on device; free "
                    f"some space and export again\n"), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("error,one_line", [
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EROFS, "Read-only file system"), True),
+    (OSError(errno.ENOENT, "No such file or directory"), False),  # not the machine's: a bug
+])
+def test_a_failed_write_anywhere_else_is_one_line(error, one_line, tmp_path, corpus, tokenizer,
+                                                  monkeypatch, capsys):
+    """metrics.jsonl (or TensorBoard, or any file) on a full disk: one line naming the file;
+    an OSError that is no failed write keeps its traceback."""
+    from tinygen_trainer.training import progress
+
+    def full(self, step, metrics):
+        error.filename = str(self.metrics_path)
+        raise error
+
+    monkeypatch.setattr(progress.Reporter, "log", full)
+    argv = train_args(corpus, tokenizer, tmp_path / "run", "--log-every", "1")
+    out = tmp_path / "run"
+    if not one_line:
+        with pytest.raises(OSError):
+            main(argv)
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tinygen-train: error: {error.strerror} ({out / 'metrics.jsonl'}); fix that and "
+                   f"run the same command again (train and distill with --resume)\n")

@@ -7,6 +7,7 @@ Modules are imported only when their command runs, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -45,6 +46,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Writes that fail for the machine's reasons, not the program's.
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -59,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         # One write: print() writes the text and the newline apart, and under torchrun, where
         # every process says its error, two processes' lines could run together.
         sys.stderr.write(f"tinygen-train: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise  # anything else is a bug to see whole
+        # A full disk or a read-only folder met anywhere (metrics.jsonl, TensorBoard, a cache):
+        # what and where, not a traceback. Checkpoints and caches are written atomically.
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"tinygen-train: error: {exc.strerror}{where}; fix that and run the "
+                         f"same command again (train and distill with --resume)\n")
         return 2
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # Ctrl-C reaches every process: one says so
