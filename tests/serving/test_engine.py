@@ -150,7 +150,7 @@ def test_a_full_queue_is_refused_and_too_many_sequences_are_a_user_error(gpt2_ge
         first = engine.submit("Once", n=2, seed=1, max_new_tokens=4000, stop_at_eos=False)
         await first.next_event()
         engine.submit("To be", seed=1)  # waits: the batch is full
-        with pytest.raises(EngineBusy, match="batch is full and 1 requests are already waiting"):
+        with pytest.raises(EngineBusy, match="batch is full and 1 request is already waiting"):
             engine.submit("To be", seed=2)
         with pytest.raises(TinygenError, match="3 sequences asked for .* at most 2 at once"):
             engine.submit("To be", n=3)
@@ -172,7 +172,7 @@ def test_a_full_queue_in_static_batches_says_a_batch_is_running(gpt2_gen):
         first = engine.submit("Once", seed=1, max_new_tokens=4000, stop_at_eos=False)
         await first.next_event()
         engine.submit("To be", seed=1)  # waits for the batch to end
-        with pytest.raises(EngineBusy, match="^a batch is running .* and 1 requests are already "
+        with pytest.raises(EngineBusy, match="^a batch is running .* and 1 request is already "
                                              "waiting for a place; try again shortly$"):
             engine.submit("To be", seed=2)
         first.cancel()

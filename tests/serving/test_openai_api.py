@@ -247,3 +247,20 @@ def test_min_tokens_holds_the_end_back_as_generate_does(client, model_id, gpt2_g
     assert reply.usage.completion_tokens == 6
     with pytest.raises(openai.BadRequestError, match="min_tokens must be at most max_tokens"):
         client.completions.create(model=model_id, extra_body={"min_tokens": 30}, **options)
+
+
+def test_a_stream_has_one_id_and_one_created_time(client, model_id, monkeypatch):
+    """As OpenAI's: every chunk of a stream carries the same id and `created`, however long
+    the stream takes (a clock that ticks a second a call stands in for a long one)."""
+    import itertools
+
+    from tinygen.serving import app, openai_api
+
+    ticks = itertools.count(1_700_000_000)
+    clock = type("Clock", (), {"time": staticmethod(lambda: next(ticks))})
+    monkeypatch.setattr(openai_api, "time", clock)
+    monkeypatch.setattr(app, "time", clock)
+    chunks = list(client.completions.create(model=model_id, prompt="Once", max_tokens=8, seed=1,
+                                            stream=True))
+    assert len(chunks) > 2
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1

@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib.resources import files
@@ -225,10 +226,11 @@ async def _sse(server: Server, params: api.CompletionRequest, handle: RequestHan
     Starlette cancels this generator when the client disconnects; `finally` then frees
     the request's rows in the engine.
     """
-    request_id, model_id = api.new_id(), server.model_id
+    request_id, model_id, created = api.new_id(), server.model_id, int(time.time())
 
-    def chunk(choices: list[dict], usage: dict | None = None) -> str:
-        return f"data: {json.dumps(api.completion_body(request_id, model_id, choices, usage))}\n\n"
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:  # one `created`, as OpenAI's
+        body = api.completion_body(request_id, model_id, choices, usage, created=created)
+        return f"data: {json.dumps(body)}\n\n"
 
     offsets = {}  # per choice, where its next token starts in the text (logprobs' text_offset)
     try:

@@ -259,8 +259,9 @@ class Engine:
             if (overflow or len(rows) > free) and overflow >= self.max_waiting:
                 running = "the batch is full" if self.continuous else \
                     "a batch is running (this model's batches start together and end together)"
-                raise EngineBusy(f"{running} and {overflow} requests are already waiting for a "
-                                 f"place; try again shortly")
+                waiting = "1 request is" if overflow == 1 else f"{overflow} requests are"
+                raise EngineBusy(f"{running} and {waiting} already waiting for a place; try again "
+                                 f"shortly")
             self._waiting.append((handle, sequences))
             self._lock.notify()
         self.start()
