@@ -58,15 +58,15 @@ def test_greedy_flag_needs_no_seed(optimum_gpt2_dir):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
     (["--temperature", "inf"], "temperature must be a finite number >= 0"),
-    (["--repetition-penalty", "inf"], "repetition_penalty must be a finite number > 0"),
-    (["--threads", "-1"], "threads must be an integer >= 1"),
+    (["--repetition-penalty", "inf"], "--repetition-penalty must be a finite number > 0"),
+    (["--threads", "-1"], "--threads must be an integer >= 1"),
     (["-n", "0"], "-n must be >= 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
 ])
 def test_bad_options_give_one_line_and_exit_2(optimum_gpt2_dir, extra, message):
     code, out, err = run(["Hi", "--model", str(optimum_gpt2_dir), *extra])
@@ -316,3 +316,15 @@ def test_only_a_one_dash_argument_gets_the_prompt_advice(capsys):
     with pytest.raises(SystemExit):
         main(["-n2", "Hi", "--bogus"], out=io.StringIO(), err=io.StringIO())
     assert "goes after '--'" not in capsys.readouterr().err  # -n2 is -n with its value
+
+
+def test_an_option_is_named_as_typed():
+    from tinygen.cli import _as_typed
+
+    message = "top_p must be in (0, 1], got 2.0"
+    assert _as_typed(message, ["generate", "--top-p", "2"]) == "--top-p must be in (0, 1], got 2.0"
+    assert _as_typed(message, ["generate", "--top-p=2"]).startswith("--top-p must")
+    assert _as_typed(message, ["generate", "Hi"]) == message  # not typed: the library's name
+    # Only an option's rule: "model directory not found" is not about the --model flag's name.
+    assert _as_typed("model directory not found: m", ["--model", "m"]) == \
+        "model directory not found: m"

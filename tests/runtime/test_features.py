@@ -169,5 +169,5 @@ def test_min_new_tokens_from_the_cli(optimum_gpt2_dir):
     out, err = io.StringIO(), io.StringIO()
     assert main(["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
                  "--min-new-tokens", "9"], out=out, err=err) == 2
-    assert err.getvalue() == "tinygen: error: min_new_tokens must be an integer from 0 to " \
+    assert err.getvalue() == "tinygen: error: --min-new-tokens must be an integer from 0 to " \
                              "max_new_tokens (4), got 9\n"

@@ -36,13 +36,13 @@ def test_bad_limits_are_one_line(optimum_gpt2_dir):
     pytest.importorskip("uvicorn")
     err = io.StringIO()
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--max-batch", "0"], out=io.StringIO(), err=err) == 2
-    assert "max_batch must be an integer >= 1" in err.getvalue()
+    assert "--max-batch must be an integer >= 1" in err.getvalue()
     err = io.StringIO()
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--api-key", "cl\u00e9"], out=io.StringIO(), err=err) == 2
-    assert err.getvalue() == "tinygen: error: api_key must be printable ASCII (clients send it in an HTTP header)\n"
+    assert err.getvalue() == "tinygen: error: --api-key must be printable ASCII (clients send it in an HTTP header)\n"
     err = io.StringIO()  # `--api-key "$KEY"` with KEY unset: refused, not served without a key
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--api-key", ""], out=io.StringIO(), err=err) == 2
-    assert err.getvalue() == "tinygen: error: api_key must not be empty (leave it unset for no authentication)\n"
+    assert err.getvalue() == "tinygen: error: --api-key must not be empty (leave it unset for no authentication)\n"
     err = io.StringIO()
     assert main(["serve", "--model", str(optimum_gpt2_dir), "--cors-origin", "app.example.com"],
                 out=io.StringIO(), err=err) == 2

@@ -372,6 +372,17 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _as_typed(message: str, argv: list[str]) -> str:
+    """The library names an option as Python does (top_p must be ...): name it as the user
+    typed it (--top-p) where the command line has that flag."""
+    name = re.match(r"[a-z][a-z_]*(?= must )", message)  # a value's rule, not "model ... not found"
+    if name:
+        flag = "--" + name[0].replace("_", "-")
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            return flag + message[name.end():]
+    return message
+
+
 def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     if out is None:  # started with `>&-`: print() would fail on None
@@ -402,7 +413,7 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
                "next": run_next}.get(args.command, run_generate)
         return run(args, out, err)
     except TinygenError as exc:
-        err.write(f"tinygen: error: {exc}\n")
+        err.write(f"tinygen: error: {_as_typed(str(exc), argv)}\n")
         return 2
     except KeyboardInterrupt:
         err.write("tinygen: interrupted\n")
