@@ -15,8 +15,8 @@ One connection runs one generation at a time, as JSON text messages:
              "prob": 0.41, "top": [[" there", 0.41], [" the", 0.2], ...]}]}   (one per step)
             {"type": "done", "finish_reason": "length", "text": "...", "seed": 7,
              "completion_tokens": 64}
-    A page from another origin than the server's is refused (closed, 1008) unless the
-    server allows it (ServerSettings.cors_origins, `tinygen serve --cors-origin`).
+    A page from another origin than the server's is refused (HTTP 403, before the socket
+    opens) unless the server allows it (ServerSettings.cors_origins, `--cors-origin`).
     client: {"type": "cancel"} stops the generation (then "done" with finish_reason "cancelled").
     server: {"type": "error", "error": {"message", "type", "param", "code"}} for a bad
             message; the connection stays open, except for a bad API key (closed, 1008).
