@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,19 @@ def test_an_empty_model_name_is_refused_not_served_as_the_folder_name(name):
     assert str(info.value) == ("model_name must be a non-empty name (leave it unset for the model "
                                f"folder's name), got {name!r}")
     assert ServerSettings(model_name="mine").validated().model_name == "mine"
+
+
+def test_the_model_id_is_the_folders_name_and_the_embedded_models_package_name(
+        optimum_gpt2_dir, monkeypatch):
+    """The embedded model's folder is called 'model', a name no client would guess; `--model .`
+    has no name of its own (Path('.').name is '')."""
+    from tinygen_tinymodel import model_dir
+
+    from tinygen.serving import ServerSettings
+
+    settings = ServerSettings()
+    assert settings.model_id(model_dir()) == "tinygen-tinymodel"
+    assert settings.model_id(optimum_gpt2_dir) == optimum_gpt2_dir.name
+    monkeypatch.chdir(optimum_gpt2_dir)
+    assert settings.model_id(Path(".")) == optimum_gpt2_dir.name
+    assert ServerSettings(model_name="tiny").model_id(model_dir()) == "tiny"

@@ -162,7 +162,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to bind")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $TINYGEN_API_KEY, else no key)")
-    p.add_argument("--model-name", default=None, help="the model id clients use (default: the directory name)")
+    p.add_argument("--model-name", default=None, help="the model id clients use (default: the model folder's name; the "
+                        "embedded model's is tinygen-tinymodel)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (https://app.example.com; * for any) call the API "
                         "and open the websocket (repeatable; default: only the server's own pages)")

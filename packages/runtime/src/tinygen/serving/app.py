@@ -50,7 +50,7 @@ class Server:
 
     def __init__(self, generator: "TextGenerator", settings: ServerSettings):
         self.generator, self.settings = generator, settings.validated()
-        self.model_id = settings.model_name or generator.model_dir.name
+        self.model_id = self.settings.model_id(generator.model_dir)
         self.engine = Engine(generator, max_batch=settings.max_batch, max_waiting=settings.max_waiting)
         self.sockets_answering = 0  # websocket messages not yet answered (websocket.py)
 

@@ -75,7 +75,7 @@ def serve(generator: "TextGenerator", settings: ServerSettings, host: str = "127
                   f"port can use it (set --api-key or TINYGEN_API_KEY)\n")
     shown = f"[{host}]" if ":" in host else host
     port = sock.getsockname()[1]
-    err.write(f"tinygen: serving {generator.model_dir} as '{settings.model_name or generator.model_dir.name}' "
+    err.write(f"tinygen: serving {generator.model_dir} as '{app.state.server.model_id}' "
               f"on http://{shown}:{port} (playground at /, OpenAI API at /v1)\n")
     config = uvicorn.Config(app, log_level=log_level, ws_max_size=settings.max_body_bytes,
                             timeout_graceful_shutdown=5)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import TinygenError
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    # The id clients pass as `model` and /v1/models lists (None: the model directory's name).
+    # The id clients pass as `model` and /v1/models lists (None: see model_id).
     model_name: str | None = None
     # When set, every API call needs "Authorization: Bearer <api_key>" (the websocket also
     # takes it as the `api_key` field of a message, since browsers cannot set headers).
@@ -32,6 +33,18 @@ class ServerSettings:
     # Origins (https://app.example.com) whose web pages may call the API and open the
     # websocket; "*" for any. By default only the server's own pages (the playground) may.
     cors_origins: tuple[str, ...] = ()
+
+    def model_id(self, folder: Path) -> str:
+        """The id clients pass as `model`: model_name, else the model folder's name; the
+        embedded model's folder is called 'model', so it goes by its package's name."""
+        if self.model_name:
+            return self.model_name
+        folder = folder.resolve()  # `--model .` has no name of its own
+        try:
+            from tinygen_tinymodel import model_dir
+        except ImportError:
+            return folder.name
+        return "tinygen-tinymodel" if folder == model_dir().resolve() else folder.name
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a browser page from `origin` may use the API (a request with no Origin
