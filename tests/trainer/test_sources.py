@@ -36,6 +36,25 @@ def test_jsonl_error_names_the_line_as_editors_count_it(tmp_path):
         read_documents(path)
 
 
+def test_a_json_file_is_an_array_of_records_or_json_lines(tmp_path):
+    """Read as text, its keys and braces were trained on; `datasets`' to_json writes JSON Lines
+    under .json, and an exported array is one JSON document."""
+    records = [{"title": "Rain", "text": "wet\ngrey"}, {"title": "Sun", "text": "warm"}]
+    array, lines = tmp_path / "array.json", tmp_path / "lines.json"
+    array.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    lines.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    for path in (array, lines):
+        assert read_documents(path) == ["wet\ngrey", "warm"]
+        [doc, _] = read_documents(path, field="title,text")
+        assert "Rain" in doc and "wet\ngrey" in doc
+    array.write_text(json.dumps([{"text": "a"}, {"body": "b"}]), encoding="utf-8")
+    with pytest.raises(TinygenError, match="array.json: record 2 has no field 'text'"):
+        read_documents(array)
+    array.write_text('[{"text": "a"},\n oops]', encoding="utf-8")
+    with pytest.raises(TinygenError, match=r"array.json: not valid JSON \(.*, line 2\)"):
+        read_documents(array)
+
+
 def test_jsonl_fields_keep_separators(tmp_path):
     path = tmp_path / "posts.jsonl"
     record = {"title": "t\u2028t", "body": "b\u0085b"}
@@ -71,7 +90,7 @@ def test_field_over_plain_text_is_refused(tmp_path, monkeypatch, capsys, command
     assert main([command[0], "notes.txt", *command[1:], "--field", "title"]) == 2
     assert capsys.readouterr().err == (
         "tinygen-train: error: --field title picks a CSV column or JSONL key, and notes.txt holds "
-        "no CSV or JSONL files; drop --field, or give the records (.csv, .jsonl)\n")
+        "no CSV or JSONL files; drop --field, or give the records (.csv, .jsonl, .json)\n")
 
 
 def test_field_over_a_folder_with_records_still_reads_them(tmp_path):

@@ -12,9 +12,9 @@ from ..data.sources import ERRORS, corpus_files, hidden_under, holds_records, re
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", nargs="+", type=Path,
-                        help="text files, folders, or CSV/JSONL files")
+                        help="text files, folders, or CSV/JSONL/JSON files")
     parser.add_argument("--field", default=None,
-                        help="CSV column / JSONL key with the text (default: 'text'); "
+                        help="CSV column / JSON key with the text (default: 'text'); "
                              "several (title,body) write records with field tokens")
     parser.add_argument("--errors", choices=ERRORS, default="strict",
                         help="what to do with bytes that are not UTF-8")
@@ -38,7 +38,7 @@ def refuse_field_without_records(corpora: list[Path], field: str | None) -> None
     names = ", ".join(str(path) for path in corpora)
     raise TinygenError(f"--field {field} picks a CSV column or JSONL key, and {names} "
                        f"hold{'s' * (len(corpora) == 1)} no CSV or JSONL files; drop --field, "
-                       f"or give the records (.csv, .jsonl)")
+                       f"or give the records (.csv, .jsonl, .json)")
 
 
 def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],

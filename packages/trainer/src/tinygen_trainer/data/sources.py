@@ -1,4 +1,4 @@
-"""Reading a corpus: a text file, a folder of files, or one field of a CSV / JSONL file.
+"""Reading a corpus: a text file, a folder of files, or one field of a CSV / JSONL / JSON file.
 
 Several fields (`field="title,keywords,body"`) make each record one document
 written with field tokens (tinygen.fields), for context-conditioned generation.
@@ -24,6 +24,7 @@ from tinygen.token_cache import is_token_cache
 ERRORS = ("strict", "replace")
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSON_SUFFIX = ".json"  # an array of records, or JSON Lines
 DEFAULT_FIELD = "text"
 
 
@@ -53,8 +54,9 @@ def corpus_files(path: str | Path) -> list[Path]:
 
 
 def holds_records(path: str | Path) -> bool:
-    """Whether the corpus at `path` has a CSV or JSONL file, the only files --field reads."""
-    return any(f.suffix.lower() in CSV_SUFFIXES + JSONL_SUFFIXES for f in corpus_files(path))
+    """Whether the corpus at `path` has a CSV or JSON(L) file, the only files --field reads."""
+    return any(f.suffix.lower() in (*CSV_SUFFIXES, *JSONL_SUFFIXES, JSON_SUFFIX)
+               for f in corpus_files(path))
 
 
 def hidden_under(path: Path, root: Path) -> bool:
@@ -79,6 +81,8 @@ def _read_file(path: Path, field: str | None, errors: str, line_by_line: bool) -
         return _csv_documents(path, text, field or DEFAULT_FIELD)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_documents(path, text, field or DEFAULT_FIELD)
+    if suffix == JSON_SUFFIX:
+        return _json_documents(path, text, field or DEFAULT_FIELD)
     if line_by_line:
         return [line for line in text.splitlines() if line.strip()]
     return [text] if text.strip() else []
@@ -143,35 +147,54 @@ def _whole_row(path: Path, reader: csv.DictReader, row: dict) -> dict:
     return row
 
 
+def _json_documents(path: Path, text: str, field: str) -> list[str]:
+    """A .json file: an array of records, or JSON Lines under that name (what `datasets`'
+    to_json writes). Read as plain text, its keys and braces would be trained on."""
+    if not text.lstrip().startswith("["):
+        return _jsonl_documents(path, text, field)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TinygenError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    return _record_documents(path, ((f"record {i}", r) for i, r in enumerate(records, 1)), field)
+
+
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
+    def records():
+        # "\n" only: splitlines() also splits on U+2028, U+0085, ..., which JSON strings may
+        # hold raw (json.dumps(ensure_ascii=False) writes them), cutting records in two.
+        for number, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TinygenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+
+    return _record_documents(path, records(), field)
+
+
+def _record_documents(path: Path, records, field: str) -> list[str]:
+    """Documents from (where, record) pairs: `field`'s text, or the fields' schema."""
     schema = FieldSchema.parse(field)
     docs = []
-    # "\n" only: splitlines() also splits on U+2028, U+0085, ..., which JSON strings may hold
-    # raw (json.dumps(ensure_ascii=False) writes them), cutting records in two.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TinygenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    for where, record in records:
         if schema:
             if not isinstance(record, dict):
-                raise TinygenError(f"{path}: line {number} is not a JSON object")
+                raise TinygenError(f"{path}: {where} is not a JSON object")
             try:
                 doc = schema.format(record)
             except TinygenError as exc:
-                raise TinygenError(f"{path}: line {number}: {exc}") from None
+                raise TinygenError(f"{path}: {where}: {exc}") from None
             if doc:
                 docs.append(doc)
             continue
         if not isinstance(record, dict) or field not in record:
-            raise TinygenError(
-                f"{path}: line {number} has no field '{field}'; choose one with --field")
+            raise TinygenError(f"{path}: {where} has no field '{field}'; choose one with --field")
         value = record[field]
         if not isinstance(value, str):
-            raise TinygenError(f"{path}: line {number}: field '{field}' is not a string")
+            raise TinygenError(f"{path}: {where}: field '{field}' is not a string")
         if value.strip():
             docs.append(value)
     return docs
