@@ -1,5 +1,6 @@
 """The official `openai` client, unchanged, against `tinygen serve` on loopback."""
 
+import json
 import math
 import socket
 import threading
@@ -78,6 +79,20 @@ def test_streaming_gives_the_same_text_and_usage_last(client, model_id, gpt2_gen
     assert [texts[i] for i in range(4)] == [str(w) for w in want]
     assert sorted(finish) == [0, 1, 2, 3]
     assert usage.completion_tokens == sum(len(w.token_ids) for w in want)
+
+
+def test_with_include_usage_every_chunk_has_the_field_null_but_the_last(served, call, model_id):
+    body = {"model": model_id, "prompt": "Once upon a time", "max_tokens": 6, "seed": 3, "stream": True}
+    for include, want_field in ((True, True), (False, False)):
+        status, _, raw = call("POST", f"{served[0]}/v1/completions",
+                              {**body, "stream_options": {"include_usage": include}})
+        chunks = [json.loads(line[6:]) for line in raw.decode().splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        assert status == 200 and len(chunks) > 2
+        assert all(("usage" in c) == want_field for c in chunks)
+        if include:
+            assert all(c["usage"] is None for c in chunks[:-1])
+            assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
 
 
 def test_greedy_needs_no_seed(client, model_id, gpt2_gen):

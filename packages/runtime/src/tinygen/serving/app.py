@@ -230,6 +230,8 @@ async def _sse(server: Server, params: api.CompletionRequest, handle: RequestHan
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:  # one `created`, as OpenAI's
         body = api.completion_body(request_id, model_id, choices, usage, created=created)
+        if params.include_usage:  # as OpenAI's: every chunk has the field, null but the last
+            body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
     offsets = {}  # per choice, where its next token starts in the text (logprobs' text_offset)
