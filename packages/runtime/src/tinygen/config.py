@@ -51,7 +51,8 @@ class GenerationConfig:
     exclude_chars: str = ""
     # Added to the logits of these token ids before sampling: ((id, bias), ...).
     logit_bias: tuple[tuple[int, float], ...] = ()
-    # Record each generated token's probability and its top_n alternatives.
+    # Record each generated token's probability and its top_n alternatives (those the
+    # processors left a probability; raw_probs lists the model's own).
     return_probs: bool = False
     top_n: int = 5
     # Probabilities from the model's raw distribution instead of after the processors.

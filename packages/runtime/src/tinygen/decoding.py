@@ -112,6 +112,7 @@ class SequenceState:
         if top_n:
             best = np.argpartition(-probs, min(top_n, len(probs) - 1))[:top_n]
             best = best[np.argsort(-probs[best], kind="stable")]
+            best = best[probs[best] > 0]  # a token the filters removed is no alternative
             top = tuple((token_text(int(i)), float(probs[i])) for i in best)
         self.probs.append(TokenProb(token, token_text(token), float(probs[token]), top))
 
