@@ -114,6 +114,19 @@ def test_replacements_apply_on_encode_and_decode(optimum_gpt2_dir, tmp_path):
     assert gen.tokenizer.decode([url_id]) == "<link>"
 
 
+def test_exclude_strings_ban_a_replaced_token_by_its_name_or_its_text(optimum_gpt2_dir, tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"decode": {"<|endoftext|>": "<link>"}}))
+    gen = TextGenerator(optimum_gpt2_dir, replacements=path)
+    token = gen.tokenizer.tokenizer.token_to_id("<|endoftext|>")
+    forced = dict(do_sample=False, max_new_tokens=4, stop_at_eos=False, logit_bias={token: 100.0})
+    [text] = gen.generate("Once", **forced)
+    assert text.token_ids == (token,) * 4 and str(text) == "<link>" * 4
+    for banned in ("<|endoftext|>", "<link>"):
+        [text] = gen.generate("Once", exclude_strings=[banned], **forced)
+        assert token not in text.token_ids and "<link>" not in str(text)
+
+
 @pytest.mark.parametrize("data,message", [
     ({"encode": [], "colour": 1}, "unknown key 'colour'"),
     ({"encode": [{"pattern": "a", "token": "<|nope|>"}]}, "'encode' names token '<|nope|>'"),

@@ -45,7 +45,8 @@ class GenerationConfig:
     slide_window: bool = True
     # Token ids never to generate.
     exclude_ids: tuple[int, ...] = ()
-    # Never generate a token whose text is exactly one of these (e.g. " the").
+    # Never generate a token whose text is exactly one of these (e.g. " the"); a replaced
+    # token is matched by its name or by the text replacements.json gives it.
     exclude_strings: tuple[str, ...] = ()
     # No generated text contains any of these characters (e.g. "eE"), guaranteed.
     exclude_chars: str = ""

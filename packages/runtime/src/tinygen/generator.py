@@ -407,7 +407,8 @@ class TextGenerator:
         if config.exclude_strings:
             found = self.tokenizer.ids_for_strings(config.exclude_strings)
             # A string that is no token would ban nothing: say so rather than seem to work.
-            known = {self.tokenizer.token_bytes[i] for i in found}
+            tok = self.tokenizer
+            known = {b for i in found for b in (tok.token_bytes[i], tok.shown_bytes[i])}
             missing = [s for s in config.exclude_strings if s.encode("utf-8") not in known]
             if missing:
                 raise TinygenError(f"exclude_strings: {missing[0]!r} is not a token of this model (it bans "

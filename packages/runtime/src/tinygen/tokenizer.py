@@ -95,9 +95,11 @@ class TextTokenizer:
         return self._token_bytes
 
     def ids_for_strings(self, strings) -> list[int]:
-        """Every token whose text is exactly one of `strings` (e.g. " the", "<|url|>")."""
+        """Every token whose text is exactly one of `strings` (e.g. " the", "<|url|>"), by its
+        name or by the text it shows (a replacement token by the text it is replaced with)."""
         wanted = {s.encode("utf-8") for s in strings}
-        return [i for i, b in enumerate(self.token_bytes) if b in wanted]
+        return [i for i, (name, shown) in enumerate(zip(self.token_bytes, self.shown_bytes))
+                if name in wanted or shown in wanted]
 
     @property
     def shown_bytes(self) -> list[bytes]:
