@@ -25,6 +25,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -141,12 +142,13 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
     async def socket(websocket) -> None:
         await stream_socket(websocket, server)
 
-    # Browser pages on other origins may call the API only where --cors-origin allows them.
+    # Browser pages on other origins may call the API only where --cors-origin allows them;
+    # those pages' clients send headers of their own (the OpenAI SDKs' x-stainless-*).
     cors = [Middleware(CORSMiddleware, allow_origins=list(server.settings.cors_origins),
-                       allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+                       allow_methods=["GET", "POST"], allow_headers=["*"])
             ] if server.settings.cors_origins else []
     app = Starlette(
-        middleware=cors,
+        middleware=[*cors, Middleware(OriginGate, settings=server.settings)],
         routes=[
             Route("/", playground, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
@@ -160,6 +162,29 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
     )
     app.state.server = server  # the engine is app.state.server.engine (its stats, for tests and tools)
     return app
+
+
+class OriginGate:
+    """Refuses a request from a web page of an origin the server does not allow (403).
+
+    CORS only keeps such a page from reading the reply: a "simple" request (a POST sent as
+    text/plain) still runs, so any site a user visits could make a local server generate.
+    Requests with no Origin (scripts, curl, the OpenAI client) pass, as at the websocket.
+    """
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            if not self.settings.origin_allowed(headers.get("origin"), headers.get("host")):
+                error = ApiError(403, f"web pages from {headers['origin']} may not use this server "
+                                      f"(`tinygen serve --cors-origin ORIGIN` lets an origin in)",
+                                 code="origin_not_allowed")
+                await JSONResponse(error.body(), status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _model_card(server: Server) -> dict:

@@ -68,6 +68,9 @@ class ServerSettings:
             raise TinygenError(f"model_name must be a non-empty name (leave it unset for the model "
                                f"folder's name), got {model!r}")
         for origin in self.cors_origins:
+            if origin != "*" and ("," in origin or "*" in origin):  # not a list, not a pattern
+                raise TinygenError(f"a CORS origin is one site or '*' for any: give each origin on "
+                                   f"its own (repeat --cors-origin), got {origin!r}")
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise TinygenError(f"a CORS origin is '*' or scheme://host[:port] with no path "
                                    f"(https://app.example.com), got {origin!r}")
