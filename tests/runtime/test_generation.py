@@ -217,3 +217,33 @@ def test_the_start_of_a_stop_string_is_held_back(text, stops, held):
     assert _partial_stop(text, stops) == held
     assert held == max((k for s in stops for k in range(min(len(s) - 1, len(text)) + 1)
                         if text.endswith(s[:k])), default=0)
+
+
+@pytest.mark.parametrize("show", [True, False])
+def test_a_stop_string_is_found_across_the_pieces_of_text(show):
+    """The search for stop strings covers only where one could end in each step's new text:
+    still found when it began in an earlier step, and at its first place."""
+    from tinygen.config import GenerationConfig
+    from tinygen.decoding import SequenceState
+
+    class Pieces:  # a decoder showing these texts, one a token
+        def __init__(self, texts):
+            self.texts = iter(texts)
+
+        def step(self, token):
+            return next(self.texts)
+
+        def finish(self):
+            return ""
+
+    texts = ["ab", "cd", "x", "efg", "hef", "gh"]
+    for stops, want in ((("bcdx",), "a"), (("dxe", "fgh"), "abc"), (("efgh",), "abcdx"),
+                        (("gh",), "abcdxef"), (("zz",), "abcdxefghefgh")):
+        row = SequenceState([1], 1, Pieces(texts), GenerationConfig(max_new_tokens=6, stop=stops),
+                            frozenset(), 100)
+        for position in range(6):
+            row.advance(5, position, show=show)
+            if row.finish_reason:
+                break
+        assert row.completion() == want
+        assert row.completion().finish_reason == ("length" if want == "abcdxefghefgh" else "stop")

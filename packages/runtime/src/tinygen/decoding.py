@@ -93,6 +93,7 @@ class SequenceState:
         self.text = ""
         self.undecoded = 0  # generated tokens not yet in `text` (see advance's `show`)
         self.emitted = 0  # characters of `text` already handed out
+        self.stop_free = 0  # characters of `text` searched for stop strings, none found
         self.probs_emitted = 0
         self.finish_reason: str | None = None
 
@@ -135,10 +136,14 @@ class SequenceState:
             if show or stops:
                 self.decode_pending()
             if stops:
-                cut = min((i for i in (self.text.find(s, max(0, self.emitted - len(s)))
+                # Only where a stop could end in the new text: searching the whole text each
+                # step made a long text's generation cost the square of its length.
+                searched = self.stop_free
+                cut = min((i for i in (self.text.find(s, max(0, searched - len(s) + 1))
                                        for s in stops) if i >= 0), default=-1)
                 if cut >= 0:
                     self.text, self.finish_reason = self.text[:cut], "stop"
+                self.stop_free = len(self.text)
             if not self.finish_reason:
                 if len(self.generated) >= self.config.max_new_tokens:
                     self.finish_reason = "length"
