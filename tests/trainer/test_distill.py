@@ -168,6 +168,24 @@ def test_killed_distillation_resumes_exactly(cache_dir, tiny_gpt2_dir, tmp_path)
     assert [m["loss"] for m in read_metrics(resumed)] == [m["loss"] for m in read_metrics(whole)]
 
 
+def test_held_out_text_scores_the_students_cross_entropy(cache_dir, tiny_gpt2_dir, tmp_path):
+    """The teacher's logits exist for the cache only: held-out text scores the plain
+    cross-entropy, as in training, so students distilled or not compare on it."""
+    held = tmp_path / "held.txt"
+    held.write_text(TEXT * 3, encoding="utf-8")
+    tok = tiny_gpt2_dir / "tokenizer.json"
+    config = student_config(tmp_path, cache_dir, tok, steps=4, eval_data=held, eval_every=2)
+    out = DistillTrainer.from_config(config).fit()
+    evals = [m for m in read_metrics(out) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    result = json.loads((out / "eval_results.json").read_text())
+    assert result["eval_loss"] == evals[-1]["eval_loss"]
+    with pytest.raises(TinygenError, match=r"distillation trains on every block of its teacher "
+                                           r"cache, so --eval-fraction cannot hold documents "
+                                           r"out; give held-out text with --eval-data"):
+        student_config(tmp_path, cache_dir, tok, eval_fraction=0.1)
+
+
 def test_student_with_another_tokenizer_is_refused(cache_dir, tokenizer, tmp_path):
     with pytest.raises(TinygenError, match="tokenizer differs.*sequence-level"):
         DistillTrainer.from_config(student_config(tmp_path, cache_dir, tokenizer))

@@ -164,3 +164,97 @@ def test_final_save_writes_a_complete_folder(tmp_path, corpus, tokenizer):
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "train_config.json"} <= names
     assert not [n for n in names if n.startswith(".")]
+
+
+class Killed(BaseException):
+    """A kill: not an Exception, so nothing on the way turns it into an error message."""
+
+
+def kill_at_rename(monkeypatch, k: int) -> list[str]:
+    """Let os.replace run k - 1 times, then die in the k-th; returns what it was moving."""
+    import os
+
+    calls: list[str] = []
+    real = os.replace
+
+    def replace(src, dst):
+        calls.append(os.path.basename(dst))
+        if len(calls) == k:
+            raise Killed
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def whole_model(out) -> None:
+    from transformers import AutoModelForCausalLM
+
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "train_config.json"} <= names
+    assert not [n for n in names if n.startswith(".")]
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["no-checkpoints", "checkpoints"])
+def test_a_kill_at_any_rename_of_the_final_save_is_cleared_by_a_rerun(
+        tmp_path, corpus, tokenizer, monkeypatch, capsys, checkpoints):
+    """Killed at each rename of the final save in turn (the first writes the list of files),
+    --output never holds train_config.json without the whole model, and the same command
+    run again (with --resume where there are checkpoints) trains and saves the model."""
+    options = dict(steps=1, checkpoint_every=1 if checkpoints else 0)
+    renames = None
+    k = 1
+    while renames is None or k <= len(renames):
+        config = tiny(tmp_path / f"kill-{k}", corpus, tokenizer, **options)
+        trainer = Trainer.from_config(config)  # before the patch: setup renames metrics.jsonl
+        with monkeypatch.context() as patch:
+            calls = kill_at_rename(patch, k)
+            try:
+                trainer.fit()
+                renames = calls  # killed nowhere: every rename the save makes
+                break
+            except Killed:
+                pass
+        out = config.output_dir
+        assert not (out / "train_config.json").exists(), calls  # not a trained model yet
+        capsys.readouterr()
+        train(dataclasses.replace(config, resume=checkpoints))
+        whole_model(out)
+        err = capsys.readouterr().err
+        moved = calls[1:-1]  # the files in place when it died (the first call wrote the list)
+        if moved:
+            assert "tinygen-train: note: removed " in err and "the start of a final save that " \
+                "did not finish (the run was killed while saving the model)" in err, err
+            assert err.count("removed ") == 1
+        else:
+            assert "removed" not in err
+        k += 1
+    assert renames[0] == ".tmp-saving-model.json" and renames[-1] == "train_config.json"
+    assert renames.index("model.safetensors") > renames.index("config.json")
+    assert k == len(renames) + 1  # a kill at every one was tried
+
+
+def test_a_save_killed_after_its_last_rename_is_a_whole_model(tmp_path, corpus, tokenizer):
+    """Killed between the rename of train_config.json and the removal of the list: the model
+    is whole, and a new run in that folder is refused as for any trained model."""
+    config = tiny(tmp_path, corpus, tokenizer, steps=1)
+    out = train(config)
+    names = sorted(p.name for p in out.iterdir() if p.name != "metrics.jsonl")
+    (out / ".tmp-saving-model.json").write_text(json.dumps({"files": names}))
+    with pytest.raises(TinygenError, match="already holds a trained model"):
+        train(config)
+    whole_model_names = {p.name for p in out.iterdir()}
+    assert set(names) <= whole_model_names
+
+
+def test_a_model_without_weights_from_an_older_save_is_named(tmp_path, corpus, tokenizer):
+    """Saves before train_config.json went last could leave it without the weights."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    (out / "config.json").write_text("{}")
+    with pytest.raises(TinygenError) as info:
+        train(tiny(tmp_path, corpus, tokenizer, steps=1))
+    assert str(info.value) == (f"{out} holds train_config.json but no weights: the model's save "
+                               f"did not finish; delete {out} to train again")

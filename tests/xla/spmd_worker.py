@@ -4,7 +4,8 @@
 
 trains TrainConfig(**options) on XLA and prints one JSON line: the backend's
 description, how the loader laid the first batch out over the devices, the
-logged losses and compile counts; or {"error": message} for a TinygenError.
+logged losses and compile counts, the held-out evaluations; or {"error": message}
+for a TinygenError.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def main() -> None:
         print(json.dumps({"error": str(exc)}))
         return
     trainer.fit()
-    metrics = read_metrics(options["output_dir"])
+    metrics = [m for m in read_metrics(options["output_dir"]) if "loss" in m]
+    evals = [m for m in read_metrics(options["output_dir"]) if "eval_loss" in m]
     print(json.dumps({"describe": trainer.describe(), "sharding": shardings[0],
                       "losses": [m["loss"] for m in metrics],
-                      "compilations": [m["xla_compilations"] for m in metrics]}))
+                      "compilations": [m["xla_compilations"] for m in metrics],
+                      "eval": evals}))
 
 
 if __name__ == "__main__":

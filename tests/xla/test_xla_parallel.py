@@ -22,8 +22,11 @@ DEVICES = 4
 
 
 def run_worker(config) -> dict:
-    options = {k: v for k, v in config.to_json().items() if k not in ("data", "adam_betas")}
+    options = {k: v for k, v in config.to_json().items()
+               if k not in ("data", "adam_betas", "eval_data")}
     options.update(data=[str(s.path) for s in config.data])
+    if config.eval_data is not None:
+        options.update(eval_data=str(config.eval_data.path))
     env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": str(DEVICES)}
     done = subprocess.run([sys.executable, str(WORKER), json.dumps(options)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -46,6 +49,18 @@ def test_spmd_data_parallel_matches_one_device(tiny, tmp_path):
                                                          **options)))]
     print(f"spmd {result['losses']}\ncpu  {on_cpu}")
     np.testing.assert_allclose(result["losses"], on_cpu, rtol=0, atol=1e-4)
+
+
+def test_spmd_evaluation_matches_one_device(tiny, lines, tmp_path):
+    """Held-out batches are sharded over the devices like training batches (the loader's
+    input sharding); the sum over the batch spans them all, so the loss is one CPU's."""
+    options = dict(batch_size=8, steps=4, eval_data=lines, eval_every=2)
+    result = run_worker(tiny(tmp_path / "spmd", **options))
+    on_cpu = [m for m in read_metrics(train(tiny(tmp_path / "cpu", device="cpu", **options)))
+              if "eval_loss" in m]
+    assert [m["step"] for m in result["eval"]] == [2, 4]
+    np.testing.assert_allclose([m["eval_loss"] for m in result["eval"]],
+                               [m["eval_loss"] for m in on_cpu], rtol=0, atol=1e-4)
 
 
 def test_batch_must_split_evenly_over_the_devices(tiny, tmp_path):

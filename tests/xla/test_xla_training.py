@@ -108,6 +108,35 @@ def test_precision(tiny, tmp_path):
     assert all(np.isfinite(losses(out)))
 
 
+@pytest.mark.parametrize("line_by_line", [False, True], ids=["windows", "line-by-line"])
+def test_held_out_evaluation_matches_the_cpu(tiny, lines, tmp_path, line_by_line):
+    """An evaluation compiles its graphs once and leaves the training graph alone; it reads one
+    value back; its loss is the CPU's."""
+    held = tmp_path / "held.txt"
+    held.write_text("the dog sat on the mat.\nthe bird ran in the park by the tree.\n" * 4,
+                    encoding="utf-8")
+    options = dict(steps=6, log_every=1, eval_data=held, eval_every=2)
+    if line_by_line:
+        options.update(data=(lines,), line_by_line=True, block_size=16)
+    trainer = Recording.from_config(tiny(tmp_path / "xla", **options))
+    trainer.compiled = []
+    reads = host_reads()
+    trainer.fit()
+    counts = trainer.compiled
+    print(f"XLA compilations after steps 1..6 (evaluations after 2, 4, 6): {counts}")
+    # the first evaluation (after step 2) compiles its graphs; later ones and training, none
+    assert counts[2:] == [counts[2]] * 4, counts
+    if not line_by_line:  # with a mask, transformers reads it back in every forward, training's too
+        assert host_reads() - reads == 6 + 3  # the logged losses, and one value an evaluation
+    on_xla = [m for m in read_metrics(tmp_path / "xla") if "eval_loss" in m]
+    on_cpu = [m for m in read_metrics(train(tiny(tmp_path / "cpu", device="cpu", **options)))
+              if "eval_loss" in m]
+    assert [m["step"] for m in on_xla] == [2, 4, 6]
+    assert [m["eval_tokens"] for m in on_xla] == [m["eval_tokens"] for m in on_cpu]
+    np.testing.assert_allclose([m["eval_loss"] for m in on_xla],
+                               [m["eval_loss"] for m in on_cpu], rtol=0, atol=PARITY_ATOL)
+
+
 # -- checkpoints and the trained model ------------------------------------------------
 
 def test_checkpoints_hold_cpu_tensors_and_resume_anywhere(xla_run, tiny, tmp_path):

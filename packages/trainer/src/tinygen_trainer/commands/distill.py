@@ -170,5 +170,6 @@ def _saved(out: Path) -> int:
     from ..training.distributed import process_rank
 
     if process_rank() == 0:  # under torchrun: once, not once per process
-        print(f"saved the student to {out}; next: tinygen-train export {out} OUT", file=sys.stderr)
+        print(f"saved the student to {out}{train_command.held_out_figures(out)}; next: "
+              f"tinygen-train export {out} OUT", file=sys.stderr)
     return 0

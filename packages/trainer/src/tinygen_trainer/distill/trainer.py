@@ -4,7 +4,9 @@ loss = kd_weight * KL(teacher || student) at `temperature` + (1 - kd_weight) * c
 
 The rows are the teacher cache's blocks, drawn in a seeded order per epoch like
 any sampler's, so checkpoints, resume, TensorBoard and every backend work as in
-plain training: DistillTrainer only swaps the rows and the loss.
+plain training: DistillTrainer only swaps the rows and the loss. A held-out
+evaluation (--eval-data) scores the student's plain cross-entropy, which needs
+no teacher.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class DistillConfig(TrainConfig):
         if self.recency != 1.0:
             raise TinygenError("distillation draws the cache's blocks without their place in the "
                                "corpus, so recency cannot weight them; drop --recency")
+        if self.eval_fraction is not None:
+            raise TinygenError("distillation trains on every block of its teacher cache, so "
+                               "--eval-fraction cannot hold documents out; give held-out text "
+                               "with --eval-data")
         if any(source.loss_weight != 1.0 for source in self.data):
             raise TinygenError("distillation weights every position of the teacher cache alike; "
                                "drop --loss-weights")
@@ -127,7 +133,7 @@ def _cache_block_size(folder: Path) -> int | None:
     try:
         return int(TeacherCache.open(folder).block_size)
     except (TinygenError, KeyError, TypeError, ValueError):
-        return None  # make_phases says what is wrong with the cache
+        return None  # make_data says what is wrong with the cache
 
 
 class DistillTrainer(Trainer):
@@ -146,12 +152,14 @@ class DistillTrainer(Trainer):
         return trainer
 
     @staticmethod
-    def make_phases(config: DistillConfig, encoder: Encoder, block_size: int,
-                    pad_id: int) -> list[PhaseRun]:
+    def make_data(config: DistillConfig, encoder: Encoder, block_size: int,
+                  pad_id: int) -> tuple[list[PhaseRun], None]:
+        """One phase over the cache's blocks; nothing held out of it (_validate refuses
+        eval_fraction: held-out text comes as eval_data)."""
         cache = open_cache_for(config, encoder)
         sampler = TeacherSampler(cache.load(), derive_seed(config.seed, 0, 0))
         phase = config.resolved_phases()[0]
-        return [PhaseRun(0, 0, phase.steps, phase_schedule(config, phase), sampler)]
+        return [PhaseRun(0, 0, phase.steps, phase_schedule(config, phase), sampler)], None
 
     def host_batch(self, rows: TeacherRows) -> HostBatch:
         batch = super().host_batch(rows)

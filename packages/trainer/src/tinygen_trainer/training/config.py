@@ -147,6 +147,18 @@ class TrainConfig:
     # Progress bars on stderr.
     progress: bool = True
 
+    # -- held-out evaluation (training/evaluation.py) ------------------------
+    # Held-out text (any corpus `data` takes), scored and never trained on ...
+    eval_data: DataSource | None = None
+    # ... or hold out this share (0 < F < 1) of the training corpora's documents: a fixed
+    # draw per corpus, the same whatever the seed. A text file is one document.
+    eval_fraction: float | None = None
+    # Evaluate every N steps; with held-out text there is always one at the end. 0: the end only.
+    eval_every: int = 0
+    # At most N batches of batch_size rows an evaluation, spread over the held-out rows;
+    # None: every row.
+    eval_batches: int | None = None
+
     def __post_init__(self) -> None:
         for name in ("output_dir", "model", "tokenizer", "replacements", "tensorboard_dir"):
             value = getattr(self, name)
@@ -154,6 +166,8 @@ class TrainConfig:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "data", tuple(DataSource.of(d) for d in _as_tuple(self.data)))
         object.__setattr__(self, "phases", _as_tuple(self.phases))
+        if self.eval_data is not None:
+            object.__setattr__(self, "eval_data", DataSource.of(self.eval_data))
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         self._validate()
 
@@ -211,10 +225,36 @@ class TrainConfig:
         if self.recency != 1.0 and self.line_by_line:
             raise TinygenError(
                 "recency weighting needs a token stream; it does not apply to --line-by-line")
+        self._validate_eval()
         for name, allowed in (("lr_schedule", SCHEDULES), ("device", DEVICES),
                               ("precision", PRECISIONS), ("errors", ERRORS)):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"one of {', '.join(allowed)}")
+
+    def _validate_eval(self) -> None:
+        fraction = self.eval_fraction
+        if fraction is not None and not (_is_number(fraction) and 0 < fraction < 1):
+            raise TinygenError(f"eval_fraction must be between 0 and 1 (a share of the "
+                               f"documents, e.g. 0.1), got {fraction!r}")
+        if self.eval_data is not None and fraction is not None:
+            raise TinygenError("give held-out text either as --eval-data or as --eval-fraction, "
+                               "not both")
+        if not _is_int(self.eval_every) or self.eval_every < 0:
+            raise TinygenError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
+        batches = self.eval_batches
+        if batches is not None and (not _is_int(batches) or batches < 1):
+            raise TinygenError(f"eval_batches must be an integer >= 1, got {batches!r}")
+        trained = {Path(p).resolve() for p in self.data_paths()[:-1]} if self.eval_data else ()
+        if self.eval_data is not None and self.eval_data.path.resolve() in trained:
+            raise TinygenError(f"--eval-data {self.eval_data.path} is also a training corpus, so "
+                               f"its text is not held out; give other text, or hold out part of "
+                               f"the corpora with --eval-fraction")
+        if self.eval_data is None and fraction is None:
+            for flag, value in (("--eval-every", self.eval_every or None),
+                                ("--eval-batches", batches)):
+                if value is not None:
+                    raise TinygenError(f"{flag} {value} needs held-out text: give --eval-data "
+                                       f"PATH or --eval-fraction F")
 
     # -- derived -------------------------------------------------------------
 
@@ -244,7 +284,7 @@ class TrainConfig:
     # not change them. (Not annotated, so not a dataclass field.)
     RESUME_FIXED = ("model", "preset", "tokenizer", "replacements", "eos_token", "data", "phases",
                     "block_size", "line_by_line", "errors", "batch_size", "grad_accum", "seed",
-                    "recency")
+                    "recency", "eval_data", "eval_fraction", "eval_batches")
 
     def resume_identity(self) -> dict[str, Any]:
         data = self.to_json(absolute_paths=True)  # "corpus.txt" and "/work/corpus.txt" are one file
@@ -260,8 +300,10 @@ class TrainConfig:
         return {name: data[name] for name in self.RESUME_NOTED}
 
     def data_paths(self) -> list[Path]:
-        """Every corpus the run reads, its phases' included."""
-        return [d.path for d in self.data] + [d.path for phase in self.phases for d in phase.data]
+        """Every corpus the run reads, its phases' and the held-out text included."""
+        held_out = [self.eval_data.path] if self.eval_data is not None else []
+        return [d.path for d in self.data] + [d.path for phase in self.phases for d in phase.data] \
+            + held_out
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -1,9 +1,10 @@
 """The training loop: AdamW, a per-step learning rate, gradient accumulation and clipping.
 
 Trainer.from_config resolves and checks everything (setup.py) before the first
-step; fit() is the loop. Override the hooks (train_step, on_step_end,
-save_final) to change one part without copying the loop. Device specifics
-(autocast, loss scaling, XLA's sync and loader) live in the backend, not here.
+step; fit() is the loop. Override the hooks (make_data, train_step, batch_loss,
+on_step_end, evaluate, save_final) to change one part without copying the loop.
+Device specifics (autocast, loss scaling, XLA's sync and loader) live in the
+backend, not here; the held-out evaluation in evaluation.py.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from tinygen.atomic import file_in_the_way
+from tinygen.atomic import atomic_write_text, file_in_the_way
 from tinygen.errors import TinygenError, first_line
 from tinygen.file_digest import ends_digest
 from tinygen.fields import FILE_NAME as FIELDS_FILE
 
-from ..data.dataset import Rows
+from ..data.dataset import Rows, TokenDataset
 from ..data.encoder import Encoder
 from ..data.sources import corpus_files
 from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
@@ -38,15 +39,18 @@ from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_di
                          write_failure)
 from .config import TrainConfig
 from .device import Backend, select_backend
+from .evaluation import EvalResult, Evaluation, write_result
 from .feed import Feed, HostBatch
 from .loss import causal_lm_loss, target_count
 from .progress import METRICS_FILE, Reporter
 from .samples import generate_sample
-from .setup import (PhaseRun, build_encoder, build_phases, field_schema, load_model, model_window,
+from .setup import (PhaseRun, build_data, build_encoder, field_schema, load_model, model_window,
                     plan_model, resolve_block_size)
 
-TRAIN_CONFIG_FILE = "train_config.json"
+TRAIN_CONFIG_FILE = "train_config.json"  # renamed into --output last: the model is whole
 FINAL_TMP = "final-"  # save_final's temp folder in --output: .tmp-final-XXXX
+# While save_final renames files into --output: their names, for a run after a kill to clear.
+SAVING = f"{TMP_PREFIX}saving-model.json"
 
 
 def train(config: TrainConfig) -> Path:
@@ -72,7 +76,8 @@ def fit_and_release(trainer: "Trainer") -> Path:
 class Trainer:
     def __init__(self, config: TrainConfig, backend: Backend, encoder: Encoder,
                  model: torch.nn.Module, phases: list[PhaseRun], block_size: int,
-                 reporter: Reporter, data_files: dict[str, str] | None = None):
+                 reporter: Reporter, data_files: dict[str, str] | None = None,
+                 evaluation: Evaluation | None = None):
         self.config = config
         self.backend = backend
         self.encoder = encoder
@@ -91,6 +96,8 @@ class Trainer:
         self._log_time = time.perf_counter()
         self._log_tokens = 0
         self._output_lock: OutputLock | None = None  # from_config's: held until fit() ends
+        self.evaluation = evaluation  # the held-out rows, if the run has any
+        self.evaluated: EvalResult | None = None  # the latest evaluation
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Trainer":
@@ -120,7 +127,10 @@ class Trainer:
                 for note in notes:
                     reporter.write(f"tinygen-train: note: {note}")
                 reporter.truncate_after(int(state["step"]) if state is not None else 0)
-                phases = cls.make_phases(config, encoder, block_size, plan.pad_id)
+                phases, held_out = cls.make_data(config, encoder, block_size, plan.pad_id)
+                evaluation = Evaluation.build(config, encoder, block_size, plan.pad_id, held_out)
+                if state is not None:
+                    _check_same_held_out(checkpoint, state, evaluation)
             except Exception as exc:
                 failure = exc
             backend.agree(failure)
@@ -130,7 +140,8 @@ class Trainer:
                 model = load_model(plan, checkpoint)
             model = backend.place_model(model)
             backend.seed_processes(config.seed)  # data parallel: dropout differs per process
-            trainer = cls(config, backend, encoder, model, phases, block_size, reporter, data_files)
+            trainer = cls(config, backend, encoder, model, phases, block_size, reporter, data_files,
+                          evaluation)
             trainer._output_lock = output_lock
             if state is not None:
                 trainer.restore(checkpoint, state)
@@ -148,6 +159,8 @@ class Trainer:
         self.reporter.start(self.step, resumed=self.config.resume)
         if self.config.progress:
             self.reporter.write(self.describe())
+            if self.evaluation is not None:
+                self.reporter.write(f"held out: {self.evaluation.describe()}")
         self.model.train()
         self._log_time, self._log_tokens = time.perf_counter(), self.tokens_seen
         try:
@@ -161,6 +174,10 @@ class Trainer:
                 self.tokens_seen += self.tokens_per_step
                 self.reporter.advance()
                 self.on_step_end(phase, lr, loss)
+            if self.evaluation is not None and getattr(self.evaluated, "step", None) != self.step:
+                # Resumed from the run's last step, nothing trained: its figures are in
+                # metrics.jsonl already; the saved model gets them again.
+                self.evaluated = self.run_evaluation()
             return self.save_final()
         finally:
             for feed in self.feeds:
@@ -217,6 +234,9 @@ class Trainer:
             self._log_time, self._log_tokens = now, self.tokens_seen
         self._stop_if_diverged()  # on XLA a logged loss is read a step later, at the next sync
         paused = time.perf_counter()
+        every = cfg.eval_every
+        if self.evaluation is not None and (last or every and self.step % every == 0):
+            self.evaluate()  # before the checkpoint, whose metrics.jsonl then holds it
         if cfg.sample_every and self.step % cfg.sample_every == 0:
             # Every process takes part in the copy (on a pod, fetching weights is collective);
             # only the one that prints draws the sample.
@@ -227,7 +247,17 @@ class Trainer:
                 self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
         if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
             self.save_checkpoint()
-        self._log_time += time.perf_counter() - paused  # sampling and saving are not training
+        self._log_time += time.perf_counter() - paused  # evaluating, sampling, saving: not training
+
+    def evaluate(self) -> EvalResult:
+        """Score the held-out rows (every process takes part) and report it."""
+        self.evaluated = self.run_evaluation()
+        self.reporter.log_eval(self.evaluated.step, self.evaluated.to_json(),
+                               self.evaluated.describe())
+        return self.evaluated
+
+    def run_evaluation(self) -> EvalResult:
+        return self.evaluation.run(self.backend.unwrap(self.model), self.backend, self.step)
 
     def _log(self, step: int, loss: float, rest: dict[str, Any]) -> None:
         if not math.isfinite(loss) and self._diverged is None:
@@ -266,6 +296,7 @@ class Trainer:
             "config": self.config.resume_identity(),
             "optimisation": {**self.config.resume_noted(), "total_steps": self.config.total_steps},
             "data_files": self._data_files,
+            "held_out_sha256": self.evaluation.fingerprint() if self.evaluation else None,
         }
         return save_checkpoint(self.config.output_dir, self.step, self.model, self.optimizer, state,
                                self.write_tokenizer, self.config.keep_checkpoints, self.backend)
@@ -291,12 +322,14 @@ class Trainer:
         """Write the trained model (process 0 of a pod slice or torchrun; the others wait).
 
         Everything is written into a temp folder inside --output, then renamed into
-        place with the weights last: a run killed while saving leaves no partial
-        model.safetensors there for export to take for a trained model.
+        place (_move_into_place): train_config.json last, so --output holds one only
+        when the whole model is there, and a run killed midway leaves a list of what
+        it had moved, which the next run in that folder clears.
         """
         self.backend.flush()
         self._stop_if_diverged()
         out = self.config.output_dir
+        evaluated = self.evaluated
 
         def write() -> None:
             out.mkdir(parents=True, exist_ok=True)
@@ -307,12 +340,12 @@ class Trainer:
                 self.backend.save_model(self.model, tmp)
                 check_finite_weights(tmp, self.step)
                 self.write_tokenizer(tmp)
+                if evaluated is not None:
+                    write_result(tmp, evaluated, self.evaluation.what)
                 (tmp / TRAIN_CONFIG_FILE).write_text(
                     json.dumps(self.config.to_json(), indent=2) + "\n", encoding="utf-8")
                 fsync_tree(tmp)
-                for path in sorted(tmp.iterdir(), key=_weights_last):
-                    os.replace(path, out / path.name)
-                fsync_dir(out)
+                _move_into_place(tmp, out)
             except Exception as exc:
                 if (reason := write_failure(exc)) is not None:
                     raise TinygenError(f"cannot write the trained model to {out}: {reason}") \
@@ -349,10 +382,11 @@ class Trainer:
     # -- helpers -------------------------------------------------------------
 
     @staticmethod
-    def make_phases(config: TrainConfig, encoder: Encoder, block_size: int,
-                    pad_id: int) -> list[PhaseRun]:
-        """The run's phases and their row samplers (distillation draws from its teacher cache)."""
-        return build_phases(config, encoder, block_size, pad_id)
+    def make_data(config: TrainConfig, encoder: Encoder, block_size: int,
+                  pad_id: int) -> tuple[list[PhaseRun], TokenDataset | None]:
+        """The run's phases and their row samplers (distillation draws from its teacher cache),
+        and the documents --eval-fraction holds out of their corpora (None without it)."""
+        return build_data(config, encoder, block_size, pad_id)
 
     def phase_at(self, step: int) -> PhaseRun:
         for phase in self.phases:
@@ -408,10 +442,54 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator too
 
 
-def _weights_last(path: Path) -> tuple[bool, bool]:
-    """Rename order for save_final: other files, then weight shards, then their index."""
-    name = path.name
-    return ".safetensors" in name or name.endswith(".bin"), name.endswith(".index.json")
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the saved model's files from `tmp` into `out`: the others, the weight shards,
+    their index, and train_config.json, the mark of a whole model, last. SAVING lists them
+    meanwhile; a replaced model's train_config.json (a resumed run saving again) goes first."""
+    names = sorted((p.name for p in tmp.iterdir()), key=_rename_order)  # train_config.json last
+    atomic_write_text(out / SAVING, json.dumps({"files": names}) + "\n")
+    (out / TRAIN_CONFIG_FILE).unlink(missing_ok=True)
+    fsync_dir(out)
+    for name in names[:-1]:
+        os.replace(tmp / name, out / name)
+    fsync_dir(out)  # every other file is there before the mark of a whole model
+    os.replace(tmp / TRAIN_CONFIG_FILE, out / TRAIN_CONFIG_FILE)
+    fsync_dir(out)
+    (out / SAVING).unlink()
+
+
+def _rename_order(name: str) -> tuple[bool, bool, bool, str]:
+    weights = ".safetensors" in name or name.endswith(".bin")
+    return name == TRAIN_CONFIG_FILE, weights, name.endswith(".index.json"), name
+
+
+def _unfinished_save(out: Path) -> list[str] | None:
+    """The files a final save killed while renaming them into `out` left there, or None when
+    no save stopped midway. SAVING names what it was moving; with train_config.json, renamed
+    last, present, the save finished (it was killed before removing SAVING)."""
+    try:
+        record = json.loads((out / SAVING).read_text(encoding="utf-8"))
+        names = [str(name) for name in record["files"]]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TinygenError(f"{out / SAVING} is damaged; delete it (and the model files beside "
+                           f"it, from a save that did not finish) to train into {out}") from None
+    if (out / TRAIN_CONFIG_FILE).exists():
+        return None
+    # Plain names in `out` only: the list is ours, but nothing outside the folder is deleted.
+    return [name for name in names
+            if name == Path(name).name and not name.startswith(".") and (out / name).is_file()]
+
+
+def _clear_unfinished_save(out: Path, names: list[str]) -> None:
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    (out / SAVING).unlink(missing_ok=True)  # last: another process reads it to know the files
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        print(f"tinygen-train: note: removed {shown} from {out}: the start of a final save "
+              f"that did not finish (the run was killed while saving the model)", file=sys.stderr)
 
 
 def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
@@ -425,26 +503,35 @@ def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
     if backend.is_writer:
         for line in skipped:
             print(f"tinygen-train: note: {line}", file=sys.stderr)
+    unfinished = _unfinished_save(config.output_dir)  # a run killed while saving its model
     if latest is None:  # a run starts here: it must not write over what the folder holds
-        _check_fresh_output(config)
+        _check_fresh_output(config, unfinished or [])
         if config.resume and backend.is_writer:
             print(f"tinygen-train: note: --resume: {config.output_dir} has no checkpoint yet; "
                   f"training starts at step 0", file=sys.stderr)
+    if unfinished is not None and backend.is_writer:
+        _clear_unfinished_save(config.output_dir, unfinished)
     return latest
 
 
-def _check_fresh_output(config: TrainConfig) -> None:
+def _check_fresh_output(config: TrainConfig, unfinished: Iterable[str] = ()) -> None:
     """The output folder of a new run: new, empty, or what a run killed before its first
-    checkpoint left (metrics, temp files). A trained model, an export or data is refused:
-    the run would overwrite or mix with it."""
+    checkpoint left (metrics, temp files, the `unfinished` files of a final save that
+    stopped midway). A trained model, an export or data is refused: the run would
+    overwrite or mix with it."""
     out = config.output_dir
     if not out.exists():  # _check_folder made sure that one that exists is a folder
         return
     # Its own inputs may live there too: distill writes the teacher's texts or cache first.
     inside = [config.tensorboard_dir, *config.data_paths()]
-    left = {METRICS_FILE, "checkpoints",
+    left = {METRICS_FILE, "checkpoints", *unfinished,
             *(Path(p).name for p in inside if p is not None and Path(p).parent.resolve() == out.resolve())}
     others = sorted(p.name for p in out.iterdir() if p.name not in left and not p.name.startswith(TMP_PREFIX))
+    if TRAIN_CONFIG_FILE in others and not any(".safetensors" in name or name.endswith(".bin")
+                                               for name in others):
+        # Saved before train_config.json was renamed last: a save killed midway.
+        raise TinygenError(f"{out} holds {TRAIN_CONFIG_FILE} but no weights: the model's save "
+                           f"did not finish; delete {out} to train again")
     if TRAIN_CONFIG_FILE in others:
         raise TinygenError(f"{out} already holds a trained model; choose another --output "
                            f"(or delete it to train it again)")
@@ -500,6 +587,16 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
                      f"the {config.lr_schedule} learning-rate schedule stretches to the new length, so "
                      f"the losses from here are not an uninterrupted {config.total_steps}-step run's")
     return notes
+
+
+def _check_same_held_out(checkpoint: Path, state: dict[str, Any],
+                         evaluation: Evaluation | None) -> None:
+    """The same held-out rows as the checkpoint's run scored, so its evaluations go on alike
+    (the options and files are checked already; this is what they made of them)."""
+    recorded = state.get("held_out_sha256")
+    if recorded is not None and evaluation is not None and recorded != evaluation.fingerprint():
+        raise TinygenError(f"cannot resume {checkpoint}: its run held out other text than this "
+                           f"one would; keep the options or start a new --output")
 
 
 def _check_steps_left(config: TrainConfig, checkpoint: Path, done: int) -> None:

@@ -1,7 +1,8 @@
 """Reporting: a progress bar (loss, tokens/s, ETA), metrics.jsonl, and optionally TensorBoard.
 
 metrics.jsonl gets one JSON object per logged step ({"step", "loss", "lr",
-"tokens_per_s", "phase"}; null for a number that is not finite); it is the record
+"tokens_per_s", "phase"}; null for a number that is not finite), and one per held-out
+evaluation ({"step", "eval_loss", "eval_perplexity", "eval_tokens"}); it is the record
 a resumed run continues, so on resume the lines after the checkpoint's step (and
 a line torn by a kill) are dropped first.
 
@@ -105,6 +106,21 @@ class Reporter:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.writes:
             return
+        self._record(step, metrics, "train")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                 tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+
+    def log_eval(self, step: int, metrics: dict[str, Any], line: str) -> None:
+        """A held-out evaluation: a line of its own in metrics.jsonl ({"step", "eval_loss",
+        "eval_perplexity", "eval_tokens"}), eval/* in TensorBoard, and `line` above the bar."""
+        if not self.writes:
+            return
+        self._record(step, {k: v for k, v in metrics.items() if k != "step"}, "eval")
+        if self.progress:
+            self.write(f"step {step}: {line}")
+
+    def _record(self, step: int, metrics: dict[str, Any], group: str) -> None:
         # json.dumps writes nan as a bare NaN, which is not JSON (a diverged loss): null instead.
         record = {name: None if isinstance(value, float) and not math.isfinite(value) else value
                   for name, value in metrics.items()}
@@ -113,10 +129,7 @@ class Reporter:
         if self.writer is not None:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{name}", value, step)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                 tok_s=f"{metrics['tokens_per_s']:,.0f}", refresh=False)
+                    self.writer.add_scalar(f"{group}/{name.removeprefix(group + '_')}", value, step)
 
     def write(self, text: str) -> None:
         """Print to stderr (with the bar), above the bar without breaking it."""

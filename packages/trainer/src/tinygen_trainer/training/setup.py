@@ -21,6 +21,7 @@ from tinygen.replacements import Replacements
 from ..data.blend import BlendSampler, derive_seed
 from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
+from ..data.holdout import hold_out, join
 from ..export.source import check_model_folder, load_causal_lm
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
@@ -134,18 +135,44 @@ def resolve_block_size(config: TrainConfig, plan: ModelPlan) -> int:
     return config.block_size
 
 
-def build_phases(config: TrainConfig, encoder: Encoder, block_size: int,
-                 pad_id: int) -> list[PhaseRun]:
-    """Encode every corpus once (phases may share them) and build each phase's sampler."""
+def build_data(config: TrainConfig, encoder: Encoder, block_size: int,
+               pad_id: int) -> tuple[list[PhaseRun], TokenDataset | None]:
+    """The phases, and the documents --eval-fraction holds out of their corpora (else None).
+
+    Each corpus (phases may share one) gives up its share of documents once, so no phase
+    trains on a held-out document."""
+    datasets = encode_corpora(config, encoder)
+    held_out = None
+    if config.eval_fraction is not None:
+        parts = []
+        for index, (key, dataset) in enumerate(datasets.items()):
+            datasets[key], held = hold_out(dataset, config.eval_fraction, index)
+            parts.append(held)
+        held_out = join(parts, "the held-out documents")
+    return build_phases(config, encoder, block_size, pad_id, datasets), held_out
+
+
+def encode_corpora(config: TrainConfig,
+                   encoder: Encoder) -> dict[tuple[Path, str | None], TokenDataset]:
+    """Every corpus of every phase, encoded once, by (path, field), in order of first use."""
     datasets: dict[tuple[Path, str | None], TokenDataset] = {}
-    runs, start = [], 0
-    for index, phase in enumerate(config.resolved_phases()):
+    for phase in config.resolved_phases():
         for source in phase.data:
             key = (source.path, source.field)
             if key not in datasets:
                 datasets[key] = TokenDataset.from_path(
                     source.path, encoder, field=source.field, errors=config.errors,
                     line_by_line=config.line_by_line, progress=config.progress)
+    return datasets
+
+
+def build_phases(config: TrainConfig, encoder: Encoder, block_size: int, pad_id: int,
+                 datasets: dict[tuple[Path, str | None], TokenDataset] | None = None,
+                 ) -> list[PhaseRun]:
+    """Each phase's sampler over `datasets` (default: encode_corpora's)."""
+    datasets = encode_corpora(config, encoder) if datasets is None else datasets
+    runs, start = [], 0
+    for index, phase in enumerate(config.resolved_phases()):
         samplers = [_sampler(config, datasets[(s.path, s.field)], s, block_size, pad_id,
                              derive_seed(config.seed, index, i)) for i, s in enumerate(phase.data)]
         if len(samplers) == 1:
