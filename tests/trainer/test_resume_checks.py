@@ -119,7 +119,7 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(finished, tmp_path):
     with pytest.raises(TinygenError) as info:
         train(dataclasses.replace(config, steps=3))
     assert str(info.value) == ("the checkpoint step-00000004 is at step 4, beyond --steps 3: "
-                               "ask for more steps than 4 to go on")
+                               "ask for at least 4 (more to train further)")
     assert not (config.output_dir / "model.safetensors").exists()
 
 

@@ -606,7 +606,7 @@ def _check_steps_left(config: TrainConfig, checkpoint: Path, done: int) -> None:
     if done > total:
         steps = f"the phases' {total} steps" if config.phases else f"--steps {total}"
         raise TinygenError(f"the checkpoint {checkpoint.name} is at step {done}, beyond {steps}: "
-                           f"ask for more steps than {done} to go on")
+                           f"ask for at least {done} (more to train further)")
 
 
 class OutputLock:
