@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from tinygen import TextGenerator, TinygenError
+from tinygen.decoding import Completion, Piece
+from tinygen.text_file import WrittenFile
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,52 @@ def test_texts_and_pieces_survive_pickle_and_copy(gen):
     assert again == pieces and [p.token_probs for p in again] == [p.token_probs for p in pieces]
 
 
+class Kept(Completion):
+    pass
+
+
+class Shown(Piece):
+    pass
+
+
+def test_subclasses_of_texts_and_pieces_come_back_as_themselves(gen):
+    """__reduce__ named Completion and Piece: a subclass came back as its base, losing what it added."""
+    [text] = gen.generate("Hi", seed=1, max_new_tokens=4, return_probs=True)
+    kept = Kept(str(text), text.seed, text.token_ids, text.finish_reason, text.token_probs)
+    kept.note = "mine"
+    shown = Shown("piece", text.token_probs)
+    for again in (pickle.loads(pickle.dumps(kept)), copy.copy(kept), copy.deepcopy(kept)):
+        assert type(again) is Kept and again == kept and again.note == "mine"
+        assert (again.seed, again.token_ids, again.token_probs) == (kept.seed, kept.token_ids, kept.token_probs)
+    for again in (pickle.loads(pickle.dumps(shown)), copy.copy(shown)):
+        assert type(again) is Shown and again == shown and again.token_probs == shown.token_probs
+
+
+def test_a_written_file_keeps_its_counts_through_pickle_and_copy(gen, tmp_path):
+    """generate_to_file's result is a Path with .written and .texts; Path's own __reduce__
+    remade the path alone, so they read 0."""
+    written = gen.generate_to_file(tmp_path / "t.txt", "Hi", n=3, seed=1, max_new_tokens=3)
+    assert (written.written, written.texts) == (3, 3)
+    made = WrittenFile.of(tmp_path / "x", 2, 5)
+    for value in (written, made):
+        for again in (pickle.loads(pickle.dumps(value)), copy.copy(value), copy.deepcopy(value)):
+            assert type(again) is WrittenFile and again == value
+            assert (again.written, again.texts) == (value.written, value.texts)
+
+
+def test_stream_refuses_generates_own_arguments_saying_so(gen):
+    """stream makes one text: n (and generate's other arguments) was an 'unknown generation option'."""
+    with pytest.raises(TinygenError) as info:
+        gen.stream("Hi", n=2)
+    assert str(info.value) == "stream makes one text, so it takes no n; generate makes n texts " \
+                              "(generate(prompt, n=...))"
+    with pytest.raises(TinygenError, match="astream makes one text, so it takes no batch_size; "
+                                           "agenerate makes n texts"):
+        gen.astream("Hi", batch_size=4)
+    with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
+        gen.stream("Hi", tempreature=2)
+
+
 def test_constructor_arguments_are_checked_by_name():
     with pytest.raises(TinygenError, match="replacements must be a replacements.json path .* "
                                            "got an empty string"):
@@ -73,7 +121,7 @@ def test_a_closed_generator_writes_no_file(tmp_path):
 
 @pytest.mark.parametrize("seed,message", [(-1, "seed must be >= 0, got -1"),
                                           ("7", "seed must be an integer or a list of integers, got '7'"),
-                                          ([1, 2], "a list of seeds needs 1 integers >= 0")])
+                                          ([1, 2], "a list of seeds needs 1 integer >= 0, one per text")])
 def test_a_bad_seed_is_refused_under_greedy_decoding_too(gen, seed, message):
     """Greedy decoding draws nothing, but a bad seed is still a mistake: it was ignored."""
     for call in (lambda: gen.generate("Hi", seed=seed, do_sample=False, max_new_tokens=2),

@@ -80,9 +80,24 @@ def test_errors_reach_the_caller(gen):
     with pytest.raises(TinygenError, match="top_p must be in"):
         gen.astream("Hi", top_p=2)  # options: at the call
 
-    async def too_long():
-        return [piece async for piece in gen.astream("Once upon a time " * 100, seed=1)]
-    with pytest.raises(TinygenError, match="prompt is"):  # the prompt: when iteration starts
-        asyncio.run(too_long())
+    with pytest.raises(TinygenError, match="prompt is"):  # the prompt: at the call too, as stream's
+        gen.astream("Once upon a time " * 100, seed=1)
     with pytest.raises(TinygenError, match="n must be an integer >= 1"):
         asyncio.run(gen.agenerate("Hi", n=0))
+
+
+def test_astream_checks_at_the_call_what_stream_does(gen):
+    """Exclusions, the prompt and min_new_tokens against the window were checked only once
+    iteration started; stream checks them at the call, and so does astream now."""
+    window = gen.manifest.context_window
+    for bad in (dict(exclude_strings=["zzqq"]), dict(exclude_ids=[10 ** 6]),
+                dict(min_new_tokens=window, max_new_tokens=window, slide_window=False)):
+        with pytest.raises(TinygenError) as streamed:
+            gen.stream("Once", **bad)
+        with pytest.raises(TinygenError) as astreamed:
+            gen.astream("Once", **bad)  # no iteration: refused at the call
+        assert str(astreamed.value) == str(streamed.value)
+    with pytest.raises(TinygenError, match="astream takes one prompt"):
+        gen.astream(["Once", "Twice"])
+    with pytest.raises(TinygenError, match="prompt is .* tokens; the model's window"):
+        gen.astream([5] * window)

@@ -162,6 +162,32 @@ def test_bans_that_empty_the_distribution_mid_text_are_an_error(gen, do_sample):
     assert [t.token_ids for t in texts] == [(42,), (42,)]
 
 
+def test_no_token_left_but_the_end_that_min_new_tokens_holds_back_says_so(gen):
+    """Every token excluded but EOS, which min_new_tokens holds back: the message names
+    min_new_tokens, which is what removed the last token; without it the text just ends."""
+    [eos] = gen.manifest.eos_token_ids[:1]
+    others = [i for i in range(gen.manifest.vocab_size) if i != eos]
+    message = ("no token is left to sample: the exclusions, logit bias and repetition bans remove "
+               "every token, and min_new_tokens (1) holds back the end of the text; allow more "
+               "tokens, or lower min_new_tokens")
+    for do_sample in (True, False):
+        with pytest.raises(TinygenError) as info:
+            gen.generate("Once", exclude_ids=others, min_new_tokens=1, max_new_tokens=3,
+                         do_sample=do_sample, seed=0)
+        assert str(info.value) == message
+        with pytest.raises(TinygenError) as info:
+            list(gen.stream("Once", exclude_ids=others, min_new_tokens=1, max_new_tokens=3,
+                            do_sample=do_sample, seed=0))
+        assert str(info.value) == message
+    [ended] = gen.generate("Once", exclude_ids=others, max_new_tokens=3, seed=0)
+    assert ended.finish_reason == "eos" and ended.token_ids == ()
+    # Bans that leave nothing once the text may end are the bans' doing alone.
+    with pytest.raises(TinygenError) as info:
+        gen.generate("Once", exclude_ids=[i for i in others if i != 42], no_repeat_ngram_size=1,
+                     stop_at_eos=False, min_new_tokens=1, max_new_tokens=4, seed=0)
+    assert "min_new_tokens" not in str(info.value)
+
+
 class Row:
     def __init__(self, finish_reason=None):
         self.finish_reason = finish_reason

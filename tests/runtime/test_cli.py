@@ -319,12 +319,55 @@ def test_only_a_one_dash_argument_gets_the_prompt_advice(capsys):
 
 
 def test_an_option_is_named_as_typed():
+    from tinygen import ModelFormatError, TinygenError
     from tinygen.cli import _as_typed
 
     message = "top_p must be in (0, 1], got 2.0"
-    assert _as_typed(message, ["generate", "--top-p", "2"]) == "--top-p must be in (0, 1], got 2.0"
-    assert _as_typed(message, ["generate", "--top-p=2"]).startswith("--top-p must")
-    assert _as_typed(message, ["generate", "Hi"]) == message  # not typed: the library's name
+    assert _as_typed(TinygenError(message), ["generate", "--top-p", "2"]) == "--top-p must be in (0, 1], got 2.0"
+    assert _as_typed(TinygenError(message), ["generate", "--top-p=2"]).startswith("--top-p must")
+    # A generation option is named by its flag even where not typed: the flag is what changes it.
+    assert _as_typed(TinygenError("min_new_tokens must be an integer from 0 to max_new_tokens (64), "
+                                  "got 70"), ["generate", "--min-new-tokens", "70"]) == \
+        "--min-new-tokens must be an integer from 0 to --max-new-tokens (64), got 70"
+    # Any other option's rule is named as typed, where it was.
+    batch = "max_batch must be an integer >= 1, got 0"
+    assert _as_typed(TinygenError(batch), ["serve", "--max-batch", "0"]) == "--max-batch" + batch[9:]
+    assert _as_typed(TinygenError(batch), ["serve"]) == batch
     # Only an option's rule: "model directory not found" is not about the --model flag's name.
-    assert _as_typed("model directory not found: m", ["--model", "m"]) == \
+    assert _as_typed(TinygenError("model directory not found: m"), ["--model", "m"]) == \
         "model directory not found: m"
+    # A model file's keys are its own, not flags; nor is a value quoted, nor a path.
+    own = "m/tinygen.json: 'generation': top_p must be in (0, 1], got 7"
+    assert _as_typed(ModelFormatError(own), ["generate"]) == own
+    assert _as_typed(TinygenError("exclude_strings: 'top_p' is not a token of this model"), []) == \
+        "--exclude: 'top_p' is not a token of this model"
+    assert _as_typed(TinygenError("/tmp/min_new_tokens.txt exists; pass resume=True"), []) == \
+        "/tmp/min_new_tokens.txt exists; pass --resume"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--min-new-tokens", "9", "--max-new-tokens", "8"],
+     "--min-new-tokens must be an integer from 0 to --max-new-tokens (8), got 9"),
+    (["--exclude", "zzqqxx"], "--exclude: 'zzqqxx' is not a token of this model (it bans tokens by their "
+                              "whole text, e.g. ' the'; --exclude-chars bans characters)"),
+    (["--exclude", "min_new_tokens"], "--exclude: 'min_new_tokens' is not a token of this model (it bans "
+                                      "tokens by their whole text, e.g. ' the'; --exclude-chars bans characters)"),
+    (["--exclude", ""], "--exclude must be non-empty strings, got ('',)"),
+    (["--stop", "\udcff"], "--stop '\\udcff' is not UTF-8 text (at character 0); give it as UTF-8"),
+    (["--exclude", "\udcff"], "--exclude '\\udcff' is not UTF-8 text (at character 0); give it as UTF-8"),
+    (["--exclude-chars", "\udcff"], "--exclude-chars is not UTF-8 text (at character 0); give it as UTF-8"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+])
+def test_library_errors_name_the_flags_not_the_python_options(optimum_gpt2_dir, extra, message):
+    """The library's messages name options as Python does (exclude_strings, stop, resume=True):
+    the command line's, as the user knows them (--exclude, --stop, --resume)."""
+    assert run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", *extra]) == \
+        (2, "", f"tinygen: error: {message}\n")
+
+
+def test_an_existing_file_names_resume_as_a_flag(optimum_gpt2_dir, tmp_path):
+    target = tmp_path / "r.txt"
+    target.write_text("mine\n")
+    assert run(["Hi", "--model", str(optimum_gpt2_dir), "--to-file", str(target)]) == \
+        (2, "", f"tinygen: error: {target} exists; pass --resume to continue it, or choose a new file\n")
+    assert target.read_text() == "mine\n"

@@ -183,4 +183,49 @@ def test_min_new_tokens_from_the_cli(optimum_gpt2_dir):
     assert main(["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
                  "--min-new-tokens", "9"], out=out, err=err) == 2
     assert err.getvalue() == "tinygen: error: --min-new-tokens must be an integer from 0 to " \
-                             "max_new_tokens (4), got 9\n"
+                             "--max-new-tokens (4), got 9\n"
+
+
+def test_min_new_tokens_the_window_cannot_hold_is_refused_when_it_does_not_slide(gen, tmp_path):
+    """Without sliding a text ends at the window, window - len(prompt) tokens on: a larger
+    min_new_tokens was silently cut short there (finish_reason "window"). It is refused at the
+    call, by generate, stream, astream and generate_to_file alike; sliding texts go on."""
+    window = gen.manifest.context_window
+    prompt, longer = "Hello.", "Hello. Once upon a time"
+    room = window - len(gen.tokenizer.encode(prompt))
+    options = dict(max_new_tokens=room + 20, slide_window=False, seed=7)
+    [full] = gen.generate(prompt, min_new_tokens=room, **options)
+    assert (len(full.token_ids), full.finish_reason) == (room, "window")
+    message = (f"min_new_tokens must be at most {room} with slide_window=False: the room the window "
+               f"({window} tokens) leaves after the prompt ({window - room} tokens), got {room + 1}; "
+               f"lower min_new_tokens, or let the window slide")
+    target = tmp_path / "texts.txt"
+    for call in (lambda: gen.generate(prompt, min_new_tokens=room + 1, **options),
+                 lambda: gen.stream(prompt, min_new_tokens=room + 1, **options),
+                 lambda: gen.astream(prompt, min_new_tokens=room + 1, **options),
+                 lambda: gen.generate_to_file(target, prompt, min_new_tokens=room + 1, **options)):
+        with pytest.raises(TinygenError) as info:
+            call()
+        assert str(info.value) == message
+    assert not target.exists()
+    short = window - len(gen.tokenizer.encode(longer))
+    with pytest.raises(TinygenError, match=rf"at most {short} .* after the longest prompt "):
+        gen.generate([prompt, longer], min_new_tokens=short + 1, **options)
+    [slid] = gen.generate(prompt, min_new_tokens=room + 1, **{**options, "slide_window": True})
+    assert len(slid.token_ids) >= room + 1
+
+
+def test_min_new_tokens_the_window_cannot_hold_from_the_cli(optimum_gpt2_dir):
+    import io
+
+    from tinygen.cli import main
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    room = gen.manifest.context_window - len(gen.tokenizer.encode("Hi"))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", str(room + 9),
+                 "--min-new-tokens", str(room + 1), "--no-slide"], out=out, err=err) == 2
+    assert err.getvalue() == (f"tinygen: error: --min-new-tokens must be at most {room} with --no-slide: "
+                              f"the room the window ({gen.manifest.context_window} tokens) leaves after "
+                              f"the prompt ({gen.manifest.context_window - room} tokens), got {room + 1}; "
+                              f"lower --min-new-tokens, or let the window slide\n")

@@ -113,9 +113,10 @@ def test_resume_with_fewer_texts_asked_keeps_every_complete_record(optimum_gpt2_
 
 @pytest.mark.parametrize("change,message", [
     (["--prompt", "Bye"], "different prompt"),
-    (["--top-k", "5"], "top_k"),
-    (["--max-new-tokens", "6"], "max_new_tokens"),
-    (["--greedy"], "do_sample"),
+    # Options named as the command line spells them, where it has a flag for the value.
+    (["--top-k", "5"], "was started with --top-k=0, not --top-k=5"),
+    (["--max-new-tokens", "6"], "was started with --max-new-tokens=5, not --max-new-tokens=6"),
+    (["--greedy"], "was started with do_sample=True, not --greedy"),
     (["--seed", "9"], "seed 5, not 9"),
 ])
 def test_resume_refuses_other_settings(optimum_gpt2_dir, tmp_path, change, message):

@@ -294,3 +294,29 @@ def test_a_request_left_with_no_token_fails_alone(gen, do_sample):
         engine.close()
     [want] = gen.generate("Once upon", seed=2, max_new_tokens=12, stop_at_eos=False, do_sample=do_sample)
     assert got.token_ids == want.token_ids
+
+
+def test_no_token_left_but_the_end_min_tokens_holds_back_says_so_in_the_apis_names(gpt2_gen):
+    """Every token excluded but EOS, which min_new_tokens holds back: the failure names it, and
+    the API's reply names it as a request does (min_tokens)."""
+    from tinygen.serving.openai_api import failure_error
+
+    engine = Engine(gpt2_gen)
+    [eos] = gpt2_gen.manifest.eos_token_ids[:1]
+    others = [i for i in range(gpt2_gen.manifest.vocab_size) if i != eos]
+
+    async def main():
+        handle = engine.submit("Once", seed=1, exclude_ids=others, min_new_tokens=1, max_new_tokens=3)
+        with pytest.raises(GenerationFailed) as info:
+            await handle.completions()
+        return info.value
+
+    try:
+        failure = run(main())
+    finally:
+        engine.close()
+    assert failure.status == 400 and "min_new_tokens (1) holds back the end of the text" in str(failure)
+    error = failure_error(failure)
+    assert error.status == 400 and error.message == (
+        "no token is left to sample: the exclusions, logit bias and repetition bans remove every "
+        "token, and min_tokens (1) holds back the end of the text; allow more tokens, or lower min_tokens")

@@ -171,3 +171,45 @@ def test_the_models_default_length_keeps_to_the_limit(gpt2_gen, serve_on_loopbac
     want = gpt2_gen.generate("Once", seed=1, max_new_tokens=limit, stop_at_eos=True)[0]
     assert status == 200 and reply["choices"][0]["text"] == str(want)
     assert reply["usage"]["completion_tokens"] == len(want.token_ids) <= limit
+
+
+def test_min_tokens_past_the_default_max_tokens_is_named_as_sent(served, call, gpt2_gen):
+    """Without max_tokens, min_tokens past the model's default length was refused by the
+    library in its own names (min_new_tokens ... max_new_tokens (64)) with param null."""
+    url, model = served
+    default = gpt2_gen.defaults.max_new_tokens
+    body = {"model": model, "prompt": "Hi", "min_tokens": default + 1}
+    error = assert_error(call("POST", f"{url}/v1/completions", body), 400, param="min_tokens")
+    assert error["message"] == f"min_tokens must be at most max_tokens ({default}, the default), got {default + 1}"
+    error = assert_error(call("POST", f"{url}/v1/completions", {**body, "max_tokens": 5}), 400,
+                         param="min_tokens")
+    assert error["message"] == f"min_tokens must be at most max_tokens (5), got {default + 1}"
+    status, _, reply = call("POST", f"{url}/v1/completions", {**body, "min_tokens": default, "seed": 1})
+    assert status == 200, reply
+
+
+@pytest.fixture(scope="module")
+def unsliding(optimum_gpt2_dir, serve_on_loopback):
+    """A model whose texts stop at its window (generation defaults slide_window=False)."""
+    from tinygen import TextGenerator
+
+    gen = TextGenerator(optimum_gpt2_dir, device="cpu")
+    gen.defaults = gen.defaults.merged(slide_window=False)
+    with serve_on_loopback(gen) as (url, app):
+        yield url, app.state.server.model_id, gen
+
+
+def test_min_tokens_the_window_cannot_hold_is_refused_by_name(unsliding, call):
+    """Where the window does not slide, a text ends there: a min_tokens past that room was
+    silently cut short (finish_reason "length" at the window)."""
+    url, model, gen = unsliding
+    window = gen.manifest.context_window
+    room = window - len(gen.tokenizer.encode("Hi"))
+    body = {"model": model, "prompt": "Hi", "max_tokens": room + 10, "min_tokens": room + 1, "seed": 1}
+    error = assert_error(call("POST", f"{url}/v1/completions", body), 400, param="min_tokens")
+    assert error["message"] == (
+        f"min_tokens must be at most {room} on this model, whose window does not slide: the room the "
+        f"window ({window} tokens) leaves after the prompt ({window - room} tokens), got {room + 1}; "
+        f"lower min_tokens, or let the window slide")
+    status, _, reply = call("POST", f"{url}/v1/completions", {**body, "min_tokens": room})
+    assert status == 200 and reply["usage"]["completion_tokens"] == room

@@ -118,3 +118,30 @@ def test_the_api_key_by_message_or_header(gpt2_gen, serve_on_loopback):
             assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "api_key": "k3y"})[-1]["type"] == "done"
         with ws_client.connect(url, additional_headers={"Authorization": "Bearer k3y"}) as ws:
             assert generation(ws, {"prompt": "Hi", "max_tokens": 2})[-1]["type"] == "done"
+
+
+def test_min_tokens_errors_name_the_parameters_as_sent(served, gpt2_gen):
+    """Without max_tokens, min_tokens past the default length came back in the library's
+    names (min_new_tokens ... max_new_tokens) with param null."""
+    default = gpt2_gen.defaults.max_new_tokens
+    with ws_client.connect(served[0]) as ws:
+        [message] = generation(ws, {"prompt": "Hi", "min_tokens": default + 1})
+    assert message["type"] == "error" and message["error"]["param"] == "min_tokens"
+    assert message["error"]["message"] == \
+        f"min_tokens must be at most max_tokens ({default}, the default), got {default + 1}"
+
+
+def test_min_tokens_the_window_cannot_hold_is_refused_by_name(optimum_gpt2_dir, serve_on_loopback):
+    from tinygen import TextGenerator
+
+    gen = TextGenerator(optimum_gpt2_dir, device="cpu")
+    gen.defaults = gen.defaults.merged(slide_window=False)  # texts stop at the window
+    room = gen.manifest.context_window - len(gen.tokenizer.encode("Hi"))
+    with serve_on_loopback(gen) as (url, _):
+        with ws_client.connect(url.replace("http://", "ws://") + "/v1/stream") as ws:
+            [message] = generation(ws, {"prompt": "Hi", "max_tokens": room + 5, "min_tokens": room + 1})
+            done = generation(ws, {"prompt": "Hi", "max_tokens": room + 5, "min_tokens": room, "seed": 1})[-1]
+    assert message["type"] == "error" and message["error"]["param"] == "min_tokens"
+    assert message["error"]["message"].startswith(f"min_tokens must be at most {room} on this model, "
+                                                  f"whose window does not slide")
+    assert done["type"] == "done" and done["completion_tokens"] == room

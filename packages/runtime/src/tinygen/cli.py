@@ -19,7 +19,7 @@ import sys
 from typing import TextIO
 
 from . import __version__
-from .errors import TinygenError
+from .errors import ModelFormatError, TinygenError, respell
 from .help_format import ArgumentParser, HelpFormatter
 
 COMMANDS = ("generate", "curate", "next", "info", "serve")
@@ -373,9 +373,29 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _as_typed(message: str, argv: list[str]) -> str:
-    """The library names an option as Python does (top_p must be ...): name it as the user
-    typed it (--top-p) where the command line has that flag."""
+# Options the library names as Python does, as this command line spells them (errors.respell):
+# the library's messages reach the user here, who typed flags.
+FLAGS = {
+    "max_new_tokens": "--max-new-tokens", "min_new_tokens": "--min-new-tokens",
+    "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+    "typical_p": "--typical-p", "repetition_penalty": "--repetition-penalty",
+    "no_repeat_ngram_size": "--no-repeat-ngram-size", "stop": "--stop", "seed": "--seed",
+    "exclude_chars": "--exclude-chars", "exclude_strings": "--exclude",
+    "do_sample=False": "--greedy", "slide_window=False": "--no-slide", "resume=True": "--resume",
+    "batch_size": "--batch-size", "dedupe": "--dedupe", "dedupe_against": "--dedupe-against",
+    "top_n": "--top-n", "threads": "--threads", 'device="cpu"': "--device cpu",
+}
+
+
+def _as_typed(exc: TinygenError, argv: list[str]) -> str:
+    """The library names options as Python does (top_p must be ..., pass resume=True): name
+    them as the command line does (--top-p, --resume). Any other "NAME must" is named as the
+    user typed it (--max-batch) where the command line has that flag. A model file's errors
+    name its own keys (tinygen.json's 'generation': top_p ...), which stay as they are."""
+    message = str(exc)
+    if isinstance(exc, ModelFormatError):
+        return message
+    message = respell(message, FLAGS)
     name = re.match(r"[a-z][a-z_]*(?= must )", message)  # a value's rule, not "model ... not found"
     if name:
         flag = "--" + name[0].replace("_", "-")
@@ -414,7 +434,7 @@ def main(argv: list[str] | None = None, out: TextIO = None, err: TextIO = None) 
                "next": run_next}.get(args.command, run_generate)
         return run(args, out, err)
     except TinygenError as exc:
-        err.write(f"tinygen: error: {_as_typed(str(exc), argv)}\n")
+        err.write(f"tinygen: error: {_as_typed(exc, argv)}\n")
         return 2
     except KeyboardInterrupt:
         err.write("tinygen: interrupted\n")

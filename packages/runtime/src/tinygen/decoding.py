@@ -21,6 +21,7 @@ from typing import Collection, Sequence
 import numpy as np
 
 from .config import GenerationConfig
+from .errors import TinygenError
 from .onnx_model import OnnxCausalLM
 from .processors import build_processors, softmax
 from .sampling import GreedySampler, RandomSampler
@@ -59,7 +60,9 @@ class Completion(str):
         return self
 
     def __reduce__(self):  # str's own would remake it from the text alone (pickle, copy)
-        return Completion, (str(self), self.seed, self.token_ids, self.finish_reason, self.token_probs)
+        # type(self): a subclass comes back as itself, with its own attributes (the state).
+        return type(self), (str(self), self.seed, self.token_ids, self.finish_reason,
+                            self.token_probs), _own_attributes(self, Completion)
 
 
 class Piece(str):
@@ -73,7 +76,13 @@ class Piece(str):
         return self
 
     def __reduce__(self):
-        return Piece, (str(self), self.token_probs)
+        return type(self), (str(self), self.token_probs), _own_attributes(self, Piece)
+
+
+def _own_attributes(value: str, base: type) -> dict | None:
+    """What a subclass of `base` set on `value` beyond base's fields (pickle's state), if anything."""
+    known = base.__annotations__
+    return {k: v for k, v in vars(value).items() if k not in known} or None
 
 
 class SequenceState:
@@ -176,6 +185,21 @@ class SequenceState:
             self.text += self.decoder.finish()
         return Completion(self.text, self.seed, tuple(self.generated), self.finish_reason or "length",
                           tuple(self.probs))
+
+
+def check_room(config: GenerationConfig, prompts: Sequence[Sequence[int]], window: int) -> None:
+    """Refuse a min_new_tokens that the window cannot hold. Without sliding a text ends where
+    the window does, window - len(prompt) tokens on, min_new_tokens or not: that many is all
+    the longest prompt's text can be sure of. (With sliding there is no such end.)"""
+    if config.slide_window or not config.min_new_tokens or not prompts:
+        return
+    longest = max(len(p) for p in prompts)
+    room = window - longest
+    if config.min_new_tokens > room:
+        which = "the longest prompt" if len(prompts) > 1 else "the prompt"
+        raise TinygenError(f"min_new_tokens must be at most {room} with slide_window=False: the room "
+                           f"the window ({window} tokens) leaves after {which} ({longest} tokens), "
+                           f"got {config.min_new_tokens}; lower min_new_tokens, or let the window slide")
 
 
 def left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

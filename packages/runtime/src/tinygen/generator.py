@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .atomic import check_parents
 from .config import GenerationConfig, is_int, is_number, plain
-from .decoding import BatchDecoding, Completion
+from .decoding import BatchDecoding, Completion, check_room
 from . import heap
 from .dedupe import NgramIndex, find_duplicates
 from .errors import ModelFormatError, TinygenError
@@ -165,6 +165,7 @@ class TextGenerator:
         dedupe, dedupe_ngram = plain(dedupe), plain(dedupe_ngram)
         prompt, end_ids = self._conditioned(as_prompt(prompt), context, target)
         prompts = self.prompts.encode(prompt)
+        check_room(config, prompts, self.manifest.context_window)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
         # Checked (and the training-data index built) before decoding, not after it.
@@ -220,11 +221,22 @@ class TextGenerator:
                target: str | None = None, **options) -> "TextStream":
         """Yield the text as tokens arrive; whole characters only, stop strings never shown.
         context and target condition it as they do `generate`'s, with the same text a seed."""
+        return TextStream(self._decoding(*self._one_text("stream", prompt, seed, context, target, options)))
+
+    def _one_text(self, method: str, prompt, seed, context, target, options: dict) -> tuple:
+        """Everything `stream` and `astream` check at the call, done: the arguments of
+        `_decoding` for their one text."""
+        for name in options:
+            if name in _GENERATE_ONLY:
+                many = "agenerate" if method == "astream" else "generate"
+                raise TinygenError(f"{method} makes one text, so it takes no {name}; {many} makes n "
+                                   f"texts ({many}(prompt, n=...))")
         config = self.defaults.merged(**options)
         prompt, end_ids = self._conditioned(prompt, context, target)
-        [ids] = self.prompts.encode(prompt, single="stream")
+        [ids] = self.prompts.encode(prompt, single=method)
+        check_room(config, [ids], self.manifest.context_window)
         [seed] = self._seeds(plain(seed), 1, config)
-        return TextStream(self._decoding([ids], [seed], config, end_ids))
+        return [ids], [seed], config, end_ids, self._excluded_ids(config)
 
     async def agenerate(self, prompt: Prompt | Sequence[Prompt] = "", **kwargs) -> "Generations":
         """`generate` for asyncio: the same texts, decoded in a worker thread while the event
@@ -238,16 +250,13 @@ class TextGenerator:
 
     def astream(self, prompt: Prompt = "", seed: int | None = None, context: dict | None = None,
                 target: str | None = None, **options) -> AsyncTextStream:
-        """`stream` for asyncio: `async for piece in gen.astream(...)`. Options and the
-        context are checked and the seed drawn here, at the call; the prompt is encoded when
-        iteration starts."""
+        """`stream` for asyncio: `async for piece in gen.astream(...)`. Everything `stream`
+        checks (options, exclusions, the context, the prompt) is checked, and the seed drawn,
+        here at the call; the decoding starts, in a worker thread, when iteration does."""
         from .async_api import AsyncTextStream
 
-        config = self.defaults.merged(**options)
-        self._conditioned(prompt, context, target)
-        [seed] = self._seeds(plain(seed), 1, config)
-        return AsyncTextStream(self._async_lock, lambda: self.stream(
-            prompt, seed=seed, context=context, target=target, **options), seed)
+        text = self._one_text("astream", prompt, seed, context, target, options)
+        return AsyncTextStream(self._async_lock, lambda: TextStream(self._decoding(*text)), text[1][0])
 
     def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
         """The model's own distribution over the token after `prompt`: the top_n (text, prob).
@@ -291,7 +300,8 @@ class TextGenerator:
             raise TinygenError(CLOSED)
         config = self.defaults.merged(**options)
         conditioned, _ = self._conditioned(prompt, context, target)
-        self.prompts.encode(conditioned, single="generate_to_file")
+        check_room(config, self.prompts.encode(conditioned, single="generate_to_file"),
+                   self.manifest.context_window)
         self._excluded_ids(config)
         prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         settings = {
@@ -321,7 +331,7 @@ class TextGenerator:
                         f.truncate(offset)
                 return WrittenFile.of(path, 0, done)
         elif path.exists() and path.stat().st_size:
-            raise TinygenError(f"{path} exists; pass resume=True (--resume) to continue it, or choose a new file")
+            raise TinygenError(f"{path} exists; pass resume=True to continue it, or choose a new file")
         seeds = self._seed_sequence(base, n, config)
         settings["seed"] = seeds[0]
         bar = _progress_bar(n) if progress else None
@@ -357,9 +367,12 @@ class TextGenerator:
 
     # -- internals --------------------------------------------------------------
 
-    def _decoding(self, prompts, seeds, config, end_ids=()) -> BatchDecoding:
+    def _decoding(self, prompts, seeds, config, end_ids=(), suppress=None) -> BatchDecoding:
+        """suppress: _excluded_ids(config), if the caller has it already."""
+        if suppress is None:
+            suppress = self._excluded_ids(config)
         decoding = BatchDecoding(self.model, self.tokenizer, prompts, seeds, config, self._pad_id(),
-                                 suppress=self._excluded_ids(config), end_ids=end_ids)
+                                 suppress=suppress, end_ids=end_ids)
         # Finished rows stay in the batch, their tokens unused: only rows still going
         # must have a token left to sample (sampling.Sampler.rows).
         decoding.sampler.rows = decoding.rows
@@ -448,7 +461,8 @@ class TextGenerator:
             # None stands for a greedy row's seed (ray.py hands its workers such lists).
             if not isinstance(seed, int) and (len(seed) != count or not all(
                     (is_int(s) and s >= 0) or (s is None and config.greedy) for s in seed)):
-                raise TinygenError(f"a list of seeds needs {count} integers >= 0, one per sequence")
+                raise TinygenError(f"a list of seeds needs {_count(count, 'integer')} >= 0, one per "
+                                   f"text")
         if config.greedy:
             return [None] * count  # greedy decoding draws nothing
         if seed is None:
@@ -502,6 +516,14 @@ class _Closed:
 
     def __getattr__(self, name: str):
         raise TinygenError(CLOSED)
+
+
+# generate's arguments that stream and astream, which make one text, do not take.
+_GENERATE_ONLY = ("n", "batch_size", "progress", "dedupe", "dedupe_ngram", "dedupe_against")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_count(name: str, value) -> None:

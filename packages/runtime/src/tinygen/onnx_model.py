@@ -48,7 +48,7 @@ def resolve_device(device: str, manifest: Manifest | None = None) -> str:
     if device == "cuda" and cpu_only:
         raise TinygenError("this model's fused graph is float32, whose attention onnxruntime runs "
                            "only on the CPU: export it with --dtype float16 for CUDA, or use "
-                           "--device cpu")
+                           "device=\"cpu\"")
     if device == "auto":
         return "cuda" if has_cuda and not cpu_only else "cpu"
     return device

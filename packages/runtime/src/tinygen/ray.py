@@ -30,7 +30,7 @@ import os
 from typing import Any, Sequence
 
 from .config import GenerationConfig, is_number, plain
-from .decoding import Completion
+from .decoding import Completion, check_room
 from .errors import TinygenError
 from .generator import TextGenerator, _check_count, model_folder
 from .manifest import load_manifest
@@ -83,6 +83,7 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     # Encoded here, so a bad prompt (too long, an id outside the vocabulary) is refused before
     # any actor starts, where it would come back as a RayTaskError; actors get token ids.
     prompts = PromptEncoder.load(model_dir, manifest).encode(prompt)
+    check_room(config, prompts, manifest.context_window)
     for name, value in (("n", n), ("num_workers", num_workers), ("batch_size", batch_size),
                         ("chunk_size", batch_size if chunk_size is None else chunk_size)):
         _check_count(name, value)

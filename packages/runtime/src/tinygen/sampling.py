@@ -18,6 +18,16 @@ NOTHING_LEFT = ("no token is left to sample: the exclusions, logit bias and repe
                 "remove every token; allow more tokens")
 
 
+def nothing_left(row=None) -> str:
+    """NOTHING_LEFT for a sequence (a decoding.SequenceState); when min_new_tokens is holding
+    its end tokens back (what left nothing, if the bans spared only those), it says so."""
+    if row is None or getattr(row, "may_end", True) or not getattr(row, "eos", None):
+        return NOTHING_LEFT
+    return (f"no token is left to sample: the exclusions, logit bias and repetition bans remove "
+            f"every token, and min_new_tokens ({row.config.min_new_tokens}) holds back the end of "
+            f"the text; allow more tokens, or lower min_new_tokens")
+
+
 def draw_seed() -> int:
     """A fresh seed for a call that gave none; it is reported so the text can be remade.
 
@@ -43,7 +53,7 @@ class Sampler:
         rows = self.rows
         for i in np.flatnonzero(empty).tolist():
             if i >= len(rows) or not rows[i].finish_reason:
-                raise TinygenError(NOTHING_LEFT)
+                raise TinygenError(nothing_left(rows[i] if i < len(rows) else None))
 
 
 class GreedySampler(Sampler):

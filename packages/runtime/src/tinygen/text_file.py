@@ -34,6 +34,9 @@ class WrittenFile(type(Path())):
         result.written, result.texts = written, texts
         return result
 
+    def __reduce__(self):  # Path's own remakes the path alone: the counts were lost (pickle, copy)
+        return type(self).of, (str(self), self.written, self.texts)
+
 
 SETTINGS_SUFFIX = ".tinygen.json"
 SETTINGS_VERSION = 1
@@ -109,7 +112,7 @@ def _check_same_settings(path: Path, saved: dict, settings: dict) -> None:
     for name in sorted(set(old) | set(new)):
         if old.get(name) != new.get(name):
             raise TinygenError(f"{path} was started with {name}={_short(old.get(name))}, "
-                               f"not {_short(new.get(name))}; {redo}")
+                               f"not {name}={_short(new.get(name))}; {redo}")
 
 
 def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str

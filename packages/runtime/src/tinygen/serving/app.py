@@ -81,8 +81,8 @@ class Server:
             raise ApiError(429, str(exc), type="rate_limit_error", code="server_busy") from None
         except PromptTooLong as exc:
             raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
-        except TinygenError as exc:
-            raise ApiError(400, str(exc)) from None
+        except TinygenError as exc:  # an option the library refused, in this API's names
+            raise api.library_error(exc) from None
         except GenerationFailed as exc:
             raise ApiError(503, str(exc), type="server_error") from None
 

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, AsyncIterator
 import numpy as np
 
 from ..config import GenerationConfig
-from ..decoding import Completion, Piece, hold_back_ends, left_pad
+from ..decoding import Completion, Piece, check_room, hold_back_ends, left_pad
 from ..errors import TinygenError
 from ..processors import LogitsProcessor, build_processors, softmax
-from ..sampling import NOTHING_LEFT, RandomSampler
+from ..sampling import RandomSampler, nothing_left
 from . import batch_ops
 from .sequence import Sequence
 
@@ -232,6 +232,7 @@ class Engine:
         prompts = gen.prompts.encode(prompt)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise TinygenError(f"n must be an integer >= 1, got {n!r}")
+        check_room(config, prompts, self.window)
         rows = [ids for ids in prompts for _ in range(n)]
         if len(rows) > self.max_batch:
             raise TinygenError(f"{len(rows)} sequences asked for (prompts x n); this server decodes "
@@ -400,7 +401,7 @@ class Engine:
             if not (picked > -np.inf).all():  # every token removed (or NaN): fail that request alone
                 for i, ok in zip(rows, (picked > -np.inf).tolist()):
                     if not ok:
-                        self._fail(sequences[i].owner, NOTHING_LEFT, status=400)
+                        self._fail(sequences[i].owner, nothing_left(sequences[i]), status=400)
         stats = self.stats
         stats.steps += 1
         stats.tokens += len(live)

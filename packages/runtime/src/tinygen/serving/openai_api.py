@@ -16,6 +16,7 @@ Each choice carries its `seed` (an extra field) so any text can be made again al
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..config import check_utf8
 from ..decoding import Completion, TokenProb
-from ..errors import TinygenError
+from ..errors import TinygenError, respell
 from .settings import ServerSettings
 
 # OpenAI's finish reasons: the text ended by itself or at a stop string, or ran out of room.
@@ -39,6 +40,10 @@ TINYGEN_PARAMS = {"top_k", "min_p", "typical_p", "repetition_penalty", "no_repea
 # The websocket takes the same sampling parameters, one text at a time, and its own extras.
 SOCKET_PARAMS = (OPENAI_PARAMS | TINYGEN_PARAMS | {"api_key", "raw_probs", "type"}) - \
     {"n", "stream", "stream_options", "echo", "best_of", "suffix", "user"}
+# The library names options as GenerationConfig does: in its messages to clients, as this API
+# does (errors.respell). A request cannot make the window slide; the model's settings do.
+PARAM_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens",
+               "with slide_window=False": "on this model, whose window does not slide"}
 
 
 class ApiError(Exception):
@@ -70,8 +75,18 @@ def failure_error(exc) -> ApiError:
     """A request the engine could not finish (serving.engine.GenerationFailed), with its status:
     400 where its own options left no token to sample, 503 shutting down, 500 a bug."""
     if exc.status == 400:
-        return ApiError(400, str(exc))
+        return library_error(exc)
     return ApiError(exc.status, str(exc), type="server_error")
+
+
+def library_error(exc: Exception, **fields) -> ApiError:
+    """A 400 for a request the library refused (TinygenError), in this API's names: `param` is
+    the parameter its message begins with (min_tokens must be ...), unless `fields` give one."""
+    message = respell(str(exc), PARAM_NAMES)
+    first = re.match(r"[a-z_]+(?=[ :])", message)
+    if "param" not in fields and first and first[0] in OPENAI_PARAMS | TINYGEN_PARAMS:
+        fields["param"] = first[0]
+    return ApiError(400, message, **fields)
 
 
 def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_size: int,
@@ -118,8 +133,16 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
         "stop": _stop(body.get("stop"), settings.max_stop),
         "logit_bias": _logit_bias(body.get("logit_bias"), vocab_size),
     }
-    if (options["min_new_tokens"] or 0) > (options["max_new_tokens"] or settings.max_tokens_limit):
-        raise ApiError(400, f"min_tokens must be at most max_tokens ({options['max_new_tokens']}), "
+    # Without max_tokens, the model's default (or the limit) is the request's: min_tokens is
+    # checked against that here, not refused later by the library in its own names.
+    longest, which = options["max_new_tokens"], ""
+    if body.get("max_tokens") is None:
+        if longest is None and default_max_tokens is not None:
+            longest, which = default_max_tokens, ", the default"
+        else:  # a default over the limit is cut to it (_max_tokens)
+            longest, which = settings.max_tokens_limit, ", the limit"
+    if (options["min_new_tokens"] or 0) > longest:
+        raise ApiError(400, f"min_tokens must be at most max_tokens ({longest}{which}), "
                             f"got {options['min_new_tokens']}", param="min_tokens")
     if socket:
         top_n = p.int("logprobs", 0, 20, 5)  # alternatives shown per token
