@@ -238,6 +238,7 @@ def test_memory_table_of_a_model(exported_llama_dir):
 @pytest.mark.parametrize("args, message", [
     (["--lengths", "4,x"], "--lengths takes whole numbers >= 1"), (["--lengths", "0"], "--lengths"),
     (["--steps", "0"], "--steps must be >= 1"), (["--repeats", "-1"], "--repeats must be >= 1"),
+    (["--counts", "4,"], "--counts takes whole numbers >= 1"),
 ])
 def test_stop_strings_bench_refuses_what_it_cannot_time(args, message):
     assert message in refused("bench_stop_strings.py", *args)
