@@ -247,3 +247,36 @@ def test_a_stop_string_is_found_across_the_pieces_of_text(show):
                 break
         assert row.completion() == want
         assert row.completion().finish_reason == ("length" if want == "abcdxefghefgh" else "stop")
+
+
+@pytest.mark.parametrize("show", [True, False])
+@pytest.mark.parametrize("stop,kept", [("dxe", 2), ("bcd", 1), ("ab", 0), ("x", 2), ("fgh", 4), ("zz", 6)])
+def test_token_probs_are_those_of_the_tokens_in_the_text(show, stop, kept):
+    """A text cut at a stop string keeps the probabilities of its tokens, the one the cut falls
+    in among them, and not those of the stop string's own tokens; streamed pieces carry the
+    same ones, each with the piece its text begins in."""
+    from tinygen.config import GenerationConfig
+    from tinygen.decoding import SequenceState
+
+    texts = ["ab", "cd", "x", "efg", "hef", "gh"]
+    decoder = type("Pieces", (), {"step": lambda self, t: next(steps), "finish": lambda self: ""})
+    steps = iter(texts)
+    row = SequenceState([1], 1, decoder(), GenerationConfig(max_new_tokens=6, stop=(stop,), top_n=0),
+                        frozenset(), 100)
+    pieces = []
+    for position, token in enumerate(range(10, 16)):
+        row.record_probs(np.full(20, 0.05), token, str)
+        pieces.append(row.advance(token, position, show=show))
+        if row.finish_reason:
+            break
+    done = row.completion()
+    assert [tp.token_id for tp in done.token_probs] == list(range(10, 10 + kept))
+    assert len(done.token_ids) == len(pieces)  # every generated token still counts
+    if show:
+        assert [tp for piece in pieces for tp in piece.token_probs] == list(done.token_probs)
+        shown = 0
+        for piece in pieces:  # a piece's tokens begin in its own text
+            for tp in piece.token_probs:
+                begins = sum(len(texts[t - 10]) for t in range(10, tp.token_id))
+                assert shown <= begins < shown + len(piece) or not piece and begins == shown
+            shown += len(piece)

@@ -248,6 +248,33 @@ def test_streamed_text_offsets_are_the_ones_a_full_reply_gives(client, model_id,
     assert streamed == full
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_of_a_text_cut_at_a_stop_are_its_own_tokens(client, model_id, gpt2_gen, stream):
+    """The tokens of the stop string a text was cut at are not the text's: its logprobs end
+    with the token the cut falls in, and every token begins inside the text."""
+    [text] = gpt2_gen.generate("Once upon a time", do_sample=False, max_new_tokens=20,
+                               return_probs=True, top_n=1)
+    tokens = [tp.text for tp in text.token_probs]
+    j = next(i for i in range(1, len(tokens) - 1) if "".join(tokens[:i + 2]).isascii())
+    k = 1 if len(tokens[j]) > 1 else 0
+    stop = tokens[j][k:] + tokens[j + 1]  # starts in token j (inside it where it can) and runs on
+    assert "".join(tokens[:j + 2]).find(stop) == len("".join(tokens[:j])) + k  # nowhere sooner
+    ask = dict(model=model_id, prompt="Once upon a time", max_tokens=20, temperature=0, stop=stop, logprobs=1)
+    if stream:
+        shown, got, offsets = "", [], []
+        for chunk in client.completions.create(**ask, stream=True):
+            for c in chunk.choices:
+                shown += c.text
+                got += c.logprobs.tokens if c.logprobs else []
+                offsets += c.logprobs.text_offset if c.logprobs else []
+    else:
+        [choice] = client.completions.create(**ask).choices
+        shown, got, offsets = choice.text, choice.logprobs.tokens, choice.logprobs.text_offset
+    assert shown == "".join(tokens[:j]) + tokens[j][:k]
+    assert got == tokens[:j + k]  # token j only where the cut falls inside it
+    assert offsets == [len("".join(tokens[:i])) for i in range(j + k)] and offsets[-1] < len(shown)
+
+
 def test_min_tokens_holds_the_end_back_as_generate_does(client, model_id, gpt2_gen):
     """min_tokens (vLLM's name) is generate's min_new_tokens: with EOS all but certain, a
     text of exactly that many tokens, the same as generate's for the seed."""

@@ -15,6 +15,7 @@ a row's tokens, and memory stays flat however long the text.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
@@ -44,7 +45,9 @@ class Completion(str):
     seed: the sequence's own seed (None for greedy decoding, which needs none);
     token_ids: the generated tokens; finish_reason: "eos", "stop", "length"
     (max_new_tokens reached) or "window" (the window is full and sliding is off);
-    token_probs: one TokenProb per generated token when return_probs was set.
+    token_probs: when return_probs was set, one TokenProb per token of the text: every
+    generated token but those wholly inside the stop string a text was cut at (the token
+    the cut falls in is kept whole), so the tokens' texts line up with the text's.
     """
 
     seed: int | None
@@ -104,6 +107,7 @@ class SequenceState:
         self.emitted = 0  # characters of `text` already handed out
         self.stop_free = 0  # characters of `text` searched for stop strings, none found
         self.probs_emitted = 0
+        self.starts: list[int] = []  # with stop strings: where each token's text begins in `text`
         self.finish_reason: str | None = None
 
     @property
@@ -142,6 +146,8 @@ class SequenceState:
             self.generated.append(token)
             self.undecoded += 1
             stops = self.config.stop
+            if stops:
+                self.starts.append(len(self.text))
             if show or stops:
                 self.decode_pending()
             if stops:
@@ -152,6 +158,7 @@ class SequenceState:
                                        for s in stops) if i >= 0), default=-1)
                 if cut >= 0:
                     self.text, self.finish_reason = self.text[:cut], "stop"
+                    del self.probs[bisect_left(self.starts, cut):]  # the stop string's own tokens
                 self.stop_free = len(self.text)
             if not self.finish_reason:
                 if len(self.generated) >= self.config.max_new_tokens:
@@ -164,9 +171,13 @@ class SequenceState:
         end = len(self.text) if self.finish_reason else \
             len(self.text) - _partial_stop(self.text, self.config.stop)
         text, self.emitted = self.text[self.emitted:end], max(self.emitted, end)
-        probs = ()
-        if text or self.finish_reason:
-            probs, self.probs_emitted = tuple(self.probs[self.probs_emitted:]), len(self.probs)
+        if self.finish_reason:
+            upto = len(self.probs)
+        elif self.config.stop:  # the tokens whose text begins in what is shown
+            upto = max(self.probs_emitted, min(len(self.probs), bisect_left(self.starts, end)))
+        else:
+            upto = len(self.probs) if text else self.probs_emitted
+        probs, self.probs_emitted = tuple(self.probs[self.probs_emitted:upto]), upto
         return Piece(text, probs)
 
     def decode_pending(self) -> None:
