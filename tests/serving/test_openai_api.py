@@ -169,11 +169,13 @@ def test_a_client_that_disconnects_frees_its_rows_at_once(served, model_id, even
     body = (b'{"model": "%s", "prompt": "Once upon a time", "max_tokens": 4000, "stream": true, '
             b'"seed": 1}' % model_id.encode())
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     received = b""
     while b"data: " not in received:
-        received += sock.recv(4096)
+        chunk = sock.recv(4096)
+        assert chunk, f"the server closed the stream before its first token: {received[:200]!r}"
+        received += chunk
     engine = served[1].state.server.engine
     assert eventually(lambda: engine.active == 1, 5)
     cancelled = engine.stats.cancelled
@@ -187,7 +189,7 @@ def test_a_blocking_request_whose_client_leaves_is_cancelled(served, model_id, e
     port = int(url.rsplit(":", 1)[1])
     body = b'{"model": "%s", "prompt": "Once", "max_tokens": 4000, "seed": 2}' % model_id.encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     engine = served[1].state.server.engine
     assert eventually(lambda: engine.active == 1, 5)

@@ -2,6 +2,7 @@
 --cors-origin allows; scripts (no Origin header) and the server's own pages always."""
 
 import json
+import socket
 
 import pytest
 
@@ -16,8 +17,13 @@ from tinygen.serving import ServerSettings  # noqa: E402
 APP = "https://app.example.com"
 
 
-def first_token(url, origin=None):
-    with ws_client.connect(url.replace("http://", "ws://") + "/v1/stream", origin=origin) as ws:
+def first_token(url, origin=None, host=None):
+    """The first message's type; `host`: the name the client uses, as if it led to the server."""
+    uri, sock = url.replace("http://", "ws://") + "/v1/stream", None
+    if host:
+        port = int(url.rsplit(":", 1)[1])
+        uri, sock = f"ws://{host}:{port}/v1/stream", socket.create_connection(("127.0.0.1", port))
+    with ws_client.connect(uri, origin=origin, sock=sock) as ws:
         ws.send(json.dumps({"prompt": "Once", "max_tokens": 2, "seed": 1}))
         return json.loads(ws.recv(timeout=30))["type"]
 
@@ -75,6 +81,46 @@ def test_cors_origins_let_their_pages_in(gpt2_gen, serve_on_loopback, call):
         assert preflight(call, url, "https://elsewhere.example")[0] == 400
     with serve_on_loopback(gpt2_gen, ServerSettings(cors_origins=("*",))) as (url, _):
         assert first_token(url, origin="https://elsewhere.example") == "start"
+
+
+def test_a_name_rebound_to_loopback_cannot_use_a_keyless_server(gpt2_gen, serve_on_loopback, call):
+    """DNS rebinding: a page at http://rebound.example:PORT whose site then points that name
+    at 127.0.0.1 is the server's own origin to the browser; its Host header gives it away."""
+    with serve_on_loopback(gpt2_gen) as (url, app):
+        port = url.rsplit(":", 1)[1]
+        rebound = f"rebound.example:{port}"
+        engine = app.state.server.engine
+        body = json.dumps({"model": app.state.server.model_id, "prompt": "Once", "max_tokens": 2}).encode()
+        steps = engine.stats.steps
+        for path, origin in (("/v1/completions", f"http://{rebound}"), ("/v1/models", None), ("/", None)):
+            headers = {"Host": rebound, "Content-Type": "text/plain"} | ({"Origin": origin} if origin else {})
+            status, _, reply = call("POST" if "compl" in path else "GET", url + path,
+                                    body if "compl" in path else None, headers=headers)
+            assert status == 403 and reply["error"]["code"] == "host_not_allowed"
+            assert f"not {rebound}" in reply["error"]["message"]
+        with pytest.raises(InvalidStatus) as refused:
+            first_token(url, origin=f"http://{rebound}", host="rebound.example")
+        assert refused.value.response.status_code == 403
+        assert engine.stats.steps == steps
+        for name in ("localhost", "127.0.0.1", "[::1]", "app.localhost", "LOCALHOST."):
+            assert call("GET", f"{url}/health", headers={"Host": f"{name}:{port}"})[0] == 200
+        assert first_token(url, host="localhost") == "start"
+    with serve_on_loopback(gpt2_gen, ServerSettings(api_key="sesame")) as (url, app):
+        # a page cannot know the key: a keyed server answers to any name (a proxy's, say)
+        port = url.rsplit(":", 1)[1]
+        status, _, reply = call("GET", f"{url}/v1/models", headers={
+            "Host": f"tinygen.example.com:{port}", "Authorization": "Bearer sesame"})
+        assert status == 200 and reply["data"][0]["id"] == app.state.server.model_id
+
+
+@pytest.mark.parametrize("host,local,allowed", [
+    ("localhost:8000", "127.0.0.1", True), ("[::1]:8000", "::1", True), ("127.0.0.5", "127.0.0.1", True),
+    ("evil.example:8000", "127.0.0.1", False), ("evil.example", "::1", False),
+    ("127.0.0.1.evil.example", "127.0.0.1", False), ("[::1].evil:80", "127.0.0.1", False),
+    ("evil.example:8000", "192.168.1.5", True),  # reached on the network: no rebinding to fear
+    (None, "127.0.0.1", True), ("evil.example", None, True)])
+def test_which_host_names_a_keyless_loopback_server_answers_to(host, local, allowed):
+    assert ServerSettings().host_allowed(host, local) is allowed
 
 
 @pytest.mark.parametrize("origin", ["app.example.com", "https://app.example.com/", "ftp://x", ""])

@@ -63,6 +63,7 @@ def test_an_empty_api_key_in_the_environment_is_refused_not_served_without_one(
 
 
 @pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                           ("app.localhost", True), ("localhost.example", False),
                                            ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_loopback_detection(host, loopback):
     assert is_loopback(host) is loopback
@@ -71,7 +72,7 @@ def test_loopback_detection(host, loopback):
 def _get(port, path, key=None):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         auth = f"Authorization: Bearer {key}\r\n" if key else ""
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk

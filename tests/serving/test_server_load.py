@@ -161,7 +161,7 @@ def test_a_client_that_reads_nothing_does_not_hold_the_shutdown_up(gpt2_gen, cap
             socket.socket() as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.connect(("127.0.0.1", port))
-        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         time.sleep(1)  # and never reads: the socket's buffers fill at once
         started = time.monotonic()

@@ -35,6 +35,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from ..errors import PromptTooLong, TinygenError
 from . import openai_api as api
+from .access import page_refusal
 from .engine import Engine, EngineBusy, GenerationFailed, RequestHandle, SequenceDone, SequencePiece
 from .openai_api import ApiError, failure_error
 from .settings import ServerSettings
@@ -170,6 +171,8 @@ class OriginGate:
     CORS only keeps such a page from reading the reply: a "simple" request (a POST sent as
     text/plain) still runs, so any site a user visits could make a local server generate.
     Requests with no Origin (scripts, curl, the OpenAI client) pass, as at the websocket.
+    A keyless server on loopback also refuses other names than loopback ones in the Host
+    header (ServerSettings.host_allowed): a rebound name makes a foreign page same-origin.
     """
 
     def __init__(self, app, settings: ServerSettings):
@@ -177,11 +180,8 @@ class OriginGate:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            if not self.settings.origin_allowed(headers.get("origin"), headers.get("host")):
-                error = ApiError(403, f"web pages from {headers['origin']} may not use this server "
-                                      f"(`tinygen serve --cors-origin ORIGIN` lets an origin in)",
-                                 code="origin_not_allowed")
+            error = page_refusal(self.settings, Headers(scope=scope), scope.get("server"))
+            if error is not None:
                 await JSONResponse(error.body(), status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

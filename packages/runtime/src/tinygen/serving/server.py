@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import socket
 import sys
@@ -12,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from ..errors import TinygenError
-from .settings import ServerSettings
+from .settings import ServerSettings, is_loopback
 
 if TYPE_CHECKING:
     from ..generator import TextGenerator
@@ -26,15 +25,6 @@ def require_server_extra() -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise TinygenError("tinygen serve needs the server extra: pip install 'tinygen[server]'") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def listen(host: str, port: int) -> socket.socket:

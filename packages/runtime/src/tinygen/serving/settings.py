@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,15 @@ class ServerSettings:
             return True
         return host is not None and origin.split("://", 1)[-1] == host  # the server's own page
 
+    def host_allowed(self, host: str | None, local: str | None) -> bool:
+        """Whether a request naming `host` (its Host header) may use the server it reached at
+        the address `local`. A server with no API key, reached on a loopback address, answers
+        only to loopback names: a web page whose own name its site makes resolve to 127.0.0.1
+        (DNS rebinding) would otherwise be the server's own origin, and use it."""
+        if self.api_key is not None or not host or not local or not is_loopback(local):
+            return True
+        return is_loopback(_hostname(host))
+
     def validated(self) -> "ServerSettings":
         for name in ("max_batch", "max_body_bytes", "max_tokens_limit", "max_n"):
             value = getattr(self, name)
@@ -80,3 +90,23 @@ class ServerSettings:
             # HTTP clients send headers as ASCII: no client could ever authenticate with it.
             raise TinygenError("api_key must be printable ASCII (clients send it in an HTTP header)")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host`, a name or an address, is this machine's loopback (RFC 6761: localhost
+    and every name under .localhost are)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(host: str) -> str:
+    """A Host header's name, without its port: "[::1]:8000" -> "::1"."""
+    if host.startswith("["):  # an IPv6 address; anything else after it is no name at all
+        name, _, rest = host[1:].partition("]")
+        return name if not rest or rest[0] == ":" and rest[1:].isdigit() else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -15,8 +15,11 @@ One connection runs one generation at a time, as JSON text messages:
              "prob": 0.41, "top": [[" there", 0.41], [" the", 0.2], ...]}]}   (one per step)
             {"type": "done", "finish_reason": "length", "text": "...", "seed": 7,
              "completion_tokens": 64}
+            finish_reason is tinygen's own (Completion.finish_reason): eos, stop, length or
+            window, which the OpenAI routes fold into stop and length.
     A page from another origin than the server's is refused (HTTP 403, before the socket
-    opens) unless the server allows it (ServerSettings.cors_origins, `--cors-origin`).
+    opens) unless the server allows it (ServerSettings.cors_origins, `--cors-origin`); so
+    is a Host that is no loopback name at a keyless loopback server (access.page_refusal).
     client: {"type": "cancel"} stops the generation (then "done" with finish_reason "cancelled").
     server: {"type": "error", "error": {"message", "type", "param", "code"}} for a bad
             message; the connection stays open, except for a bad API key (closed, 1008).
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import openai_api as api
+from .access import page_refusal
 from .engine import GenerationFailed, RequestHandle, SequenceDone, SequencePiece
 from .openai_api import ApiError, failure_error
 
@@ -46,9 +50,11 @@ POLICY_VIOLATION = 1008
 async def stream_socket(websocket: WebSocket, server: "Server") -> None:
     # Browsers let any page open a websocket anywhere (CORS does not cover them): a page on
     # another site would use this server as its visitor's, key or not, unless allowed.
-    if not server.settings.origin_allowed(websocket.headers.get("origin"),
-                                          websocket.headers.get("host")):
-        await websocket.close(code=POLICY_VIOLATION, reason="origin not allowed (--cors-origin)")
+    refusal = page_refusal(server.settings, websocket.headers, websocket.scope.get("server"))
+    if refusal is not None:
+        reason = "origin not allowed (--cors-origin)" if refusal.code == "origin_not_allowed" \
+            else "host not allowed: use localhost, or --api-key"
+        await websocket.close(code=POLICY_VIOLATION, reason=reason)
         return
     await websocket.accept()
     inbox = _Inbox()
