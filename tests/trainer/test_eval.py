@@ -194,6 +194,21 @@ def test_eval_rows_predict_what_they_count(tokenizer, held):
     assert len(seen) == dataset.num_tokens
 
 
+def test_held_out_records_cut_to_the_block_are_counted_in_a_warning(tokenizer, records, capsys):
+    dataset = TokenDataset.from_path(records, encoder_for(tokenizer), progress=False)
+    lengths = np.diff(dataset.doc_ends, prepend=0)
+    block = int(np.sort(lengths)[len(lengths) // 2])  # some records are longer, not all
+    longer = int(np.sum(lengths > block))
+    assert 0 < longer < len(lengths)
+    EvalRows(dataset, block, True, pad_id=0)
+    assert capsys.readouterr().err == (
+        f"tinygen-train: warning: {dataset.name}: {longer:,} of {len(lengths):,} records are longer "
+        f"than block_size {block}; the held-out loss scores their first {block} tokens only\n")
+    EvalRows(dataset, int(lengths.max()), True, pad_id=0)
+    EvalRows(dataset, block, False, pad_id=0)  # windows cover every token: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_eval_batches_bounds_an_evaluation(tmp_path, corpus, tokenizer, held):
     out = train(tiny(tmp_path, corpus, tokenizer, steps=2, eval_data=held, eval_batches=2))
     whole = train(tiny(tmp_path / "all", corpus, tokenizer, steps=2, eval_data=held))

@@ -10,13 +10,15 @@ runs that differ only in seed are scored on the same text.
 EvalRows cuts a held-out TokenDataset into rows the way training does, but
 fixed rather than drawn: consecutive windows of block_size tokens (each token
 predicted once; the last window ends at the stream's end and predicts only what
-the one before did not), or, line by line, one padded row per document.
+the one before did not), or, line by line, one padded row per document (its first
+block_size tokens, as training takes them; a warning says how many are longer).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 
 import numpy as np
 
@@ -76,8 +78,13 @@ class EvalRows:
         tokens = dataset.num_tokens
         if line_by_line:
             self._starts = np.concatenate([[0], dataset.doc_ends[:-1]])
-            self._lengths = np.minimum(dataset.doc_ends - self._starts, block_size)
+            whole = dataset.doc_ends - self._starts
+            self._lengths = np.minimum(whole, block_size)
             self.count = dataset.num_documents
+            if cut := int(np.sum(whole > block_size)):  # as training's rows are (RecordSampler)
+                print(f"tinygen-train: warning: {dataset.name}: {cut:,} of {self.count:,} records are "
+                      f"longer than block_size {block_size}; the held-out loss scores their first "
+                      f"{block_size} tokens only", file=sys.stderr)
         else:
             if tokens < block_size:
                 raise TinygenError(
