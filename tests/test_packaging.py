@@ -159,6 +159,14 @@ def test_without_the_tiny_model_the_cli_says_how_to_get_it(monkeypatch):
     assert "pip install tinygen-tinymodel" in message and "--model DIR" in message
 
 
+def test_without_the_tiny_model_python_users_are_told_how_to_name_one(monkeypatch):
+    from tinygen import TextGenerator, TinygenError
+
+    monkeypatch.setitem(sys.modules, "tinygen_tinymodel", None)
+    with pytest.raises(TinygenError, match=r"pip install tinygen-tinymodel.*TextGenerator\(model=DIR\)"):
+        TextGenerator()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "missing", "manifest"])
 def test_a_damaged_tiny_model_install_is_one_line_that_says_reinstall(tmp_path, monkeypatch,
                                                                       damage):

@@ -52,7 +52,7 @@ def embedded_model_dir() -> Path:
         raise TinygenError(
             "no model given and the embedded tiny model is not installed: pip install "
             "tinygen-tinymodel (from a clone: pip install ./packages/tinymodel), or give a model "
-            "folder (--model DIR)"
+            "folder (TextGenerator(model=DIR), or --model DIR on the command line)"
         ) from None
     folder = tinygen_tinymodel.model_dir()
     if not (folder / MANIFEST_NAME).is_file():  # not the user's model: no advice to export it
