@@ -352,7 +352,8 @@ def test_an_option_is_named_as_typed():
                               "whole text, e.g. ' the'; --exclude-chars bans characters)"),
     (["--exclude", "min_new_tokens"], "--exclude: 'min_new_tokens' is not a token of this model (it bans "
                                       "tokens by their whole text, e.g. ' the'; --exclude-chars bans characters)"),
-    (["--exclude", ""], "--exclude must be non-empty strings, got ('',)"),
+    (["--exclude", ""], "--exclude must be non-empty strings, got an empty one"),
+    (["--stop", "x", "--stop", ""], "--stop must be non-empty strings, got an empty one"),
     (["--stop", "\udcff"], "--stop '\\udcff' is not UTF-8 text (at character 0); give it as UTF-8"),
     (["--exclude", "\udcff"], "--exclude '\\udcff' is not UTF-8 text (at character 0); give it as UTF-8"),
     (["--exclude-chars", "\udcff"], "--exclude-chars is not UTF-8 text (at character 0); give it as UTF-8"),

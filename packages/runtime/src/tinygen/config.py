@@ -123,12 +123,17 @@ class GenerationConfig:
             raise bad("repetition_penalty", "a finite number > 0")
         if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "an integer >= 0")
-        if not _is_seq(self.stop) or not all(isinstance(s, str) and s for s in self.stop):
-            raise bad("stop", "non-empty strings")
+        def check_strings(name: str) -> None:
+            value = getattr(self, name)
+            if not _is_seq(value) or not all(isinstance(s, str) for s in value):
+                raise bad(name, "non-empty strings")
+            if not all(value):  # `--stop ""`: the tuple's repr would only puzzle
+                raise TinygenError(f"{name} must be non-empty strings, got an empty one")
+
+        check_strings("stop")
         if not _is_seq(self.exclude_ids) or not all(is_int(i) and i >= 0 for i in self.exclude_ids):
             raise bad("exclude_ids", "token ids (integers >= 0)")
-        if not _is_seq(self.exclude_strings) or not all(isinstance(s, str) and s for s in self.exclude_strings):
-            raise bad("exclude_strings", "non-empty strings")
+        check_strings("exclude_strings")
         if not isinstance(self.exclude_chars, str):
             raise bad("exclude_chars", "a string of characters")
         for name in ("stop", "exclude_strings"):
