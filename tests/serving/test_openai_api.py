@@ -157,10 +157,13 @@ def test_concurrent_clients_share_decode_steps_and_keep_their_texts(client, mode
     assert engine.stats.steps - before < sum(len(w.token_ids) for w in want)  # steps were shared
 
 
-def test_health_reports_the_engine(served, call):
-    status, _, body = call("GET", f"{served[0]}/health")
-    assert status == 200 and body["status"] == "ok" and body["active"] == 0
-    assert body["stats"]["steps"] > 0
+def test_health_reports_the_engine(served, call, model_id):
+    status, _, before = call("GET", f"{served[0]}/health")
+    assert status == 200 and before["status"] == "ok" and before["active"] == 0
+    call("POST", f"{served[0]}/v1/completions", {"model": model_id, "prompt": "Once", "max_tokens": 3,
+                                                 "temperature": 0})
+    after = call("GET", f"{served[0]}/health")[2]
+    assert after["active"] == 0 and after["stats"]["steps"] >= before["stats"]["steps"] + 3
 
 
 def test_a_client_that_disconnects_frees_its_rows_at_once(served, model_id, eventually):
