@@ -192,6 +192,19 @@ class WindowSampler(_EpochSampler):
         return weights
 
 
+def record_spans(dataset: TokenDataset, block_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Line by line, each document's row: where it starts in the token stream, how many of its
+    tokens a row of block_size holds (its first ones), and how many documents are cut so."""
+    starts = np.concatenate([[0], dataset.doc_ends[:-1]])
+    whole = dataset.doc_ends - starts
+    return starts, np.minimum(whole, block_size), int(np.sum(whole > block_size))
+
+
+def longer_records(dataset: TokenDataset, cut: int, block_size: int) -> str:
+    return (f"{dataset.name}: {cut:,} of {dataset.num_documents:,} records are longer than "
+            f"block_size {block_size}")
+
+
 class RecordSampler(_EpochSampler):
     """Line-by-line: one document per row, shuffled each epoch, padded to block_size."""
 
@@ -204,17 +217,14 @@ class RecordSampler(_EpochSampler):
         self.block_size = block_size
         self.pad_id = pad_id
         self.loss_weight = loss_weight
-        starts = np.concatenate([[0], dataset.doc_ends[:-1]])
-        self._starts = starts
-        self._lengths = np.minimum(dataset.doc_ends - starts, block_size)
-        self.truncated = int(np.sum(dataset.doc_ends - starts > block_size))
+        self._starts, self._lengths, self.truncated = record_spans(dataset, block_size)
         self._check_truncation()
 
     def _check_truncation(self) -> None:
         n, cut, size = self.dataset.num_documents, self.truncated, self.block_size
         if not cut:
             return
-        what = f"{self.dataset.name}: {cut:,} of {n:,} records are longer than block_size {size}"
+        what = longer_records(self.dataset, cut, size)
         if 2 * cut > n:
             longest = int(np.max(self.dataset.doc_ends - self._starts))
             raise TinygenError(

@@ -25,7 +25,7 @@ import numpy as np
 from tinygen.errors import TinygenError
 
 from .blend import derive_seed
-from .dataset import IGNORE_INDEX, Rows, TokenDataset
+from .dataset import IGNORE_INDEX, Rows, TokenDataset, longer_records, record_spans
 
 HOLDOUT_SEED = 0x686F6C64  # "hold": the draw of held-out documents, whatever the run's --seed
 
@@ -77,14 +77,11 @@ class EvalRows:
         self.pad_id = pad_id
         tokens = dataset.num_tokens
         if line_by_line:
-            self._starts = np.concatenate([[0], dataset.doc_ends[:-1]])
-            whole = dataset.doc_ends - self._starts
-            self._lengths = np.minimum(whole, block_size)
+            self._starts, self._lengths, cut = record_spans(dataset, block_size)  # as training's
             self.count = dataset.num_documents
-            if cut := int(np.sum(whole > block_size)):  # as training's rows are (RecordSampler)
-                print(f"tinygen-train: warning: {dataset.name}: {cut:,} of {self.count:,} records are "
-                      f"longer than block_size {block_size}; the held-out loss scores their first "
-                      f"{block_size} tokens only", file=sys.stderr)
+            if cut:
+                print(f"tinygen-train: warning: {longer_records(dataset, cut, block_size)}; the "
+                      f"held-out loss scores their first {block_size} tokens only", file=sys.stderr)
         else:
             if tokens < block_size:
                 raise TinygenError(
