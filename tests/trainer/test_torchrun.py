@@ -175,7 +175,7 @@ def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
 
 
 @needs_gloo
-def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer):
+def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer, capsys):
     """--line-by-line pads rows to their record: each process holds a different number of
     target tokens, so only the step's global count (summed over the processes) weighs every
     row as one process does. AdamW would hide a count off by a constant factor; this is not.
@@ -188,13 +188,18 @@ def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer):
     lines = tmp_path / "lines.txt"  # records of one to three sentences: 6 to 25 tokens or so
     lines.write_text("\n".join(" ".join(rng.choice(SENTENCES, size=rng.integers(1, 4)))
                                for _ in range(64)) + "\n", encoding="utf-8")
+    # block 28: some records are cut, in training and in the held-out share alike
     padded = ["--line-by-line", "--steps", "3", "--checkpoint-every", "0",
-              "--eval-fraction", "0.2", "--eval-every", "2"]
+              "--eval-fraction", "0.2", "--eval-every", "2", "--block-size", "28"]
     one = tmp_path / "one"
     assert main(args(lines, tokenizer, one, "--quiet", *padded)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2, warnings
     two = tmp_path / "two"
     run = torchrun(args(lines, tokenizer, two, "--quiet", *padded))
     assert run.returncode == 0, run.stderr[-3000:]
+    for warning in warnings:  # process 0 says each once, not each process
+        assert run.stderr.count(warning) == 1, run.stderr[-3000:]
     assert_same_weights(two, one)
     got, want = read_metrics(two), read_metrics(one)
     assert [m["loss"] for m in got if "loss" in m] == \

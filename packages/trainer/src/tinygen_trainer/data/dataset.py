@@ -18,7 +18,6 @@ the interrupted one would have drawn.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 
 from tinygen.errors import TinygenError
 
+from ..notices import warn
 from .encoder import Encoder
 from .sources import read_documents
 from tinygen.token_cache import is_token_cache, load_token_cache, save_token_cache
@@ -233,8 +233,7 @@ class RecordSampler(_EpochSampler):
                 f"allows, drop --line-by-line, or encode with 'tinygen-train encode "
                 f"--line-by-line' if each line of a text file is a record"
             )
-        print(f"tinygen-train: warning: {what}; --line-by-line trains on their first "
-              f"{size} tokens only", file=sys.stderr)
+        warn(f"{what}; --line-by-line trains on their first {size} tokens only")
 
     def _make_plan(self, rng: np.random.Generator) -> np.ndarray:
         return rng.permutation(self.epoch_size)

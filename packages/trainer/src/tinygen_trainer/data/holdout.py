@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 
 import numpy as np
 
 from tinygen.errors import TinygenError
 
+from ..notices import warn
 from .blend import derive_seed
 from .dataset import IGNORE_INDEX, Rows, TokenDataset, longer_records, record_spans
 
@@ -80,8 +80,8 @@ class EvalRows:
             self._starts, self._lengths, cut = record_spans(dataset, block_size)  # as training's
             self.count = dataset.num_documents
             if cut:
-                print(f"tinygen-train: warning: {longer_records(dataset, cut, block_size)}; the "
-                      f"held-out loss scores their first {block_size} tokens only", file=sys.stderr)
+                warn(f"{longer_records(dataset, cut, block_size)}; the held-out loss scores "
+                     f"their first {block_size} tokens only")
         else:
             if tokens < block_size:
                 raise TinygenError(

@@ -34,6 +34,7 @@ from tinygen.fields import FILE_NAME as FIELDS_FILE
 from ..data.dataset import Rows, TokenDataset
 from ..data.encoder import Encoder
 from ..data.sources import corpus_files
+from ..notices import said_by
 from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
                          load_optimizer, read_state, restore_rng, resume_point, save_checkpoint,
                          write_failure)
@@ -127,8 +128,10 @@ class Trainer:
                 for note in notes:
                     reporter.write(f"tinygen-train: note: {note}")
                 reporter.truncate_after(int(state["step"]) if state is not None else 0)
-                phases, held_out = cls.make_data(config, encoder, block_size, plan.pad_id)
-                evaluation = Evaluation.build(config, encoder, block_size, plan.pad_id, held_out)
+                with said_by(backend.is_writer):  # every process builds the rows; one warns
+                    phases, held_out = cls.make_data(config, encoder, block_size, plan.pad_id)
+                    evaluation = Evaluation.build(config, encoder, block_size, plan.pad_id,
+                                                  held_out)
                 if state is not None:
                     _check_same_held_out(checkpoint, state, evaluation)
             except Exception as exc:
