@@ -75,6 +75,34 @@ def test_finetune_llama_with_padding(tmp_path, tiny_llama_dir):
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_padded_rows_score_as_with_an_attention_mask(tmp_path, tiny_gpt2_dir, tiny_llama_dir,
+                                                     family):
+    """Line-by-line rows are padded after their text, so the model needs no mask (causal
+    attention keeps the text from the padding, whose predictions have no labels): the loss
+    is the masked one, to float rounding."""
+    from tinygen_trainer.training.loss import causal_lm_loss
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(" ".join(SENTENCES[i:i + 1 + i % 3]) for i in range(12)),
+                     encoding="utf-8")
+    model = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[family]
+    trainer = Trainer.from_config(TrainConfig(
+        output_dir=tmp_path / "out", data=(lines,), model=model, line_by_line=True,
+        block_size=24, steps=1, batch_size=6, checkpoint_every=0, progress=False))
+    trainer.model.eval()  # no dropout: the two forwards see the same weights alike
+    rows = trainer.phases[0].sampler.next_rows(6)
+    assert not rows.attention_mask.all()  # padded rows, or the test shows nothing
+    with torch.no_grad():
+        unmasked = trainer.batch_loss(trainer.host_batch(rows))
+        masked = causal_lm_loss(
+            trainer.model(input_ids=torch.from_numpy(rows.input_ids),
+                          attention_mask=torch.from_numpy(rows.attention_mask.astype(np.int64)),
+                          use_cache=False).logits,
+            torch.from_numpy(rows.labels))
+    assert unmasked.item() == pytest.approx(masked.item(), rel=1e-5)
+
+
 def test_finetune_adds_replacement_tokens(tmp_path, tiny_gpt2_dir):
     corpus = tmp_path / "links.txt"
     corpus.write_text("see https://a.example/x or http://b.example/y. " * 30, encoding="utf-8")

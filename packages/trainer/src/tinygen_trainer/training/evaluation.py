@@ -101,18 +101,14 @@ class Evaluation:
         its gradient hooks), in eval mode and without gradients; train mode again after."""
         was_training = model.training
         model.eval()
-        static, padded = backend.static_shapes, self.rows.line_by_line
-        feed = backend.feed(_InOrder(self.rows, self.order),
-                            lambda rows: _batch(rows, static, padded), self.batch_size, 1)
+        feed = backend.feed(_InOrder(self.rows, self.order), _batch, self.batch_size, 1)
         total = torch.zeros((), device=backend.device)
         try:
             with torch.no_grad():
                 for _ in range(self.batches):
                     batch = feed.next_step()[0]
                     with backend.autocast():
-                        logits = model(input_ids=batch["input_ids"],
-                                       attention_mask=batch.get("attention_mask"),
-                                       use_cache=False).logits
+                        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
                     labels = batch["labels"]
                     total = total + causal_lm_loss(logits, labels) * target_count(labels)
                     backend.flush()  # XLA: one graph per batch, not one over every batch
@@ -157,13 +153,9 @@ class _InOrder:
         self.at = int(state["at"])
 
 
-def _batch(rows: Rows, static_shapes: bool, padded: bool) -> HostBatch:
-    """input_ids and labels; the mask where rows are padded (on XLA: by the options, so every
-    batch has the same tensors), as Trainer.host_batch decides it for training."""
-    batch = {"input_ids": torch.from_numpy(rows.input_ids), "labels": torch.from_numpy(rows.labels)}
-    if padded if static_shapes else not rows.attention_mask.all():
-        batch["attention_mask"] = torch.from_numpy(rows.attention_mask.astype(np.int64))
-    return batch
+def _batch(rows: Rows) -> HostBatch:
+    """input_ids and labels; no mask, as in training (Trainer.host_batch says why)."""
+    return {"input_ids": torch.from_numpy(rows.input_ids), "labels": torch.from_numpy(rows.labels)}
 
 
 def write_result(folder: Path, result: EvalResult, what: str) -> None:

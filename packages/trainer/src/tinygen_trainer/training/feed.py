@@ -21,7 +21,7 @@ import torch
 from ..data.dataset import Rows, Sampler
 
 # One micro-batch by field name: input_ids, labels (B, T) int64, and when they matter
-# attention_mask (B, T) int64 and loss_weights (B, T) float32.
+# loss_weights (B, T) float32 (distillation adds its teacher's fields).
 HostBatch = Dict[str, torch.Tensor]
 
 

@@ -218,8 +218,7 @@ class Trainer:
     def batch_loss(self, batch: HostBatch) -> torch.Tensor:
         """The mean loss per target token of one micro-batch (distillation adds the teacher's)."""
         with self.backend.autocast():
-            logits = self.model(input_ids=batch["input_ids"],
-                                attention_mask=batch.get("attention_mask"), use_cache=False).logits
+            logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits
         return causal_lm_loss(logits, batch["labels"], batch.get("loss_weights"))
 
     def on_step_end(self, phase: PhaseRun, lr: float, loss: torch.Tensor) -> None:
@@ -398,23 +397,18 @@ class Trainer:
         return self.phases[-1]
 
     def host_batch(self, rows: Rows) -> HostBatch:
-        """One micro-batch as CPU tensors; the mask and weights only where they matter.
+        """One micro-batch as CPU tensors; the loss weights only where they matter.
 
-        Without a mask the attention takes its fast causal path. With static
-        shapes (XLA) the choice follows the options, not the rows, so every
-        batch of the run has the same tensors and the step compiles once: a
-        mask for line-by-line rows (padded), weights always.
+        No attention mask, even for padded (line-by-line) rows: their padding comes after
+        the text, where causal attention already keeps every text token from seeing it, and
+        its predictions have no labels. So the attention takes its fast causal path, and on
+        XLA transformers has no mask to read back to the host in every forward. With static
+        shapes (XLA) every batch carries weights, so every step has the same tensors and
+        compiles once.
         """
-        if self.backend.static_shapes:
-            padded, weighted = self.config.line_by_line, True
-        else:
-            padded = not rows.attention_mask.all()
-            weighted = not np.all(rows.loss_weights == 1.0)
         batch = {"input_ids": torch.from_numpy(rows.input_ids),
                  "labels": torch.from_numpy(rows.labels)}
-        if padded:
-            batch["attention_mask"] = torch.from_numpy(rows.attention_mask.astype(np.int64))
-        if weighted:
+        if self.backend.static_shapes or not np.all(rows.loss_weights == 1.0):
             batch["loss_weights"] = torch.from_numpy(rows.loss_weights)
         return batch
 
