@@ -85,11 +85,36 @@ def test_a_huge_float_is_named_as_sent(served, call):
 
 
 def test_missing_and_unknown_models(served, call):
-    url, _ = served
+    url, model = served
     assert_error(call("POST", f"{url}/v1/completions", {"prompt": "Hi"}), 400, param="model")
     assert_error(call("POST", f"{url}/v1/completions", {"model": "gpt-4", "prompt": "Hi"}), 404,
                  "does not exist", code="model_not_found")
     assert_error(call("GET", f"{url}/v1/models/gpt-4"), 404, code="model_not_found")
+    for wrong in ([model], {"id": model}, 3):  # not an unknown model: not a name at all
+        assert_error(call("POST", f"{url}/v1/completions", {"model": wrong, "prompt": "Hi"}), 400,
+                     f"model must be a string, got {json.dumps(wrong)}", param="model")
+
+
+def test_values_are_shown_as_sent(served, call):
+    """In JSON's spelling, not Python's: true not True, "yes" not 'yes'; long ones cut short."""
+    url, model = served
+    for field, value, shown in [("stream", "yes", '"yes"'), ("echo", 1, "1"), ("logprobs", True, "true"),
+                                ("temperature", "h\u00f6t", '"h\u00f6t"'),
+                                ("seed", [1] * 40, "[" + "1, " * 18 + "1,...")]:
+        error = assert_error(call("POST", f"{url}/v1/completions",
+                                  {"model": model, "prompt": "Hi", field: value}), 400, param=field)
+        assert error["message"].endswith(f"got {shown}"), error
+
+
+@pytest.mark.parametrize("field,value,status", [
+    ("model", "caf\udce9", 404), ("caf\udce9", 1, 400), ("temperature", "caf\udce9", 400),
+    ("logit_bias", {"caf\udce9": 1}, 400)])
+def test_a_lone_surrogate_repeated_in_an_error_is_escaped(served, call, field, value, status):
+    """JSON's \\udce9 escape makes text with no UTF-8: an error that quotes it was a 500."""
+    url, model = served
+    error = assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": "Hi", field: value}),
+                         status)
+    assert "caf\\udce9" in error["message"]
 
 
 def test_oversized_bodies_are_refused_before_reading_them(served, call):
@@ -109,9 +134,13 @@ def test_a_prompt_longer_than_the_window_is_a_400(served, call, gpt2_gen):
 
 
 def test_too_many_sequences_in_one_request(served, call):
+    """Named by the parameter that makes too many (before any prompt is tokenized)."""
     url, model = served
     assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ["a", "b", "c"], "n": 4}),
-                 400, "12 sequences asked for")
+                 400, "12 sequences asked for (prompts x n); this server decodes at most 8 at once",
+                 param="n")
+    assert_error(call("POST", f"{url}/v1/completions", {"model": model, "prompt": ["a"] * 9}),
+                 400, "9 sequences asked for", param="prompt")
 
 
 def test_unknown_routes_and_methods_are_json_too(served, call):

@@ -15,6 +15,7 @@ Each choice carries its `seed` (an extra field) so any text can be made again al
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -51,6 +52,10 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type: str = "invalid_request_error"):
+        # A lone surrogate (JSON's "\udce9" in a name or value the message repeats) has no
+        # UTF-8: shown escaped, or the reply itself could not be written.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        param = param.encode("utf-8", "backslashreplace").decode("utf-8") if param else param
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -103,6 +108,8 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     model = body.get("model")
     if model is None and not socket:
         raise ApiError(400, "you must provide a model parameter", param="model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, f"model must be a string, got {_json(model)}", param="model")
     if model is not None and model != model_id:
         raise ApiError(404, f"the model '{model}' does not exist; this server has '{model_id}'",
                        param="model", code="model_not_found")
@@ -168,6 +175,10 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     prompt = _prompt(body.get("prompt", ""), single=socket)
     # Text i gets seed + i and reports it: the last of them must be a seed this API takes back.
     rows = n * (len(prompt) if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) else 1)
+    if rows > settings.max_batch:  # refused before a prompt is tokenized
+        raise ApiError(400, f"{rows} sequences asked for (prompts x n); this server decodes at "
+                            f"most {settings.max_batch} at once",
+                       param="prompt" if n == 1 else "n")
     seed = p.int("seed", 0, 2**63 - rows, None)
     return CompletionRequest(
         prompt=prompt, n=n, seed=seed, stream=stream,
@@ -192,7 +203,7 @@ class _Reader:
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             # `sent`: 1e300 as sent, not as its 301 digits
-            raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {sent!r}",
+            raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {_json(sent)}",
                            param=name)
         return value
 
@@ -204,7 +215,7 @@ class _Reader:
             and (low < value if open_low else low <= value) and value <= high
         if not ok:
             bounds = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
-            raise ApiError(400, f"{name} must be a number in {bounds}, got {value!r}", param=name)
+            raise ApiError(400, f"{name} must be a number in {bounds}, got {_json(value)}", param=name)
         return float(value)
 
     def bool(self, name: str, default: bool) -> bool:
@@ -212,8 +223,14 @@ class _Reader:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
+            raise ApiError(400, f"{name} must be true or false, got {_json(value)}", param=name)
         return value
+
+
+def _json(value) -> str:
+    """A value in a message as the client sent it (JSON's true, null, "text"), cut short."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _prompt(value, single: bool = False):
