@@ -37,8 +37,9 @@ def running_server(generator: TextGenerator, settings=None):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=1 << 20,
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="warning", ws_max_size=app.state.server.settings.websocket_frame_limit,
+        timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

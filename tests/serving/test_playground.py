@@ -22,6 +22,8 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from tinygen.serving import ServerSettings  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
@@ -84,3 +86,18 @@ def test_tokens_stream_into_the_page_with_probabilities_on_hover(browser, gpt2_g
         token_ids = [t for s in spans for t in browser.execute_script(
             "return JSON.parse(arguments[0].dataset.tokens).map(t => t.id)", s)]
         assert token_ids == [tp.token_id for tp in want.token_probs]
+
+
+def test_a_prompt_over_the_size_limit_is_explained(browser, gpt2_gen, serve_on_loopback):
+    """Over the limit: the server's error; over twice it, the reason uvicorn closed the socket."""
+    with serve_on_loopback(gpt2_gen, ServerSettings(max_body_bytes=2000)) as (url, _):
+        browser.get(url + "/")
+        for length, said in [(2500, "error: the message is over the limit of 2000 bytes"),
+                             (5000, "connection closed: frame exceeds limit of 4000 bytes")]:
+            browser.execute_script("document.getElementById('prompt').value = 'x'.repeat(arguments[0])",
+                                   length)
+            browser.find_element(By.ID, "generate").click()
+            status = browser.find_element(By.ID, "status")
+            WebDriverWait(browser, 30).until(lambda d: status.text.startswith(("error", "connection")))
+            assert status.text == said
+            assert browser.find_element(By.ID, "generate").is_enabled()

@@ -54,11 +54,16 @@ def test_cancel_stops_the_generation_and_the_connection_goes_on(served, gpt2_gen
     with ws_client.connect(served[0]) as ws:
         ws.send(json.dumps({"prompt": "Once", "max_tokens": 4000, "seed": 1}))
         assert receive(ws)["type"] == "start"
-        assert receive(ws)["type"] == "token"
+        sent = [receive(ws)]
+        assert sent[0]["type"] == "token"
         ws.send(json.dumps({"type": "cancel"}))
         while (message := receive(ws))["type"] == "token":
-            pass
-        assert message == {"type": "done", "finish_reason": "cancelled", "seed": 1}
+            sent.append(message)
+        tokens = [t["id"] for m in sent for t in m["tokens"]]
+        assert message == {"type": "done", "finish_reason": "cancelled", "seed": 1,
+                           "text": "".join(m["text"] for m in sent), "completion_tokens": len(tokens)}
+        assert message["text"] and tokens == list(gpt2_gen.generate(
+            "Once", seed=1, max_new_tokens=len(tokens))[0].token_ids)  # what was sent, whole
         done = generation(ws, {"prompt": "To be", "max_tokens": 5, "seed": 2})[-1]
     assert done["text"] == str(gpt2_gen.generate("To be", seed=2, max_new_tokens=5)[0])
 
@@ -93,6 +98,18 @@ def test_a_second_request_while_one_runs_is_refused(served):
         assert message["finish_reason"] == "cancelled"
 
 
+def test_a_message_over_the_size_limit_is_refused_and_the_connection_stays(gpt2_gen,
+                                                                           serve_on_loopback):
+    with serve_on_loopback(gpt2_gen, ServerSettings(max_body_bytes=2000)) as (url, _):
+        with ws_client.connect(url.replace("http://", "ws://") + "/v1/stream") as ws:
+            for prompt in ("x" * 2500, "\u00e9" * 1500):  # 1,500 characters, 3,000 bytes
+                ws.send(json.dumps({"prompt": prompt, "max_tokens": 3}, ensure_ascii=False))
+                message = receive(ws)
+                assert message["type"] == "error" and message["error"]["code"] == "request_too_large"
+                assert message["error"]["message"] == "the message is over the limit of 2000 bytes"
+            assert generation(ws, {"prompt": "Hi", "max_tokens": 2})[-1]["type"] == "done"
+
+
 def test_closing_the_socket_cancels_the_generation(served, eventually):
     engine = served[1].state.server.engine
     with ws_client.connect(served[0]) as ws:
@@ -110,7 +127,9 @@ def test_the_api_key_by_message_or_header(gpt2_gen, serve_on_loopback):
         url = url.replace("http://", "ws://") + "/v1/stream"
         with ws_client.connect(url) as ws:
             ws.send(json.dumps({"prompt": "Hi", "api_key": "wrong"}))
-            assert receive(ws)["error"]["code"] == "invalid_api_key"
+            error = receive(ws)["error"]
+            assert error["code"] == "invalid_api_key"
+            assert "the message's api_key field" in error["message"]  # what a browser can send
             with pytest.raises(ConnectionClosed):  # closed by the server: policy violation
                 ws.recv(timeout=5)
             assert ws.close_code == 1008
@@ -118,6 +137,9 @@ def test_the_api_key_by_message_or_header(gpt2_gen, serve_on_loopback):
             assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "api_key": "k3y"})[-1]["type"] == "done"
         with ws_client.connect(url, additional_headers={"Authorization": "Bearer k3y"}) as ws:
             assert generation(ws, {"prompt": "Hi", "max_tokens": 2})[-1]["type"] == "done"
+        # a page's stale header does not outweigh the key it sends in the message
+        with ws_client.connect(url, additional_headers={"Authorization": "Bearer old"}) as ws:
+            assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "api_key": "k3y"})[-1]["type"] == "done"
 
 
 def test_min_tokens_errors_name_the_parameters_as_sent(served, gpt2_gen):

@@ -56,16 +56,21 @@ class Server:
         self.engine = Engine(generator, max_batch=settings.max_batch, max_waiting=settings.max_waiting)
         self.sockets_answering = 0  # websocket messages not yet answered (websocket.py)
 
-    def check_key(self, headers, supplied: str | None = None) -> None:
-        """Raise 401 unless the Bearer token (or `supplied`, from a websocket message) is the key."""
+    def check_key(self, headers, supplied: str | None = None, socket: bool = False) -> None:
+        """Raise 401 unless the Bearer token or `supplied` (a websocket message's api_key,
+        which a browser sends, as it cannot set headers there) is the key."""
         key = self.settings.api_key
         if key is None:
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else (supplied or "")
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+        given = [token.strip()] if scheme.lower() == "bearer" else []
+        if isinstance(supplied, str):
+            given.append(supplied)
+        # Every one compared, so the time taken does not tell which was tried.
+        if not sum(hmac.compare_digest(g.encode(), key.encode()) for g in given):
+            how = ("put it in the message's api_key field (the playground's key box), or send "
+                   "'Authorization: Bearer <key>'" if socket else "send 'Authorization: Bearer <key>'")
+            raise ApiError(401, f"missing or incorrect API key: {how}", code="invalid_api_key")
 
     async def submit(self, request: api.CompletionRequest) -> RequestHandle:
         try:
@@ -149,7 +154,9 @@ def create_app(generator: "TextGenerator", settings: ServerSettings | None = Non
                        allow_methods=["GET", "POST"], allow_headers=["*"])
             ] if server.settings.cors_origins else []
     app = Starlette(
-        middleware=[*cors, Middleware(OriginGate, settings=server.settings)],
+        # The gate first: a page's preflight it refuses gets its 403 in OpenAI's shape, not
+        # CORSMiddleware's plain-text 400.
+        middleware=[Middleware(OriginGate, settings=server.settings), *cors],
         routes=[
             Route("/", playground, methods=["GET"]),
             Route("/health", health, methods=["GET"]),

@@ -67,7 +67,7 @@ def serve(generator: "TextGenerator", settings: ServerSettings, host: str = "127
     port = sock.getsockname()[1]
     err.write(f"tinygen: serving {generator.model_dir} as '{app.state.server.model_id}' "
               f"on http://{shown}:{port} (playground at /, OpenAI API at /v1)\n")
-    config = uvicorn.Config(app, log_level=log_level, ws_max_size=settings.max_body_bytes,
+    config = uvicorn.Config(app, log_level=log_level, ws_max_size=settings.websocket_frame_limit,
                             timeout_graceful_shutdown=5)
     try:
         uvicorn_server(app, config).run(sockets=[sock])

@@ -35,6 +35,12 @@ class ServerSettings:
     # websocket; "*" for any. By default only the server's own pages (the playground) may.
     cors_origins: tuple[str, ...] = ()
 
+    @property
+    def websocket_frame_limit(self) -> int:
+        """uvicorn's ws_max_size: twice max_body_bytes, so that a message over the limit gets
+        its 413 reply on an open connection; one over this is closed (1009, message too big)."""
+        return 2 * self.max_body_bytes
+
     def model_id(self, folder: Path) -> str:
         """The id clients pass as `model`: model_name, else the model folder's name; the
         embedded model's folder is called 'model', so it goes by its package's name."""

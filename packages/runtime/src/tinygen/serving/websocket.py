@@ -20,9 +20,11 @@ One connection runs one generation at a time, as JSON text messages:
     A page from another origin than the server's is refused (HTTP 403, before the socket
     opens) unless the server allows it (ServerSettings.cors_origins, `--cors-origin`); so
     is a Host that is no loopback name at a keyless loopback server (access.page_refusal).
-    client: {"type": "cancel"} stops the generation (then "done" with finish_reason "cancelled").
+    client: {"type": "cancel"} stops the generation (then "done" with finish_reason "cancelled",
+            the text sent until then and its tokens).
     server: {"type": "error", "error": {"message", "type", "param", "code"}} for a bad
-            message; the connection stays open, except for a bad API key (closed, 1008).
+            message; the connection stays open, except for a bad API key (closed, 1008). A
+            message over twice the size limit is not read: uvicorn closes the connection (1009).
 
 A token's "text" may be empty while a character's bytes are incomplete; the "text" of
 the message is what can be shown. Closing the socket cancels the generation at once.
@@ -82,7 +84,7 @@ async def _answer(websocket: WebSocket, server: "Server", message: dict, inbox: 
         if data.get("type") == "cancel":
             return True  # nothing is running
         try:
-            server.check_key(websocket.headers, data.get("api_key"))
+            server.check_key(websocket.headers, data.get("api_key"), socket=True)
         except ApiError as exc:
             await websocket.send_json({"type": "error", **exc.body()})
             await websocket.close(POLICY_VIOLATION)
@@ -122,10 +124,11 @@ async def _read_all(websocket: WebSocket, inbox: asyncio.Queue) -> None:
 
 def _message_json(message: dict, limit: int) -> dict:
     raw = message.get("text")
+    size = len(raw.encode()) if raw is not None else len(message.get("bytes") or b"")
+    if size > limit:
+        raise ApiError(413, f"the message is over the limit of {limit} bytes", code="request_too_large")
     if raw is None:
         raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-    if len(raw) > limit:
-        raise ApiError(413, f"the message is over the limit of {limit} bytes", code="request_too_large")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
@@ -142,6 +145,7 @@ async def _generate(websocket: WebSocket, handle: RequestHandle, inbox: _Inbox) 
     incoming = asyncio.ensure_future(inbox.get())
     event = asyncio.ensure_future(handle.next_event())
     message = None  # the last message handled here
+    sent, tokens = [], 0  # the text sent so far and its tokens: a cancelled generation's
     try:
         while True:
             await asyncio.wait({incoming, event}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,7 +155,9 @@ async def _generate(websocket: WebSocket, handle: RequestHandle, inbox: _Inbox) 
                     return False
                 if _is_cancel(message):
                     handle.cancel()
-                    await websocket.send_json({"type": "done", "finish_reason": "cancelled", "seed": seed})
+                    await websocket.send_json({"type": "done", "finish_reason": "cancelled",
+                                               "text": "".join(sent), "seed": seed,
+                                               "completion_tokens": tokens})
                     return True
                 await websocket.send_json({"type": "error", **ApiError(
                     409, "one generation at a time: wait for 'done' or send {\"type\": \"cancel\"}",
@@ -166,7 +172,9 @@ async def _generate(websocket: WebSocket, handle: RequestHandle, inbox: _Inbox) 
             if result is None:  # cancelled
                 return True
             if isinstance(result, SequencePiece):
-                await websocket.send_json({"type": "token", "text": str(result.piece),
+                sent.append(str(result.piece))
+                tokens += len(result.piece.token_probs)
+                await websocket.send_json({"type": "token", "text": sent[-1],
                                            "tokens": [_token(tp) for tp in result.piece.token_probs]})
             elif isinstance(result, SequenceDone):
                 completion = result.completion
