@@ -198,3 +198,21 @@ def test_a_huge_logit_bias_or_penalty_stays_within_float32(logits):
     assert np.isfinite(softmax(banned.astype(np.float64))).all()
     assert (softmax(banned.astype(np.float64))[:, 4] == 0).all()
     assert np.isfinite(softmax(penalised.astype(np.float64))).all()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1e-3])
+def test_a_logit_at_float32s_largest_survives_a_temperature_under_1(logits, temperature):
+    """A bias of 1e300 (or a penalty of 1e-38 on a positive logit) puts a logit at float32's
+    largest; dividing by a temperature under 1 made it +inf, and sampling refused with 'no
+    token is left to sample' after numpy's overflow warning."""
+    forced = ours.LogitBias([(4, 1e300)])(logits, HISTORY)
+    boosted = ours.RepetitionPenalty(1e-38)(logits, HISTORY)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        forced, boosted = (ours.Temperature(temperature)(x, HISTORY) for x in (forced, boosted))
+    assert (softmax(forced.astype(np.float64)).argmax(axis=-1) == 4).all()
+    probs = softmax(boosted.astype(np.float64))
+    assert np.isfinite(probs).all()
+    for row, seen in enumerate(HISTORY):  # the seen token with the largest positive logit
+        boosted_ids = [t for t in set(seen) if logits[row, t] > 0]
+        if boosted_ids:
+            assert probs[row].argmax() in boosted_ids

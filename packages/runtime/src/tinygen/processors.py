@@ -122,12 +122,14 @@ class Temperature(LogitsProcessor):
                                           float(_LARGEST)))
 
     def __call__(self, logits, history):
-        if self.temperature >= 1e-30:  # logits stay far below float32's largest: as transformers
-            return logits / self.temperature
-        # A tinier one would overflow them to +inf (NaN in softmax): shift the best to 0
-        # first, so it tends to greedy as it should (softmax ignores the shift).
+        if self.temperature >= 1 or logits.max() <= _LARGEST * self.temperature:
+            return logits / self.temperature  # nothing overflows: as transformers
+        top = logits.max(axis=-1, keepdims=True)
+        # A tiny temperature, or a logit a bias or penalty put at float32's largest, would
+        # overflow to +inf (NaN in softmax): shift the best to 0 first, so it tends to greedy
+        # as it should (softmax ignores the shift).
         with np.errstate(over="ignore", invalid="ignore"):  # -inf where far from the best
-            return (logits - logits.max(axis=-1, keepdims=True)) / self.temperature
+            return (logits - top) / self.temperature
 
 
 class TopK(LogitsProcessor):
