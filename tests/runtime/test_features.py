@@ -20,7 +20,8 @@ def test_token_bytes_rebuild_any_text(gen):
         assert b"".join(gen.tokenizer.token_bytes[i] for i in ids).decode("utf-8") == text
 
 
-@pytest.mark.parametrize("chars", ["eE", "é", "🙂o"])
+# U+FFFD: what bytes that are no UTF-8 decode to, which tokens of part of a character make
+@pytest.mark.parametrize("chars", ["eE", "é", "🙂o", "\ufffd"])
 def test_exclude_chars_guarantees_the_characters_never_appear(gen, chars):
     texts = gen.generate("café 🙂 Once", n=12, seed=0, max_new_tokens=40, temperature=1.5,
                          exclude_chars=chars, stop_at_eos=False)

@@ -53,6 +53,33 @@ def test_exclude_chars_judges_a_replacement_token_by_its_shown_text(bpe_path):
     assert url not in tok.ids_for_chars("u")
 
 
+def banned_by_definition(token_bytes, chars: str) -> set[int]:
+    """exclude_chars's rule, one character at a time: a token holds the character's bytes,
+    lies inside them, ends with their start or begins with their end; for U+FFFD, also a
+    token that is no UTF-8 by itself."""
+    banned = set()
+    for i, tb in enumerate(token_bytes):
+        for ch in chars:
+            b = ch.encode("utf-8")
+            cuts = range(1, len(b))
+            if tb and (b in tb or len(b) > 1 and (tb in b or any(tb.endswith(b[:k]) for k in cuts)
+                                                  or any(tb.startswith(b[k:]) for k in cuts))):
+                banned.add(i)
+        if "\ufffd" in chars:
+            try:
+                tb.decode("utf-8")
+            except UnicodeDecodeError:
+                banned.add(i)
+    return banned
+
+
+@pytest.mark.parametrize("chars", ["e", "eE\n", "é", "🙂o", "\ufffd", "—’€", "日本語の文章", "ÿĀ",
+                                   "".join(chr(c) for c in range(0x4E00, 0x4E08))])
+def test_exclude_chars_bans_what_the_rule_says_on_the_embedded_vocabulary(chars):
+    tok = TextGenerator().tokenizer
+    assert set(tok.ids_for_chars(chars)) == banned_by_definition(tok.shown_bytes, chars)
+
+
 def test_exclude_chars_keeps_the_embedded_models_eos():
     gen = TextGenerator()
     eos = set(gen.manifest.eos_token_ids)

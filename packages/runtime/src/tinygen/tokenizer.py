@@ -258,16 +258,33 @@ def _ids_for_chars(token_bytes: tuple[bytes, ...], chars: str) -> frozenset[int]
 
     A multi-byte character can be split across byte-level tokens, so a token is also
     banned when it ends with the start of the character's bytes, starts with their end,
-    or lies inside them. Computed once per model and character set.
+    or lies inside them. U+FFFD is also what bytes that are no UTF-8 decode to, so
+    excluding it bans every token that is not whole UTF-8 text on its own as well.
+    Computed once per model and character set, one pass over the vocabulary whatever the
+    number of characters.
     """
+    if not chars:
+        return frozenset()
+    whole = sorted({ch.encode("utf-8") for ch in chars}, key=len, reverse=True)
+    contains = re.compile(b"|".join(re.escape(b) for b in whole)).search
+    multi = [b for b in whole if len(b) > 1]
+    starts = {b[:k] for b in multi for k in range(1, len(b))}  # a token may end with one
+    ends = {b[k:] for b in multi for k in range(1, len(b))}  # or begin with one
+    inside = {b[i:k] for b in multi for i in range(len(b)) for k in range(i + 1, len(b) + 1)}
+    no_utf8 = "\ufffd" in chars
     banned = set()
-    for ch in chars:
-        b = ch.encode("utf-8")
-        parts = [b[:k] for k in range(1, len(b))], [b[k:] for k in range(1, len(b))]
-        for i, tb in enumerate(token_bytes):
-            if not tb:
-                continue
-            if b in tb or (len(b) > 1 and (tb in b or any(tb.endswith(p) for p in parts[0])
-                                           or any(tb.startswith(p) for p in parts[1]))):
+    for i, tb in enumerate(token_bytes):
+        if not tb:
+            continue
+        # Pieces of a multi-byte character are bytes >= 0x80: a token with ASCII at an end
+        # cannot end with a start of one or begin with an end of one.
+        if (contains(tb) or tb in inside
+                or (tb[-1] >= 0x80 and any(tb[-k:] in starts for k in (1, 2, 3)))
+                or (tb[0] >= 0x80 and any(tb[:k] in ends for k in (1, 2, 3)))):
+            banned.add(i)
+        elif no_utf8:
+            try:
+                tb.decode("utf-8")
+            except UnicodeDecodeError:
                 banned.add(i)
     return frozenset(banned)
