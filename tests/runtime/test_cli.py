@@ -166,6 +166,9 @@ def test_the_prompt_dash_reads_stdin(optimum_gpt2_dir, monkeypatch):
     args = ["--model", str(optimum_gpt2_dir), "--max-new-tokens", "6", "--seed", "4"]
     monkeypatch.setattr("sys.stdin", io.StringIO("Once upon\n"))
     assert run(["-", *args]) == run(["Once upon", *args])
+    # a file saved on Windows: its BOM and \r\n line ends are not part of the prompt
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffOnce\r\nupon\r\n"))
+    assert run(["-", *args]) == run(["Once\nupon", *args])
 
 
 def test_a_closed_stdout_is_one_line(monkeypatch):
@@ -277,9 +280,12 @@ def test_generating_loads_neither_the_server_nor_asyncio(optimum_gpt2_dir):
     assert done.stdout.strip() == "[]"
 
 
-def test_no_color_drops_the_bold_prompt_but_not_asked_for_colours(optimum_gpt2_dir, monkeypatch):
-    """NO_COLOR (no-color.org) turns off styling the user did not ask for; --show-probs is asked for."""
-    monkeypatch.setenv("NO_COLOR", "1")
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_color_drops_the_bold_prompt_but_not_asked_for_colours(optimum_gpt2_dir, monkeypatch, env):
+    """NO_COLOR (no-color.org) and a dumb terminal turn off styling the user did not ask for;
+    --show-probs is asked for."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     args = ["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", "--seed", "1"]
     code, out, _ = run(args, out=Tty())
     assert code == 0 and out.startswith("Once") and "\033[" not in out
@@ -372,3 +378,59 @@ def test_an_existing_file_names_resume_as_a_flag(optimum_gpt2_dir, tmp_path):
     assert run(["Hi", "--model", str(optimum_gpt2_dir), "--to-file", str(target)]) == \
         (2, "", f"tinygen: error: {target} exists; pass --resume to continue it, or choose a new file\n")
     assert target.read_text() == "mine\n"
+
+def test_texts_are_printed_batch_by_batch_as_one_call_makes_them(optimum_gpt2_dir, monkeypatch):
+    """-n with --batch-size prints each batch as it is made, the texts and seeds those of one
+    generate call; Ctrl-C keeps the batches made and reports their seeds."""
+    from tinygen import TextGenerator
+
+    args = ["Once", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "-n", "5",
+            "--batch-size", "2"]
+    code, out, err = run([*args, "--seed", "9"])
+    want = TextGenerator(optimum_gpt2_dir).generate("Once", n=5, seed=9, max_new_tokens=5)
+    assert code == 0 and out == ("=" * 20 + "\n").join(f"Once{t}\n" for t in want)
+    assert err == "seeds: 9..13\n"
+    code, drawn, err = run(args)  # a drawn seed runs on from batch to batch too
+    first = int(re.fullmatch(r"seeds: (\d+)\.\.(\d+)\n", err).group(1))
+    assert err == f"seeds: {first}..{first + 4}\n" and drawn == run([*args, "--seed", str(first)])[1]
+
+    real, calls = TextGenerator.generate, []
+
+    def interrupted_in_the_second_batch(self, *a, **kw):
+        calls.append(kw["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+    monkeypatch.setattr(TextGenerator, "generate", interrupted_in_the_second_batch)
+    code, out, err = run([*args, "--seed", "9"])
+    assert code == 130 and calls == [9, 11]
+    assert out == ("=" * 20 + "\n").join(f"Once{t}\n" for t in want[:2])
+    assert err == "seeds: 9..10\ntinygen: interrupted\n"
+
+
+def test_sample_and_no_stop_override_the_models_settings(optimum_gpt2_dir, tmp_path):
+    """A model may say greedy and stop strings (its generation_config.json, exported); --sample
+    and --no-stop take them back, as do_sample=True and stop=[] do in Python."""
+    import json
+    import shutil
+
+    from tinygen import TextGenerator
+    from tinygen.manifest import load_manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(optimum_gpt2_dir, model)
+    manifest = load_manifest(model).to_json()
+    manifest["generation"] = {**manifest.get("generation", {}), "do_sample": False, "stop": ["e"]}
+    (model / "tinygen.json").write_text(json.dumps(manifest))
+    args = ["Once", "--model", str(model), "--max-new-tokens", "12"]
+    gen = TextGenerator(model)
+    assert run([*args, "--seed", "1"])[1] == run([*args, "--seed", "2"])[1]  # greedy: no seed counts
+    for flags, options in [(["--sample"], dict(do_sample=True)), (["--no-stop"], dict(stop=[])),
+                           (["--sample", "--no-stop"], dict(do_sample=True, stop=[]))]:
+        [want] = gen.generate("Once", seed=1, max_new_tokens=12, **options)
+        code, out, _ = run([*args, *flags, "--seed", "1"])
+        assert code == 0 and out == f"Once{want}\n", flags
+    assert str(gen.generate("Once", seed=1, max_new_tokens=12, do_sample=True)[0]) != \
+        str(gen.generate("Once", seed=2, max_new_tokens=12, do_sample=True)[0])
+    with pytest.raises(SystemExit):  # argparse's usage error: one or the other
+        run([*args, "--greedy", "--sample"])

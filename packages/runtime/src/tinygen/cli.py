@@ -45,7 +45,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, prompt_from_stdin: bool 
                    help=f"tokens to generate per text (default: the model's, else {d.max_new_tokens})")
     p.add_argument("--min-new-tokens", type=int, default=None,
                    help="no end of text before this many tokens (stop strings still end it)")
-    p.add_argument("--greedy", action="store_true", help="always pick the most likely token")
+    drawing = p.add_mutually_exclusive_group()
+    drawing.add_argument("--greedy", action="store_true", help="always pick the most likely token")
+    drawing.add_argument("--sample", action="store_true",
+                         help="draw tokens at random (the default, unless the model's settings "
+                              "say greedy)")
     p.add_argument("--temperature", type=float, default=None, help=f"default {d.temperature}; 0 is greedy")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -53,8 +57,12 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, prompt_from_stdin: bool 
     p.add_argument("--typical-p", type=float, default=None, help="locally typical sampling mass in (0, 1]")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat n-grams of this size")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help=r"end a text at this string (repeatable; \n, \t, \r and \\ are escapes)")
+    stops = p.add_mutually_exclusive_group()
+    stops.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                       help=r"end a text at this string (repeatable; \n, \t, \r and \\ are "
+                            "escapes; instead of the model's)")
+    stops.add_argument("--no-stop", action="store_true",
+                       help="no stop strings, not even the model's")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the first text; text i uses seed+i (default: drawn and reported)")
     p.add_argument("--exclude-chars", default=None, metavar="CHARS",
@@ -178,11 +186,11 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace) -> dict:
     return dict(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-        do_sample=False if args.greedy else None,
+        do_sample=False if args.greedy else True if args.sample else None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
-        stop=[unescape(s) for s in args.stop] if args.stop else None,
+        stop=[unescape(s) for s in args.stop] if args.stop else [] if args.no_stop else None,
         exclude_chars=unescape(args.exclude_chars) if args.exclude_chars is not None else None,
         exclude_strings=[unescape(s) for s in args.exclude] if args.exclude else None,
         slide_window=False if args.no_slide else None,
@@ -242,8 +250,9 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if context is not None:
         options.update(context=context, target=args.target)
     tty = out.isatty()
-    # NO_COLOR (no-color.org) drops the bold prompt; --show-probs, asked for by name, still colours.
-    bold = tty and not os.environ.get("NO_COLOR")
+    # NO_COLOR (no-color.org) and TERM=dumb drop the bold prompt; --show-probs, asked for by
+    # name, still colours.
+    bold = tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     shown_prompt = f"{BOLD}{args.prompt}{RESET}" if bold else args.prompt
     if args.to_file:
         written = gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
@@ -267,21 +276,62 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if stream.seed is not None:
                 err.write(f"seed: {stream.seed}\n")
         return 0
+    if args.dedupe is None:
+        return _print_as_made(gen, args, options, shown_prompt, out, err)
     texts = gen.generate(args.prompt, n=args.n, seed=args.seed, batch_size=args.batch_size,
                          progress=err.isatty(), dedupe=args.dedupe, dedupe_against=args.dedupe_against,
                          **options)
     for _, duplicate in texts.dropped:
         err.write(f"dropped: {duplicate.reason}\n")
-    from .generator import DELIMITER
-
     for i, text in enumerate(texts):
-        if i:
-            out.write(f"{DELIMITER}\n")
-        out.write(f"{shown_prompt}{text}\n")
+        _print_text(out, text, shown_prompt, first=i == 0)
     seeds = [t.seed for t in texts if t.seed is not None]
     if seeds:
-        err.write(f"seeds: {seeds[0]}..{seeds[-1]}\n" if len(seeds) > 1 else f"seed: {seeds[0]}\n")
+        _report_seeds(err, seeds[0], seeds[-1])
     return 0
+
+
+def _print_as_made(gen, args: argparse.Namespace, options: dict, shown_prompt: str, out: TextIO,
+                   err: TextIO) -> int:
+    """-n texts on stdout, each batch's as soon as it is made: a long run shows them as it
+    goes, and Ctrl-C keeps those made (their seeds reported). Text i has seed first + i, as
+    one generate call gives them."""
+    # A bar on the terminal the texts go to would be torn by them: there they are the progress.
+    from .generator import progress_bar
+
+    bar = progress_bar(args.n) if err.isatty() and not out.isatty() else None
+    seed, first, made = args.seed, None, 0
+    try:
+        for start in range(0, args.n, args.batch_size):
+            texts = gen.generate(args.prompt, n=min(args.batch_size, args.n - start), seed=seed,
+                                 batch_size=args.batch_size, **options)
+            for text in texts:
+                _print_text(out, text, shown_prompt, first=made == 0)
+                made += 1
+            out.flush()
+            if texts[0].seed is not None:  # drawn by the first batch, unless given
+                first = texts[0].seed if first is None else first
+                seed = first + made
+            if bar is not None:
+                bar.update(len(texts))
+    finally:
+        if bar is not None:
+            bar.close()
+        if first is not None:
+            _report_seeds(err, first, first + made - 1)
+    return 0
+
+
+def _print_text(out: TextIO, text: str, shown_prompt: str, first: bool) -> None:
+    from .generator import DELIMITER
+
+    if not first:
+        out.write(f"{DELIMITER}\n")
+    out.write(f"{shown_prompt}{text}\n")
+
+
+def _report_seeds(err: TextIO, first: int, last: int) -> None:
+    err.write(f"seeds: {first}..{last}\n" if last > first else f"seed: {first}\n")
 
 
 def _count(n: int, noun: str) -> str:
@@ -314,7 +364,8 @@ def _context(args: argparse.Namespace) -> dict | None:
 
 
 def _stdin_prompt() -> str:
-    """`echo "Once upon a time" | tinygen -`: the whole input, less the newline echo ends it with."""
+    """`echo "Once upon a time" | tinygen -`: the whole input, less the newline echo ends it
+    with; a file saved on Windows gives the same prompt (no BOM, \n for \r\n)."""
     if sys.stdin is None:
         raise TinygenError("the prompt - reads stdin, which is closed; give the prompt as an argument")
     try:
@@ -322,6 +373,7 @@ def _stdin_prompt() -> str:
     except UnicodeDecodeError as exc:
         raise TinygenError(f"the prompt on stdin is not UTF-8 text (byte {exc.start}); give it "
                            f"as UTF-8") from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     return text[:-1] if text.endswith("\n") else text
 
 

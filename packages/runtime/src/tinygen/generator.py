@@ -175,7 +175,7 @@ class TextGenerator:
         total = len(prompts) * n
         seeds = self._seed_sequence(seed, total, config)
         results: list[Completion] = []
-        bar = _progress_bar(total) if progress else None
+        bar = progress_bar(total) if progress else None
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             decoding = self._decoding([prompts[i // n] for i in range(start, stop)],
@@ -334,7 +334,7 @@ class TextGenerator:
             raise TinygenError(f"{path} exists; pass resume=True to continue it, or choose a new file")
         seeds = self._seed_sequence(base, n, config)
         settings["seed"] = seeds[0]
-        bar = _progress_bar(n) if progress else None
+        bar = progress_bar(n) if progress else None
         if bar:
             bar.update(done)
         written = 0
@@ -531,7 +531,7 @@ def _check_count(name: str, value) -> None:
         raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _progress_bar(total: int):
+def progress_bar(total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="text", desc="generating", leave=False)
