@@ -214,6 +214,16 @@ def test_samplers_refuse_rows_still_going_with_no_token_left():
     assert _with_rows(RandomSampler([0]), going[:1])(one).tolist() == [1]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_scores_the_model_broke_are_not_blamed_on_the_options(bad):
+    """NaN or +inf logits come from the model (damaged weights), not from exclusions or bans."""
+    logits = np.array([[0.5, bad, -np.inf]], dtype=np.float32)
+    for sampler in (GreedySampler(), RandomSampler([0])) if np.isnan(bad) else (RandomSampler([0]),):
+        with pytest.raises(TinygenError, match=r"^the model's next-token scores are not numbers "
+                                               r"\(NaN or infinite logits\).*export it again$"):
+            _with_rows(sampler, [Row()])(logits)
+
+
 # -- 6. --stop escapes ------------------------------------------------------------------------
 
 def test_stop_understands_backslash_escapes():
@@ -286,3 +296,22 @@ def test_first_line_keeps_a_third_party_message_to_one_line_and_says_when_it_cut
     cut = first_line(long)
     assert len(cut) <= 200 and cut.endswith("...") and cut.startswith("x" * 150)
     assert first_line(RuntimeError("z" * 200)) == "z" * 200  # at the limit: whole
+
+
+def test_a_model_with_damaged_weights_says_so(model_copy):
+    """NaN weights (a corrupt file) made every logit NaN; the error blamed the exclusions."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_copy / "model.onnx"))
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT and tensor.dims:
+            weights = numpy_helper.to_array(tensor).copy()
+            weights.flat[0] = np.nan
+            tensor.CopyFrom(numpy_helper.from_array(weights, tensor.name))
+    onnx.save(model, str(model_copy / "model.onnx"))
+    for sampling in ([], ["--greedy"]):
+        code, out, err = run(["Once", "--model", str(model_copy), "--seed", "1", *sampling])
+        assert code == 2 and err.splitlines()[-1] == (
+            "tinygen: error: the model's next-token scores are not numbers (NaN or infinite "
+            "logits): its weights are damaged or its export is broken; export it again")

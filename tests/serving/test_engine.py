@@ -320,3 +320,24 @@ def test_no_token_left_but_the_end_min_tokens_holds_back_says_so_in_the_apis_nam
     assert error.status == 400 and error.message == (
         "no token is left to sample: the exclusions, logit bias and repetition bans remove every "
         "token, and min_tokens (1) holds back the end of the text; allow more tokens, or lower min_tokens")
+
+
+def test_nan_scores_fail_as_the_servers_fault_not_the_requests(gpt2_gen, monkeypatch):
+    """A model that computes NaN logits (damaged weights) fails its request with a 500 that says
+    so, not a 400 blaming the request's bans."""
+    import numpy as np
+
+    engine = Engine(gpt2_gen)
+    monkeypatch.setattr(engine, "_chain", lambda config, suppress: [
+        lambda logits, history: np.full_like(logits, np.nan)])
+
+    async def main():
+        with pytest.raises(GenerationFailed, match="^the model's next-token scores are not "
+                                                   "numbers") as failed:
+            await engine.submit("Once", seed=1, max_new_tokens=4).completions()
+        return failed.value
+
+    try:
+        assert run(main()).status == 500
+    finally:
+        engine.close()

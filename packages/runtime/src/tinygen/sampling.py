@@ -18,9 +18,24 @@ NOTHING_LEFT = ("no token is left to sample: the exclusions, logit bias and repe
                 "remove every token; allow more tokens")
 
 
-def nothing_left(row=None) -> str:
-    """NOTHING_LEFT for a sequence (a decoding.SequenceState); when min_new_tokens is holding
-    its end tokens back (what left nothing, if the bans spared only those), it says so."""
+# What a NaN or +inf logit means: the options make -inf at worst (processors.py keeps them
+# finite), so the model computed it.
+BROKEN_SCORES = ("the model's next-token scores are not numbers (NaN or infinite logits): its "
+                 "weights are damaged or its export is broken; export it again")
+
+
+def broken_scores(logits: np.ndarray) -> bool:
+    """Whether a row of logits holds a NaN or +inf (not the -inf of a removed token)."""
+    return bool(np.isnan(logits).any() or np.isposinf(logits).any())
+
+
+def nothing_left(row=None, logits: np.ndarray | None = None) -> str:
+    """NOTHING_LEFT for a sequence (a decoding.SequenceState) whose row of `logits` left no
+    token to choose: BROKEN_SCORES where the model, not the options, made it so; when
+    min_new_tokens is holding its end tokens back (what left nothing, if the bans spared only
+    those), it says so."""
+    if logits is not None and broken_scores(logits):
+        return BROKEN_SCORES
     if row is None or getattr(row, "may_end", True) or not getattr(row, "eos", None):
         return NOTHING_LEFT
     return (f"no token is left to sample: the exclusions, logit bias and repetition bans remove "
@@ -48,12 +63,12 @@ class Sampler:
         """logits (batch, vocab) -> chosen token ids (batch,)"""
         raise NotImplementedError
 
-    def _check(self, empty: np.ndarray) -> None:
+    def _check(self, empty: np.ndarray, logits: np.ndarray) -> None:
         """empty: (batch,) True where no token is left; raise if such a row is still going."""
         rows = self.rows
         for i in np.flatnonzero(empty).tolist():
             if i >= len(rows) or not rows[i].finish_reason:
-                raise TinygenError(nothing_left(rows[i] if i < len(rows) else None))
+                raise TinygenError(nothing_left(rows[i] if i < len(rows) else None, logits[i]))
 
 
 class GreedySampler(Sampler):
@@ -64,7 +79,7 @@ class GreedySampler(Sampler):
             # Scalar reads, not array ops: numpy's ufuncs are cold after each model run.
             empty = [not logits[i, t] > -np.inf for i, t in enumerate(chosen.tolist())]
             if any(empty):
-                self._check(np.array(empty))
+                self._check(np.array(empty), logits)
         return chosen
 
 
@@ -80,7 +95,7 @@ class RandomSampler(Sampler):
         # All -inf (or a NaN) leaves nothing to draw; without the check such a row would get token 0.
         empty = np.array([t < 0 for t in tokens])
         if self.rows is not None and empty.any():
-            self._check(empty)
+            self._check(empty, logits)
         return np.array([max(t, 0) for t in tokens], dtype=np.int64)
 
 

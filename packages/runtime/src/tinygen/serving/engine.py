@@ -44,7 +44,7 @@ from ..config import GenerationConfig
 from ..decoding import Completion, Piece, check_room, hold_back_ends, left_pad
 from ..errors import TinygenError
 from ..processors import LogitsProcessor, build_processors, softmax
-from ..sampling import RandomSampler, nothing_left
+from ..sampling import RandomSampler, broken_scores, nothing_left
 from . import batch_ops
 from .sequence import Sequence
 
@@ -399,9 +399,11 @@ class Engine:
             tokens[rows] = chosen
             picked = processed[np.arange(len(rows)), chosen]
             if not (picked > -np.inf).all():  # every token removed (or NaN): fail that request alone
-                for i, ok in zip(rows, (picked > -np.inf).tolist()):
-                    if not ok:
-                        self._fail(sequences[i].owner, nothing_left(sequences[i]), status=400)
+                for j, (i, ok) in enumerate(zip(rows, (picked > -np.inf).tolist())):
+                    if not ok:  # the request's options (400), or the model (500)
+                        broken = broken_scores(processed[j])
+                        self._fail(sequences[i].owner, nothing_left(sequences[i], processed[j]),
+                                   status=500 if broken else 400)
         stats = self.stats
         stats.steps += 1
         stats.tokens += len(live)
