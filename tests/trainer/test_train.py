@@ -179,6 +179,13 @@ def test_keeps_the_last_k_checkpoints(tmp_path, corpus, tokenizer):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-00000004")
+    # the weights as readable as the rest (safetensors writes them 0600: private to one account)
+    from tinygen.atomic import new_file_mode
+
+    for folder in (out, out / "checkpoints" / "step-00000004"):
+        assert oct((folder / "model.safetensors").stat().st_mode & 0o777) == oct(new_file_mode())
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == \
+            (folder / "config.json").stat().st_mode & 0o777
 
 
 def test_resume_refuses_changed_options(tmp_path, corpus, tokenizer):

@@ -219,6 +219,11 @@ def test_a_kill_at_any_rename_of_the_final_save_is_cleared_by_a_rerun(
         out = config.output_dir
         assert not (out / "train_config.json").exists(), calls  # not a trained model yet
         capsys.readouterr()
+        if checkpoints:  # the same command, without --resume: refused, saying what to do
+            said = ("its run was killed while saving the model; pass --resume to finish it"
+                    if (out / ".tmp-saving-model.json").exists() else "pass --resume to continue")
+            with pytest.raises(TinygenError, match=said):
+                train(config)
         train(dataclasses.replace(config, resume=checkpoints))
         whole_model(out)
         err = capsys.readouterr().err

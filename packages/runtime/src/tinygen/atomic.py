@@ -69,7 +69,12 @@ def _mode_of(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return new_file_mode()
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file: 0666 under the umask (0644 under 022)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tinygen.atomic import new_file_mode
 from tinygen.errors import TinygenError
 
 from .device import Backend
@@ -45,6 +46,17 @@ OPTIMIZER_FILE = "optimizer.pt"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
 TMP_PREFIX = ".tmp-"
+
+
+def save_model_files(backend: Backend, model: torch.nn.Module, folder: Path) -> None:
+    """backend.save_model, then every file as readable as a new file is: safetensors writes
+    the weights private (0600), so another account serving or exporting the model (or
+    resuming the run) could read its config but not its weights."""
+    backend.save_model(model, folder)
+    mode = new_file_mode()
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, mode)
 
 
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
@@ -63,7 +75,7 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module,
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=root))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-        backend.save_model(model, tmp)
+        save_model_files(backend, model, tmp)
         check_finite_weights(tmp, step)
         torch.save(backend.to_host(optimizer.state_dict()), tmp / OPTIMIZER_FILE)
         write_tokenizer(tmp)

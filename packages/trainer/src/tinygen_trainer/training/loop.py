@@ -37,7 +37,7 @@ from ..data.sources import corpus_files
 from ..notices import said_by
 from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
                          load_optimizer, read_state, restore_rng, resume_point, save_checkpoint,
-                         write_failure)
+                         save_model_files, write_failure)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .evaluation import EvalResult, Evaluation, write_result
@@ -339,7 +339,7 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{FINAL_TMP}", dir=out))
             try:
-                self.backend.save_model(self.model, tmp)
+                save_model_files(self.backend, self.model, tmp)
                 check_finite_weights(tmp, self.step)
                 self.write_tokenizer(tmp)
                 if evaluated is not None:
@@ -492,7 +492,11 @@ def _clear_unfinished_save(out: Path, names: list[str]) -> None:
 def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
     skipped: list[str] = []  # damaged newer checkpoints
     latest = resume_point(config.output_dir, backend, skipped.append)  # the same on every host
+    unfinished = _unfinished_save(config.output_dir)  # a run killed while saving its model
     if latest is not None and not config.resume:
+        if unfinished is not None:
+            raise TinygenError(f"{config.output_dir}: its run was killed while saving the model; "
+                               f"pass --resume to finish it")
         raise TinygenError(
             f"{config.output_dir} already has checkpoints; pass --resume to continue that run, "
             f"or choose another --output"
@@ -500,7 +504,6 @@ def _checkpoint_to_resume(config: TrainConfig, backend: Backend) -> Path | None:
     if backend.is_writer:
         for line in skipped:
             print(f"tinygen-train: note: {line}", file=sys.stderr)
-    unfinished = _unfinished_save(config.output_dir)  # a run killed while saving its model
     if latest is None:  # a run starts here: it must not write over what the folder holds
         _check_fresh_output(config, unfinished or [])
         if config.resume and backend.is_writer:
