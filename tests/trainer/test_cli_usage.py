@@ -63,3 +63,36 @@ def test_ctrl_c_under_torchrun_is_said_by_process_0_alone(monkeypatch, capsys):
         monkeypatch.setenv("RANK", rank)
         assert main(["train", "c.txt", "--preset", "cpu-tiny", "-o", "out"]) == 130
         assert capsys.readouterr().err == said
+
+
+def test_misplaced_folders_say_what_they_are(exported_gpt2_dir, tiny_gpt2_dir, tmp_path, capsys):
+    """An export given as a teacher, a cache that is not there, a run that never saved its model,
+    a prompts file with no prompts: each says what it is and what to give instead."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 20, encoding="utf-8")
+    tok = str(tiny_gpt2_dir / "tokenizer.json")
+    unfinished = tmp_path / "run"
+    (unfinished / "checkpoints" / "step-00000002").mkdir(parents=True)
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    cases = [
+        (["teacher-cache", str(corpus), "--teacher", str(exported_gpt2_dir), "-o", str(tmp_path / "c")],
+         f"--teacher {exported_gpt2_dir} is an exported tinygen model, which scores no corpus: give "
+         f"the transformers folder it was exported from, or --teacher-texts N to distill from texts "
+         f"it writes"),
+        (["distill", "--teacher-cache", str(tmp_path / "nowhere"), "--preset", "cpu-tiny",
+          "--tokenizer", tok, "-o", str(tmp_path / "s")],
+         f"{tmp_path / 'nowhere'}: not found; build a teacher cache there with 'tinygen-train "
+         f"teacher-cache'"),
+        (["export", str(unfinished), str(tmp_path / "out")],
+         f"{unfinished}: a training run that did not finish (no model saved yet); finish it with "
+         f"the same command and --resume, or export one of its checkpoints "
+         f"({unfinished / 'checkpoints'}/step-N)"),
+        (["distill", str(corpus), "--teacher", str(exported_gpt2_dir), "--teacher-texts", "4",
+          "--prompts", str(empty), "--preset", "cpu-tiny", "--tokenizer", tok, "-o", str(tmp_path / "q")],
+         f"--prompts {empty} has no prompts (every line is empty); give one prompt per line, or "
+         f"drop --prompts for unprompted texts"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err == f"tinygen-train: error: {message}\n", argv

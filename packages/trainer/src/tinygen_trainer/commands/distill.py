@@ -145,7 +145,10 @@ def _sequences(args: argparse.Namespace) -> int:
         except UnicodeDecodeError as exc:
             raise TinygenError(f"--prompts {args.prompts}: not UTF-8 at byte {exc.start}; give a "
                                f"text file of prompts, one per line, in UTF-8") from None
-        prompts = tuple(line for line in lines if line.strip()) or prompts
+        prompts = tuple(line for line in lines if line.strip())
+        if not prompts:
+            raise TinygenError(f"--prompts {args.prompts} has no prompts (every line is empty); "
+                               f"give one prompt per line, or drop --prompts for unprompted texts")
     # Before the teacher's texts (JSONL) join the corpora: they would hide a --field on text.
     refuse_field_without_records(args.corpus, args.field)
     n = len(args.corpus)

@@ -65,10 +65,13 @@ def check_teacher(teacher: Path):
     """The teacher's transformers config, once its folder is known to load (cheap)."""
     if not teacher.is_dir():
         raise TinygenError(f"--teacher {teacher}: folder not found")
+    if not (teacher / "config.json").is_file() and (teacher / "tinygen.json").is_file():
+        raise TinygenError(f"--teacher {teacher} is an exported tinygen model, which scores no "
+                           f"corpus: give the transformers folder it was exported from, or "
+                           f"--teacher-texts N to distill from texts it writes")
     if not (teacher / "config.json").is_file():
         raise TinygenError(f"--teacher {teacher}: not a transformers model folder (no "
-                           f"config.json); convert GGUF files first (tools/teacher/smollm2.py "
-                           f"shows how)")
+                           f"config.json); a GGUF file must be converted to one first")
     check_model_folder(teacher, f"--teacher {teacher}")
     return load_hf_config(teacher)
 

@@ -86,6 +86,9 @@ class TeacherCache:
     def open(cls, folder: str | Path) -> "TeacherCache":
         folder = Path(folder)
         path = folder / MANIFEST
+        if not folder.exists():
+            raise TeacherCacheError(f"{folder}: not found; build a teacher cache there with "
+                                    f"'tinygen-train teacher-cache'")
         if not path.is_file():
             raise TeacherCacheError(f"{folder}: not a teacher cache (no {MANIFEST}); "
                                     f"build one with 'tinygen-train teacher-cache'")

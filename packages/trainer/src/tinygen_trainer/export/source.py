@@ -44,6 +44,10 @@ def read_source(src: Path) -> SourceModel:
     if not (src / "config.json").is_file() and (src / "tinygen.json").is_file():
         raise TinygenError(f"{src} is already an exported tinygen model; export the transformers folder "
                            f"it came from (a trained run's --output, or the model you finetuned)")
+    if not (src / "config.json").is_file() and (src / "checkpoints").is_dir():
+        raise TinygenError(f"{src}: a training run that did not finish (no model saved yet); "
+                           f"finish it with the same command and --resume, or export one of "
+                           f"its checkpoints ({src / 'checkpoints'}/step-N)")
     if not (src / "config.json").is_file():
         raise TinygenError(
             f"{src}: no config.json; the source must be a transformers model directory"
