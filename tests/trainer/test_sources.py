@@ -63,6 +63,19 @@ def test_jsonl_fields_keep_separators(tmp_path):
     assert "t\u2028t" in doc and "b\u0085b" in doc
 
 
+def test_a_field_no_record_has_is_refused_one_that_some_lack_is_not(tmp_path):
+    """--field title,summary with no record holding a summary trained on titles alone, and wrote
+    the misspelt field into fields.json."""
+    path = tmp_path / "posts.jsonl"
+    records = [{"title": "Rain", "body": "wet"}, {"title": "Sun"}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    assert len(read_documents(path, field="title,body")) == 2  # one record leaves body out
+    with pytest.raises(TinygenError) as info:
+        read_documents(path, field="title,summary")
+    assert str(info.value) == (f"{path}: no record has the field 'summary' (--field "
+                               f"title,summary); check its spelling")
+
+
 def test_a_tokens_file_that_is_no_cache_is_not_sent_to_errors_replace(tmp_path):
     """A damaged `*.tokens` file was read as text, and the advice was --errors replace: training
     on its bytes as noise."""

@@ -179,6 +179,7 @@ def _record_documents(path: Path, records, field: str) -> list[str]:
     """Documents from (where, record) pairs: `field`'s text, or the fields' schema."""
     schema = FieldSchema.parse(field)
     docs = []
+    unseen = set(schema.names) if schema else set()  # a record may leave a field out; all may not
     for where, record in records:
         if schema:
             if not isinstance(record, dict):
@@ -189,6 +190,7 @@ def _record_documents(path: Path, records, field: str) -> list[str]:
                 raise TinygenError(f"{path}: {where}: {exc}") from None
             if doc:
                 docs.append(doc)
+            unseen -= record.keys()
             continue
         if not isinstance(record, dict) or field not in record:
             raise TinygenError(f"{path}: {where} has no field '{field}'; choose one with --field")
@@ -197,4 +199,8 @@ def _record_documents(path: Path, records, field: str) -> list[str]:
             raise TinygenError(f"{path}: {where}: field '{field}' is not a string")
         if value.strip():
             docs.append(value)
+    if unseen and docs:  # no records at all is said elsewhere
+        missing = next(n for n in schema.names if n in unseen)
+        raise TinygenError(f"{path}: no record has the field '{missing}' (--field {field}); "
+                           f"check its spelling")
     return docs
