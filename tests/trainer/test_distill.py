@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -472,6 +473,28 @@ def test_options_of_the_other_kind_of_distillation_are_refused(no_teacher, tmp_p
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "student").exists()
+
+
+def test_texts_are_continued_only_with_the_settings_that_wrote_them(exported_gpt2_dir, tmp_path):
+    """Killed while writing texts, then rerun with other --text-tokens (or prompts, or seed):
+    the file went on with texts of the new settings, one corpus of two kinds."""
+    from tinygen_trainer.distill import TextsRequest, teacher_texts
+
+    path = tmp_path / "texts.jsonl"
+    request = TextsRequest(exported_gpt2_dir, path, 4, ("Once",), max_new_tokens=8, seed=3)
+    teacher_texts(request, progress=False)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:whole.index(b"\n") + 1])  # one text written when it was killed
+    for changed, flag in [(dict(max_new_tokens=9), "--text-tokens"), (dict(seed=4), "--seed"),
+                          (dict(prompts=("Twice",)), "--prompts")]:
+        with pytest.raises(TinygenError) as info:
+            teacher_texts(dataclasses.replace(request, **changed), progress=False)
+        assert str(info.value) == (f"{path} holds 1 text written with another {flag}; give the "
+                                   f"same, or write the texts into another --output")
+    teacher_texts(dataclasses.replace(request, count=4, batch_size=3), progress=False)
+    assert path.read_bytes() == whole  # the batch size is no setting of the texts
+    path.unlink()  # a new file takes new settings
+    teacher_texts(dataclasses.replace(request, max_new_tokens=9), progress=False)
 
 
 def test_teacher_prompts_go_round_per_text_whatever_the_batch(exported_gpt2_dir, tmp_path):

@@ -6,16 +6,19 @@ The teacher generates through the tinygen runtime (so it must be an exported
 model folder), one JSONL record per text, {"text": ..., "seed": ...}, each
 seeded with seed + i so any text can be made again. The file is appended and
 synced per batch; a run that finds it part-written continues after its last
-complete line.
+complete line, if it asks for the texts the file's settings (OUTPUT.settings.json:
+the teacher's files, the prompts, the sampling) made, and refuses otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinygen.atomic import atomic_write_text
 from tinygen.errors import TinygenError
 
 from ..bars import progress_bar
@@ -49,6 +52,7 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
             f"--teacher {request.teacher}: sequence-level distillation generates with the tinygen "
             f"runtime; export the teacher first: tinygen-train export {request.teacher} OUT")
     done = _complete_lines(request.output)
+    _check_same_settings(request, done)
     if done >= request.count:
         return request.output
     generator = TextGenerator(request.teacher)
@@ -88,6 +92,51 @@ def check_written_texts(request: TextsRequest, resume: bool) -> None:
     if written != request.count:
         raise TinygenError(f"the run in {run} trained on {written} teacher texts; resume with "
                            f"--teacher-texts {written}")
+
+
+def settings_path(output: Path) -> Path:
+    return output.with_name(output.name + ".settings.json")
+
+
+def _settings(request: TextsRequest) -> dict:
+    """What decides text i (not how many there are, nor the batch size)."""
+    teacher = hashlib.sha256()
+    for path in sorted(p for p in request.teacher.iterdir() if p.is_file()
+                       and (p.name in ("tinygen.json", "tokenizer.json") or p.name.startswith("model."))):
+        teacher.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                teacher.update(chunk)
+    prompts = hashlib.sha256(json.dumps(request.prompts).encode()).hexdigest()
+    return {"teacher": teacher.hexdigest(), "prompts": prompts,
+            "text_tokens": request.max_new_tokens, "seed": request.seed,
+            "temperature": request.temperature, "top_p": request.top_p}
+
+
+# The settings by the command's flags, for the refusal.
+FLAGS = {"teacher": "--teacher (its files)", "prompts": "--prompts", "text_tokens": "--text-tokens",
+         "seed": "--seed", "temperature": "sampling temperature", "top_p": "top_p"}
+
+
+def _check_same_settings(request: TextsRequest, done: int) -> None:
+    """Texts written with other settings may not be continued with these: the file would mix
+    two corpora. A file from before the settings were recorded is taken as it is."""
+    path, settings = settings_path(request.output), _settings(request)
+    if done and path.is_file():
+        try:
+            written = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            written = None
+        if not isinstance(written, dict):
+            raise TinygenError(f"{path} is damaged; delete it and {request.output} to write the "
+                               f"texts again")
+        changed = [FLAGS[k] for k in settings if written.get(k) != settings[k]]
+        if changed:
+            raise TinygenError(f"{request.output} holds {done} text{'s' * (done != 1)} written "
+                               f"with another {', '.join(changed)}; give the same, or write the "
+                               f"texts into another --output")
+    if not path.is_file() or not done:
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _complete_lines(path: Path) -> int:

@@ -522,11 +522,14 @@ def _check_fresh_output(config: TrainConfig, unfinished: Iterable[str] = ()) -> 
     out = config.output_dir
     if not out.exists():  # _check_folder made sure that one that exists is a folder
         return
-    # Its own inputs may live there too: distill writes the teacher's texts or cache first.
-    inside = [config.tensorboard_dir, *config.data_paths()]
-    left = {METRICS_FILE, "checkpoints", *unfinished,
-            *(Path(p).name for p in inside if p is not None and Path(p).parent.resolve() == out.resolve())}
-    others = sorted(p.name for p in out.iterdir() if p.name not in left and not p.name.startswith(TMP_PREFIX))
+    # Its own inputs may live there too: distill writes the teacher's texts (and their
+    # settings, NAME.settings.json) or cache first.
+    inside = [Path(p).name for p in (config.tensorboard_dir, *config.data_paths())
+              if p is not None and Path(p).parent.resolve() == out.resolve()]
+    left = {METRICS_FILE, "checkpoints", *unfinished, *inside}
+    others = sorted(p.name for p in out.iterdir()
+                    if p.name not in left and not p.name.startswith(TMP_PREFIX)
+                    and not any(p.name.startswith(name + ".") for name in inside))
     if TRAIN_CONFIG_FILE in others and not any(".safetensors" in name or name.endswith(".bin")
                                                for name in others):
         # Saved before train_config.json was renamed last: a save killed midway.
