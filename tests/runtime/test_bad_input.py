@@ -164,6 +164,22 @@ def test_an_empty_model_path_is_not_the_current_folder():
         TextGenerator("")
 
 
+def test_paths_of_the_wrong_type_are_refused_by_name(optimum_gpt2_dir, tmp_path):
+    """Path(5) is a TypeError that names no parameter."""
+    gen = TextGenerator(optimum_gpt2_dir)
+    for call, message in [
+            (lambda: TextGenerator(model=5), "model must be a model folder's path (or None for the "
+                                             "embedded model), got 5"),
+            (lambda: TextGenerator(replacements=5.0), "replacements must be a replacements.json path "
+                                                      "(or None for the model's own), got 5.0"),
+            (lambda: gen.generate_to_file(5, "Hi"), "path must be the path of the file to write, got 5"),
+            (lambda: gen.generate("Hi", dedupe=0.5, dedupe_against=[tmp_path]),
+             f"dedupe_against must be a token cache's path, got [{tmp_path!r}]")]:
+        with pytest.raises(TinygenError) as info:
+            call()
+        assert str(info.value) == message
+
+
 def test_token_ids_outside_the_vocabulary(optimum_gpt2_dir):
     gen = TextGenerator(optimum_gpt2_dir)
     with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary"):

