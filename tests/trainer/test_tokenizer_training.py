@@ -64,8 +64,11 @@ def test_replacements_become_special_tokens(tmp_path):
 
 
 def test_bad_options():
-    with pytest.raises(TinygenError, match="vocab_size must be at least 258"):
+    with pytest.raises(TinygenError, match=r"vocab_size must be at least 258 \(256 bytes \+ 2 "
+                                           r"special tokens\), got 100"):
         TokenizerConfig(vocab_size=100, special_tokens=("<|a|>",))
+    with pytest.raises(TinygenError, match=r"at least 257 \(256 bytes \+ 1 special token\), got 3"):
+        TokenizerConfig(vocab_size=3)
     with pytest.raises(TinygenError, match="special tokens must be non-empty"):
         TokenizerConfig(special_tokens=("",))
     with pytest.raises(TinygenError, match="empty corpus"):

@@ -64,7 +64,7 @@ class TokenizerConfig:
         if not isinstance(self.vocab_size, int) or self.vocab_size < least:
             raise TinygenError(
                 f"vocab_size must be at least {least} (256 bytes + {least - BYTE_ALPHABET} "
-                f"special tokens), got {self.vocab_size!r}"
+                f"special token{'s' * (least - BYTE_ALPHABET != 1)}), got {self.vocab_size!r}"
             )
 
     def all_special_tokens(self) -> list[str]:
