@@ -285,8 +285,9 @@ def test_blend_and_loss_weights(tmp_path, corpus, tokenizer):
     assert len(losses(blended)) == 3
 
 
-def test_the_default_warmup_is_a_tenth_of_a_short_phase():
-    """A fixed 100 steps of warmup left a 60-step run at its peak to the end, never decaying."""
+def test_the_default_warmup_is_a_tenth_of_a_short_phase(capsys):
+    """A fixed 100 steps of warmup left a 60-step run at its peak to the end, never decaying;
+    one asked for is kept, with a warning."""
     from tinygen_trainer.training.setup import phase_schedule
 
     config = TrainConfig(output_dir="o", data=("c.txt",), preset="cpu-tiny", tokenizer="t.json",
@@ -296,8 +297,12 @@ def test_the_default_warmup_is_a_tenth_of_a_short_phase():
     assert schedule(5) == pytest.approx(1e-3) and schedule(59) < 2e-4  # warmed up, then decayed
     long = dataclasses.replace(config, steps=5000)
     assert phase_schedule(long, long.resolved_phases()[0]).warmup == 100
+    assert capsys.readouterr().err == ""
     explicit = dataclasses.replace(config, warmup_steps=100)
     assert phase_schedule(explicit, explicit.resolved_phases()[0]).warmup == 100  # as asked
+    assert capsys.readouterr().err == (
+        "tinygen-train: warning: --warmup-steps 100 is more than the run's 60 steps: the learning "
+        "rate never reaches its peak 0.001\n")
 
 
 def test_cross_training_phases(tmp_path, corpus, tokenizer):

@@ -23,6 +23,7 @@ from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
 from ..data.holdout import hold_out, join
 from ..export.source import check_model_folder, load_causal_lm
+from ..notices import warn
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
 from .schedule import LRSchedule
@@ -180,15 +181,20 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int, pad_id:
         else:
             sampler = BlendSampler(samplers, [s.weight for s in phase.data],
                                    derive_seed(config.seed, index, len(samplers)))
-        runs.append(PhaseRun(index, start, phase.steps, phase_schedule(config, phase), sampler))
+        runs.append(PhaseRun(index, start, phase.steps, phase_schedule(config, phase, index), sampler))
         start += phase.steps
     return runs
 
 
-def phase_schedule(config: TrainConfig, phase: Phase) -> LRSchedule:
-    """Warmup and decay over the phase's steps, to its peak learning rate."""
+def phase_schedule(config: TrainConfig, phase: Phase, index: int = 0) -> LRSchedule:
+    """Warmup and decay over the phase's steps (phase `index` of the run's), to its peak
+    learning rate."""
     peak = phase.learning_rate or config.learning_rate or default_learning_rate(config)
     warmup = config.warmup_steps if config.warmup_steps is not None else min(100, phase.steps // 10)
+    if warmup > phase.steps:  # allowed (a resume may lengthen the run), but likely a slip
+        where = f"phase {index + 1}'s" if len(config.resolved_phases()) > 1 else "the run's"
+        warn(f"--warmup-steps {warmup} is more than {where} {phase.steps} steps: the learning "
+             f"rate never reaches its peak {peak:g}")
     return LRSchedule(peak, phase.steps, warmup, config.lr_schedule, config.min_lr_ratio)
 
 
