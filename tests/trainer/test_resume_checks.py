@@ -178,3 +178,28 @@ def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path, corpus, tokenizer)
     with pytest.raises(TinygenError, match="block_size"):
         train(tiny(tmp_path, corpus, tokenizer, block_size=4096))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_project_moved_whole_resumes_where_it_is_now(tmp_path, corpus, tokenizer):
+    """Data, tokenizer and run copied to another folder (another machine): the checkpoint's
+    absolute paths are read relative to the run, as they moved with it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(corpus, project / "corpus.txt")
+    shutil.copy(tokenizer, project / "tokenizer.json")
+    config = tiny(project, project / "corpus.txt", project / "tokenizer.json",
+                  output_dir=project / "run")
+    train(config)
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.copytree(project, moved)
+    shutil.rmtree(project)  # the old paths are gone, as on another machine
+    again = tiny(moved, moved / "corpus.txt", moved / "tokenizer.json", output_dir=moved / "run",
+                 resume=True, steps=5)
+    for name in ("model.safetensors", "train_config.json"):
+        (moved / "run" / name).unlink()  # killed after the checkpoint of step 4
+    train(again)
+    assert [m["step"] for m in read_metrics(moved / "run")] == [1, 2, 3, 4, 5]
+    # the data it trained on changed there: still refused
+    (moved / "corpus.txt").write_text("other text " * 500, encoding="utf-8")
+    with pytest.raises(TinygenError, match="corpus.txt changed since it was written"):
+        train(dataclasses.replace(again, steps=6))

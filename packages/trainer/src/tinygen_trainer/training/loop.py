@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -296,6 +296,9 @@ class Trainer:
             "tokenizer_sha256": self.encoder.fingerprint,
             "replacements_sha256": self.encoder.replacements_fingerprint,
             "config": self.config.resume_identity(),
+            # Where the run was: moved with its data (copied to another machine), the paths
+            # above are read relative to it (_relocated).
+            "output_dir": str(self.config.output_dir.resolve()),
             "optimisation": {**self.config.resume_noted(), "total_steps": self.config.total_steps},
             "data_files": self._data_files,
             "held_out_sha256": self.evaluation.fingerprint() if self.evaluation else None,
@@ -547,10 +550,13 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
                      state: dict[str, Any], data_files: dict[str, str]) -> list[str]:
     """Refuse a resume that would train on other rows or tokens; returns a note for each
     optimisation option changed on purpose."""
+    # A run moved with its data reads its paths where they are now; one moved alone, as they were.
+    relocate = _relocated(state.get("output_dir"), config.output_dir)
     saved = state.get("config", {})
     for name, value in config.resume_identity().items():
         # A checkpoint from before `name` was recorded (errors) cannot tell: not a mismatch.
-        if name in saved and saved[name] != value:
+        if name in saved and saved[name] != value and not (
+                name in PATH_OPTIONS and relocate(saved[name]) == value):
             raise TinygenError(
                 f"cannot resume {checkpoint}: it was trained with {name}={_shown(saved.get(name))}, "
                 f"this run has {_shown(value)}; keep the options or start a new --output"
@@ -566,6 +572,9 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
         raise TinygenError(f"cannot resume {checkpoint}: it has a different number of phases")
     _check_steps_left(config, checkpoint, int(state["step"]))
     recorded = state.get("data_files")
+    if recorded is not None:
+        recorded = {path if path in data_files or relocate(path) not in data_files
+                    else relocate(path): digest for path, digest in recorded.items()}
     for path, digest in (recorded or {}).items():  # older checkpoints: none
         if path not in data_files and Path(path).exists():
             continue  # a file the reader skips (hidden), which older checkpoints listed too
@@ -590,6 +599,29 @@ def _check_resumable(config: TrainConfig, encoder: Encoder, checkpoint: Path,
                      f"the {config.lr_schedule} learning-rate schedule stretches to the new length, so "
                      f"the losses from here are not an uninterrupted {config.total_steps}-step run's")
     return notes
+
+
+# The options of TrainConfig.resume_identity that hold paths (data and phases: in their items).
+PATH_OPTIONS = ("model", "tokenizer", "replacements", "data", "phases", "eval_data")
+
+
+def _relocated(was: str | None, out: Path) -> Callable[[Any], Any]:
+    """Maps the absolute paths a checkpoint recorded (its options, its corpus files) to where
+    they would be had they moved with the run's folder (`was`: where it was; older checkpoints
+    did not say): a project copied elsewhere whole, its data beside its run, resumes there."""
+    now = str(out.resolve())
+    if was is None or was == now:
+        return lambda value: value
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.normpath(os.path.join(now, os.path.relpath(value, was)))
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        return value
+    return moved
 
 
 def _check_same_held_out(checkpoint: Path, state: dict[str, Any],
