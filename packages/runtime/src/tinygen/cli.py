@@ -365,7 +365,7 @@ def _context(args: argparse.Namespace) -> dict | None:
 
 def _stdin_prompt() -> str:
     """`echo "Once upon a time" | tinygen -`: the whole input, less the newline echo ends it
-    with; a file saved on Windows gives the same prompt (no BOM, \n for \r\n)."""
+    with; a file saved on Windows gives the same prompt (no byte-order mark, LF for CRLF)."""
     if sys.stdin is None:
         raise TinygenError("the prompt - reads stdin, which is closed; give the prompt as an argument")
     try:

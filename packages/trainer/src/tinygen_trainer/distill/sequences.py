@@ -94,7 +94,7 @@ def check_written_texts(request: TextsRequest, resume: bool) -> None:
                            f"--teacher-texts {written}")
 
 
-def settings_path(output: Path) -> Path:
+def _settings_path(output: Path) -> Path:
     return output.with_name(output.name + ".settings.json")
 
 
@@ -121,7 +121,7 @@ FLAGS = {"teacher": "--teacher (its files)", "prompts": "--prompts", "text_token
 def _check_same_settings(request: TextsRequest, done: int) -> None:
     """Texts written with other settings may not be continued with these: the file would mix
     two corpora. A file from before the settings were recorded is taken as it is."""
-    path, settings = settings_path(request.output), _settings(request)
+    path, settings = _settings_path(request.output), _settings(request)
     if done and path.is_file():
         try:
             written = json.loads(path.read_text(encoding="utf-8"))
