@@ -87,7 +87,8 @@ def test_tokenizer_and_encode_commands(tmp_path, corpus_file, capsys):
                "--special-token", "<|user|>", "--replace-regex", r"https?://\S+", "<|url|>",
                "--decode", "<|url|>", "<url>", "--ban", "<|url|>"])
     assert rc == 0
-    assert "wrote" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote" in err and "replaced" not in err
     tok = Tokenizer.from_file(str(out))
     assert tok.token_to_id("<|user|>") is not None and tok.token_to_id("<|url|>") is not None
     assert Replacements.load(out.parent / "replacements.json") == URL_RULES
@@ -100,6 +101,15 @@ def test_tokenizer_and_encode_commands(tmp_path, corpus_file, capsys):
     encoder = Encoder.load(out, Replacements.load(out.parent / "replacements.json"))
     dataset = TokenDataset.load(cache, encoder)
     assert dataset.tokens.tolist().count(tok.token_to_id("<|url|>")) == 40
+    # trained again over it: said, since the cache above was made with the one replaced
+    assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "again.json"),
+                 "--vocab-size", "300"]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "again.json"),
+                 "--vocab-size", "300"]) == 0
+    assert capsys.readouterr().err.endswith(
+        "note: it replaced the tokenizer that was there; token caches and models made with that "
+        "one need it, not this one\n")
 
 
 def test_command_errors_are_one_line(tmp_path, corpus_file, capsys):

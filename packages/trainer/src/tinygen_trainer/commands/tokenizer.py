@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                              progress=sys.stderr.isatty())  # off a terminal its bar is blank lines
     documents = read_corpus(args)
     tokenizer = train_tokenizer(documents, config)
+    replaced = args.output.is_file()
     path = save_tokenizer(tokenizer, args.output, replacements)
     if schema:  # training and export find it beside the tokenizer, as replacements.json
         schema.save(Path(path).parent)
@@ -98,5 +99,8 @@ def run(args: argparse.Namespace) -> int:
     docs = len(documents)
     print(f"wrote {path}: {size} tokens from {docs} document{'s' * (docs != 1)}",
           file=sys.stderr)
+    if replaced:  # caches and runs made with the old one no longer match it (they check, later)
+        print(f"note: it replaced the tokenizer that was there; token caches and models made "
+              f"with that one need it, not this one", file=sys.stderr)
     return 0
 
