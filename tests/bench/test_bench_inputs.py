@@ -242,3 +242,15 @@ def test_memory_table_of_a_model(exported_llama_dir):
 ])
 def test_stop_strings_bench_refuses_what_it_cannot_time(args, message):
     assert message in refused("bench_stop_strings.py", *args)
+
+
+def test_exclusions_bench_refuses_no_repeats():
+    assert "--repeats must be >= 1" in refused("bench_exclusions.py", "--repeats", "0")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeats", "0"], "--repeats must be >= 1"), (["--block-size", "4"], "--block-size must be >= 8"),
+    (["--batch-size", "-1"], "--batch-size must be >= 1"),
+])
+def test_padded_rows_bench_refuses_what_it_cannot_time(args, message):
+    assert message in refused("bench_padded_rows.py", *args)
