@@ -158,6 +158,23 @@ def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, 
     assert target.read_text() == whole_file.read_text()
 
 
+def test_an_interrupted_cli_run_says_how_to_go_on(optimum_gpt2_dir, tmp_path, monkeypatch):
+    target = tmp_path / "t.txt"
+    real, calls = TextGenerator.generate, []
+
+    def dies_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(TextGenerator, "generate", dies_on_the_second_batch)
+    code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", "-n", "4",
+                        "--batch-size", "2", "--seed", "3", "--to-file", str(target)])
+    assert code == 130 and seeds_in(target) == [3, 4]
+    assert err == (f"{target} keeps the texts it finished; the same command with --resume goes on "
+                   f"from there\ntinygen: interrupted\n")
+
+
 def test_cli_reports_the_texts_written_by_this_run(optimum_gpt2_dir, tmp_path):
     target = tmp_path / "t.txt"
     args = ["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "5", "--to-file", str(target)]
@@ -254,7 +271,7 @@ def test_a_half_written_batch_is_cut_even_when_nothing_is_left_to_write(optimum_
     gen.generate_to_file(target, "Hi", n=2, seed=5, max_new_tokens=5)
     whole = target.read_text()
     with open(target, "a") as f:  # a kill while the next batch was written, then -n 2 again
-        f.write("==========\nseed 7\nHi and th")
+        f.write("=" * 20 + " seed 7\nHi and th")
     result = gen.generate_to_file(target, "Hi", n=2, max_new_tokens=5, resume=True)
     assert result.written == 0 and result.texts == 2
     assert target.read_text() == whole
@@ -292,3 +309,56 @@ def test_a_file_in_the_way_of_to_file_is_one_line(optimum_gpt2_dir, tmp_path):
                         "--to-file", str(target)])
     assert code == 2
     assert err == f"tinygen: error: cannot write {target}: {tmp_path / 'afile'} is a file, not a folder\n"
+
+
+def test_a_text_edited_by_hand_is_not_cut_by_a_resume(optimum_gpt2_dir, tmp_path):
+    """The record's byte offset fell inside the last text once an earlier one was made longer
+    by hand: the resume cut that text and glued the next header to it."""
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=4, seed=5, max_new_tokens=6)
+    edited = target.read_text().replace("seed 6\nHi", "seed 6\nHi (a note added by hand)")
+    target.write_text(edited)
+    assert gen.generate_to_file(target, "Hi", n=4, max_new_tokens=6, resume=True).written == 1
+    assert target.read_text() == edited  # the last text, made again, is the one it held
+    result = gen.generate_to_file(target, "Hi", n=5, max_new_tokens=6, resume=True)
+    assert result.texts == 5 and seeds_in(target) == [5, 6, 7, 8, 9]
+    assert target.read_text().startswith(edited)
+
+
+def test_a_text_taken_out_by_hand_is_refused_not_written_twice(optimum_gpt2_dir, tmp_path):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=4, seed=5, max_new_tokens=6)
+    text = target.read_text()
+    cut = text[:text.index("=" * 20 + " seed 6")] + text[text.index("=" * 20 + " seed 7"):]
+    target.write_text(cut)
+    with pytest.raises(TinygenError) as info:
+        gen.generate_to_file(target, "Hi", n=6, max_new_tokens=6, resume=True)
+    assert str(info.value) == (f"{target}: text 2 has seed 7, not 6: texts were taken out or moved "
+                               f"by hand, so a resume would write some seeds twice; put them back "
+                               f"in order, or choose a new file")
+    assert target.read_text() == cut
+
+
+def test_a_second_writer_is_refused_while_the_first_writes(optimum_gpt2_dir, tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=2, seed=5, max_new_tokens=4)
+    whole = target.read_text()
+    with open(target, "ab") as other:  # another process's writer holds it
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
+                            "-n", "4", "--to-file", str(target), "--resume"])
+    assert code == 2 and err == (f"tinygen: error: {target} is being written by another process; "
+                                 f"wait for it to finish, or choose a new file\n")
+    assert target.read_text() == whole
+
+
+def test_a_list_of_seeds_is_refused_by_generate_to_file(optimum_gpt2_dir, tmp_path):
+    """The file records one seed (text i has seed + i): a list was written, then resumed wrongly."""
+    with pytest.raises(TinygenError, match=r"generate_to_file takes one seed \(text i gets seed \+ i\), "
+                                           r"got \[1, 5\]"):
+        TextGenerator(optimum_gpt2_dir).generate_to_file(tmp_path / "t.txt", "Hi", n=2, seed=[1, 5])
+    assert not (tmp_path / "t.txt").exists()

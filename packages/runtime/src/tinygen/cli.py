@@ -255,9 +255,14 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     bold = tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     shown_prompt = f"{BOLD}{args.prompt}{RESET}" if bold else args.prompt
     if args.to_file:
-        written = gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
-                                       batch_size=args.batch_size, resume=args.resume,
-                                       progress=err.isatty(), **options)
+        try:
+            written = gen.generate_to_file(args.to_file, args.prompt, n=args.n, seed=args.seed,
+                                           batch_size=args.batch_size, resume=args.resume,
+                                           progress=err.isatty(), **options)
+        except KeyboardInterrupt:
+            err.write(f"{args.to_file} keeps the texts it finished; the same command with "
+                      f"--resume goes on from there\n")
+            raise
         if written.written:
             more = f" ({written.texts} in all)" if written.texts != written.written else ""
             err.write(f"wrote {_count(written.written, 'text')} to {args.to_file}{more}\n")

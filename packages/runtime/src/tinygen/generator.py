@@ -26,8 +26,8 @@ from .onnx_model import load_causal_lm
 from .processors import softmax
 from .prompts import Prompt, PromptEncoder, as_prompt, is_token_ids
 from .sampling import draw_seed
-from .text_file import (WrittenFile, model_identity, resume_point, save_settings, settings_path,
-                        text_options)
+from .text_file import (WrittenFile, lock_for_writing, model_identity, resume_point, save_settings,
+                        settings_path, text_options)
 from .tokenizer import TokenIds
 
 if TYPE_CHECKING:  # asyncio alone takes ~45 ms to import: only the async calls load it
@@ -304,6 +304,8 @@ class TextGenerator:
             raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
         if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
             raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
+        if seed is not None and not is_int(seed):  # the file records one: text i has seed + i
+            raise TinygenError(f"generate_to_file takes one seed (text i gets seed + i), got {seed!r}")
         path = as_path(path, "path", "the path of the file to write")
         # Everything that can be refused is, before the file is touched.
         if isinstance(self.model, _Closed):
@@ -326,31 +328,34 @@ class TextGenerator:
         if path.is_dir():
             raise TinygenError(f"{path} is a folder; give a file to write the texts to")
         check_parents(path)
-        if resume and path.exists():
-            try:
-                done, offset, found_base, recorded = resume_point(path, sidecar, settings, prompt_text)
-            except OSError as exc:
-                raise TinygenError(f"cannot read {exc.filename or path}: {exc.strerror}") from None
-            if done and not config.greedy and base is not None and found_base is not None and found_base != base:
-                raise TinygenError(f"{path} was started with seed {found_base}, not {base}; "
-                                   f"resume with the same settings, or choose a new file")
-            base = found_base if base is None else base
-            if done >= n:  # nothing to write; a batch a kill left half-written is cut off
-                if recorded and path.stat().st_size > offset:
-                    with open(path, "r+b") as f:
-                        f.truncate(offset)
-                return WrittenFile.of(path, 0, done)
-        elif path.exists() and path.stat().st_size:
+        if path.exists() and path.stat().st_size and not resume:
             raise TinygenError(f"{path} exists; pass resume=True to continue it, or choose a new file")
-        seeds = self._seed_sequence(base, n, config)
-        settings["seed"] = seeds[0]
-        bar = progress_bar(n) if progress else None
-        if bar:
-            bar.update(done)
-        written = 0
+        written, bar = 0, None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)  # as --save and the trainer's -o do
             with open(path, "ab") as f:
+                # Before its place is read: a second writer would go on from the same place.
+                lock_for_writing(f, path)
+                if f.seek(0, os.SEEK_END):
+                    try:
+                        done, offset, found_base, recorded = resume_point(path, sidecar, settings,
+                                                                          prompt_text)
+                    except OSError as exc:
+                        raise TinygenError(f"cannot read {exc.filename or path}: {exc.strerror}") from None
+                    if done and not config.greedy and base is not None and found_base is not None \
+                            and found_base != base:
+                        raise TinygenError(f"{path} was started with seed {found_base}, not {base}; "
+                                           f"resume with the same settings, or choose a new file")
+                    base = found_base if base is None else base
+                    if done >= n:  # nothing to write; a batch a kill left half-written is cut off
+                        if recorded and f.seek(0, os.SEEK_END) > offset:
+                            f.truncate(offset)
+                        return WrittenFile.of(path, 0, done)
+                seeds = self._seed_sequence(base, n, config)
+                settings["seed"] = seeds[0]
+                bar = progress_bar(n) if progress else None
+                if bar:
+                    bar.update(done)
                 if f.seek(0, os.SEEK_END) > offset:  # an unfinished batch, or a text cut short
                     f.truncate(offset)
                     f.seek(offset)

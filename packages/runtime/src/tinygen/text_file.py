@@ -5,7 +5,8 @@ it, PATH.tinygen.json records the settings the file was started with (model, pro
 context, options, first seed) and how many texts and bytes of it are complete, rewritten
 atomically after every synced batch. A resume takes its place from there, refuses
 other settings (the texts would be mixed), and never cuts a complete text; a file
-without the record (an older tinygen's) is resumed from its headers.
+without the record (an older tinygen's), or edited since, is resumed from its headers,
+whose seeds must follow each other. One process writes a file at a time (flock).
 """
 
 from __future__ import annotations
@@ -70,6 +71,23 @@ def model_identity(model_dir: Path, manifest: Manifest, replacements_json: dict)
     return f"{model_dir.resolve().name} {digest.hexdigest()[:16]}"
 
 
+def lock_for_writing(f, path: Path) -> None:
+    """Hold the texts' file `f` (open) for this process alone until it is closed: two writers
+    would each go on from the same place and write every seed twice. Advisory (flock), and
+    where the system has none (Windows) or the file system refuses it, not held."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TinygenError(f"{path} is being written by another process; wait for it to finish, "
+                           f"or choose a new file") from None
+    except OSError:  # e.g. a network file system without locks
+        return
+
+
 def save_settings(sidecar: Path, settings: dict, texts: int, size: int) -> None:
     data = {"format_version": SETTINGS_VERSION, **settings, "texts": texts, "bytes": size}
     text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
@@ -122,7 +140,10 @@ def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str
     cut short; past counted ones, a last text that may be whole."""
     saved = _load_settings(sidecar)
     size = path.stat().st_size
-    recorded = saved is not None and saved["bytes"] <= size
+    # The record holds where the file was when it was written; edited since (a text made
+    # longer or shorter by hand), its offset falls elsewhere than between two texts.
+    recorded = saved is not None and saved["bytes"] <= size and \
+        _between_texts(path, saved["bytes"], settings["delimiter"])
     if recorded:
         done, offset, first_seed = saved["texts"], saved["bytes"], saved.get("seed")
     else:
@@ -147,9 +168,21 @@ def resume_point(path: Path, sidecar: Path, settings: dict, prompt_text: str
     return done, offset, first_seed, recorded
 
 
+def _between_texts(path: Path, offset: int, delimiter: str) -> bool:
+    """Whether `offset` ends a text of the file (or starts it): a header or the end follows."""
+    if offset == 0:
+        return True
+    header = f"{delimiter} seed ".encode("utf-8")
+    with open(path, "rb") as f:
+        f.seek(offset - 1)
+        after = f.read(1 + len(header))
+    return after[:1] == b"\n" and (after[1:] in (b"", header) or header.startswith(after[1:]))
+
+
 def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int, int]:
     """(records in a generate_to_file file, the first record's seed, byte offset of the last
-    header, byte offset of the first record's text)."""
+    header, byte offset of the first record's text). Refuses seeds out of order: a text taken
+    out by hand would have the resume write a seed twice."""
     header = f"{delimiter} seed ".encode("utf-8")
     count, first_seed, last_offset, first_body, offset = 0, None, 0, 0, 0
     with open(path, "rb") as f:
@@ -160,6 +193,11 @@ def _scan_records(path: Path, delimiter: str) -> tuple[int, int | None, int, int
                     first_body = offset + len(line)
                     if value.isdigit():
                         first_seed = int(value)
+                elif first_seed is not None and value != str(first_seed + count):
+                    raise TinygenError(f"{path}: text {count + 1} has seed {value}, not "
+                                       f"{first_seed + count}: texts were taken out or moved by "
+                                       f"hand, so a resume would write some seeds twice; put "
+                                       f"them back in order, or choose a new file")
                 count, last_offset = count + 1, offset
             offset += len(line)
     return count, first_seed, last_offset, first_body
