@@ -86,3 +86,33 @@ def test_a_choice_of_digits_int_cannot_read_is_not_a_command(optimum_gpt2_dir):
                          io.StringIO("²\ne ²\n٢\nq\n"), out)
     assert out.getvalue().count("? [1-3] choose") == 2
     assert [r.choice for r in session.rounds] == [1]  # '٢' is an Arabic-Indic 2
+
+
+def test_a_saved_session_goes_on_and_is_never_written_over(optimum_gpt2_dir, tmp_path):
+    """Run again with --save, the session was replaced by an empty one; an edit cut off by the
+    end of input was kept as an empty text."""
+    import io
+
+    import pytest
+
+    from tinygen import TinygenError
+    from tinygen.curate import run_curate
+
+    gen, path = TextGenerator(optimum_gpt2_dir), tmp_path / "story.json"
+    options = {"max_new_tokens": 3}
+    first = run_curate(gen, "Once", 2, 1, options, str(path), io.StringIO("1\n2\n"), io.StringIO())
+    assert len(first.rounds) == 2
+    out = io.StringIO()
+    again = run_curate(gen, "Once", 2, 50, options, str(path), io.StringIO("1\ne 2\n"), out)
+    assert again.rounds[:2] == first.rounds and len(again.rounds) == 3  # the edit never came
+    assert out.getvalue().startswith(first.text + "\n")
+    saved = json.loads(path.read_text())
+    assert saved["text"] == again.text and len(saved["rounds"]) == 3
+    assert again.rounds[2].seeds == [50, 51]
+    with pytest.raises(TinygenError, match=r"holds a session started from another prompt \('Once'\)"):
+        run_curate(gen, "Twice", 2, 1, options, str(path), io.StringIO("q\n"), io.StringIO())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes", encoding="utf-8")
+    with pytest.raises(TinygenError, match="is not a curate session .* give another --save"):
+        run_curate(gen, "Once", 2, 1, options, str(notes), io.StringIO("q\n"), io.StringIO())
+    assert notes.read_text() == "my notes" and json.loads(path.read_text()) == saved

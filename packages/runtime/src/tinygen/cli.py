@@ -99,7 +99,9 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
 def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
     _add_sampling_arguments(p, prompt_from_stdin=False)  # stdin gives the choices
     p.add_argument("-k", type=int, default=3, help="continuations to choose from each round")
-    p.add_argument("--save", metavar="JSON", help="save the session (text, choices, seeds) here after every round")
+    p.add_argument("--save", metavar="JSON",
+                   help="save the session (text, choices, seeds) here after every round; a session "
+                        "saved there before goes on")
 
 
 class _Parser(ArgumentParser):

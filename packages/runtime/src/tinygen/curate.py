@@ -4,7 +4,8 @@
 
 Every round's candidates have their own seeds (consecutive from --seed), and the
 session file records the text, each choice and its seed after every round, so a
-session can be reviewed, and any candidate made again alone.
+session can be reviewed, and any candidate made again alone. Run again with the same
+prompt and --save, a session goes on from its last round.
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ class Session:
                 "rounds": [asdict(r) for r in self.rounds if r.choice is not None]}
         atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
+    @classmethod
+    def load(cls, path: Path) -> "Session":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            session = cls(data["prompt"], [Round(**r) for r in data["rounds"]])
+            ok = data.get("format_version") == 1 and isinstance(session.prompt, str) and all(
+                isinstance(r.text, str) and isinstance(r.choice, int) for r in session.rounds)
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise TinygenError(f"{path} is not a curate session (or it is damaged), and saving "
+                               f"would write over it; give another --save")
+        return session
+
 
 class Curator:
     def __init__(self, gen: TextGenerator, k: int, seed: int | None, options: dict):
@@ -83,10 +98,16 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
     curator = Curator(gen, k, seed, options)
     session = Session(prompt)
     path = Path(save) if save else None
+    if path and path.exists() and not path.is_dir():  # a session saved before: go on with it
+        session = Session.load(path)
+        if session.prompt != prompt:
+            raise TinygenError(f"{path} holds a session started from another prompt "
+                               f"({session.prompt[:60]!r}); give that prompt to go on with it, "
+                               f"or another --save")
     if path:  # a path that cannot be written fails now, not after the first choice
         session.save(path)
     pending = curator.candidates(session.text)
-    out.write(f"{prompt}\n")
+    out.write(f"{session.text}\n")
     while True:
         for i, candidate in enumerate(pending.candidates, 1):
             out.write(f"[{i}] {candidate!r}\n")
@@ -113,7 +134,10 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
             index = int(command[1:]) - 1
             out.write(f"new text for [{index + 1}]: ")
             out.flush()
-            pending.choice, pending.text, pending.edited = index, inp.readline().rstrip("\n"), True
+            edit = inp.readline()
+            if not edit:  # end of input: finish as with q, not with an empty edit kept
+                break
+            pending.choice, pending.text, pending.edited = index, edit.rstrip("\n"), True
         else:
             out.write(f"? {HELP.format(k=k)}\n")
             continue
