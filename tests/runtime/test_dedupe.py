@@ -54,6 +54,12 @@ def test_dedupe_against_the_training_token_cache(optimum_gpt2_dir, tmp_path):
     greedy = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
     assert len(greedy) == 0 and greedy.dropped[0][1].of is None
     assert "repeats the training data" in greedy.dropped[0][1].reason
+    # the cache encoded again (without the text) on the same path: the generator reads it anew
+    save_token_cache(tmp_path / "train.tokens", np.array([5, 6, 7, 9, 9, 8], dtype=np.uint16),
+                     np.array([6]), {"tokenizer_sha256": "x", "replacements_sha256": "y",
+                                     "vocab_size": gen.manifest.vocab_size, "eos_id": 0})
+    again = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
+    assert len(again) == 1 and again.dropped == []
 
 
 def test_a_cache_from_another_tokenizer_is_refused(optimum_gpt2_dir, tmp_path):

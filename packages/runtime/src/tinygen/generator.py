@@ -222,7 +222,11 @@ class TextGenerator:
         return self._ngram_index(as_path(against, "dedupe_against", "a token cache's path"), ngram)
 
     def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
-        key = (str(path), n)
+        try:  # a cache encoded again since is another corpus
+            stat = os.stat(path)
+            key = (str(path), n, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            key = (str(path), n)  # NgramIndex says what is wrong with it
         if key not in self._indexes:  # built once per corpus: it is the slow part
             self._indexes[key] = NgramIndex.from_token_cache(path, n, self.tokenizer.vocab_size)
         return self._indexes[key]
