@@ -111,6 +111,16 @@ def test_constructor_arguments_are_checked_by_name():
         TextGenerator(cuda_graphs="no")
 
 
+def test_an_empty_list_of_token_ids_is_an_empty_prompt():
+    """[[]] was 'a prompt must be a string or a list of token ids, got list'."""
+    gen = TextGenerator()
+    [empty_ids] = gen.generate([[]], seed=3, max_new_tokens=4)  # no ids: the start token alone
+    assert empty_ids.token_ids == gen.generate([gen.prompts.start_ids()], seed=3,
+                                               max_new_tokens=4)[0].token_ids
+    with pytest.raises(TinygenError, match="no prompts given"):
+        gen.generate([])
+
+
 def test_a_closed_generator_writes_no_file(tmp_path):
     gen = TextGenerator()
     gen.close()

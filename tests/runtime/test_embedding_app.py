@@ -169,8 +169,10 @@ def test_close_frees_the_model_and_later_calls_say_so():
         session = weakref.ref(gen.model.session)
     gc.collect()
     assert session() is None  # the onnxruntime session is gone with the block
+    # astream at the call, as it checks everything else there (not when iterated)
     for call in (lambda: gen.generate("Once", seed=1), lambda: list(gen.stream("Once")),
-                 lambda: gen.next_token_probs("Once"), lambda: gen.device):
+                 lambda: gen.astream("Once"), lambda: gen.next_token_probs("Once"),
+                 lambda: gen.device):
         with pytest.raises(TinygenError, match="this TextGenerator was closed; make a new one"):
             call()
     gen.close()  # again: nothing to do

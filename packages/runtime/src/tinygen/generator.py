@@ -240,6 +240,8 @@ class TextGenerator:
     def _one_text(self, method: str, prompt, seed, context, target, options: dict) -> tuple:
         """Everything `stream` and `astream` check at the call, done: the arguments of
         `_decoding` for their one text."""
+        if isinstance(self.model, _Closed):  # astream would say so only when iterated
+            raise TinygenError(CLOSED)
         for name in options:
             if name in _GENERATE_ONLY:
                 many = "agenerate" if method == "astream" else "generate"

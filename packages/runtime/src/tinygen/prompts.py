@@ -53,8 +53,8 @@ class PromptEncoder:
         vocab = self.manifest.vocab_size
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(check_utf8(prompt, "the prompt"))
-        elif is_token_ids(prompt):
-            ids = [int(i) for i in prompt]
+        elif is_token_ids(prompt) or (isinstance(prompt, (list, tuple)) and not prompt):
+            ids = [int(i) for i in prompt]  # no ids: start_ids(), below
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
