@@ -77,6 +77,11 @@ def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
     for name, value in (("chunk_size", 0), ("batch_size", True)):
         with pytest.raises(TinygenError, match=f"{name} must be an integer >= 1"):
             tray.generate("Hi", model=optimum_gpt2_dir, **{name: value})
+    # What an actor's generate refuses comes back as its one line, not a RayTaskError.
+    with pytest.raises(TinygenError) as refused:
+        tray.generate("Hi", model=optimum_gpt2_dir, n=2, exclude_ids=[10**9])
+    assert not isinstance(refused.value, ray.exceptions.RayTaskError)
+    assert str(refused.value).startswith("exclude_ids: token id 1000000000 is outside")
     # What each actor's TextGenerator would refuse, as an ActorDiedError of twenty lines.
     for options, message in (({"device": "gpu"}, "unknown device 'gpu'; choose one of: auto, cpu, cuda"),
                              ({"threads": 0}, "threads must be an integer >= 1, got 0"),
