@@ -524,6 +524,27 @@ def test_a_head_size_onnxruntimes_attention_cannot_take_goes_to_optimum(tiny_gpt
     assert len(TextGenerator(out).generate("Once", seed=1, max_new_tokens=4)[0].token_ids) == 4
 
 
+def test_a_llama_head_size_rotary_attention_cannot_take_goes_to_optimum(tiny_llama_dir, tmp_path):
+    """With rotary inside it, GroupQueryAttention needs heads of a multiple of 16: a Llama with
+    heads of 24 exported a fused graph that crashed onnxruntime at its check (and in tinygen)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama_dir, src)
+    config = LlamaConfig.from_pretrained(src)
+    config.hidden_size, config.num_attention_heads, config.num_key_value_heads = 96, 4, 2
+    config.head_dim = 24
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(src)
+    with pytest.raises(TinygenError, match="head size that is a multiple of 16; this model's is 24: "
+                                           "export with --graph optimum"):
+        run_export(ExportConfig(src=src, out=tmp_path / "fused", graph="fused"))
+    out = tmp_path / "auto"
+    run_export(ExportConfig(src=src, out=out))  # verified against transformers, as every export
+    assert load_manifest(out).kv_cache == "concat"  # optimum's
+    assert len(TextGenerator(out).generate("Once", seed=1, max_new_tokens=4)[0].token_ids) == 4
+
+
 def test_a_configuration_without_a_fused_graph_takes_the_optimum_one(tiny_gpt2_dir, tmp_path):
     """relu GPT-2 (like gelu Llama or a dynamic rope) has no fused graph: the default export
     refused; now it says so and exports the optimum graph, which matches transformers."""

@@ -13,9 +13,9 @@ from tinygen.manifest import Manifest
 from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
 from .contract import base_manifest, check_graph
-from .fused import check_fused_graph, export_fused, kv_int8, supports_fused
+from .fused import check_fused_graph, export_fused, head_size_multiple, kv_int8, supports_fused
 from .fused.float16 import convert_to_float16
-from .fused.graph import GQA_HEAD_SIZE_MULTIPLE, NoFusedGraph
+from .fused.graph import NoFusedGraph
 from .fused.quantize import INT8_BLOCK_SIZE, quantize_nbits
 from .noise import library_noise_dropped
 from .onnx_export import MODEL_FILE as ONNX_FILE
@@ -136,10 +136,11 @@ def _graph_kind(config: ExportConfig, source: SourceModel, manifest: Manifest) -
     arch = source.architecture
     if config.graph == "fused" and not supports_fused(arch):
         raise TinygenError(f"no fused graph for '{arch}' models; export with --graph optimum")
-    odd_heads = manifest.head_size % GQA_HEAD_SIZE_MULTIPLE != 0
+    multiple = head_size_multiple(arch)
+    odd_heads = manifest.head_size % multiple != 0
     if config.graph == "fused" and odd_heads:
         raise TinygenError(f"the fused graph needs a head size that is a multiple of "
-                           f"{GQA_HEAD_SIZE_MULTIPLE}; this model's is {manifest.head_size}: "
+                           f"{multiple}; this model's is {manifest.head_size}: "
                            f"export with --graph optimum")
     kind = config.graph or ("fused" if supports_fused(arch) and not odd_heads else "optimum")
     fused_only = _fused_only_options(config)
@@ -147,8 +148,7 @@ def _graph_kind(config: ExportConfig, source: SourceModel, manifest: Manifest) -
         if not supports_fused(arch):
             hint = f"'{arch}' models have none"
         elif odd_heads:  # not "drop --graph optimum": that would not help
-            hint = (f"this model's head size, {manifest.head_size}, is not a multiple of "
-                    f"{GQA_HEAD_SIZE_MULTIPLE}")
+            hint = f"this model's head size, {manifest.head_size}, is not a multiple of {multiple}"
         else:
             hint = "drop --graph optimum"
         raise TinygenError(f"{fused_only[0]} needs the fused graph; {hint}")

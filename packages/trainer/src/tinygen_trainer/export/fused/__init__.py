@@ -15,7 +15,8 @@ from tinygen.manifest import Manifest
 
 from ..contract import GraphSignature, check_kv_shape
 from . import gpt2, llama
-from .graph import INPUT_IDS, LOGITS, PAST, POSITION_IDS, PRESENT, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from .graph import (GQA_HEAD_SIZE_MULTIPLE, GQA_ROTARY_HEAD_SIZE_MULTIPLE, INPUT_IDS, LOGITS, PAST,
+                    POSITION_IDS, PRESENT, SEQLENS_K, TOTAL_SEQUENCE_LENGTH)
 
 # transformers model_type -> builder(model) -> DecoderGraph
 BUILDERS = {"gpt2": gpt2.build, "llama": llama.build}
@@ -23,6 +24,11 @@ BUILDERS = {"gpt2": gpt2.build, "llama": llama.build}
 
 def supports_fused(architecture: str) -> bool:
     return architecture in BUILDERS
+
+
+def head_size_multiple(architecture: str) -> int:
+    """What the fused graph's head size must be a multiple of (GroupQueryAttention's rule)."""
+    return GQA_ROTARY_HEAD_SIZE_MULTIPLE if architecture == "llama" else GQA_HEAD_SIZE_MULTIPLE
 
 
 def export_fused(model, manifest: Manifest, dest: Path) -> Manifest:

@@ -43,8 +43,10 @@ PAST = "past_key_values.{layer}.{kind}"
 PRESENT = "present.{layer}.{kind}"
 
 
-# onnxruntime's GroupQueryAttention, the fused graph's attention, takes only such head sizes.
+# onnxruntime's GroupQueryAttention, the fused graph's attention, takes only head sizes that
+# are a multiple of 8, and of 16 where it also turns the keys (rotary: Llama's graph).
 GQA_HEAD_SIZE_MULTIPLE = 8
+GQA_ROTARY_HEAD_SIZE_MULTIPLE = 16
 
 
 class NoFusedGraph(TinygenError):
