@@ -315,3 +315,29 @@ def test_a_model_with_damaged_weights_says_so(model_copy):
         assert code == 2 and err.splitlines()[-1] == (
             "tinygen: error: the model's next-token scores are not numbers (NaN or infinite "
             "logits): its weights are damaged or its export is broken; export it again")
+
+
+@pytest.mark.parametrize("model", ["optimum", "fused"])
+def test_a_graph_onnxruntime_cannot_run_is_one_line(model, optimum_gpt2_dir, exported_gpt2_dir,
+                                                    tmp_path):
+    """A graph that loads but fails in its first run (a kernel's rule the export broke: heads
+    of 24 under rotary) raised onnxruntime's own error: a traceback in the CLI."""
+    folder = {"optimum": optimum_gpt2_dir, "fused": exported_gpt2_dir}[model]
+    gen = TextGenerator(folder)
+
+    class Refusing:
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run_with_iobinding(self, *args):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : head_size shall be a multiple "
+                               "of 16.\n  at GroupQueryAttention")
+    gen.model.session = Refusing(gen.model.session)
+    with pytest.raises(TinygenError) as info:
+        gen.generate("Once", seed=1, max_new_tokens=3)
+    assert str(info.value) == ("onnxruntime could not run the model ([ONNXRuntimeError] : 1 : FAIL "
+                               ": head_size shall be a multiple of 16.); if its export is broken, "
+                               "export it again")

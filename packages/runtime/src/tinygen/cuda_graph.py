@@ -27,6 +27,8 @@ import weakref
 import numpy as np
 import onnxruntime as ort
 
+from .onnx_model import run_bound
+
 UNCAPTURED = "-1"  # gpu_graph_id of a run onnxruntime must neither record nor replay
 MAX_GRAPHS = 4  # batch sizes a model records (each keeps a batch's KV buffers for good)
 
@@ -76,5 +78,5 @@ class DecodeGraph:
         """Copy the step's inputs into the fixed buffers, replay; the logits (batch, vocab)."""
         for name, array in host_inputs.items():
             self.inputs[name].update_inplace(array)
-        session.run_with_iobinding(self.binding, self.options)
+        run_bound(session, self.binding, self.options)
         return self.logits.numpy()[:, 0, :]

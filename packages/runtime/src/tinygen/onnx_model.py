@@ -172,7 +172,7 @@ class OnnxCausalLM:
                             logits.ctypes.data)
         for name in self._present_names:
             binding.bind_output(name, self.device)
-        self.session.run_with_iobinding(binding)
+        run_bound(self.session, binding)
         present = binding.get_outputs()[1:]
         return logits.astype(np.float32, copy=False), present
 
@@ -210,6 +210,17 @@ class OnnxCausalLM:
             arrays.append(np.ascontiguousarray(joined[:, :, start:]))
         cache = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
         return logits[:, -1, :], cache, mask
+
+
+def run_bound(session: ort.InferenceSession, binding, options=None) -> None:
+    """session.run_with_iobinding, a failure said in one line: a graph onnxruntime loads but
+    cannot run (a kernel's rule the export broke, a device out of memory) raised its own error,
+    a traceback in the CLI."""
+    try:
+        session.run_with_iobinding(binding, options)
+    except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException...
+        raise ModelFormatError(f"onnxruntime could not run the model ({first_line(exc)}); if "
+                               f"its export is broken, export it again") from None
 
 
 def check_graph_fits(path: Path, m: Manifest, inputs: dict, outputs: list, fed: list) -> None:

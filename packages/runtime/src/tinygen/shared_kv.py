@@ -30,7 +30,7 @@ from .cuda_graph import MAX_GRAPHS, UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
 from .graph_limits import check_window_fits
 from .manifest import Manifest
-from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask
+from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask, run_bound
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
@@ -272,9 +272,9 @@ class SharedKVCausalLM(OnnxCausalLM):
                 cache.binding.bind_ortvalue_input(name, value)
             if self._serial is not None:
                 with self._serial:
-                    self.session.run_with_iobinding(cache.binding, self._uncaptured)
+                    run_bound(self.session, cache.binding, self._uncaptured)
                 return
-        self.session.run_with_iobinding(cache.binding, self._uncaptured)
+        run_bound(self.session, cache.binding, self._uncaptured)
 
     def restart_rows(self, cache: SharedKVCache, mask: np.ndarray, rows: list[int],
                      input_ids: np.ndarray, new_mask: np.ndarray, position_ids: np.ndarray
