@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -454,6 +455,20 @@ def test_an_output_directory_holding_the_source_is_refused(tiny_gpt2_dir, tmp_pa
     with pytest.raises(TinygenError, match="must not contain the source"):
         run_export(ExportConfig(src=src, out=out))
     assert (src / "config.json").is_file()
+
+
+def test_the_current_folder_as_output_is_refused_before_any_work(tiny_gpt2_dir, tmp_path,
+                                                                 monkeypatch, capsys):
+    """`tinygen-train export SRC .` did the whole export, then could not move it into place."""
+    here = tmp_path / "d"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here / "sub")
+    for out in (".", "./", ".."):
+        assert main(["export", str(tiny_gpt2_dir), out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tinygen-train: error: {Path(out)} is the current folder or holds it, and an "
+                              f"export replaces its output folder whole; give a folder inside it"), err
+    assert sorted(p.name for p in here.rglob("*")) == ["sub"]
 
 
 def test_slow_tokenizer_files_become_tokenizer_json(tiny_gpt2_dir, tmp_path):

@@ -45,6 +45,10 @@ def check_output_dir(out: Path, src: Path) -> None:
     resolved = out.resolve()
     if src.resolve() == resolved or resolved in src.resolve().parents:
         raise TinygenError(f"{out}: the output directory must not contain the source model")
+    here = Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:  # found out only after the whole export
+        raise TinygenError(f"{out} is the current folder or holds it, and an export replaces its "
+                           f"output folder whole; give a folder inside it, e.g. {out / 'model'}")
     if out.is_dir() and (out / MANIFEST_NAME).is_file():
         others = sorted(p.name for p in out.iterdir()
                         if p.name not in _export_files(out) and not p.name.startswith("."))
