@@ -471,6 +471,15 @@ def test_the_current_folder_as_output_is_refused_before_any_work(tiny_gpt2_dir, 
     assert sorted(p.name for p in here.rglob("*")) == ["sub"]
 
 
+def test_a_broken_tokenizer_is_named_where_it_is(tiny_gpt2_dir, tmp_path):
+    """It was named as its copy in the export's staging folder, deleted by then."""
+    src = _copy_without(tiny_gpt2_dir, tmp_path / "src")
+    (src / "tokenizer.json").write_text('{"x": 1}')
+    with pytest.raises(TinygenError) as info:
+        run_export(ExportConfig(src=src, out=tmp_path / "out"))
+    assert str(info.value).startswith(f"{src / 'tokenizer.json'}: not a loadable tokenizers file (")
+
+
 def test_slow_tokenizer_files_become_tokenizer_json(tiny_gpt2_dir, tmp_path):
     from tokenizers import Tokenizer
 

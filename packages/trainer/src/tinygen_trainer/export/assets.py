@@ -29,6 +29,7 @@ def write_tokenizer(src: Path, dest_dir: Path) -> Path:
     """Copy or build `dest_dir/tokenizer.json`; check that `tokenizers` can load it."""
     dest = dest_dir / TOKENIZER_FILE
     if (src / TOKENIZER_FILE).is_file() and not _sets_special_tokens(src):
+        load_tokenizer(src / TOKENIZER_FILE)  # a bad one named where it is, not as its copy
         shutil.copyfile(src / TOKENIZER_FILE, dest)
     elif (src / TOKENIZER_FILE).is_file() or \
             any((src / name).is_file() for name in SLOW_TOKENIZER_FILES):
