@@ -112,6 +112,9 @@ def test_only_the_known_noise_is_dropped_and_only_during_the_export():
     try:
         with library_noise_dropped():
             logger.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+            logger.warning("You are using the default legacy behaviour of the <class 'transformers."
+                           "models.llama.tokenization_llama_fast.LlamaTokenizerFast'>. This is "
+                           "expected, and simply means ...")  # a Mistral source's tokenizer
             logger.warning("Some weights of GPT2LMHeadModel were not initialized")  # actionable
         logger.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
     finally:

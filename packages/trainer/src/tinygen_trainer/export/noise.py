@@ -21,6 +21,8 @@ NOISE = re.compile("|".join([
     r"\t[\w.]+: (\{.*\}|set\(\))",
     # Tracing reads the model's training loss; an export never trains.
     r"`loss_type=None` was set in the config but it is unrecognized",
+    # A Llama-family tokenizer loaded to write tokenizer.json: it tokenizes as it always did.
+    r"You are using the default legacy behaviour of the ",
 ]))
 
 
