@@ -118,9 +118,9 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
             if chunk is not None:
                 pool.submit(run, chunk)
             results.extend(Completion(*fields) for fields in done)
-    except ray.exceptions.RayTaskError as exc:
+    except Exception as exc:
         # What an actor's generator refused (an excluded id outside the vocabulary...): its one
-        # line, not Ray's traceback around it.
+        # line, not the RayTaskError with the actor's traceback around it.
         if isinstance(getattr(exc, "cause", None), TinygenError):
             raise TinygenError(str(exc.cause)) from None
         raise
