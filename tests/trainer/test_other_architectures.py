@@ -3,7 +3,10 @@ config.json as transformers reads it, and one optimum cannot export is one line.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from tinygen.manifest import load_manifest
 from tinygen_trainer.cli import main
@@ -55,5 +58,22 @@ def test_a_model_without_a_context_window_says_so(tiny_model, tmp_path, capsys):
         "--block-size" not in err, err
     assert main(["export", str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot tell the model's shape: no context window " \
-        "(max_position_embeddings) in it" in err, err
+    assert err.count("\n") == 1 and "no context window (max_position_embeddings) in it, as in " \
+        "models whose positions are not embedded (ALiBi: Bloom, MPT); set max_position_embeddings " \
+        "there to the longest text to run" in err, err
+    # as it says: with a window set, it exports
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    assert main(["export", str(src), str(tmp_path / "out")]) == 0
+
+
+def test_a_model_without_attention_says_tinygen_runs_transformers():
+    """Mamba was refused as having 'no number of attention heads'."""
+    from tinygen.errors import ModelFormatError
+    from tinygen.manifest import manifest_from_hf_config
+
+    with pytest.raises(ModelFormatError) as info:
+        manifest_from_hf_config({"model_type": "mamba", "num_hidden_layers": 2, "hidden_size": 64,
+                                 "vocab_size": 100})
+    assert str(info.value) == ("config.json: a 'mamba' model has no attention heads, so no KV "
+                               "cache for tinygen to run it with; tinygen runs transformer decoders")

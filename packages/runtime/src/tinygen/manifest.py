@@ -212,8 +212,15 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
     shape = {"model_type": arch, "number of layers": layers, "number of attention heads": heads,
              "hidden size": hidden, "context window (max_position_embeddings)": window}
     missing = [what for what, value in shape.items() if not value]
-    if missing:
+    if missing and layers and not heads:  # Mamba, RWKV: a state, not attention over a cache
+        raise ModelFormatError(f"{source}: a '{arch}' model has no attention heads, so no KV cache "
+                               f"for tinygen to run it with; tinygen runs transformer decoders")
+    if missing == ["context window (max_position_embeddings)"]:
         # ALiBi models (bloom, mpt) have no window in their config: positions are not embedded.
+        raise ModelFormatError(f"{source}: no context window (max_position_embeddings) in it, as "
+                               f"in models whose positions are not embedded (ALiBi: Bloom, MPT); "
+                               f"set max_position_embeddings there to the longest text to run")
+    if missing:
         raise ModelFormatError(f"{source}: cannot tell the model's shape: no {missing[0]} in it "
                                f"(tinygen runs models whose config gives model_type, layers, "
                                f"heads, hidden size and context window)")

@@ -240,7 +240,8 @@ def model_window(hf_config: Any) -> int:
     raise TinygenError(
         f"cannot tell the model's context window from its config.json (no n_positions or "
         f"max_position_embeddings: an ALiBi model such as {getattr(hf_config, 'model_type', '?')}?); "
-        f"tinygen's export and runtime need one, so they cannot run this model")
+        f"tinygen's export and runtime need one: set max_position_embeddings there to the "
+        f"longest text to run")
 
 
 def _sampler(config: TrainConfig, dataset: TokenDataset, source: DataSource, block_size: int,
