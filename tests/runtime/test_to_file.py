@@ -9,7 +9,6 @@ import pytest
 
 from tinygen import TextGenerator, TinygenError
 from tinygen.cli import main
-from tinygen.manifest import Manifest, load_manifest
 
 HEADER = re.compile(r"^=+ seed (\d+)$", re.M)
 
@@ -22,30 +21,6 @@ def run(argv):
 
 def seeds_in(path):
     return [int(s) for s in HEADER.findall(path.read_text())]
-
-
-@pytest.fixture(scope="module")
-def fields_model(tiny_gpt2_dir, tmp_path_factory):
-    """The tiny GPT-2, its tokenizer given the field tokens <|title|> and <|body|>, with fields.json."""
-    from optimum.exporters.onnx import main_export
-    from tokenizers import AddedToken, Tokenizer
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    src = tmp_path_factory.mktemp("fields-src") / "model"
-    shutil.copytree(tiny_gpt2_dir, src)
-    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
-    tok.add_special_tokens([AddedToken("<|title|>", special=True), AddedToken("<|body|>", special=True)])
-    tok.save(str(src / "tokenizer.json"))
-    PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), eos_token="<|endoftext|>",
-                            bos_token="<|endoftext|>").save_pretrained(src)
-    model = GPT2LMHeadModel.from_pretrained(src)
-    model.resize_token_embeddings(tok.get_vocab_size(with_added_tokens=True))
-    model.save_pretrained(src)
-    out = tmp_path_factory.mktemp("fields-model")
-    main_export(str(src), output=str(out), task="text-generation-with-past")
-    (out / "fields.json").write_text(json.dumps({"format_version": 1, "names": ["title", "body"]}))
-    Manifest.from_json({**load_manifest(out).to_json(), "fields_file": "fields.json"}).save(out)
-    return out
 
 
 # -- 1. context conditioning into a file -------------------------------------------

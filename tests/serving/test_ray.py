@@ -60,6 +60,24 @@ def test_numpy_counts_and_seeds_as_text_generator_takes_them(cluster, gpt2_gen, 
     assert listed.token_ids == want[1].token_ids
 
 
+def test_context_conditions_every_text_as_text_generator_does(cluster, fields_model, optimum_gpt2_dir):
+    from tinygen import TextGenerator
+
+    options = dict(context={"title": "Rain"}, max_new_tokens=8)
+    texts = tray.generate("It", model=fields_model, n=3, seed=4, num_workers=2, chunk_size=2,
+                          batch_size=2, **options)
+    want = TextGenerator(fields_model).generate("It", n=3, seed=4, **options)
+    assert [(t.seed, t.token_ids, t.finish_reason) for t in texts] == \
+        [(w.seed, w.token_ids, w.finish_reason) for w in want]
+    # Refused in the driver, as TextGenerator refuses them.
+    with pytest.raises(TinygenError, match="no fields.json"):
+        tray.generate("It", model=optimum_gpt2_dir, **options)
+    with pytest.raises(TinygenError, match="target needs a context"):
+        tray.generate("It", model=fields_model, target="body")
+    with pytest.raises(TinygenError, match="the prompt is the start of the target field: one string"):
+        tray.generate(["It", "So"], model=fields_model, **options)
+
+
 def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
     with pytest.raises(TinygenError, match="n must be"):
         tray.generate("Hi", model=optimum_gpt2_dir, n=0)

@@ -52,6 +52,25 @@ def model_folder(model: str | os.PathLike | None) -> Path:
     return as_path(model, "model", "a model folder's path (or None for the embedded model)")
 
 
+def with_context(prompt, context: dict | None, target: str | None, fields: FieldSchema | None,
+                 model_dir: Path):
+    """The prompt with the `context` fields written in before it, for a model trained on
+    records with `fields` (its fields.json); the prompt as it is without a context."""
+    if context is None:
+        if target is not None:
+            raise TinygenError("target needs a context (the fields to condition on)")
+        return prompt
+    if fields is None:
+        raise TinygenError(f"{model_dir} was not trained on records with fields "
+                           f"(no fields.json); context needs such a model")
+    if not isinstance(context, dict):
+        raise TinygenError("context must be a dict of field name to value")
+    if not isinstance(prompt, str):
+        raise TinygenError("with a context, the prompt is the start of the target field: one string")
+    head, _ = fields.prompt(context, target)
+    return head + prompt
+
+
 def embedded_model_dir() -> Path:
     """The tiny model shipped by the tinygen-tinymodel package."""
     try:
@@ -401,19 +420,8 @@ class TextGenerator:
 
     def _conditioned(self, prompt, context, target) -> tuple:
         """The prompt with its context fields written in, and the field tokens that end the text."""
-        if context is None:
-            if target is not None:
-                raise TinygenError("target needs a context (the fields to condition on)")
-            return prompt, ()
-        if self.fields is None:
-            raise TinygenError(f"{self.model_dir} was not trained on records with fields "
-                               f"(no fields.json); context needs such a model")
-        if not isinstance(context, dict):
-            raise TinygenError("context must be a dict of field name to value")
-        if not isinstance(prompt, str):
-            raise TinygenError("with a context, the prompt is the start of the target field: one string")
-        head, _ = self.fields.prompt(context, target)
-        return head + prompt, self._field_token_ids()
+        conditioned = with_context(prompt, context, target, self.fields, self.model_dir)
+        return conditioned, self._field_token_ids() if context is not None else ()
 
     def _field_token_ids(self) -> tuple[int, ...]:
         """The ids of the field tokens (<|title|>, ...): fields.json must match the tokenizer and model."""

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from .config import GenerationConfig, is_number, plain
 from .decoding import Completion, check_room
 from .errors import TinygenError
-from .generator import TextGenerator, _check_count, model_folder
+from .fields import FieldSchema
+from .generator import TextGenerator, _check_count, model_folder, with_context
 from .manifest import load_manifest
 from .onnx_model import check_device_name
-from .prompts import Prompt, PromptEncoder
+from .prompts import Prompt, PromptEncoder, as_prompt
 
 
 def _ray():
@@ -53,7 +55,11 @@ class _Worker:
         self.generator = TextGenerator(model, device=device, threads=threads)
 
     def generate(self, prompts: list, seeds: list, batch_size: int, options: dict) -> list[tuple]:
-        texts = self.generator.generate(prompts, n=1, seed=seeds, batch_size=batch_size, **options)
+        if "context" in options:  # one prompt, the text's start: the generator writes the fields in
+            texts = self.generator.generate(prompts[0], n=len(seeds), seed=seeds,
+                                            batch_size=batch_size, **options)
+        else:
+            texts = self.generator.generate(prompts, n=1, seed=seeds, batch_size=batch_size, **options)
         # Plain tuples: Completion (a str subclass with extra fields) does not pickle as itself.
         return [(str(t), t.seed, t.token_ids, t.finish_reason, t.token_probs) for t in texts]
 
@@ -61,15 +67,17 @@ class _Worker:
 def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | None = None, n: int = 1,
              seed: int | Sequence[int] | None = None, num_workers: int = 2, batch_size: int = 16,
              chunk_size: int | None = None, device: str = "cpu", threads: int | None = None,
-             cpus_per_worker: float = 1, **options: Any) -> list[Completion]:
+             cpus_per_worker: float = 1, context: dict | None = None, target: str | None = None,
+             **options: Any) -> list[Completion]:
     """TextGenerator.generate over Ray: `n` texts per prompt, in prompt order.
 
     Needs a running Ray (ray.init()). num_workers actors each load the model (a path
     every node can read); chunk_size sequences (default batch_size) go to an actor at a
     time, decoded batch_size at once; options are GenerationConfig's. On the CPU each actor
     runs onnxruntime on `threads` threads, by default the CPUs Ray gives it
-    (cpus_per_worker, at least 1). Each result is a Completion whose `.seed` remakes it with
-    TextGenerator alone.
+    (cpus_per_worker, at least 1). context and target condition a model trained on records
+    with fields, as in TextGenerator.generate. Each result is a Completion whose `.seed`
+    remakes it with TextGenerator alone.
     """
     ray = _ray()
     # numpy scalars (a seed from a Generator) as Python values, as TextGenerator.generate takes them
@@ -82,7 +90,11 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     config = GenerationConfig().merged(**manifest.generation).merged(**options)
     # Encoded here, so a bad prompt (too long, an id outside the vocabulary) is refused before
     # any actor starts, where it would come back as a RayTaskError; actors get token ids.
-    prompts = PromptEncoder.load(model_dir, manifest).encode(prompt)
+    fields = FieldSchema.load(Path(model_dir) / manifest.fields_file) \
+        if context is not None and manifest.fields_file else None
+    prompt = as_prompt(prompt)
+    conditioned = with_context(prompt, context, target, fields, Path(model_dir))
+    prompts = PromptEncoder.load(model_dir, manifest).encode(conditioned)
     check_room(config, prompts, manifest.context_window)
     for name, value in (("n", n), ("num_workers", num_workers), ("batch_size", batch_size),
                         ("chunk_size", batch_size if chunk_size is None else chunk_size)):
@@ -96,6 +108,8 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
     # Chunks are made as they are handed out, as TextGenerator.generate makes its batches:
     # every row and seed listed up front (and ActorPool.map submits them all at once) did not
     # fit in memory for a huge n, before the first text.
+    if context is not None:  # actors condition the prompt themselves, and end at a field token
+        prompts, options = [prompt], {**options, "context": context, "target": target}
     chunks = (([prompts[i // n] for i in range(start, min(start + size, total))],
                seeds[start:start + size]) for start in range(0, total, size))
     worker = ray.remote(num_cpus=cpus_per_worker)(_Worker)
