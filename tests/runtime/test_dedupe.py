@@ -62,6 +62,30 @@ def test_dedupe_against_the_training_token_cache(optimum_gpt2_dir, tmp_path):
     assert len(again) == 1 and again.dropped == []
 
 
+def test_a_cache_rewritten_to_the_same_size_and_time_is_read_anew(optimum_gpt2_dir, tmp_path):
+    """Size and modification time alone would keep the old corpus's index (a copy that kept
+    its times, `cp -p`, `rsync -t`)."""
+    import os
+
+    from tinygen.token_cache import save_token_cache
+
+    gen = TextGenerator(optimum_gpt2_dir)
+    [copied] = gen.generate("Once", do_sample=False, max_new_tokens=24)
+    info = {"tokenizer_sha256": "x", "replacements_sha256": "y", "vocab_size": gen.manifest.vocab_size,
+            "eos_id": 0}
+    tokens = np.array([5, 6, 7, *copied.token_ids, 9, 9], dtype=np.uint16)
+    cache = save_token_cache(tmp_path / "train.tokens", tokens, np.array([len(tokens)]), info,
+                             compress=False)
+    before = os.stat(cache)
+    greedy = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
+    assert len(greedy) == 0
+    save_token_cache(cache, np.full_like(tokens, 9), np.array([len(tokens)]), info, compress=False)
+    os.utime(cache, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(cache).st_size == before.st_size
+    again = gen.generate("Once", do_sample=False, max_new_tokens=24, dedupe=0.5, dedupe_against=cache)
+    assert len(again) == 1 and again.dropped == []
+
+
 def test_a_cache_from_another_tokenizer_is_refused(optimum_gpt2_dir, tmp_path):
     """Its ids are another tokenizer's: no n-gram would match, and nothing would say why."""
     from tinygen.token_cache import save_token_cache

@@ -241,9 +241,10 @@ class TextGenerator:
         return self._ngram_index(as_path(against, "dedupe_against", "a token cache's path"), ngram)
 
     def _ngram_index(self, path: str | os.PathLike, n: int) -> NgramIndex:
-        try:  # a cache encoded again since is another corpus
+        try:  # a cache encoded again since is another corpus: a new file (inode), or a
+            # change time no copy (cp -p) can set back
             stat = os.stat(path)
-            key = (str(path), n, stat.st_size, stat.st_mtime_ns)
+            key = (str(path), n, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         except OSError:
             key = (str(path), n)  # NgramIndex says what is wrong with it
         if key not in self._indexes:  # built once per corpus: it is the slow part
