@@ -142,6 +142,18 @@ def test_the_api_key_by_message_or_header(gpt2_gen, serve_on_loopback):
             assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "api_key": "k3y"})[-1]["type"] == "done"
 
 
+def test_an_api_key_with_a_lone_surrogate_is_a_wrong_key(gpt2_gen, serve_on_loopback):
+    """JSON's "\\udce9" has no UTF-8: comparing it to the key raised, and the socket dropped
+    with no reply."""
+    with serve_on_loopback(gpt2_gen, ServerSettings(api_key="k3y")) as (url, _):
+        with ws_client.connect(url.replace("http://", "ws://") + "/v1/stream") as ws:
+            ws.send('{"prompt": "Hi", "api_key": "\\udce9"}')
+            assert receive(ws)["error"]["code"] == "invalid_api_key"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            assert ws.close_code == 1008
+
+
 def test_min_tokens_errors_name_the_parameters_as_sent(served, gpt2_gen):
     """Without max_tokens, min_tokens past the default length came back in the library's
     names (min_new_tokens ... max_new_tokens) with param null."""

@@ -66,8 +66,10 @@ class Server:
         given = [token.strip()] if scheme.lower() == "bearer" else []
         if isinstance(supplied, str):
             given.append(supplied)
-        # Every one compared, so the time taken does not tell which was tried.
-        if not sum(hmac.compare_digest(g.encode(), key.encode()) for g in given):
+        # Every one compared, so the time taken does not tell which was tried. surrogatepass:
+        # a message's api_key may hold JSON's "\udce9", which is a wrong key, not a crash.
+        if not sum(hmac.compare_digest(g.encode("utf-8", "surrogatepass"), key.encode())
+                   for g in given):
             how = ("put it in the message's api_key field (the playground's key box), or send "
                    "'Authorization: Bearer <key>'" if socket else "send 'Authorization: Bearer <key>'")
             raise ApiError(401, f"missing or incorrect API key: {how}", code="invalid_api_key")
