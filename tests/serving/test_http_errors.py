@@ -95,6 +95,16 @@ def test_missing_and_unknown_models(served, call):
                      f"model must be a string, got {json.dumps(wrong)}", param="model")
 
 
+def test_a_null_prompt_is_the_default_one(served, call):
+    """As null is for every other parameter; it was a 400 (prompt must be a string ...)."""
+    url, model = served
+    body = {"model": model, "max_tokens": 3, "seed": 5}
+    status, _, left_out = call("POST", f"{url}/v1/completions", body)
+    null_status, _, null = call("POST", f"{url}/v1/completions", {**body, "prompt": None})
+    assert status == null_status == 200, null
+    assert null["choices"][0]["text"] == left_out["choices"][0]["text"]
+
+
 def test_values_are_shown_as_sent(served, call):
     """In JSON's spelling, not Python's: true not True, "yes" not 'yes'; long ones cut short."""
     url, model = served

@@ -172,7 +172,8 @@ def parse_completion(body: dict, settings: ServerSettings, model_id: str, vocab_
     echo = p.bool("echo", False)
     if echo and logprobs is not None:
         raise ApiError(400, "echo with logprobs is not supported", param="echo", code="unsupported_parameter")
-    prompt = _prompt(body.get("prompt", ""), single=socket)
+    # null is the default here too, as for every other parameter: the empty prompt.
+    prompt = _prompt("" if body.get("prompt") is None else body["prompt"], single=socket)
     # Text i gets seed + i and reports it: the last of them must be a seed this API takes back.
     rows = n * (len(prompt) if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) else 1)
     if rows > settings.max_batch:  # refused before a prompt is tokenized
