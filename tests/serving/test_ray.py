@@ -85,6 +85,9 @@ def test_bad_arguments_are_tinygen_errors(cluster, optimum_gpt2_dir):
         tray.generate("Hi", model=" ")  # not "." (the current folder) as ".: no tinygen.json"
     with pytest.raises(TinygenError, match="unknown generation option 'tempreature'"):
         tray.generate("Hi", model=optimum_gpt2_dir, tempreature=1)
+    for name, value in (("dedupe", 0.5), ("progress", True), ("dedupe_against", "x.tokens")):
+        with pytest.raises(TinygenError, match=f"tinygen.ray.generate takes no {name} \\(TextGenerator"):
+            tray.generate("Hi", model=optimum_gpt2_dir, **{name: value})
     # checked in the driver, before an actor starts (from an actor they come as a RayTaskError)
     with pytest.raises(TinygenError, match="token id 99999 is outside the vocabulary") as refused:
         tray.generate([5, 99999], model=optimum_gpt2_dir)
@@ -118,6 +121,8 @@ def test_a_bad_deployment_is_refused_when_built(tmp_path):
         tray.deployment(device="gpu")
     with pytest.raises(TinygenError, match="model must be a model folder's path .* got an empty string"):
         tray.deployment("")
+    with pytest.raises(TinygenError, match="settings must be a tinygen.serving.ServerSettings .*got dict"):
+        tray.deployment(settings={"api_key": "k"})
 
 
 def test_a_missing_ray_or_ray_serve_says_what_to_install(monkeypatch):

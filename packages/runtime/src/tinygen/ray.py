@@ -85,6 +85,10 @@ def generate(prompt: Prompt | Sequence[Prompt] = "", model: str | os.PathLike | 
         n, seed, num_workers, batch_size, chunk_size, threads, cpus_per_worker))
     if not ray.is_initialized():
         raise TinygenError("Ray is not running here: call ray.init() (or ray.init(address=...)) first")
+    for name in ("progress", "dedupe", "dedupe_ngram", "dedupe_against"):
+        if name in options:  # GenerationConfig would call it unknown, which TextGenerator knows
+            raise TinygenError(f"tinygen.ray.generate takes no {name} (TextGenerator.generate's "
+                               f"own, over one process's texts); leave it out")
     model_dir = os.fspath(model_folder(model))
     manifest = load_manifest(model_dir)
     config = GenerationConfig().merged(**manifest.generation).merged(**options)
@@ -193,6 +197,9 @@ def deployment(model: str | os.PathLike | None = None, settings=None, device: st
     model_dir = os.fspath(model_folder(model))
     load_manifest(model_dir)  # a bad folder: one line here, not a failed deployment later
     _check_worker_options(device, threads)
+    if settings is not None and not isinstance(settings, ServerSettings):
+        raise TinygenError(f"settings must be a tinygen.serving.ServerSettings (ServerSettings(api_key=..., "
+                           f"max_batch=...)), got {type(settings).__name__}")
     settings = (settings or ServerSettings()).validated()
     app = serve.deployment(serve.ingress()(_ServeReplica), name=name, **deployment_options)
     return app.bind(model_dir, settings, device, threads)
