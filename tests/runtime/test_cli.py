@@ -132,6 +132,13 @@ def test_context_flags_need_a_model_with_fields(optimum_gpt2_dir):
     assert code == 2 and "--context takes FIELD=VALUE" in err
 
 
+def test_a_context_field_given_twice_is_refused_not_overwritten():
+    """The second --context keywords=... silently replaced the first."""
+    assert run(["It", "--context", "keywords=wet", "--context", "keywords=grey"]) == (
+        2, "", "tinygen: error: --context gives the field 'keywords' twice; give it once (a value "
+               "with commas is a list: keywords=a,b)\n")
+
+
 def test_help_shows_each_default_once_and_only_where_it_tells_something():
     from tinygen.cli import build_parser
     from tinygen_trainer.cli import build_parser as build_train_parser
@@ -148,6 +155,11 @@ def test_help_shows_each_default_once_and_only_where_it_tells_something():
     (["Hi", "--bogus"], "tinygen generate: error: unrecognized arguments: --bogus (see tinygen generate --help)"),
     (["Hi", "--max-new-tokens", "abc"], "tinygen generate: error: argument --max-new-tokens: invalid int value: 'abc'"),
     (["next"], "tinygen next: error: the following arguments are required: prompt"),
+    # Unquoted words were only "unrecognized arguments: upon a time".
+    (["Once", "upon", "a", "time"],
+     "tinygen generate: error: unrecognized arguments: upon a time; a prompt of several words goes "
+     "in quotes, as one argument: \"Once upon a time\" (see tinygen generate --help)"),
+    (["info", "Hi"], "tinygen info: error: unrecognized arguments: Hi (see tinygen info --help)"),
 ])
 def test_usage_errors_are_one_line_naming_the_command(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -434,3 +446,26 @@ def test_sample_and_no_stop_override_the_models_settings(optimum_gpt2_dir, tmp_p
         str(gen.generate("Once", seed=2, max_new_tokens=12, do_sample=True)[0])
     with pytest.raises(SystemExit):  # argparse's usage error: one or the other
         run([*args, "--greedy", "--sample"])
+
+
+def test_curate_with_stdin_closed_is_one_line(monkeypatch):
+    """`tinygen curate "Hi" <&-`: Python's sys.stdin is None, which readline failed on."""
+    monkeypatch.setattr("sys.stdin", None)
+    assert run(["curate", "Hi", "-k", "2"]) == (
+        2, "", "tinygen: error: curate reads your choices from stdin, which is closed; run it on a "
+               "terminal, or pipe the choices in\n")
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout read by `| head -c 4`, which leaves after the prompt: every write after it fails."""
+
+    def write(self, text):
+        if self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_stream_piped_to_head_still_reports_its_seed(optimum_gpt2_dir):
+    argv = ["Once", "--model", str(optimum_gpt2_dir), "--seed", "9"]
+    code, out, err = run(argv, out=_ClosedPipe())
+    assert code == 0 and out == "Once" and err == "seed: 9\n"

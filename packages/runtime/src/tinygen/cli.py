@@ -115,7 +115,15 @@ class _Parser(ArgumentParser):
         if _Parser.dashed is not None:
             message += f"; a prompt that starts with '-' goes after '--', behind the options: " \
                        f"{_Parser.dashed}"
+        elif message.startswith("unrecognized arguments: ") and self.prog.split()[-1] in PROMPTED \
+                and not message.split(": ", 1)[1].startswith("-"):
+            # `tinygen Once upon a time` said only "unrecognized arguments: upon a time".
+            message += ("; a prompt of several words goes in quotes, as one argument: "
+                        "\"Once upon a time\"")
         super().error(message)
+
+
+PROMPTED = ("generate", "next", "curate")  # the commands that take a prompt
 
 
 def _dashed_prompt(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
@@ -279,9 +287,11 @@ def run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.write(_coloured(piece) if args.show_probs and tty else piece)
                 out.flush()
         finally:  # also when interrupted: the line ends, and the seed remakes the text
-            out.write("\n")
-            if stream.seed is not None:
-                err.write(f"seed: {stream.seed}\n")
+            try:
+                out.write("\n")
+            finally:  # also when the reader left (`| head`): the seed of what it saw
+                if stream.seed is not None:
+                    err.write(f"seed: {stream.seed}\n")
         return 0
     if args.dedupe is None:
         return _print_as_made(gen, args, options, shown_prompt, out, err)
@@ -348,6 +358,9 @@ def _count(n: int, noun: str) -> str:
 def run_curate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .curate import run_curate as curate
 
+    if sys.stdin is None:  # started with `<&-`: readline would fail on None, after the model loads
+        raise TinygenError("curate reads your choices from stdin, which is closed; run it on a "
+                           "terminal, or pipe the choices in")
     session = curate(_generator(args), args.prompt, args.k, args.seed, _options(args), args.save,
                      sys.stdin, out)
     if args.save:
@@ -366,6 +379,9 @@ def _context(args: argparse.Namespace) -> dict | None:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise TinygenError(f"--context takes FIELD=VALUE, got {item!r}")
+        if name in context:  # the last would silently replace the others
+            raise TinygenError(f"--context gives the field {name!r} twice; give it once (a value "
+                               f"with commas is a list: {name}=a,b)")
         context[name] = [v.strip() for v in value.split(",")] if "," in value else value
     return context
 
