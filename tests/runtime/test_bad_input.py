@@ -151,6 +151,13 @@ def test_bad_generation_options(optimum_gpt2_dir, options, message):
     (lambda gen: gen.generate(5), "a prompt must be .* got int"),
     (lambda gen: gen.next_token_probs(["a", "b"]), "next_token_probs takes one prompt"),
     (lambda gen: gen.stream(["a", "b"]), "stream takes one prompt"),
+    # A number was "stream takes one prompt ..., not a list of prompts"; ids not all ints were
+    # "a list of prompts" too, or "a prompt must be ... a list of token ids, got list".
+    (lambda gen: gen.stream(5), "^a prompt must be a string or a list of token ids, got int$"),
+    (lambda gen: gen.next_token_probs(5),
+     "^a prompt must be a string or a list of token ids, got int$"),
+    (lambda gen: gen.stream([1.5]), "^token ids must be integers, got 1.5$"),
+    (lambda gen: gen.generate([[1, True]]), "^token ids must be integers, got True$"),
 ])
 def test_prompts_that_are_not_text_are_refused_by_name(optimum_gpt2_dir, call, message):
     """Bytes that were not UTF-8 reach Python as lone surrogates, which the tokenizer refuses

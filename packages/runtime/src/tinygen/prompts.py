@@ -35,18 +35,20 @@ class PromptEncoder:
         """One prompt or a list of them -> token ids per prompt. single: the name of a method
         that takes one prompt only, for the error that refuses a list."""
         prompt = as_prompt(prompt)
-        if isinstance(prompt, str) or is_token_ids(prompt):
-            prompts = [prompt]
+        if isinstance(prompt, str) or is_token_ids(prompt) or _other_ids(prompt):
+            prompts = [prompt]  # ids that are not all integers: _encode_one names the first
+        elif not isinstance(prompt, (list, tuple)):
+            # bytes would iterate as ints, a number not at all
+            kinds = "a string or a list of token ids" if single else \
+                "a string, a list of token ids or a list of prompts"
+            raise TinygenError(f"a prompt must be {kinds}, got {type(prompt).__name__}")
         elif single:
             raise TinygenError(f"{single} takes one prompt (a string or a list of token ids), "
                                f"not a list of prompts")
-        elif isinstance(prompt, (list, tuple)):
+        else:
             prompts = list(prompt)
             if not prompts:
                 raise TinygenError("no prompts given")
-        else:  # bytes would iterate as ints, a number not at all
-            raise TinygenError(f"a prompt must be a string, a list of token ids or a list of "
-                               f"prompts, got {type(prompt).__name__}")
         return [self._encode_one(p) for p in prompts]
 
     def _encode_one(self, prompt) -> list[int]:
@@ -58,6 +60,9 @@ class PromptEncoder:
             bad = [i for i in ids if not 0 <= i < vocab]
             if bad:
                 raise TinygenError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        elif _other_ids(prompt):  # [1.5] was "a prompt must be ... a list of token ids, got list"
+            bad = next(i for i in prompt if not (isinstance(i, int) and not isinstance(i, bool)))
+            raise TinygenError(f"token ids must be integers, got {bad!r}")
         else:
             raise TinygenError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not ids:
@@ -86,3 +91,9 @@ def as_prompt(value):
 def is_token_ids(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and \
         all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def _other_ids(value) -> bool:
+    """Numbers meant as token ids, one of them no int ([1.5], [1, True]): no list of prompts."""
+    return isinstance(value, (list, tuple)) and len(value) > 0 and not is_token_ids(value) and \
+        all(isinstance(i, (int, float)) for i in value)
