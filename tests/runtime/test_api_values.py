@@ -25,6 +25,18 @@ def test_a_switch_takes_true_or_false_only(gen, name, value):
         gen.generate("Hi", max_new_tokens=2, **{name: value})
 
 
+@pytest.mark.parametrize("value", ["no", 1])
+def test_resume_and_progress_take_true_or_false_only(gen, tmp_path, value):
+    """resume="no" is truthy: it resumed; progress="no" showed the bar."""
+    target = tmp_path / "t.txt"
+    for name in ("resume", "progress"):
+        with pytest.raises(TinygenError, match=f"^{name} must be True or False, got {value!r}$"):
+            gen.generate_to_file(target, "Hi", max_new_tokens=2, **{name: value})
+    with pytest.raises(TinygenError, match=f"^progress must be True or False, got {value!r}$"):
+        gen.generate("Hi", max_new_tokens=2, progress=value)
+    assert not target.exists()
+
+
 def test_numpy_switches_are_the_bools_they_hold(gen):
     assert gen.generate("Hi", max_new_tokens=4, do_sample=np.bool_(False)) == \
         gen.generate("Hi", max_new_tokens=4, do_sample=False)

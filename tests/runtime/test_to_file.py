@@ -258,6 +258,17 @@ def test_a_folder_is_one_line(optimum_gpt2_dir, tmp_path):
         assert code == 2 and err == f"tinygen: error: {tmp_path} is a folder; give a file to write the texts to\n"
 
 
+def test_a_folder_where_the_settings_go_is_one_line_and_no_file_is_made(optimum_gpt2_dir, tmp_path):
+    """It was 'PATH.tinygen.json is a folder; give the path of the file to write', which names
+    a path the user never gave, and came after an empty PATH was made."""
+    target = tmp_path / "texts.txt"
+    (tmp_path / "texts.txt.tinygen.json").mkdir()
+    code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--to-file", str(target)])
+    assert code == 2 and err == (f"tinygen: error: {target}.tinygen.json, where the settings of "
+                                 f"{target} go, is a folder; move it, or choose a new file\n")
+    assert not target.exists()
+
+
 def test_texts_written_inside_the_model_folder_resume(optimum_gpt2_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(optimum_gpt2_dir, model)

@@ -195,6 +195,7 @@ class TextGenerator:
         check_room(config, prompts, self.manifest.context_window)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
+        _check_flag("progress", progress)
         # Checked (and the training-data index built) before decoding, not after it.
         reference = self._dedupe_reference(dedupe, dedupe_ngram, dedupe_against)
         # Rows and seeds are made batch by batch: a list of them all would not fit in memory
@@ -326,6 +327,8 @@ class TextGenerator:
         n, batch_size, seed, prompt = plain(n), plain(batch_size), plain(seed), as_prompt(prompt)
         _check_count("n", n)
         _check_count("batch_size", batch_size)
+        _check_flag("resume", resume)
+        _check_flag("progress", progress)
         if not (isinstance(prompt, str) or is_token_ids(prompt)):
             raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
         if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
@@ -353,6 +356,10 @@ class TextGenerator:
         done, offset, base = 0, 0, seed
         if path.is_dir():
             raise TinygenError(f"{path} is a folder; give a file to write the texts to")
+        # Else found after the file was made, by a message naming the sidecar alone.
+        if sidecar.is_dir():
+            raise TinygenError(f"{sidecar}, where the settings of {path} go, is a folder; move it, "
+                               f"or choose a new file")
         check_parents(path)
         if path.exists() and path.stat().st_size and not resume:
             raise TinygenError(f"{path} exists; pass resume=True to continue it, or choose a new file")
@@ -559,6 +566,11 @@ def _count(n: int, noun: str) -> str:
 def _check_count(name: str, value) -> None:
     if not is_int(value) or value < 1:
         raise TinygenError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(plain(value), bool):  # "no" is truthy: resume="no" resumed
+        raise TinygenError(f"{name} must be True or False, got {value!r}")
 
 
 def progress_bar(total: int):
