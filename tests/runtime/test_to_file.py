@@ -108,14 +108,9 @@ def test_resume_refuses_other_settings(optimum_gpt2_dir, tmp_path, change, messa
     assert target.read_text() == whole
 
 
-def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, tmp_path, monkeypatch):
-    gen = TextGenerator(optimum_gpt2_dir)
-    target = tmp_path / "t.txt"
-    whole_file = tmp_path / "whole.txt"
-    gen.generate_to_file(whole_file, "Hi", n=5, seed=20, batch_size=2, max_new_tokens=6)
-
-    real = TextGenerator.generate
-    calls = []
+def interrupt_the_second_batch(monkeypatch) -> None:
+    """Ctrl-C during the second batch: TextGenerator.generate raises on its second call."""
+    real, calls = TextGenerator.generate, []
 
     def dies_on_the_second_batch(self, *args, **kwargs):
         calls.append(1)
@@ -124,9 +119,18 @@ def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, 
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(TextGenerator, "generate", dies_on_the_second_batch)
+
+
+def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, tmp_path, monkeypatch):
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    whole_file = tmp_path / "whole.txt"
+    gen.generate_to_file(whole_file, "Hi", n=5, seed=20, batch_size=2, max_new_tokens=6)
+
+    interrupt_the_second_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         gen.generate_to_file(target, "Hi", n=5, seed=20, batch_size=2, max_new_tokens=6)
-    monkeypatch.setattr(TextGenerator, "generate", real)
+    monkeypatch.undo()
     assert seeds_in(target) == [20, 21]
     result = gen.generate_to_file(target, "Hi", n=5, batch_size=2, max_new_tokens=6, resume=True)
     assert result == target and result.written == 3 and result.texts == 5
@@ -135,14 +139,7 @@ def test_an_interrupted_run_resumes_and_reports_what_it_wrote(optimum_gpt2_dir, 
 
 def test_an_interrupted_cli_run_says_how_to_go_on(optimum_gpt2_dir, tmp_path, monkeypatch):
     target = tmp_path / "t.txt"
-    real, calls = TextGenerator.generate, []
-
-    def dies_on_the_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-    monkeypatch.setattr(TextGenerator, "generate", dies_on_the_second_batch)
+    interrupt_the_second_batch(monkeypatch)
     code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4", "-n", "4",
                         "--batch-size", "2", "--seed", "3", "--to-file", str(target)])
     assert code == 130 and seeds_in(target) == [3, 4]
