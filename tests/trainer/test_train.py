@@ -503,3 +503,21 @@ def test_an_output_inside_a_corpus_folder_is_refused(tmp_path, corpus, tokenizer
                                            f"{folder}, where later runs would read it as text; "
                                            f"write it outside that folder\n")
     assert not out.exists()
+
+
+def test_a_tensorboard_folder_inside_a_corpus_folder_is_refused(tmp_path, corpus, tokenizer,
+                                                                capsys):
+    """TensorBoard's event files written into the corpus folder joined the corpus, so --resume
+    refused the run ('... was added to the corpus since it was written')."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(corpus, folder)
+    logs = folder / "tb"
+    argv = ["train", str(folder), "--steps", "2", "--preset", "cpu-tiny", "--tokenizer",
+            str(tokenizer), "-o", str(tmp_path / "run"), "--tensorboard", str(logs),
+            "--block-size", "32", "--batch-size", "2", "--quiet"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"tinygen-train: error: {logs} is inside the corpus folder "
+                                       f"{folder}, where later runs would read it as text; "
+                                       f"write it outside that folder\n")
+    assert not logs.exists() and not (tmp_path / "run").exists()

@@ -152,11 +152,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         phases = load_phases(args.phases, args.field)
     else:
         data = _sources(args)
-    # Checkpoints written into a corpus folder join the corpus: the resume then refuses it.
+    # Checkpoints (or TensorBoard's event files) written into a corpus folder join the corpus:
+    # the resume then refuses it.
     corpora = [source.path for source in data] + [s.path for p in phases for s in p.data]
     if args.eval_data is not None:
         corpora.append(args.eval_data)
-    refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], [args.output])
+    outputs = [args.output] + ([args.tensorboard] if args.tensorboard is not None else [])
+    refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], outputs)
     return TrainConfig(
         output_dir=args.output, data=data, phases=phases, model=args.model, preset=args.preset,
         tokenizer=args.tokenizer, replacements=args.replacements, eos_token=args.eos_token,
