@@ -373,6 +373,46 @@ def test_bad_held_out_text_is_one_line_before_training(tmp_path, corpus, records
           data=(records,), eval_fraction=0.97, block_size=64)
 
 
+def test_held_out_text_that_is_a_training_corpus_under_another_name_is_refused(
+        tmp_path, corpus, records, tokenizer, held):
+    """The corpus's token cache trained on with the corpus itself as --eval-data (or a copy of
+    it) was scored as held-out text: the path differs, the text is the one trained on."""
+    encoder = Encoder.load(tokenizer)
+    cache = TokenDataset.from_path(corpus, encoder, progress=False).save(
+        tmp_path / "train.tokens", encoder)
+    copy = tmp_path / "copy.txt"
+    shutil.copy(corpus, copy)
+    for data, eval_data, trained in (((cache,), corpus, cache), ((corpus,), cache, corpus),
+                                     ((records, corpus), copy, corpus)):
+        with pytest.raises(TinygenError) as info:
+            Trainer.from_config(tiny(tmp_path, corpus, tokenizer, data=data, eval_data=eval_data))
+        assert str(info.value) == (
+            f"--eval-data {eval_data} holds the same text as the training corpus {trained}, so "
+            f"it is not held out; give other text, or hold out part of the corpora with "
+            f"--eval-fraction")
+        assert not (tmp_path / "out").exists()
+    # other text beside the cache still evaluates
+    Trainer.from_config(tiny(tmp_path, corpus, tokenizer, data=(cache,), eval_data=held))
+
+
+def test_held_out_text_read_by_a_training_folder_is_refused(tmp_path, corpus, tokenizer, held):
+    """`train data --eval-data data/holdout.txt` (or a held-out folder holding the corpus)
+    trained on the held-out text and scored it as held out."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(corpus, folder / "train.txt")
+    shutil.copy(held, folder / "holdout.txt")
+    for data, eval_data, shared in (((folder,), folder / "holdout.txt", "holdout.txt"),
+                                    ((folder / "train.txt",), folder, "train.txt")):
+        with pytest.raises(TinygenError) as info:
+            tiny(tmp_path, corpus, tokenizer, data=data, eval_data=eval_data)
+        assert str(info.value) == (
+            f"--eval-data {eval_data} and the training corpora both read "
+            f"{(folder / shared).resolve()}, so its text is not held out; give other text, or "
+            f"hold out part of the corpora with --eval-fraction")
+    tiny(tmp_path, corpus, tokenizer, data=(folder / "train.txt",), eval_data=held)  # apart: fine
+
+
 def test_cli_flags_and_final_line(tmp_path, corpus, tokenizer, held, capsys):
     base = ["train", str(corpus), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
             "--block-size", "32", "--batch-size", "4", "--steps", "2", "--checkpoint-every", "0",

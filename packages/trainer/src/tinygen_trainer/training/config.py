@@ -6,6 +6,7 @@ validates again. Paths may be given as str and are stored as Path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from tinygen.errors import TinygenError
 
-from ..data.sources import ERRORS
+from ..data.sources import ERRORS, corpus_files
 from .presets import PRESETS
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -249,6 +250,11 @@ class TrainConfig:
             raise TinygenError(f"--eval-data {self.eval_data.path} is also a training corpus, so "
                                f"its text is not held out; give other text, or hold out part of "
                                f"the corpora with --eval-fraction")
+        shared = self.eval_data and _shared_file(self.eval_data.path, self.data_paths()[:-1])
+        if shared:
+            raise TinygenError(f"--eval-data {self.eval_data.path} and the training corpora both "
+                               f"read {shared}, so its text is not held out; give other text, or "
+                               f"hold out part of the corpora with --eval-fraction")
         if self.eval_data is None and fraction is None:
             for flag, value in (("--eval-every", self.eval_every or None),
                                 ("--eval-batches", batches)):
@@ -304,6 +310,18 @@ class TrainConfig:
         held_out = [self.eval_data.path] if self.eval_data is not None else []
         return [d.path for d in self.data] + [d.path for phase in self.phases for d in phase.data] \
             + held_out
+
+
+def _shared_file(held: Path, trained: list[Path]) -> Path | None:
+    """A file both the held-out text and a corpus read (`data/` trained on, `data/holdout.txt`
+    held out, or the other way round); paths not there yet are the data loader's to report."""
+    def files(path: Path) -> set[Path]:
+        with contextlib.suppress(TinygenError):
+            return {f.resolve() for f in corpus_files(path)}
+        return set()
+
+    held_files = files(Path(held))
+    return next((f for path in trained for f in sorted(files(Path(path)) & held_files)), None)
 
 
 def _as_tuple(value: Any) -> tuple:

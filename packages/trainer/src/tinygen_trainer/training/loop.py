@@ -132,6 +132,7 @@ class Trainer:
                     phases, held_out = cls.make_data(config, encoder, block_size, plan.pad_id)
                     evaluation = Evaluation.build(config, encoder, block_size, plan.pad_id,
                                                   held_out)
+                _check_held_out_apart(config, phases, evaluation)
                 if state is not None:
                     _check_same_held_out(checkpoint, state, evaluation)
             except Exception as exc:
@@ -632,6 +633,26 @@ def _check_same_held_out(checkpoint: Path, state: dict[str, Any],
     if recorded is not None and evaluation is not None and recorded != evaluation.fingerprint():
         raise TinygenError(f"cannot resume {checkpoint}: its run held out other text than this "
                            f"one would; keep the options or start a new --output")
+
+
+def _check_held_out_apart(config: TrainConfig, phases: list[PhaseRun],
+                          evaluation: Evaluation | None) -> None:
+    """--eval-data with the very tokens of a training corpus (the text of a token cache trained
+    on, or a copy of the corpus) scores text the model trains on: no held-out figure at all.
+    The same path is refused with the options; this catches the same text under another."""
+    if config.eval_data is None or evaluation is None:
+        return
+    held = evaluation.rows.dataset
+    samplers = [phase.sampler for phase in phases]
+    while samplers:
+        sampler = samplers.pop()
+        samplers += getattr(sampler, "samplers", [])  # a blend's corpora
+        trained = getattr(sampler, "dataset", None)  # a teacher cache's blocks have none
+        if isinstance(trained, TokenDataset) and trained.num_tokens == held.num_tokens \
+                and np.array_equal(trained.tokens, held.tokens):
+            raise TinygenError(f"--eval-data {config.eval_data.path} holds the same text as the "
+                               f"training corpus {trained.name}, so it is not held out; give "
+                               f"other text, or hold out part of the corpora with --eval-fraction")
 
 
 def _check_steps_left(config: TrainConfig, checkpoint: Path, done: int) -> None:
