@@ -96,3 +96,49 @@ def test_misplaced_folders_say_what_they_are(exported_gpt2_dir, tiny_gpt2_dir, t
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert capsys.readouterr().err == f"tinygen-train: error: {message}\n", argv
+
+
+def test_a_model_file_given_for_its_folder_names_the_folder(exported_gpt2_dir, tiny_gpt2_dir,
+                                                            tmp_path, capsys):
+    """--model or --teacher given the weights (model.safetensors, model.onnx) said 'folder not
+    found' of a path that is there."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 20, encoding="utf-8")
+    tok = str(tiny_gpt2_dir / "tokenizer.json")
+    weights, onnx = tiny_gpt2_dir / "model.safetensors", exported_gpt2_dir / "model.onnx"
+    cases = [
+        (["train", str(corpus), "--model", str(weights), "-o", str(tmp_path / "a"), "--quiet"],
+         f"--model {weights} is a file; give the model's folder, {tiny_gpt2_dir}"),
+        (["teacher-cache", str(corpus), "--teacher", str(weights), "-o", str(tmp_path / "b")],
+         f"--teacher {weights} is a file; give the model's folder, {tiny_gpt2_dir}"),
+        (["distill", str(corpus), "--teacher", str(onnx), "--teacher-texts", "2", "--preset",
+          "cpu-tiny", "--tokenizer", tok, "-o", str(tmp_path / "c"), "--quiet"],
+         f"--teacher {onnx} is a file; give the exported model's folder, {exported_gpt2_dir}"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err == f"tinygen-train: error: {message}\n", argv
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_run_or_an_export_given_to_finetune_says_what_it_is(exported_gpt2_dir, tmp_path,
+                                                              capsys):
+    """--model given a run still training (checkpoints, no model yet) or an export asked for
+    its tokenizer ('has no tokenizer.json; pass --tokenizer FILE'), which would not help."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 20, encoding="utf-8")
+    unfinished = tmp_path / "run"
+    (unfinished / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (unfinished / "metrics.jsonl").touch()
+    cases = [
+        (unfinished, f"{unfinished}: a training run that did not finish (no model saved yet); "
+                     f"finish it with --resume, or give one of its checkpoints "
+                     f"({unfinished / 'checkpoints'}/step-N)"),
+        (exported_gpt2_dir, f"{exported_gpt2_dir} is an exported tinygen model; give the "
+                            f"transformers folder it was exported from"),
+    ]
+    for model, message in cases:
+        argv = ["train", str(corpus), "--model", str(model), "-o", str(tmp_path / "out"), "--quiet"]
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"tinygen-train: error: {message}\n"
+    assert not (tmp_path / "out").exists()

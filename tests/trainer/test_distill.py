@@ -449,6 +449,32 @@ def test_one_step_distill_scores_then_trains(monkeypatch, tmp_path):
     assert config.data == (DataSource(corpus, weight=3.0), DataSource(request.output))
 
 
+def test_a_run_trained_on_its_cache_keeps_the_cache_as_it_is(tiny_gpt2_dir, teacher_corpus,
+                                                              tmp_path, capsys):
+    """A resume with another --teacher-blocks (or none: the whole corpus), or the command again
+    without --resume, scored more blocks into the run's cache (hours, on a real teacher) before
+    the refusal, which then named cache.json as 'changed' and left the run to be rescored."""
+    out = tmp_path / "student"
+    cache = out / "teacher-cache"
+    base = ["distill", str(teacher_corpus), "--teacher", str(tiny_gpt2_dir), "--preset",
+            "cpu-tiny", "--tokenizer", str(tiny_gpt2_dir / "tokenizer.json"), "-o", str(out),
+            "--block-size", str(BLOCK), "--top-k", str(TOP_K), "--batch-size", "2",
+            "--checkpoint-every", "1", "--quiet"]
+    assert main([*base, "--steps", "2", "--teacher-blocks", "6"]) == 0
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    capsys.readouterr()
+    for extra, message in (
+            (["--teacher-blocks", "12", "--resume"], f"{cache} holds the 6 blocks a run trained "
+                                                     f"on; resume it with --teacher-blocks 6"),
+            (["--resume"], f"{cache} holds the 6 blocks a run trained on"),
+            (["--teacher-blocks", "6"], f"{out} already has checkpoints; pass --resume")):
+        assert main([*base, "--steps", "3", *extra]) == 2
+        assert capsys.readouterr().err.startswith(f"tinygen-train: error: {message}")
+        assert {p.name: p.read_bytes() for p in cache.iterdir()} == before  # nothing rescored
+    assert main([*base, "--steps", "3", "--teacher-blocks", "6", "--resume"]) == 0
+    assert [m["step"] for m in read_metrics(out) if "loss" in m][-1] == 3
+
+
 @pytest.mark.parametrize("kind, extra, message", [
     ("texts", ["--kd-weight", "0.5"], "--kd-weight is for logit distillation"),
     ("texts", ["--teacher-cache", "cache"], "--teacher-cache is for logit distillation"),

@@ -134,3 +134,22 @@ def test_an_output_inside_the_corpus_folder_is_refused(tiny_gpt2_dir, corpus, tm
                  "--block-size", "16", "--quiet"]) == 2
     assert "is inside the corpus folder" in one_line_error(capsys)
     assert not out.exists()
+
+
+def test_an_output_holding_other_files_is_refused(tiny_gpt2_dir, corpus, tmp_path, capsys):
+    """-o the teacher's own folder (or any folder of the user's) got cache.json and shards
+    among its files; an empty folder, or a cache there, is still taken."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_gpt2_dir, teacher)
+    before = sorted(p.name for p in teacher.iterdir())
+    argv = [str(corpus), "--teacher", str(teacher), "--block-size", "16", "--teacher-blocks", "4",
+            "--top-k", "4", "--quiet"]
+    assert main(["teacher-cache", *argv, "-o", str(teacher)]) == 2
+    assert one_line_error(capsys) == (f"tinygen-train: error: -o {teacher} holds config.json and "
+                                      f"more and no teacher cache; choose a new or empty folder")
+    assert sorted(p.name for p in teacher.iterdir()) == before
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    for _ in range(2):  # made there, then continued there
+        assert main(["teacher-cache", *argv, "-o", str(empty)]) == 0
+        assert TeacherCache.open(empty).complete

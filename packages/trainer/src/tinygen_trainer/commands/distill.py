@@ -14,6 +14,7 @@ Every `train` option applies (steps, batch size, checkpoints, --resume, ...).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _logits(args: argparse.Namespace) -> int:
     from ..distill import DistillConfig, cache_teacher, distill
+    from ..training.checkpoint import latest_checkpoint
     from ..training.config import TrainConfig
     from ..training.distributed import before_training_once
 
@@ -118,6 +120,14 @@ def _logits(args: argparse.Namespace) -> int:
                            temperature=args.temperature,
                            teacher_embeddings=args.teacher_embeddings)
     if request is not None:
+        # A run with checkpoints trained on the cache as it is: scoring more (or fewer) blocks,
+        # or any run but its resume, would change its rows after hours of scoring.
+        trained = latest_checkpoint(args.output) is not None
+        if trained and not config.resume:
+            raise TinygenError(f"{args.output} already has checkpoints; pass --resume to continue "
+                               f"that run, or choose another --output")
+        request = dataclasses.replace(request, resizable=not trained)
+
         def score() -> None:
             if not cache_teacher(request).complete:
                 raise TinygenError(f"{cache} is incomplete; run the command again to finish it")

@@ -45,6 +45,9 @@ def teacher_texts(request: TextsRequest, progress: bool = True) -> Path:
         raise TinygenError(f"--teacher-texts must be >= 1, got {request.count}")
     if request.max_new_tokens < 1:  # the runtime would name its own max_new_tokens, not the flag
         raise TinygenError(f"--text-tokens must be >= 1, got {request.max_new_tokens}")
+    if request.teacher.is_file():  # model.onnx, say
+        raise TinygenError(f"--teacher {request.teacher} is a file; give the exported model's "
+                           f"folder, {request.teacher.parent}")
     if not request.teacher.is_dir():  # "export it first" would send the user after a typo
         raise TinygenError(f"--teacher {request.teacher}: folder not found")
     if not (request.teacher / "tinygen.json").is_file():

@@ -16,7 +16,8 @@ from ..data.encoder import Encoder
 from ..training.config import TrainConfig
 from ..export.source import check_model_folder, load_causal_lm
 from ..training.setup import build_encoder, load_hf_config, model_window
-from .teacher_cache import TeacherCache, build_teacher_cache, teacher_fingerprint, torch_scorer
+from .teacher_cache import (MANIFEST, TeacherCache, build_teacher_cache, teacher_fingerprint,
+                            torch_scorer)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class CacheRequest:
     max_minutes: float | None = None  # stop after this long; run again to continue
     field: str | None = None
     progress: bool = True
+    resizable: bool = True  # False: a run trained on the cache, so num_blocks must stay its own
 
 
 def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Encoder:
@@ -63,6 +65,9 @@ def load_corpus(corpora: Sequence[Path], encoder: Encoder, field: str | None = N
 
 def check_teacher(teacher: Path):
     """The teacher's transformers config, once its folder is known to load (cheap)."""
+    if teacher.is_file():  # its weights or config, say
+        raise TinygenError(f"--teacher {teacher} is a file; give the model's folder, "
+                           f"{teacher.parent}")
     if not teacher.is_dir():
         raise TinygenError(f"--teacher {teacher}: folder not found")
     if not (teacher / "config.json").is_file() and (teacher / "tinygen.json").is_file():
@@ -92,6 +97,14 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
     if request.output.exists() and not request.output.is_dir():  # mkdir's traceback, after the work
         raise TinygenError(f"-o {request.output} is a file; a teacher cache is a folder: choose "
                            f"another -o")
+    # Shards written among other files (the teacher's own folder, given as -o by a slip) mix
+    # a cache into what the folder was; only a cache there is continued.
+    others = sorted(p.name for p in request.output.iterdir() if not p.name.startswith(".")) \
+        if request.output.is_dir() and not (request.output / MANIFEST).is_file() else []
+    if others:
+        more = " and more" if len(others) > 1 else ""
+        raise TinygenError(f"-o {request.output} holds {others[0]}{more} and no teacher cache; "
+                           f"choose a new or empty folder")
     check_parents(request.output)
     window = model_window(config)
     if request.block_size > window:
@@ -110,7 +123,7 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
             request.output, dataset, encoder, teacher_fingerprint(request.teacher),
             torch_scorer(model, request.top_k), request.block_size, request.top_k, request.seed,
             request.num_blocks, batch_size=request.batch_size, max_minutes=request.max_minutes,
-            progress=bar)
+            progress=bar, resizable=request.resizable)
     finally:  # on Ctrl-C too: closed at exit instead, it redrew itself after 'interrupted'
         if bar is not None:
             bar.close()

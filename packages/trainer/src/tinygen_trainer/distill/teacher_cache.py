@@ -235,12 +235,14 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
                         teacher_id: str, score: Scorer, block_size: int, top_k: int,
                         seed: int, num_blocks: int | None = None, blocks_per_shard: int = 64,
                         batch_size: int = 4, max_minutes: float | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> TeacherCache:
+                        progress: Callable[[int, int], None] | None = None,
+                        resizable: bool = True) -> TeacherCache:
     """Score the planned blocks with `score`, continuing an interrupted cache at `folder`.
 
     `teacher_id` fingerprints the teacher (teacher_fingerprint()); a cache made by another
-    teacher, tokenizer, corpus or settings is refused rather than mixed. Returns the cache,
-    complete unless `max_minutes` ran out first (run again to go on).
+    teacher, tokenizer, corpus or settings is refused rather than mixed, and so is another
+    `num_blocks` unless `resizable`. Returns the cache, complete unless `max_minutes` ran out
+    first (run again to go on).
     """
     folder = Path(folder)
     offsets = plan_blocks(dataset, block_size, seed, num_blocks)
@@ -262,6 +264,10 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
             raise TeacherCacheError(
                 f"{folder} holds a teacher cache made with other settings ({', '.join(changed)}); "
                 f"use another folder, or delete it to rebuild")
+        if cache.num_blocks != manifest["num_blocks"] and not resizable:
+            # Checked before any scoring: resized, the cache is no longer the run's rows.
+            raise TeacherCacheError(f"{folder} holds the {cache.num_blocks} blocks a run trained "
+                                    f"on; resume it with --teacher-blocks {cache.num_blocks}")
         if cache.num_blocks != manifest["num_blocks"]:
             cache = _resize(cache, manifest)
     else:

@@ -56,8 +56,13 @@ class ModelPlan:
 
 def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
     """The run's encoder, and how many tokens it added for replacement rules."""
+    if config.model is not None and config.model.is_file():  # its weights or config, say
+        raise TinygenError(f"--model {config.model} is a file; give the model's folder, "
+                           f"{config.model.parent}")
     if config.model is not None and not config.model.is_dir():
         raise TinygenError(f"model folder not found: {config.model}")
+    if config.model is not None and not (config.model / "config.json").is_file():
+        load_hf_config(config.model)  # what the folder is, before asking for its tokenizer
     tokenizer_path = config.tokenizer or (config.model / "tokenizer.json")
     if config.tokenizer is None and not tokenizer_path.is_file():
         raise TinygenError(f"{config.model}: has no tokenizer.json; pass --tokenizer FILE")
@@ -273,6 +278,13 @@ def load_hf_config(model_dir: Path):
     from transformers import AutoConfig
 
     if not (model_dir / "config.json").is_file():
+        if (model_dir / "checkpoints").is_dir():  # a run's --output, its model not saved yet
+            raise TinygenError(f"{model_dir}: a training run that did not finish (no model saved "
+                               f"yet); finish it with --resume, or give one of its checkpoints "
+                               f"({model_dir / 'checkpoints'}/step-N)")
+        if (model_dir / "tinygen.json").is_file():
+            raise TinygenError(f"{model_dir} is an exported tinygen model; give the transformers "
+                               f"folder it was exported from")
         raise TinygenError(f"{model_dir}: not a transformers model folder (no config.json)")
     try:
         return AutoConfig.from_pretrained(model_dir)
