@@ -171,6 +171,55 @@ def test_output_folders(tmp_path, corpus_file, capsys):
                                            f"{corpus_file} is a file, not a folder\n")
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--replace", "", "<|x|>"], "--replace '' '<|x|>': give a non-empty TEXT and TOKEN"),
+    (["--replace", "x", ""], "--replace 'x' '': give a non-empty TEXT and TOKEN"),
+    (["--replace-regex", "", "<|x|>"], "--replace-regex '' '<|x|>': give a non-empty REGEX and "
+                                       "TOKEN"),
+    (["--decode", "", "x"], "--decode '': give a non-empty TOKEN"),
+    (["--ban", ""], "--ban '': give a non-empty TOKEN"),
+])
+def test_an_empty_replacement_flag_is_named(tmp_path, corpus_file, capsys, flags, message):
+    """An empty text or token was said in replacements.json's terms ("command line:
+    'encode[0].token' must be a non-empty string"), or as a plain-word special token ''."""
+    out = tmp_path / "tok"
+    assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300", *flags]) == 2
+    assert capsys.readouterr().err == f"tinygen-train: error: {message}\n"
+    assert not out.exists()
+
+
+def test_a_tokenizer_is_not_written_into_a_model_folder(tmp_path, corpus_file, capsys):
+    """-o MODEL (a transformers folder, a run's output, an export) replaced the model's own
+    tokenizer.json, the one its embeddings learned, with a note after the fact."""
+    for name, marker in (("model", "config.json"), ("export", "tinygen.json")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / marker).write_text("{}", encoding="utf-8")
+        (folder / "tokenizer.json").write_text("the model's own", encoding="utf-8")
+        for out in (folder, folder / "tokenizer.json"):
+            assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300"]) == 2
+            assert capsys.readouterr().err == (
+                f"tinygen-train: error: {folder} holds a model ({marker}): a tokenizer written "
+                f"there would be taken for the model's own; write it to another folder\n")
+        assert (folder / "tokenizer.json").read_text(encoding="utf-8") == "the model's own"
+
+
+def test_a_tokenizer_folder_given_as_tokenizer_says_which_file(tmp_path, corpus_file, capsys):
+    """`tokenizer -o tok` writes tok/tokenizer.json; `--tokenizer tok` then said 'tokenizer not
+    found: tok' of a folder that is there."""
+    folder = tmp_path / "tok"
+    assert main(["tokenizer", str(corpus_file), "-o", str(folder), "--vocab-size", "300"]) == 0
+    capsys.readouterr()
+    expected = (f"tinygen-train: error: tokenizer {folder} is a folder; give the tokenizer file "
+                f"itself, e.g. {folder / 'tokenizer.json'}\n")
+    for argv in (["encode", str(corpus_file), "-o", str(tmp_path / "c.tokens"), "--quiet"],
+                 ["train", str(corpus_file), "--preset", "cpu-tiny", "-o", str(tmp_path / "run"),
+                  "--steps", "1", "--quiet"]):
+        assert main([*argv, "--tokenizer", str(folder)]) == 2
+        assert capsys.readouterr().err == expected
+    assert not (tmp_path / "c.tokens").exists() and not (tmp_path / "run").exists()
+
+
 def test_a_plain_word_is_refused_as_a_special_token():
     """It would be matched inside other words ("the" in "there") and vanish when decoded."""
     for word in ("the", "end 1"):

@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def replacements_from_args(args: argparse.Namespace) -> Replacements:
     """The --replace/--replace-regex/--decode/--ban flags as one validated Replacements."""
     # Checked here, not by from_json, whose message names a place in replacements.json.
+    for flag, what, pairs in (("--replace", "TEXT", args.replace),
+                              ("--replace-regex", "REGEX", args.replace_regex)):
+        for text, token in pairs:
+            if not text or not token:
+                raise TinygenError(f"{flag} {text!r} {token!r}: give a non-empty {what} and TOKEN")
+    if "" in [token for token, _ in args.decode] + args.ban:
+        flag = "--decode" if "" in dict(args.decode) else "--ban"
+        raise TinygenError(f"{flag} '': give a non-empty TOKEN")
     for pattern, _ in args.replace_regex:
         if problem := regex_problem(pattern):
             raise TinygenError(f"--replace-regex {pattern!r} {problem}")
@@ -70,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
     replacements = replacements_from_args(args)
     check_parents(args.output)  # before the training, not after it
     beside = args.output.parent  # replacements.json and fields.json go there too
+    # A model's folder (-o gpt2, -o run, an export): its tokenizer.json is the one its
+    # embeddings learned, and a new one there would leave the model decoding nonsense.
+    model = next((name for name in ("config.json", "tinygen.json") if (beside / name).is_file()),
+                 None)
+    if model is not None:
+        raise TinygenError(f"{beside} holds a model ({model}): a tokenizer written there would "
+                           f"be taken for the model's own; write it to another folder")
     refuse_overwriting_inputs(args.corpus,
                               [args.output, beside / REPLACEMENTS_FILE, beside / FIELDS_FILE])
     schema = FieldSchema.parse(args.field) if args.field else None

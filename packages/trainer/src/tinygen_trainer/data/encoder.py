@@ -32,6 +32,9 @@ BATCH_DOCS = 4096
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
+    if path.is_dir():  # `tokenizer -o tok` writes tok/tokenizer.json: the folder is easily given
+        raise TinygenError(f"tokenizer {path} is a folder; give the tokenizer file itself, "
+                           f"e.g. {path / 'tokenizer.json'}")
     if not path.is_file():
         raise TinygenError(f"tokenizer not found: {path}")
     try:
