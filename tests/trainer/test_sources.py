@@ -111,3 +111,38 @@ def test_field_over_a_folder_with_records_still_reads_them(tmp_path):
     (tmp_path / "README.txt").write_text("about the posts\n", encoding="utf-8")
     assert main(["tokenizer", str(tmp_path), "-o", str(tmp_path.parent / "tok"),
                  "--vocab-size", "300", "--field", "title"]) == 0
+
+
+def test_a_model_folder_given_as_corpus_says_so(tmp_path):
+    """`train run ...` for `train --model run ...`: its config.json was 'line 1 is not valid
+    JSON', an export's model.onnx 'not UTF-8 ... pass --errors replace' (which would train on
+    the weights' bytes)."""
+    for name, weights in (("run", "model.safetensors"), ("export", "model.onnx")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text('{\n  "n_layer": 2\n}\n', encoding="utf-8")
+        (folder / weights).write_bytes(b"\x00\xff" * 8)
+        for errors in ("strict", "replace"):
+            with pytest.raises(TinygenError) as info:
+                read_documents(folder, errors=errors)
+            assert str(info.value) == (f"{folder} is a model folder ({weights}), not a corpus; "
+                                       f"finetune a model with --model, and give text files, "
+                                       f"CSV or JSON(L) as the corpus")
+    training = tmp_path / "training"
+    (training / "checkpoints" / "step-00000010").mkdir(parents=True)
+    with pytest.raises(TinygenError, match=r"training is a model folder \(checkpoints\)"):
+        read_documents(training)
+
+
+def test_a_json_object_over_several_lines_is_not_called_bad_json(tmp_path):
+    """A pretty-printed JSON file (a config, one record) read as JSON Lines was 'line 1 is not
+    valid JSON' of a valid file."""
+    path = tmp_path / "record.json"
+    path.write_text('{\n  "text": "hello"\n}\n', encoding="utf-8")
+    with pytest.raises(TinygenError) as info:
+        read_documents(path)
+    assert str(info.value) == (f"{path}: one JSON value over several lines, not records: give an "
+                               f"array of records, or JSON Lines (one a line)")
+    path.write_text('{"text": "hello"}\n{"text": "cut\n', encoding="utf-8")  # JSON Lines, torn
+    with pytest.raises(TinygenError, match="line 2 is not valid JSON"):
+        read_documents(path)

@@ -33,10 +33,29 @@ def read_documents(path: str | Path, field: str | None = None, errors: str = "st
     """All documents under `path` (a file or a folder, searched recursively, in name order)."""
     if errors not in ERRORS:
         raise TinygenError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+    _refuse_model_folder(Path(path))
     docs: list[str] = []
     for file in corpus_files(path):
         docs.extend(_read_file(file, field, errors, line_by_line))
     return docs
+
+
+# A model's weights: a folder holding them (a run's --output, an export) is no corpus.
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "model.onnx", "model.pt")
+
+
+def _refuse_model_folder(path: Path) -> None:
+    """`train run ...` for `train --model run ...`: read as text, the folder's JSON files are no
+    records and its weights no UTF-8 (where --errors replace would train on their bytes)."""
+    if not path.is_dir():
+        return
+    found = next((name for name in MODEL_FILES if (path / name).is_file()), None)
+    if found is None and any((path / "checkpoints").glob("step-*")):  # a run still training
+        found = "checkpoints"
+    if found is not None:
+        raise TinygenError(f"{path} is a model folder ({found}), not a corpus; finetune a model "
+                           f"with --model, and give text files, CSV or JSON(L) as the corpus")
 
 
 def corpus_files(path: str | Path) -> list[Path]:
@@ -151,12 +170,27 @@ def _json_documents(path: Path, text: str, field: str) -> list[str]:
     """A .json file: an array of records, or JSON Lines under that name (what `datasets`'
     to_json writes). Read as plain text, its keys and braces would be trained on."""
     if not text.lstrip().startswith("["):
-        return _jsonl_documents(path, text, field)
+        try:
+            return _jsonl_documents(path, text, field)
+        except TinygenError:
+            if "\n" in text.strip() and _is_json(text):  # one value over lines: no JSON Lines
+                raise TinygenError(f"{path}: one JSON value over several lines, not records: "
+                                   f"give an array of records, or JSON Lines (one a line)"
+                                   ) from None
+            raise
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TinygenError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     return _record_documents(path, ((f"record {i}", r) for i, r in enumerate(records, 1)), field)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _jsonl_documents(path: Path, text: str, field: str) -> list[str]:
