@@ -542,13 +542,7 @@ def test_a_head_size_onnxruntimes_attention_cannot_take_goes_to_optimum(tiny_gpt
     config.n_embd = 48  # 4 heads of 12
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(src)
-    with pytest.raises(TinygenError, match="head size that is a multiple of 8; this model's is 12: "
-                                           "export with --graph optimum"):
-        run_export(ExportConfig(src=src, out=tmp_path / "fused", graph="fused"))
-    out = tmp_path / "auto"
-    run_export(ExportConfig(src=src, out=out))
-    assert json.loads((out / "tinygen.json").read_text())["kv_cache"] == "concat"  # optimum's
-    assert len(TextGenerator(out).generate("Once", seed=1, max_new_tokens=4)[0].token_ids) == 4
+    _fused_refused_then_optimum(src, tmp_path, multiple=8, head_size=12)
 
 
 def test_a_llama_head_size_rotary_attention_cannot_take_goes_to_optimum(tiny_llama_dir, tmp_path):
@@ -563,8 +557,13 @@ def test_a_llama_head_size_rotary_attention_cannot_take_goes_to_optimum(tiny_lla
     config.head_dim = 24
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(src)
-    with pytest.raises(TinygenError, match="head size that is a multiple of 16; this model's is 24: "
-                                           "export with --graph optimum"):
+    _fused_refused_then_optimum(src, tmp_path, multiple=16, head_size=24)
+
+
+def _fused_refused_then_optimum(src, tmp_path, multiple: int, head_size: int) -> None:
+    """--graph fused names the rule; the default export takes optimum's graph, which runs."""
+    with pytest.raises(TinygenError, match=f"head size that is a multiple of {multiple}; this "
+                                           f"model's is {head_size}: export with --graph optimum"):
         run_export(ExportConfig(src=src, out=tmp_path / "fused", graph="fused"))
     out = tmp_path / "auto"
     run_export(ExportConfig(src=src, out=out))  # verified against transformers, as every export
