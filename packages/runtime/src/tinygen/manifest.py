@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .atomic import atomic_write_text
@@ -33,6 +33,10 @@ DEFAULT_OUTPUTS = {
     "present_key": "present.{layer}.key",
     "present_value": "present.{layer}.value",
 }
+# Beyond optimum's names, a "shared" graph's (shared_kv.py); the inputs that may be null.
+SHARED_INPUTS = ("seqlens_k", "total_sequence_length")
+NULLABLE_INPUTS = ("attention_mask", "position_ids", *SHARED_INPUTS)
+PATTERNS = ("past_key", "past_value", "present_key", "present_value")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class Manifest:
                 f"{source}: format_version {version} is newer than this tinygen reads "
                 f"({FORMAT_VERSION}); upgrade with: pip install -U tinygen"
             )
+        if version < 1:
+            raise ModelFormatError(f"{source}: format_version {version} is not one tinygen writes "
+                                   f"({FORMAT_VERSION}); set it to {FORMAT_VERSION}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -122,8 +129,24 @@ class Manifest:
             if not isinstance(names, dict):
                 raise ModelFormatError(f"{source}: '{name}' must be an object of graph names, "
                                        f"got {type(names).__name__}")
-            if not all(isinstance(v, str) or (v is None and name == "inputs") for v in names.values()):
-                raise ModelFormatError(f"{source}: '{name}' must map names to strings, got {names!r}")
+            # A typo ('position_id') would leave the default name in force, unnoticed.
+            known = (*defaults, *SHARED_INPUTS) if name == "inputs" else tuple(defaults)
+            unknown = [key for key in names if key not in known]
+            if unknown:
+                raise ModelFormatError(f"{source}: unknown key '{unknown[0]}' in '{name}' "
+                                       f"(known: {', '.join(known)})")
+            for key, value in names.items():
+                if value is None and name == "inputs" and key in NULLABLE_INPUTS:
+                    continue
+                if not isinstance(value, str):
+                    nullable = f" (only {', '.join(NULLABLE_INPUTS)} may be null)" \
+                        if value is None and name == "inputs" else ""
+                    raise ModelFormatError(f"{source}: '{name}' must map names to strings: "
+                                           f"'{key}' is {value!r}{nullable}")
+                # A pattern is formatted per layer on load: a stray brace was a traceback there.
+                if key in PATTERNS and not _formats(value):
+                    raise ModelFormatError(f"{source}: '{name}': '{key}' must be a graph name with "
+                                           f"{{layer}} where the layer index goes, got {value!r}")
             kwargs[name] = {**defaults, **names}
         if not isinstance(data.get("generation", {}), dict):
             raise ModelFormatError(f"{source}: 'generation' must be an object of generation options, "
@@ -155,6 +178,10 @@ class Manifest:
             value = getattr(self, name)
             if not ((isinstance(value, str) and value) or (optional and value is None)):
                 raise ModelFormatError(f"{source}: '{name}' must be a file name, got {value!r}")
+            parts = PurePosixPath(value.replace("\\", "/")).parts if value else ()
+            if parts and (parts[0] == "/" or ".." in parts or ":" in parts[0]):
+                raise ModelFormatError(f"{source}: '{name}' must name a file inside the model "
+                                       f"folder, got {value!r}")
         for name in ("bos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if value is not None and not _is_token_id(value):
@@ -261,13 +288,22 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
     return manifest
 
 
+def _formats(pattern: str) -> bool:
+    try:
+        pattern.format(layer=0)
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
 def _is_token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows editors save UTF-8 with a byte order mark, which json refuses.
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except UnicodeDecodeError:
