@@ -169,3 +169,14 @@ def test_a_bad_replacements_file_with_the_embedded_model_is_the_users_to_fix(tmp
     code, out, err = run(["Hi", "--replacements", str(path)])
     assert code == 2 and out == "" and err.count("\n") == 1
     assert str(path) in err and message in err and "reinstall" not in err
+
+
+@pytest.mark.parametrize("size", [0, 100])
+def test_a_truncated_model_file_says_what_to_do(tmp_path, size):
+    model = shutil.copytree(embedded_model_dir(), tmp_path / "model")
+    with open(model / "model.onnx", "r+b") as file:
+        file.truncate(size)
+    code, out, err = run(["info", "--model", str(model)])
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"{model / 'model.onnx'}: not a loadable ONNX model (" in err
+    assert err.rstrip().endswith("); copy the model folder again or export it again"), err

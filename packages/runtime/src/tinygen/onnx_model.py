@@ -89,7 +89,8 @@ class OnnxCausalLM:
         try:
             self.session = self._open_session(path, options)
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
-            raise ModelFormatError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
+            raise ModelFormatError(f"{path}: not a loadable ONNX model ({first_line(exc)}); copy the "
+                                   f"model folder again or export it again") from None
         if before is not None:  # the weights onnxruntime just allocated: huge pages (hugepages.py)
             hugepages.advise_new_memory(before)
         # After the huge pages: trimming first leaves holes that keep spans from collapsing.
@@ -139,9 +140,9 @@ class OnnxCausalLM:
                 f"{path}: KV cache is {heads} heads x {size}, manifest says "
                 f"{m.num_kv_heads} x {m.head_size}"
             )
-        self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
-        logits_type = next(o.type for o in self.session.get_outputs() if o.name == m.outputs["logits"])
-        self.logits_dtype = _ORT_TYPES.get(logits_type, np.float32)
+        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type)
+        logits = next(o for o in self.session.get_outputs() if o.name == m.outputs["logits"])
+        self.logits_dtype = graph_dtype(path, f"logits output '{logits.name}'", logits.type)
         self.mask_dtype = _ORT_TYPES.get(inputs[m.inputs["attention_mask"]].type, np.int64)
         self._past_names = m.past_names()
         self._present_names = m.present_names()
@@ -236,6 +237,18 @@ def check_graph_fits(path: Path, m: Manifest, inputs: dict, outputs: list, fed: 
     if isinstance(width, int) and width != m.vocab_size:
         raise ModelFormatError(f"{path}: the graph's logits are {width} wide, the manifest's "
                                f"vocab_size is {m.vocab_size}; the manifest does not fit the graph")
+
+
+def graph_dtype(path: Path, what: str, ort_type: str):
+    """The numpy type to hold a KV buffer or the logits in. A type numpy has no match for
+    (bfloat16) would be held as float32, which onnxruntime refuses only at the first run."""
+    kv = what.startswith("KV")
+    held = ("tensor(float)", "tensor(float16)", *(("tensor(int8)",) if kv else ()))
+    if ort_type not in held:
+        raise ModelFormatError(f"{path}: the graph's {what} is {ort_type}, a type tinygen does not "
+                               f"run (float32, float16{', int8' if kv else ''}); export it as "
+                               f"float32 or float16")
+    return _ORT_TYPES[ort_type]
 
 
 def restarted_mask(mask: np.ndarray, rows: list[int], new_mask: np.ndarray

@@ -30,7 +30,7 @@ from .cuda_graph import MAX_GRAPHS, UNCAPTURED, DecodeGraph, run_options
 from .errors import ModelFormatError, TinygenError
 from .graph_limits import check_window_fits
 from .manifest import Manifest
-from .onnx_model import _ORT_TYPES, OnnxCausalLM, check_graph_fits, restarted_mask, run_bound
+from .onnx_model import OnnxCausalLM, check_graph_fits, graph_dtype, restarted_mask, run_bound
 
 # Names of the extra inputs, as the manifest's `inputs` dict gives them.
 SEQLENS_K = "seqlens_k"
@@ -137,8 +137,9 @@ class SharedKVCausalLM(OnnxCausalLM):
                                    f"manifest's context_window is {m.context_window}; the manifest "
                                    f"does not fit the graph (set context_window to {capacity})")
         check_window_fits(path, m, self.position_ids_name)
-        self.kv_dtype = _ORT_TYPES.get(past.type, np.float32)
-        self.logits_dtype = _ORT_TYPES.get(outputs[m.outputs["logits"]].type, np.float32)
+        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type)
+        self.logits_dtype = graph_dtype(path, f"logits output '{m.outputs['logits']}'",
+                                        outputs[m.outputs["logits"]].type)
         self._past_names = m.past_names()
         self._present_names = m.present_names()
 
