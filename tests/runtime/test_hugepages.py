@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -70,3 +71,23 @@ def test_tinygen_hugepages_0_turns_it_off(exported_llama_dir, monkeypatch):
     assert not hugepages.enabled()
     TextGenerator(exported_llama_dir, device="cpu")
     assert calls == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps is Linux's")
+def test_a_file_mapped_from_a_path_of_any_characters_is_read_past(tmp_path):
+    """onnxruntime maps model.onnx.data: under /home/José (or a non-UTF-8 name) reading
+    /proc/self/maps as ASCII failed, and with it every export's load on the CPU."""
+    folder = tmp_path / "José"
+    folder.mkdir()
+    odd = folder / os.fsdecode(b"weights-\xff.data")  # not UTF-8 either
+    odd.write_bytes(b"\0" * mmap.PAGESIZE)
+    with open(odd, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ):
+        assert hugepages.anonymous_regions()  # the heap, at least: the file's line was read past
+
+
+def test_a_model_under_a_non_ascii_path_loads(exported_llama_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "José" / "modèle"
+    shutil.copytree(exported_llama_dir, model)
+    assert len(TextGenerator(model).generate("Hi", seed=1, max_new_tokens=3)[0].token_ids) == 3

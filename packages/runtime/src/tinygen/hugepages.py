@@ -32,11 +32,12 @@ def anonymous_regions() -> Regions:
     """This process's anonymous read-write mappings (the heap included), from /proc/self/maps."""
     regions = {}
     try:
-        with open("/proc/self/maps", encoding="ascii") as maps:
+        # Bytes: a mapped file's path may be any (a model under /home/José), no ASCII or UTF-8.
+        with open("/proc/self/maps", "rb") as maps:
             for line in maps:
                 fields = line.split()
-                if fields[1].startswith("rw") and (len(fields) == 5 or fields[5] == "[heap]"):
-                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                if fields[1].startswith(b"rw") and (len(fields) == 5 or fields[5] == b"[heap]"):
+                    start, end = (int(x, 16) for x in fields[0].split(b"-"))
                     regions[start] = end
     except OSError:
         return {}
