@@ -180,3 +180,25 @@ def test_a_truncated_model_file_says_what_to_do(tmp_path, size):
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert f"{model / 'model.onnx'}: not a loadable ONNX model (" in err
     assert err.rstrip().endswith("); copy the model folder again or export it again"), err
+
+
+def test_a_tokenizer_with_ids_past_the_vocabulary_is_named(optimum_gpt2_dir, tmp_path):
+    """Another model's tokenizer.json, larger than this model's vocabulary: its ids past it
+    reached onnxruntime, whose failure said to export the model again."""
+    from tokenizers import Tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(optimum_gpt2_dir, model)
+    vocab = load_manifest(model).vocab_size
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    last = vocab - tok.get_vocab_size()  # <extra{last}> gets the id `vocab`, one past the end
+    tok.add_tokens([f"<extra{i}>" for i in range(last + 1)])
+    tok.save(str(model / "tokenizer.json"))
+    gen = TextGenerator(model)
+    assert gen.generate("Once", seed=1, max_new_tokens=2)  # ids inside the vocabulary: fine
+    with pytest.raises(ModelFormatError) as info:
+        gen.generate(f"Once <extra{last}>", max_new_tokens=2)
+    assert str(info.value) == (
+        f"tokenizer.json: it gives the prompt token id {vocab}, outside the model's vocabulary "
+        f"(0..{vocab - 1}): it is another model's tokenizer; put the model's own tokenizer.json "
+        f"in its folder")

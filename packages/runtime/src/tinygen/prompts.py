@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 from .config import check_utf8, plain
-from .errors import PromptTooLong, TinygenError
+from .errors import ModelFormatError, PromptTooLong, TinygenError
 from .manifest import Manifest
 from .replacements import Replacements
 from .tokenizer import TextTokenizer
@@ -55,6 +55,11 @@ class PromptEncoder:
         vocab = self.manifest.vocab_size
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(check_utf8(prompt, "the prompt"))
+            if ids and max(ids) >= vocab:  # onnxruntime would fail on it, blaming the export
+                raise ModelFormatError(
+                    f"{self.manifest.tokenizer_file}: it gives the prompt token id {max(ids)}, "
+                    f"outside the model's vocabulary (0..{vocab - 1}): it is another model's "
+                    f"tokenizer; put the model's own tokenizer.json in its folder")
         elif is_token_ids(prompt) or (isinstance(prompt, (list, tuple)) and not prompt):
             ids = [int(i) for i in prompt]  # no ids: start_ids(), below
             bad = [i for i in ids if not 0 <= i < vocab]
