@@ -7,7 +7,8 @@
       "ban": ["<|url|>"]
     }
 
-`encode` rules run in order on the text before it is tokenized; `decode` says
+`encode` rules run in order on the text before it is tokenized, never matching into
+a special token (a record's <|body|>, or a token an earlier rule wrote); `decode` says
 what text a special token stands for when it is generated; `ban` lists tokens
 that are never generated. The trainer writes this file with the model; the
 runtime applies it on every encode and decode.
@@ -19,8 +20,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from .atomic import atomic_write_text
 from .errors import ModelFormatError, first_line
@@ -54,6 +56,13 @@ class EncodeRule:
         return text.replace(self.pattern, self.token)
 
 
+@lru_cache(maxsize=32)
+def _tokens_pattern(tokens: frozenset[str]) -> re.Pattern:
+    """Splits a text around `tokens` (one capturing group), longest first."""
+    longest_first = sorted(tokens, key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(t) for t in longest_first) + ")")
+
+
 @dataclass(frozen=True)
 class Replacements:
     encode: tuple[EncodeRule, ...] = ()
@@ -67,9 +76,18 @@ class Replacements:
         """Every token the config names; each must be in the model's vocabulary."""
         return {r.token for r in self.encode} | set(self.decode) | set(self.ban)
 
-    def apply_encode(self, text: str) -> str:
+    def apply_encode(self, text: str, keep: Iterable[str] = ()) -> str:
+        """The text with every rule applied, in order. No rule matches into a special token:
+        one of `keep` (the tokenizer's, e.g. a record's <|body|>) or one an earlier rule
+        wrote, so 'https?://\\S+' stops before the <|keywords|> after a URL instead of
+        swallowing the field token."""
+        if not self.encode:
+            return text
+        tokens = _tokens_pattern(frozenset(keep) | {r.token for r in self.encode})
         for rule in self.encode:
-            text = rule.apply(text)
+            pieces = tokens.split(text)  # the tokens at odd indices, left as they are
+            pieces[::2] = [rule.apply(p) if p else p for p in pieces[::2]]
+            text = "".join(pieces)
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -147,6 +165,16 @@ class Replacements:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, source=str(path))
+
+    def check_added(self, added: Collection[str], source: str | None = None) -> None:
+        """Every encode rule's token must be an added (special) token: an ordinary one's name
+        ("Ġsee") put in the text is tokenized as its characters, never as that token."""
+        for rule in self.encode:
+            if rule.token not in added:
+                raise ModelFormatError(
+                    f"{source or self.source}: 'encode' maps to '{rule.token}', an ordinary token "
+                    f"that the text would spell out in pieces; map to a special token (add it "
+                    f"as one when training the tokenizer)")
 
     def check_vocab(self, vocab: Mapping[str, int], source: str | None = None) -> None:
         """Every named token must exist, or encode/decode would silently do nothing.

@@ -51,6 +51,10 @@ class TextTokenizer:
         # token id -> the text it stands for when generated
         self.decode_map = {vocab[t]: text for t, text in self.replacements.decode.items()}
         self.banned_ids = sorted(vocab[t] for t in self.replacements.ban)
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        self.replacements.check_added({t.content for t in added})
+        # Kept whole by the rules, as training kept them (a context's <|body|>, say).
+        self.special_tokens = frozenset(t.content for t in added if t.special)
         self._token_bytes: list[bytes] | None = None
         self._shown_bytes: list[bytes] | None = None
 
@@ -59,7 +63,7 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        text = self.replacements.apply_encode(text)
+        text = self.replacements.apply_encode(text, self.special_tokens)
         if len(text) > 4096:
             # encode_batch lets go of the GIL (encode does not): a megabyte takes most of a
             # second, in which a server's other threads, streams among them, would stand still.
@@ -67,7 +71,8 @@ class TextTokenizer:
         return self.tokenizer.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        encoded = self.tokenizer.encode_batch([self.replacements.apply_encode(t) for t in texts])
+        keep = self.special_tokens
+        encoded = self.tokenizer.encode_batch([self.replacements.apply_encode(t, keep) for t in texts])
         return [e.ids for e in encoded]
 
     def decode(self, ids: list[int]) -> str:

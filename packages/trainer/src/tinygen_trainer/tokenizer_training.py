@@ -87,7 +87,8 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig) -> Tokeni
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=config.progress,
     )
-    texts = (config.replacements.apply_encode(doc) for doc in documents)
+    specials = config.all_special_tokens()  # kept whole, as encoding keeps them
+    texts = (config.replacements.apply_encode(doc, specials) for doc in documents)
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(documents))
     return tokenizer
 

@@ -71,6 +71,8 @@ class Encoder:
         self.tokenizer.no_padding()
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         self.replacements.check_vocab(vocab, source="replacements")
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        self.replacements.check_added({t.content for t in added}, source="replacements")
         fingerprint = canonical_sha256(json.loads(self.tokenizer.to_str()))
         rules = self.replacements.to_json()["encode"] if self.replacements.encode else None
         object.__setattr__(self, "fingerprint", fingerprint)
@@ -99,6 +101,9 @@ class Encoder:
         """
         # encode_batch_fast (tokenizers >= 0.21) skips computing offsets we never use.
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        # Kept whole by the rules (a record's field tokens), as the runtime keeps them.
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        specials = frozenset(t.content for t in added if t.special)
         chunks: list[np.ndarray] = []
         lengths: list[int] = []
         total_chars = sum(len(d) for d in documents)
@@ -106,7 +111,7 @@ class Encoder:
         with progress_bar(total_chars, desc, "char", unit_scale=True, enabled=progress,
                           leave=False) as bar:
             for batch in _batches(documents):
-                encoded = encode_batch([self.replacements.apply_encode(d) for d in batch])
+                encoded = encode_batch([self.replacements.apply_encode(d, specials) for d in batch])
                 ids = [e.ids for e in encoded]
                 sizes = [len(i) + 1 for i in ids]
                 flat = chain.from_iterable(i + [self.eos_id] for i in ids)
