@@ -140,3 +140,23 @@ def test_finetuning_with_new_field_tokens_adds_their_rows_quietly(tmp_path, tiny
     trained = Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
     assert AutoConfig.from_pretrained(tmp_path / "run").vocab_size >= trained.get_vocab_size()
     assert trained.token_to_id("<|keywords|>") is not None
+
+
+def test_encode_refuses_fields_in_another_order_than_the_tokenizers(tmp_path):
+    """Training a cache gives the model the tokenizer's fields.json: records encoded as
+    body-then-title would leave generation writing title-then-body prompts, silently."""
+    from tinygen_trainer.commands import encode
+
+    records = tmp_path / "records.jsonl"
+    with records.open("w") as f:
+        for title, body in BODIES.items():
+            f.write(json.dumps({"title": title, "keywords": [title[:2]], "body": body}) + "\n")
+    tok = tmp_path / "tok" / "tokenizer.json"
+    assert train_cli(["tokenizer", str(records), "--field", "title,keywords,body", "-o", str(tok),
+                      "--vocab-size", "300"]) == 0
+    with pytest.raises(TinygenError, match=r"--field body,title does not follow the fields of .*"
+                                           r"title,keywords,body"):
+        encode.run(encode_args(records, tok, tmp_path / "r.tokens", "body,title"))
+    assert not (tmp_path / "r.tokens").exists()
+    # Fewer fields, in the tokenizer's order, are records that lack some: fine.
+    assert encode.run(encode_args(records, tok, tmp_path / "r.tokens", "title,body")) == 0

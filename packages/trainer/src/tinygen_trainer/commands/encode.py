@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinygen.atomic import check_parents
 from tinygen.errors import TinygenError
+from tinygen.fields import FILE_NAME as FIELDS_FILE
 from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
@@ -50,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
         raise TinygenError(f"{args.tokenizer} has no token {missing[0]}: make it with `tinygen-train "
                            f"tokenizer --field {args.field}`, or train on the records themselves "
                            f"(`tinygen-train train FILE --field {args.field}` adds the field tokens)")
+    beside_fields = args.tokenizer.parent / FIELDS_FILE
+    if schema and beside_fields.is_file():
+        # Training a cache takes the tokenizer's fields.json for the model: records written
+        # in another order or with other fields would condition generation on a shape never
+        # trained on, silently. (Fewer fields, in its order, are records that lack some.)
+        theirs = FieldSchema.load(beside_fields)
+        order = [theirs.names.index(n) if n in theirs.names else -1 for n in schema.names]
+        if -1 in order or order != sorted(order):
+            raise TinygenError(f"--field {args.field} does not follow the fields of {args.tokenizer} "
+                               f"({beside_fields}: {','.join(theirs.names)}), which training gives "
+                               f"the model; name them in that order, or train a tokenizer with "
+                               f"--field {args.field}")
     if args.output.is_dir():  # before the corpus is encoded, not after
         raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")
