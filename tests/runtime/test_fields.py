@@ -16,6 +16,15 @@ def test_records_are_written_in_schema_order_with_field_tokens():
     assert SCHEMA.format({"title": "Rain", "keywords": [], "body": ""}) == "<|title|>Rain"
 
 
+def test_empty_list_items_are_no_values():
+    """[""] wrote a bare <|keywords|>, and --context keywords=a, (a list "a", "") wrote "a, ":
+    shapes no record had."""
+    assert SCHEMA.format({"title": "Rain", "keywords": ["", ""], "body": "x"}) == "<|title|>Rain<|body|>x"
+    assert SCHEMA.format({"keywords": [""], "body": "x"}) == "<|body|>x"
+    assert SCHEMA.prompt({"title": "Rain", "keywords": ["wet", ""]}) == \
+        ("<|title|>Rain<|keywords|>wet<|body|>", "body")
+
+
 def test_prompt_writes_the_context_then_the_target_token():
     assert SCHEMA.prompt({"title": "Rain", "keywords": ["wet"]}) == \
         ("<|title|>Rain<|keywords|>wet<|body|>", "body")

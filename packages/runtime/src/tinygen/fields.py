@@ -47,15 +47,17 @@ class FieldSchema:
 
     def _value(self, name: str, value: Any) -> str:
         if isinstance(value, (list, tuple)):
-            value = self.separator.join(str(v) for v in value)
+            # Empty items (a trailing comma in --context keywords=a,) are no values: "a, " or
+            # a bare field token would be a shape no record had.
+            value = self.separator.join(str(v) for v in value if v not in (None, ""))
         if not isinstance(value, str):
             raise TinygenError(f"field '{name}' must be a string or a list of strings, got {type(value).__name__}")
         return value
 
     def format(self, record: Mapping[str, Any]) -> str:
         """The fields the record has, in schema order, each after its token."""
-        return "".join(self.token(n) + self._value(n, record[n])
-                       for n in self.names if record.get(n) not in (None, "", []))
+        values = ((n, self._value(n, record[n])) for n in self.names if record.get(n) is not None)
+        return "".join(self.token(n) + value for n, value in values if value)
 
     def prompt(self, context: Mapping[str, Any], target: str | None = None) -> tuple[str, str]:
         """(prompt text, target field) for generating `target` given `context`."""
