@@ -178,6 +178,9 @@ def test_output_folders(tmp_path, corpus_file, capsys):
                                        "TOKEN"),
     (["--decode", "", "x"], "--decode '': give a non-empty TOKEN"),
     (["--ban", ""], "--ban '': give a non-empty TOKEN"),
+    # The last TEXT silently replaced the others.
+    (["--decode", "<|u|>", "a", "--decode", "<|u|>", "b"],
+     "--decode gives '<|u|>' twice; give each token one TEXT"),
 ])
 def test_an_empty_replacement_flag_is_named(tmp_path, corpus_file, capsys, flags, message):
     """An empty text or token was said in replacements.json's terms ("command line:

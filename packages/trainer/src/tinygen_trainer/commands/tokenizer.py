@@ -64,6 +64,10 @@ def replacements_from_args(args: argparse.Namespace) -> Replacements:
     if "" in [token for token, _ in args.decode] + args.ban:
         flag = "--decode" if "" in dict(args.decode) else "--ban"
         raise TinygenError(f"{flag} '': give a non-empty TOKEN")
+    tokens = [token for token, _ in args.decode]
+    twice = next((t for t in tokens if tokens.count(t) > 1), None)
+    if twice is not None:  # the last would silently replace the others
+        raise TinygenError(f"--decode gives {twice!r} twice; give each token one TEXT")
     for pattern, _ in args.replace_regex:
         if problem := regex_problem(pattern):
             raise TinygenError(f"--replace-regex {pattern!r} {problem}")
