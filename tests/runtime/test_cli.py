@@ -469,3 +469,20 @@ def test_a_stream_piped_to_head_still_reports_its_seed(optimum_gpt2_dir):
     argv = ["Once", "--model", str(optimum_gpt2_dir), "--seed", "9"]
     code, out, err = run(argv, out=_ClosedPipe())
     assert code == 0 and out == "Once" and err == "seed: 9\n"
+
+
+def test_next_takes_a_context_as_generate_does(fields_model):
+    """next_token_probs had no context (a TypeError), `tinygen next` no --context."""
+    from tinygen import TextGenerator
+    from tinygen.fields import FieldSchema
+
+    gen = TextGenerator(fields_model)
+    probs = gen.next_token_probs("It", top_n=3, context={"title": "Rain"})
+    head, _ = FieldSchema.load(fields_model / "fields.json").prompt({"title": "Rain"})
+    assert probs == gen.next_token_probs(head + "It", top_n=3)
+    assert probs != gen.next_token_probs("It", top_n=3)
+    code, out, err = run(["next", "It", "--model", str(fields_model), "--context", "title=Rain",
+                          "--top-n", "3"])
+    assert (code, err) == (0, "") and out == "".join(f"{p:.6f}\t{t!r}\n" for t, p in probs)
+    assert run(["next", "It", "--model", str(fields_model), "--target", "body"])[2] == \
+        "tinygen: error: --target needs --context\n"

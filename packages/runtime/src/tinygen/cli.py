@@ -85,15 +85,19 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the texts, each with its seed, to this file (its settings go to PATH.tinygen.json)")
     p.add_argument("--resume", action="store_true",
                    help="with --to-file: continue an interrupted file, with the settings it was started with")
+    _add_context_arguments(p)
+    p.add_argument("--dedupe", type=float, default=None, metavar="SHARE",
+                   help="drop texts sharing at least this share of 8-grams with an earlier text")
+    p.add_argument("--dedupe-against", metavar="CACHE",
+                   help="with --dedupe: also drop texts copying this token cache (training data)")
+
+
+def _add_context_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", action="append", default=None, metavar="FIELD=VALUE",
                    help="a known field, for models trained on records with fields (repeatable; "
                         "a value with commas is a list)")
     p.add_argument("--target", default=None, metavar="FIELD",
                    help="with --context: the field to generate (default: the last one not given)")
-    p.add_argument("--dedupe", type=float, default=None, metavar="SHARE",
-                   help="drop texts sharing at least this share of 8-grams with an earlier text")
-    p.add_argument("--dedupe-against", metavar="CACHE",
-                   help="with --dedupe: also drop texts copying this token cache (training data)")
 
 
 def _add_curate_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     probs.add_argument("prompt", help="text whose next token to predict (- reads it from stdin)")
     _add_model_arguments(probs)
     probs.add_argument("--top-n", type=int, default=10, help="how many tokens to list")
+    _add_context_arguments(probs)
     _add_curate_arguments(sub.add_parser("curate", help="pick, reroll or edit continuations interactively",
                                          formatter_class=fmt))
     info = sub.add_parser("info", help="describe a model directory", formatter_class=fmt)
@@ -403,7 +408,9 @@ def _stdin_prompt() -> str:
 def run_next(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.top_n < 1:
         raise TinygenError(f"--top-n must be >= 1, got {args.top_n}")
-    for text, prob in _generator(args).next_token_probs(args.prompt, top_n=args.top_n):
+    context = _context(args)
+    for text, prob in _generator(args).next_token_probs(args.prompt, top_n=args.top_n,
+                                                        context=context, target=args.target):
         out.write(f"{prob:.6f}\t{text!r}\n")
     return 0
 

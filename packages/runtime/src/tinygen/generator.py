@@ -295,14 +295,17 @@ class TextGenerator:
         text = self._one_text("astream", prompt, seed, context, target, options)
         return AsyncTextStream(self._async_lock, lambda: TextStream(self._decoding(*text)), text[1][0])
 
-    def next_token_probs(self, prompt: Prompt, top_n: int = 10) -> list[tuple[str, float]]:
+    def next_token_probs(self, prompt: Prompt, top_n: int = 10, context: dict | None = None,
+                         target: str | None = None) -> list[tuple[str, float]]:
         """The model's own distribution over the token after `prompt`: the top_n (text, prob).
 
-        For classification-style use, e.g. the probability of a label after a postfix.
+        For classification-style use, e.g. the probability of a label after a postfix;
+        context and target are `generate`'s (the label as a field of a record).
         """
         top_n = plain(top_n)
         if not is_int(top_n) or top_n < 1:
             raise TinygenError(f"top_n must be an integer >= 1, got {top_n!r}")
+        prompt, _ = self._conditioned(as_prompt(prompt), context, target)
         [ids] = self.prompts.encode(prompt, single="next_token_probs")
         decoding = self._decoding([ids], [None], self.defaults.merged(do_sample=False))
         probs = softmax(decoding.logits[0].astype("float64"))
