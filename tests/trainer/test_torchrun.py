@@ -82,6 +82,25 @@ def test_torchrun_environment(monkeypatch):
     assert torchrun_env() == (3, 4, 1)
 
 
+def test_torchrun_variables_set_by_hand_without_an_address(monkeypatch, tmp_path, corpus,
+                                                           tokenizer, capsys):
+    """WORLD_SIZE and RANK without torchrun's MASTER_ADDR/PORT: torch's ValueError traceback."""
+    from tinygen_trainer.training.distributed import before_training_once
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(args(corpus, tokenizer, tmp_path / "out", "--quiet")) == 2
+    assert capsys.readouterr().err == (
+        "tinygen-train: error: WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT are not set; start "
+        "several processes with torchrun\n")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(TinygenError, match=r"^WORLD_SIZE=2 but MASTER_PORT is not set; start"):
+        before_training_once("writing the teacher's texts", lambda: None)  # distill's wait
+
+
 def test_batch_must_split_over_the_processes():
     check_batch(8, 4)
     with pytest.raises(TinygenError, match=r"batch_size 6 is the global batch .* 4 torchrun "
@@ -110,6 +129,32 @@ def test_each_process_feeds_its_share_of_the_global_batch():
     assert steps == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
     whole = Feed(Counting(), batch, 4, 2, lambda t: t).next_step()
     assert [m["input_ids"][:, 0].tolist() for m in whole] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_machines_that_see_different_checkpoints_are_named_as_torchrun_processes(tmp_path):
+    """torchrun on two machines, --output on a disk of each: the second sees no checkpoint.
+    The line spoke of hosts and pod slices, XLA's words, to a user of torchrun."""
+    from tinygen_trainer.training.checkpoint import resume_point
+    from tinygen_trainer.training.device import Backend
+
+    step = tmp_path / "out" / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    for name in ("config.json", "optimizer.pt", "model.safetensors"):
+        (step / name).write_text("x")
+    (step / "state.json").write_text(json.dumps({"step": 2}))
+
+    class Process0(Backend):  # the data parallel backends are named cpu and cuda, as this
+        def gather(self, value):
+            return [value, None]  # process 1 runs on another machine, with its own empty disk
+
+    with pytest.raises(TinygenError) as info:
+        resume_point(tmp_path / "out", Process0())
+    message = str(info.value)
+    assert message.startswith(f"the processes see different checkpoints in {tmp_path / 'out'} "
+                              f"(process 0: step-00000002 (state "), message
+    assert message.endswith("process 1: none); only process 0 writes them, so on several "
+                            "machines --output must be a folder every machine shares"), message
+    assert "host" not in message and "pod slice" not in message
 
 
 # -- two processes -----------------------------------------------------------------------
@@ -172,6 +217,32 @@ def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
     # when process 0 left while process 1 was still in a collective).
     assert "SIGABRT" not in run.stderr and "terminate called" not in run.stderr, run.stderr[-3000:]
     assert "failed (exitcode: 2)" in run.stderr, run.stderr[-3000:]
+
+
+def test_a_resume_on_processes_the_batch_does_not_split_over_says_how_many_fit():
+    # It said "use --batch-size 3", which the resume then refused (the checkpoint's is 4).
+    with pytest.raises(TinygenError) as info:
+        check_batch(4, 3, resuming=True)
+    assert str(info.value) == (
+        "batch_size 4 is the global batch and must be a multiple of the 3 torchrun processes it "
+        "is split over; a resumed run keeps its batch size, so resume it on a number of "
+        "processes that divides 4 (2, say)")
+    with pytest.raises(TinygenError, match=r"divides 12 \(6, say\)$"):
+        check_batch(12, 8, resuming=True)
+
+
+@needs_gloo
+def test_resuming_on_a_process_count_the_batch_does_not_split_over(tmp_path, corpus, tokenizer):
+    """A one-process run of batch 4, resumed by three processes: the way out is two."""
+    out = tmp_path / "out"
+    assert main(args(corpus, tokenizer, out, "--quiet", "--steps", "2")) == 0
+    run = torchrun(args(corpus, tokenizer, out, "--quiet", "--resume"), processes=3)
+    assert run.returncode != 0
+    errors = our_errors(run.stderr)
+    assert errors and all(e.endswith("a resumed run keeps its batch size, so resume it on a "
+                                     "number of processes that divides 4 (2, say)")
+                          for e in errors), run.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
 
 
 @needs_gloo

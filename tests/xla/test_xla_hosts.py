@@ -136,6 +136,8 @@ def test_hosts_that_see_different_checkpoints_do_not_resume(tmp_path):
     (step / "state.json").write_text(json.dumps({"step": 3}))
 
     class Host0(Backend):
+        name = "xla"
+
         def gather(self, value):
             return [value, None]  # host 1 has its own, empty, disk
 

@@ -153,10 +153,13 @@ def resume_point(output_dir: Path, backend: Backend,
         seen = f"{latest.name} (state {digest})"
     views = backend.gather(seen)
     if any(view != views[0] for view in views):
-        each = ", ".join(f"host {i}: {view or 'none'}" for i, view in enumerate(views))
+        # XLA runs one process per host; torchrun one per GPU, on one machine or several.
+        who, whom, where, host = ("host", "hosts", "on a pod slice", "host") \
+            if backend.name == "xla" else ("process", "processes", "on several machines", "machine")
+        each = ", ".join(f"{who} {i}: {view or 'none'}" for i, view in enumerate(views))
         raise TinygenError(
-            f"the hosts see different checkpoints in {output_dir} ({each}); only process 0 "
-            f"writes them, so on a pod slice --output must be a folder every host shares")
+            f"the {whom} see different checkpoints in {output_dir} ({each}); only process 0 "
+            f"writes them, so {where} --output must be a folder every {host} shares")
     if latest is None and skipped:  # after the gather: every host reaches it, or none does
         raise TinygenError(
             f"no checkpoint in {Path(output_dir) / CHECKPOINTS} can be loaded ({skipped[0]}"

@@ -77,7 +77,7 @@ class Backend:
 
     # -- data parallel over processes (torchrun; see distributed.py) ------------
 
-    def check_batch(self, batch_size: int) -> None:
+    def check_batch(self, batch_size: int, resuming: bool = False) -> None:
         """One-line TinygenError unless the global batch splits over the processes."""
 
     @property

@@ -65,6 +65,16 @@ def torchrun_env() -> tuple[int, int, int] | None:
     return rank, world, local
 
 
+def check_rendezvous(world: int) -> None:
+    """One line unless the address of process 0 is set (torchrun sets it), which env://
+    needs: a WORLD_SIZE and RANK set by hand got torch's ValueError traceback."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise TinygenError(f"WORLD_SIZE={world} but {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not set; start several "
+                           f"processes with torchrun")
+
+
 def process_rank() -> int:
     """This process's rank under torchrun (0 without it): only rank 0 prints results."""
     found = torchrun_env()
@@ -146,6 +156,7 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     from torch.distributed import rendezvous
 
     if _store is None:
+        check_rendezvous(world)
         _store, _, _ = next(rendezvous("env://"))
     key, read = f"tinygen/{what}", f"tinygen/{what}/read"
     if rank == 0:
@@ -170,15 +181,19 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     return None
 
 
-def check_batch(batch_size: int, processes: int) -> None:
+def check_batch(batch_size: int, processes: int, resuming: bool = False) -> None:
     """One line unless the global `batch_size` splits evenly over the processes."""
     if batch_size % processes:
+        problem = (f"batch_size {batch_size} is the global batch and must be a multiple of the "
+                   f"{processes} torchrun processes it is split over")
+        if resuming:  # the checkpoint's batch size stays: another --batch-size would be refused
+            fewer = max(n for n in range(1, processes) if batch_size % n == 0)
+            raise TinygenError(f"{problem}; a resumed run keeps its batch size, so resume it on "
+                               f"a number of processes that divides {batch_size} ({fewer}, say)")
         fits = processes * max(1, batch_size // processes)
         rows = fits // processes
-        raise TinygenError(
-            f"batch_size {batch_size} is the global batch and must be a multiple of the "
-            f"{processes} torchrun processes it is split over; use --batch-size {fits} "
-            f"({rows} row{'s' * (rows != 1)} per process)")
+        raise TinygenError(f"{problem}; use --batch-size {fits} "
+                           f"({rows} row{'s' * (rows != 1)} per process)")
 
 
 # Buffers are not trained (causal masks, rotary tables): DDP need not send them every forward.
@@ -228,6 +243,7 @@ class DataParallel:
         self.comm = "nccl" if cuda else "gloo"
         self._owns_group = not dist.is_initialized()  # else a script of the caller's made it
         if self._owns_group:
+            check_rendezvous(self.world)
             dist.init_process_group(self.comm, device_id=self.device if cuda else None)
         # Small objects (who sees which checkpoint, the result of a write) go over gloo:
         # no GPU memory for them, and gloo's wait is long enough for a large checkpoint.
@@ -237,8 +253,8 @@ class DataParallel:
     def describe(self) -> str:
         return f"{super().describe()} x{self.world} (torchrun, {self.comm})"  # type: ignore[misc]
 
-    def check_batch(self, batch_size: int) -> None:
-        check_batch(batch_size, self.world)
+    def check_batch(self, batch_size: int, resuming: bool = False) -> None:
+        check_batch(batch_size, self.world, resuming)
 
     def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().place_model(model)  # type: ignore[misc]

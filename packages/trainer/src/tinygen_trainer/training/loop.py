@@ -110,7 +110,7 @@ class Trainer:
         try:
             failure = None
             try:  # collectives here only where every process gets alike: one that fails must reach agree()
-                backend.check_batch(config.batch_size)
+                backend.check_batch(config.batch_size, resuming=config.resume)
                 _check_folder(config.output_dir, "--output")
                 _check_folder(config.tensorboard_dir, "--tensorboard")
                 if backend.is_writer:  # the one process that writes there
