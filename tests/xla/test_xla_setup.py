@@ -85,6 +85,21 @@ def test_the_command_says_it_in_one_line(setup, expected, corpus, tokenizer, tmp
     assert TORCH_XLA_PINS in done.stderr
 
 
+def test_a_pjrt_device_with_no_device_is_one_line(corpus, tokenizer, tmp_path):
+    """A misspelt PJRT_DEVICE (or TPU where there is no libtpu) failed with torch-xla's
+    traceback when the runtime started."""
+    args = ["train", str(corpus), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+            "-o", str(tmp_path / "out"), "--device", "xla", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "tinygen_trainer.cli", *args],
+                          env={**os.environ, "PJRT_DEVICE": "cpu"},  # names are upper case
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("tinygen-train: error: --device xla: PJRT_DEVICE=cpu gives no "
+                                  "XLA device (No PjRtPlugin registered for: cpu"), done.stderr
+    assert done.stderr.count("\n") == 1 and "PJRT_DEVICE=CPU to try it here" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # -- tools/tpu ----------------------------------------------------------------------------
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash

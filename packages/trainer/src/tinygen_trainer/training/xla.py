@@ -30,6 +30,7 @@ On a pod slice every host runs the same command, and so one process per host
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import Any, Callable, Iterator
 
@@ -41,7 +42,7 @@ import torch_xla.debug.metrics as met
 import torch_xla.runtime as xr
 from torch_xla.distributed.parallel_loader import MpDeviceLoader
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, first_line
 
 from ..data.dataset import Rows, Sampler
 from .distributed import Processes as Hosts  # one process per host here (torchrun: per GPU)
@@ -88,7 +89,13 @@ class XlaRuntime:
     """The PJRT runtime of this process: its device, its place among the hosts, the SPMD mesh."""
 
     def __init__(self) -> None:
-        self.devices = xr.global_runtime_device_count()  # every chip of the slice, all hosts
+        try:  # the runtime starts here: a PJRT_DEVICE with no device behind it fails first
+            self.devices = xr.global_runtime_device_count()  # every chip of the slice, all hosts
+        except (OSError, RuntimeError) as exc:
+            device = os.environ.get("PJRT_DEVICE", "")
+            raise TinygenError(
+                f"--device xla: PJRT_DEVICE={device} gives no XLA device ({first_line(exc)}); "
+                f"use PJRT_DEVICE=TPU on a TPU VM, PJRT_DEVICE=CPU to try it here") from None
         self.spmd = self.devices > 1
         if self.spmd and not xr.is_spmd():
             # Before the first XLA tensor: afterwards SPMD has to replicate what exists.
