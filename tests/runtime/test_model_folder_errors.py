@@ -148,19 +148,6 @@ def test_an_unknown_token_is_blamed_on_the_file_that_names_it(tmp_path):
         TextGenerator(replacements=path)
 
 
-def test_a_replacements_file_that_bans_or_writes_the_end_of_text_is_refused(tmp_path):
-    """Edited by hand (the trainer refuses both): a ban made texts that never end."""
-    gen = TextGenerator()
-    eos = gen.tokenizer.tokenizer.id_to_token(gen.manifest.eos_token_ids[0])
-    path = tmp_path / "mine.json"
-    for data, what, key in (({"ban": [eos]}, "bans", "ban"),
-                            ({"encode": [{"pattern": "THE END", "token": eos}]}, "writes", "encode")):
-        path.write_text(json.dumps(data))
-        assert run(["Hi", "--replacements", str(path)]) == (
-            2, "", f"tinygen: error: {path}: it {what} '{eos}', the model's end of text; take it "
-                   f"out of '{key}'\n")
-
-
 def test_manifest_format_version_of_the_wrong_type_says_so():
     data = load_manifest(embedded_model_dir()).to_json()
     with pytest.raises(ModelFormatError, match="'format_version' must be an integer, got '1'"):

@@ -29,10 +29,7 @@ class PromptEncoder:
         if replacements is None and manifest.replacements_file:
             replacements = model_dir / manifest.replacements_file
         loaded = Replacements.load(replacements) if replacements is not None else None
-        tokenizer = TextTokenizer(model_dir / manifest.tokenizer_file, loaded)
-        if loaded is not None:
-            _check_ends_kept(loaded, tokenizer, manifest)
-        return cls(manifest, tokenizer)
+        return cls(manifest, TextTokenizer(model_dir / manifest.tokenizer_file, loaded))
 
     def encode(self, prompt, single: str | None = None) -> list[list[int]]:
         """One prompt or a list of them -> token ids per prompt. single: the name of a method
@@ -105,14 +102,3 @@ def _other_ids(value) -> bool:
     """Numbers meant as token ids, one of them no int ([1.5], [1, True]): no list of prompts."""
     return isinstance(value, (list, tuple)) and len(value) > 0 and not is_token_ids(value) and \
         all(isinstance(i, (int, float)) for i in value)
-
-
-def _check_ends_kept(replacements: Replacements, tokenizer: TextTokenizer, manifest: Manifest) -> None:
-    """A config (edited by hand: the trainer writes none such) that bans the model's end of
-    text makes texts that never end; one that writes it into a prompt ends the prompt's text."""
-    ends = set(manifest.eos_token_ids)
-    for what, tokens in (("bans", replacements.ban), ("writes", [r.token for r in replacements.encode])):
-        token = next((t for t in tokens if tokenizer.tokenizer.token_to_id(t) in ends), None)
-        if token is not None:
-            raise ModelFormatError(f"{replacements.source}: it {what} '{token}', the model's end "
-                                   f"of text; take it out of '{'ban' if what == 'bans' else 'encode'}'")
