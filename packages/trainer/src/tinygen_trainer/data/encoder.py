@@ -63,6 +63,8 @@ class Encoder:
     fingerprint: str = field(init=False)
     # sha256 of the replacement rules (None without rules): they change the tokens too.
     replacements_fingerprint: str | None = field(init=False)
+    # Kept whole by the rules (a record's field tokens), as the runtime keeps them.
+    special_tokens: frozenset = field(init=False)
 
     def __post_init__(self) -> None:
         # A tokenizer.json saved by transformers may carry truncation or padding,
@@ -73,6 +75,7 @@ class Encoder:
         self.replacements.check_vocab(vocab, source="replacements")
         added = self.tokenizer.get_added_tokens_decoder().values()
         self.replacements.check_added({t.content for t in added}, source="replacements")
+        object.__setattr__(self, "special_tokens", frozenset(t.content for t in added if t.special))
         fingerprint = canonical_sha256(json.loads(self.tokenizer.to_str()))
         rules = self.replacements.to_json()["encode"] if self.replacements.encode else None
         object.__setattr__(self, "fingerprint", fingerprint)
@@ -101,9 +104,7 @@ class Encoder:
         """
         # encode_batch_fast (tokenizers >= 0.21) skips computing offsets we never use.
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        # Kept whole by the rules (a record's field tokens), as the runtime keeps them.
-        added = self.tokenizer.get_added_tokens_decoder().values()
-        specials = frozenset(t.content for t in added if t.special)
+        specials = self.special_tokens
         chunks: list[np.ndarray] = []
         lengths: list[int] = []
         total_chars = sum(len(d) for d in documents)
