@@ -187,7 +187,11 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, device: torch.d
 def prune(root: Path, keep: int) -> None:
     complete = list_checkpoints(root.parent)
     for path in complete[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        # Renamed first: a run killed mid-delete leaves a temp folder, removed below next
+        # time, not a half-deleted step folder that no list would ever find again.
+        doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=root))
+        os.rename(path, doomed / path.name)
+        shutil.rmtree(doomed, ignore_errors=True)
     for path in root.glob(f"{TMP_PREFIX}*"):  # left by a run killed mid-write
         shutil.rmtree(path, ignore_errors=True)
 
