@@ -339,3 +339,16 @@ def test_a_vocabulary_the_corpus_cannot_fill_is_said(corpus_file, tmp_path, caps
     assert main(["tokenizer", str(corpus_file), "-o", str(tmp_path / "small"),
                  "--vocab-size", "300"]) == 0
     assert "fewer than" not in capsys.readouterr().err
+
+
+def test_a_kill_before_the_rules_are_written_leaves_no_tokenizer(tmp_path, corpus_file,
+                                                                  monkeypatch):
+    # tokenizer.json is written last: alone, it would train without the rules its <|url|> needs
+    def killed(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Replacements, "save", killed)
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["tokenizer", str(corpus_file), "-o", str(out), "--vocab-size", "300",
+                 "--replace-regex", r"https?://\S+", "<|url|>"]) != 0
+    assert not out.exists()

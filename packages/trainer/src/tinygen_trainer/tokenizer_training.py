@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from tinygen.atomic import atomic_write_text
 from tinygen.errors import TinygenError
+from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
@@ -94,10 +95,15 @@ def train_tokenizer(documents: Sequence[str], config: TokenizerConfig) -> Tokeni
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike,
-                   replacements: Replacements | None = None) -> Path:
-    """Write tokenizer.json (atomically) and, with rules, replacements.json beside it."""
+                   replacements: Replacements | None = None,
+                   schema: FieldSchema | None = None) -> Path:
+    """Write tokenizer.json and, with rules or fields, replacements.json and fields.json beside
+    it, each atomically. tokenizer.json goes last: a run killed before it leaves no new
+    tokenizer missing the rules its special tokens were made for."""
     path = Path(path)
-    atomic_write_text(path, tokenizer.to_str(pretty=True))
     if replacements is not None and replacements.tokens():
         replacements.save(path.parent / REPLACEMENTS_FILE)
+    if schema is not None:
+        schema.save(path.parent)
+    atomic_write_text(path, tokenizer.to_str(pretty=True))
     return path

@@ -107,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
     documents = read_corpus(args)
     tokenizer = train_tokenizer(documents, config)
     replaced = args.output.is_file()
-    path = save_tokenizer(tokenizer, args.output, replacements)
-    if schema:  # training and export find it beside the tokenizer, as replacements.json
-        schema.save(Path(path).parent)
+    # Training and export find fields.json beside the tokenizer, as replacements.json.
+    path = save_tokenizer(tokenizer, args.output, replacements, schema)
     size = tokenizer.get_vocab_size()
     if size < args.vocab_size:  # BPE stops when no pair is frequent enough to merge
         print(f"note: the tokenizer has {size} tokens, fewer than the {args.vocab_size} asked: "
