@@ -15,6 +15,7 @@ from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
 from ..training.config import TrainConfig
 from ..export.source import check_model_folder, load_causal_lm
+from ..folder_tokenizer import has_slow_tokenizer
 from ..training.setup import build_encoder, load_hf_config, model_window
 from .teacher_cache import (MANIFEST, TeacherCache, build_teacher_cache, teacher_fingerprint,
                             torch_scorer)
@@ -41,9 +42,9 @@ class CacheRequest:
 def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Encoder:
     """The teacher's tokenizer, end-of-text id and replacement rules, as training would use them."""
     # Said here: build_encoder's advice (--tokenizer FILE) is for train, which has that option.
-    if not (teacher / "tokenizer.json").is_file():
-        raise TinygenError(f"--teacher {teacher}: has no tokenizer.json; save the teacher's "
-                           f"(fast) tokenizer into the folder")
+    if not (teacher / "tokenizer.json").is_file() and not has_slow_tokenizer(teacher):
+        raise TinygenError(f"--teacher {teacher}: has no tokenizer.json (nor vocab.json + "
+                           f"merges.txt); save the teacher's tokenizer into the folder")
     encoder, added = build_encoder(TrainConfig(output_dir=output, data=tuple(corpora),
                                                model=teacher))
     if added:

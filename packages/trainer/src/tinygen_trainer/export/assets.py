@@ -2,7 +2,8 @@
 
 The runtime reads only a `tokenizers` tokenizer.json, so a source that ships
 slow tokenizer files (vocab.json + merges.txt, tokenizer.model) is converted
-once here, through transformers, instead of teaching the runtime every format.
+once here, through transformers (as finetuning converts it: folder_tokenizer.py),
+instead of teaching the runtime every format.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
+from ..folder_tokenizer import has_slow_tokenizer, transformers_tokenizer
+
 
 TOKENIZER_FILE = "tokenizer.json"
-# Vocabulary files from which transformers' AutoTokenizer can build a fast tokenizer
-# (tokenizer_config.json alone is not one: save_pretrained writes it for every model).
-SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
-                        "sentencepiece.bpe.model", "vocab.txt")
 
 
 def write_tokenizer(src: Path, dest_dir: Path) -> Path:
@@ -31,9 +30,8 @@ def write_tokenizer(src: Path, dest_dir: Path) -> Path:
     if (src / TOKENIZER_FILE).is_file() and not _sets_special_tokens(src):
         load_tokenizer(src / TOKENIZER_FILE)  # a bad one named where it is, not as its copy
         shutil.copyfile(src / TOKENIZER_FILE, dest)
-    elif (src / TOKENIZER_FILE).is_file() or \
-            any((src / name).is_file() for name in SLOW_TOKENIZER_FILES):
-        _save_transformers_tokenizer(src, dest)
+    elif (src / TOKENIZER_FILE).is_file() or has_slow_tokenizer(src):
+        transformers_tokenizer(src).save(str(dest))
     else:
         raise TinygenError(
             f"{src}: no tokenizer (need tokenizer.json, or files transformers can load such as "
@@ -52,22 +50,6 @@ def _sets_special_tokens(src: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and ("add_bos_token" in config or "add_eos_token" in config)
-
-
-def _save_transformers_tokenizer(src: Path, dest: Path) -> None:
-    """tokenizer.json as transformers' fast tokenizer for `src` has it once loaded (built from
-    the slow tokenizer's files where there is no tokenizer.json)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src, use_fast=True, local_files_only=True)
-    except Exception as exc:  # conversion raises many unrelated types (missing sentencepiece, ...)
-        raise TinygenError(f"{src}: cannot build tokenizer.json from its tokenizer files "
-                           f"({first_line(exc)})") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise TinygenError(f"{src}: transformers has no fast tokenizer for these files, "
-                           f"so there is no tokenizer.json to write")
-    tokenizer.backend_tokenizer.save(str(dest))
 
 
 def load_tokenizer(path: Path):

@@ -12,7 +12,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tinygen.errors import TinygenError, first_line
 
@@ -41,21 +41,30 @@ def read_source(src: Path) -> SourceModel:
         raise TinygenError(f"source model not found: {src}")
     if not src.is_dir():
         raise TinygenError(f"{src}: the source must be a transformers model directory, not a file")
-    if not (src / "config.json").is_file() and (src / "tinygen.json").is_file():
-        raise TinygenError(f"{src} is already an exported tinygen model; export the transformers folder "
-                           f"it came from (a trained run's --output, or the model you finetuned)")
-    if not (src / "config.json").is_file() and (src / "checkpoints").is_dir():
-        raise TinygenError(f"{src}: a training run that did not finish (no model saved yet); "
-                           f"finish it with the same command and --resume, or export one of "
-                           f"its checkpoints ({src / 'checkpoints'}/step-N)")
     if not (src / "config.json").is_file():
-        raise TinygenError(
-            f"{src}: no config.json; the source must be a transformers model directory"
-        )
+        raise TinygenError({
+            "export": f"{src} is already an exported tinygen model; export the transformers "
+                      f"folder it came from (a trained run's --output, or the model you finetuned)",
+            "run": f"{src}: a training run that did not finish (no model saved yet); finish it "
+                   f"with the same command and --resume, or export one of its checkpoints "
+                   f"({src / 'checkpoints'}/step-N)",
+            "other": f"{src}: no config.json; the source must be a transformers model directory",
+        }[folder_kind(src)])
     config = check_model_folder(src)
     gen_path = src / "generation_config.json"
     generation = _read_json(gen_path) if gen_path.is_file() else None
     return SourceModel(src, config, generation)
+
+
+def folder_kind(folder: Path) -> Literal["export", "run", "other"]:
+    """What a folder without config.json holds instead, for an error that says what to give:
+    an exported tinygen model, a training run that has not saved its model yet, or other.
+    Each command words the advice (export a checkpoint, give one) itself."""
+    if (folder / "tinygen.json").is_file():
+        return "export"
+    if (folder / "checkpoints").is_dir():
+        return "run"
+    return "other"
 
 
 def check_model_folder(folder: Path, label: str | None = None) -> dict[str, Any]:

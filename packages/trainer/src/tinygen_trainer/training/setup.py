@@ -22,7 +22,8 @@ from ..data.blend import BlendSampler, derive_seed
 from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
 from ..data.holdout import hold_out, join
-from ..export.source import check_model_folder, load_causal_lm
+from ..export.source import check_model_folder, folder_kind, load_causal_lm
+from ..folder_tokenizer import has_slow_tokenizer, transformers_tokenizer
 from ..notices import warn
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
@@ -64,9 +65,10 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
     if config.model is not None and not (config.model / "config.json").is_file():
         load_hf_config(config.model)  # what the folder is, before asking for its tokenizer
     tokenizer_path = config.tokenizer or (config.model / "tokenizer.json")
-    if config.tokenizer is None and not tokenizer_path.is_file():
-        raise TinygenError(f"{config.model}: has no tokenizer.json; pass --tokenizer FILE")
-    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer_path.is_file() or config.tokenizer is not None:
+        tokenizer, source = load_tokenizer(tokenizer_path), str(tokenizer_path)
+    else:
+        tokenizer, source = _slow_tokenizer(config.model), str(config.model)
     replacements = _replacements(config, tokenizer_path)
     missing = sorted(t for t in replacements.tokens() if tokenizer.token_to_id(t) is None)
     schema = field_schema(config)
@@ -77,8 +79,16 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
         # trained without --field): the tokens become new special tokens, and the model's
         # embedding grows to hold them. Otherwise `<|title|>` would be trained as 9 byte pieces.
         tokenizer.add_special_tokens(missing)
-    eos_id = _eos_id(config, tokenizer, tokenizer_path)
+    eos_id = _eos_id(config, tokenizer, source)
     return Encoder(tokenizer, eos_id, replacements), len(missing)
+
+
+def _slow_tokenizer(model: Path):
+    """The tokenizer of a model folder without tokenizer.json (GPT-2 as published: vocab.json +
+    merges.txt), built as its export builds it, special tokens included."""
+    if not has_slow_tokenizer(model):
+        raise TinygenError(f"{model}: has no tokenizer.json; pass --tokenizer FILE")
+    return transformers_tokenizer(model)
 
 
 def field_schema(config: TrainConfig) -> FieldSchema | None:
@@ -119,9 +129,14 @@ def _check_same_ids(config: TrainConfig, encoder: Encoder) -> None:
     the model learned it under (a copy, or one saved by another library, does); another
     tokenizer would train every embedding on the wrong text."""
     own = config.model / "tokenizer.json"
-    if config.tokenizer is None or not own.is_file() or own.resolve() == Path(config.tokenizer).resolve():
+    if config.tokenizer is None or own.resolve() == Path(config.tokenizer).resolve():
         return
-    theirs = load_tokenizer(own).get_vocab(with_added_tokens=True)
+    if own.is_file():
+        theirs = load_tokenizer(own).get_vocab(with_added_tokens=True)
+    elif has_slow_tokenizer(config.model):
+        theirs = transformers_tokenizer(config.model).get_vocab(with_added_tokens=True)
+    else:
+        return
     ours = encoder.tokenizer.get_vocab(with_added_tokens=True)
     moved = [t for t, i in theirs.items() if ours.get(t) != i]
     if moved:
@@ -265,27 +280,28 @@ def _replacements(config: TrainConfig, tokenizer_path: Path) -> Replacements:
     return Replacements()
 
 
-def _eos_id(config: TrainConfig, tokenizer, tokenizer_path: Path) -> int:
+def _eos_id(config: TrainConfig, tokenizer, source: str) -> int:
+    """`source` names the tokenizer in errors."""
     if config.eos_token is None and config.model is not None:
         eos = getattr(load_hf_config(config.model), "eos_token_id", None)
         eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
         if isinstance(eos, int):
             return eos
-    return find_eos_id(tokenizer, config.eos_token, source=str(tokenizer_path))
+    return find_eos_id(tokenizer, config.eos_token, source=source)
 
 
 def load_hf_config(model_dir: Path):
     from transformers import AutoConfig
 
     if not (model_dir / "config.json").is_file():
-        if (model_dir / "checkpoints").is_dir():  # a run's --output, its model not saved yet
-            raise TinygenError(f"{model_dir}: a training run that did not finish (no model saved "
-                               f"yet); finish it with --resume, or give one of its checkpoints "
-                               f"({model_dir / 'checkpoints'}/step-N)")
-        if (model_dir / "tinygen.json").is_file():
-            raise TinygenError(f"{model_dir} is an exported tinygen model; give the transformers "
-                               f"folder it was exported from")
-        raise TinygenError(f"{model_dir}: not a transformers model folder (no config.json)")
+        raise TinygenError({
+            "export": f"{model_dir} is an exported tinygen model; give the transformers folder "
+                      f"it was exported from",
+            "run": f"{model_dir}: a training run that did not finish (no model saved yet); "
+                   f"finish it with --resume, or give one of its checkpoints "
+                   f"({model_dir / 'checkpoints'}/step-N)",
+            "other": f"{model_dir}: not a transformers model folder (no config.json)",
+        }[folder_kind(model_dir)])
     try:
         return AutoConfig.from_pretrained(model_dir)
     except (ValueError, OSError) as exc:
