@@ -136,6 +136,7 @@ class TextGenerator:
             raise ModelFormatError(f"{self.model_dir / MANIFEST_NAME}: 'generation': {exc}") from None
         self._indexes: dict = {}
         self._async_lock = threading.Lock()
+        self._async_worker = None  # agenerate's and astream's thread (_worker), made at the first
 
     @property
     def device(self) -> str:
@@ -151,6 +152,9 @@ class TextGenerator:
             return
         self.model = _Closed()
         self._indexes.clear()
+        # Its thread ends when the last call under way, or a stream made before, lets it go
+        # (not shutdown(): such a stream would then fail to start, not say this was closed).
+        self._async_worker = None
         heap.release_free_heap()
 
     def __enter__(self) -> "TextGenerator":
@@ -283,7 +287,7 @@ class TextGenerator:
         from .async_api import in_worker_thread
 
         return await in_worker_thread(
-            self._async_lock, lambda cancelled: self.generate(prompt, _cancel=cancelled, **kwargs))
+            self._worker(), lambda cancelled: self.generate(prompt, _cancel=cancelled, **kwargs))
 
     def astream(self, prompt: Prompt = "", seed: int | None = None, context: dict | None = None,
                 target: str | None = None, **options) -> AsyncTextStream:
@@ -293,7 +297,21 @@ class TextGenerator:
         from .async_api import AsyncTextStream
 
         text = self._one_text("astream", prompt, seed, context, target, options)
-        return AsyncTextStream(self._async_lock, lambda: TextStream(self._decoding(*text)), text[1][0])
+        return AsyncTextStream(self._worker(), lambda stop: TextStream(self._decoding(*text), stop),
+                               text[1][0])
+
+    def _worker(self):
+        """The one thread agenerate and astream decode in, in turn. Not the event loop's default
+        executor: calls waiting their turn there each held one of its few threads (min(32,
+        cores + 4)), and the application's own to_thread and DNS lookups waited behind them."""
+        if isinstance(self.model, _Closed):  # no thread for calls that can only fail
+            raise TinygenError(CLOSED)
+        with self._async_lock:
+            if self._async_worker is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._async_worker = ThreadPoolExecutor(1, thread_name_prefix="tinygen")
+            return self._async_worker
 
     def next_token_probs(self, prompt: Prompt, top_n: int = 10, context: dict | None = None,
                          target: str | None = None) -> list[tuple[str, float]]:
@@ -535,13 +553,18 @@ class Generations(list):
 class TextStream:
     """Iterates over text pieces; `.seed` says how to remake the text, `.completion` holds it at the end."""
 
-    def __init__(self, decoding: BatchDecoding):
+    def __init__(self, decoding: BatchDecoding, _cancel: threading.Event | None = None):
+        """_cancel: astream's (internal): once set, iteration ends after the current step,
+        whether or not the steps gave text (tokens that show none, such as special ones)."""
         self._decoding = decoding
+        self._cancel = _cancel
         self.seed = decoding.rows[0].seed
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
         while not self._decoding.done:
+            if self._cancel is not None and self._cancel.is_set():
+                return
             [piece] = self._decoding.step()
             if piece:
                 yield piece
