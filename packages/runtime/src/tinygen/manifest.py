@@ -15,6 +15,8 @@ from typing import Any
 
 from .atomic import atomic_write_text
 from .errors import ModelFormatError
+from .file_digest import ends_digest
+from .weights_files import check_weights_files
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "tinygen.json"
@@ -65,6 +67,10 @@ class Manifest:
     outputs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OUTPUTS))
     # Defaults for tinygen.GenerationConfig; the caller's arguments override them.
     generation: dict[str, Any] = field(default_factory=dict)
+    # File name -> ends_digest of the file as the export wrote it; None: no record (older
+    # exports, other tools' folders). Checked on load: a same-sized file swapped in from
+    # another model would otherwise load and write wrong text.
+    files: dict[str, str] | None = None
     format_version: int = FORMAT_VERSION
 
     def past_names(self) -> list[str]:
@@ -87,6 +93,8 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
+        if data["files"] is None:  # as before the key existed, for tinygen versions without it
+            del data["files"]
         return {"format_version": data.pop("format_version"), **data}
 
     def save(self, model_dir: str | os.PathLike) -> Path:
@@ -178,8 +186,7 @@ class Manifest:
             value = getattr(self, name)
             if not ((isinstance(value, str) and value) or (optional and value is None)):
                 raise ModelFormatError(f"{source}: '{name}' must be a file name, got {value!r}")
-            parts = PurePosixPath(value.replace("\\", "/")).parts if value else ()
-            if parts and (parts[0] == "/" or ".." in parts or ":" in parts[0]):
+            if value is not None and _outside(value):
                 raise ModelFormatError(f"{source}: '{name}' must name a file inside the model "
                                        f"folder, got {value!r}")
         for name in ("bos_token_id", "pad_token_id"):
@@ -197,6 +204,18 @@ class Manifest:
                                        f"vocabulary (0..{self.vocab_size - 1})")
         if self.quantization is not None and not isinstance(self.quantization, str):
             raise ModelFormatError(f"{source}: 'quantization' must be a string or null, got {self.quantization!r}")
+        if self.files is not None and not isinstance(self.files, dict):
+            raise ModelFormatError(f"{source}: 'files' must be an object of file name to "
+                                   f"fingerprint, got {type(self.files).__name__}")
+        for name, digest in (self.files or {}).items():
+            if _outside(name):
+                raise ModelFormatError(f"{source}: 'files': '{name}' must name a file inside the "
+                                       f"model folder")
+            if not (isinstance(digest, str) and len(digest) == 16 and
+                    all(c in "0123456789abcdef" for c in digest)):
+                raise ModelFormatError(f"{source}: 'files': '{name}' must be a fingerprint of "
+                                       f"16 hex digits, as tinygen-train export writes, got "
+                                       f"{digest!r}")
 
 
 def _kv_heads(config: dict[str, Any], heads: int) -> Any:
@@ -288,6 +307,12 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
     return manifest
 
 
+def _outside(name: str) -> bool:
+    """Whether the path `name` leaves the model folder: absolute, on a drive, or through `..`."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return bool(parts) and (parts[0] == "/" or ".." in parts or ":" in parts[0])
+
+
 def _formats(pattern: str) -> bool:
     try:
         pattern.format(layer=0)
@@ -339,4 +364,29 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
             hint = (f" (a transformers model folder: export it first, 'tinygen-train export "
                     f"{model_dir} OUT')") if trained and name == manifest.model_file else ""
             raise ModelFormatError(f"{model_dir}: missing {name}{hint}")
+    if manifest.files:
+        check_recorded_files(model_dir, manifest)
     return manifest
+
+
+def check_recorded_files(model_dir: Path, manifest: Manifest) -> None:
+    """Each file in the manifest's 'files' is there with the fingerprint the export recorded.
+
+    The fingerprint is ends_digest (size and the bytes at both ends): a load reads ~5 MiB a
+    file, not gigabytes of weights, and a file from another model differs in its size or at
+    its ends (its first tensors, its vocabulary's start, ...)."""
+    for name, digest in manifest.files.items():
+        path = model_dir / name
+        if path.is_file() and ends_digest(path) == digest:
+            continue
+        if manifest.model_file.endswith(".onnx"):  # a missing or cut weights file in its own words
+            check_weights_files(model_dir / manifest.model_file)
+        if not path.is_file():
+            raise ModelFormatError(f"{model_dir}: missing {name}, which {MANIFEST_NAME}'s 'files' "
+                                   f"records; copy it with the rest of the model folder (if the "
+                                   f"model no longer uses it, remove its entry from 'files')")
+        raise ModelFormatError(f"{path}: not the file this model was exported with (its size or "
+                               f"contents differ from the record in {MANIFEST_NAME}); copy back "
+                               f"the exported file, or export the model again (to keep a file "
+                               f"changed on purpose, remove its entry from 'files' in "
+                               f"{MANIFEST_NAME})")

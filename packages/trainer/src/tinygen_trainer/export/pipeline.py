@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinygen.errors import TinygenError
+from tinygen.file_digest import ends_digest
 from tinygen.manifest import Manifest
 
 from .assets import copy_fields, copy_replacements, write_tokenizer
@@ -19,7 +20,7 @@ from .fused.graph import NoFusedGraph
 from .fused.quantize import INT8_BLOCK_SIZE, quantize_nbits
 from .noise import library_noise_dropped
 from .onnx_export import MODEL_FILE as ONNX_FILE
-from .onnx_export import export_onnx, read_signature
+from .onnx_export import export_onnx, external_data_files, read_signature
 from .quantize import quantize_int8
 from .source import SourceModel, read_source
 from .staging import check_output_dir, staged_dir
@@ -49,9 +50,21 @@ def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
         manifest = replace(base_manifest(source, copy_replacements(source.path, stage, tokenizer)),
                            fields_file=copy_fields(source.path, stage, tokenizer))
         manifest, reports = BUILDERS[config.format](config, source, manifest, stage, say)
+        manifest = record_files(manifest, stage)  # the finished files, before OUT appears
         manifest.save(stage)
     say(f"wrote {config.out}")
     return ExportResult(config.out, manifest, tuple(reports))
+
+
+def record_files(manifest: Manifest, folder: Path) -> Manifest:
+    """The manifest with the fingerprint of the graph, its weights files and the tokenizer,
+    which the runtime checks on load (docs/model-format.md, 'files'). Not replacements.json or
+    fields.json: users edit those (a rule's decoded text, say), and their tokens are checked
+    against the vocabulary on load anyway."""
+    names = [manifest.model_file, manifest.tokenizer_file]
+    if manifest.model_file.endswith(".onnx"):
+        names += external_data_files(folder / manifest.model_file)
+    return replace(manifest, files={name: ends_digest(folder / name) for name in sorted(set(names))})
 
 
 def _build_onnx(config: ExportConfig, source: SourceModel, manifest: Manifest, stage: Path,
