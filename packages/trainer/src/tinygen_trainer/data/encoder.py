@@ -2,16 +2,18 @@
 
 The stream is every document's ids followed by EOS, so a model trained on random
 windows of it sees where documents end and learns to stop. Encoding goes through
-the `tokenizers` batch path, which spreads documents over every core: one huge
-document encodes on one core, a folder of files or a JSONL file on all of them.
+the `tokenizers` batch path, which spreads documents over every core. A huge
+document (a corpus of one text file) is cut into pieces where the cut changes no
+token, so it too encodes on every core, in bounded memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,6 +30,15 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 # A batch is cut at this many characters so memory stays bounded on huge corpora.
 BATCH_CHARS = 1 << 22
 BATCH_DOCS = 4096
+# A longer document is encoded in pieces of about this many characters: tokenizers holds some
+# 200 bytes a token while it encodes, so a 40 MB text file encoded whole took 6.5 GB.
+PIECE_CHARS = 1 << 20
+# A piece ends at a line end or before a space, at one of the first CUT_TRIES there where the
+# CUT_CONTEXT characters either side encode to the same tokens cut or whole; with no such place
+# (a tokenizer that marks where each text begins, say), the rest of the document is one piece.
+CUT_AT = re.compile(r"(?<=\n)|(?= )")
+CUT_TRIES = 32
+CUT_CONTEXT = 1 << 10
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -112,17 +123,65 @@ class Encoder:
         with progress_bar(total_chars, desc, "char", unit_scale=True, enabled=progress,
                           leave=False) as bar:
             for batch in _batches(documents):
-                encoded = encode_batch([self.replacements.apply_encode(d, specials) for d in batch])
-                ids = [e.ids for e in encoded]
-                sizes = [len(i) + 1 for i in ids]
-                flat = chain.from_iterable(i + [self.eos_id] for i in ids)
-                chunks.append(np.fromiter(flat, dtype=self.dtype, count=sum(sizes)))
+                shown = bar.n  # a long document's pieces move the bar as they are encoded
+                texts = [self.replacements.apply_encode(d, specials) for d in batch]
+                cuts = [self._cuts(t) for t in texts]
+                ids = [e.ids for e in encode_batch([t for t, c in zip(texts, cuts) if not c])]
+                if len(ids) == len(texts):  # no long document: the batch is one chunk
+                    sizes = [len(i) + 1 for i in ids]
+                    flat = chain.from_iterable(i + [self.eos_id] for i in ids)
+                    chunks.append(np.fromiter(flat, dtype=self.dtype, count=sum(sizes)))
+                else:
+                    whole = iter(ids)
+                    docs = [self._encode_pieces(t, c, encode_batch, bar) if c else
+                            np.asarray(next(whole) + [self.eos_id], dtype=self.dtype)
+                            for t, c in zip(texts, cuts)]
+                    sizes = [d.size for d in docs]
+                    chunks.extend(docs)
                 lengths.extend(sizes)
                 n_tokens += sum(sizes)
-                bar.update(sum(len(d) for d in batch))
+                bar.update(sum(len(d) for d in batch) - (bar.n - shown))
                 bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
         tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=self.dtype)
         return tokens, np.cumsum(np.asarray(lengths, dtype=np.int64))
+
+    def _cuts(self, text: str) -> list[int]:
+        """Where to cut `text` into pieces of about PIECE_CHARS whose tokens, joined, are the
+        whole text's (none for a short text)."""
+        cuts, start = [], 0
+        while len(text) - start > PIECE_CHARS:
+            places = (m.start() for m in CUT_AT.finditer(text, start + PIECE_CHARS, len(text) - 1))
+            cut = next((c for c in islice(places, CUT_TRIES) if self._cuts_clean(text, c)), None)
+            if cut is None:
+                break
+            cuts.append(cut)
+            start = cut
+        return cuts
+
+    def _cuts_clean(self, text: str, cut: int) -> bool:
+        left, right = text[max(0, cut - CUT_CONTEXT):cut], text[cut:cut + CUT_CONTEXT]
+        whole, *halves = self.tokenizer.encode_batch([left + right, left, right],
+                                                     add_special_tokens=False)
+        return whole.ids == halves[0].ids + halves[1].ids
+
+    def _encode_pieces(self, text: str, cuts: list[int], encode_batch, bar) -> np.ndarray:
+        """One long document's tokens and EOS, its pieces encoded a batch at a time."""
+        bare = self.tokenizer.encode("a", add_special_tokens=False).ids
+        full = self.tokenizer.encode("a").ids  # with what the post-processor adds (Llama's <s>)
+        at = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), None)
+        if not bare or at is None:  # no telling the added tokens from the text's: encode whole
+            return np.asarray(encode_batch([text])[0].ids + [self.eos_id], dtype=self.dtype)
+        bounds = [0, *cuts, len(text)]
+        spans = list(zip(bounds, bounds[1:]))
+        parts = [np.asarray(full[:at], dtype=self.dtype)]
+        step = max(1, BATCH_CHARS // PIECE_CHARS)
+        for i in range(0, len(spans), step):
+            encoded = encode_batch([text[a:b] for a, b in spans[i:i + step]],
+                                   add_special_tokens=False)
+            parts.extend(np.asarray(e.ids, dtype=self.dtype) for e in encoded)
+            bar.update(sum(b - a for a, b in spans[i:i + step]))
+        parts.append(np.asarray(full[at + len(bare):] + [self.eos_id], dtype=self.dtype))
+        return np.concatenate(parts)
 
     def describe(self) -> dict[str, object]:
         """What a token cache records to recognise this encoder later."""

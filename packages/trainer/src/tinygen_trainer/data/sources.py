@@ -6,11 +6,14 @@ written with field tokens (tinygen.fields), for context-conditioned generation.
 Every reader returns a list of documents (str). A text file is one document, or
 one document per non-empty line in line-by-line mode; a CSV row or JSONL record
 is always one document. Bytes that are not UTF-8 stop the read with the file and
-byte offset, unless errors="replace" asks for U+FFFD instead.
+byte offset, unless errors="replace" asks for U+FFFD instead; a file that begins with a
+UTF-16 or UTF-32 byte-order mark is read in that encoding, and one holding a NUL byte
+(binary, or UTF-16 with no mark) is refused either way.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -26,6 +29,11 @@ CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIX = ".json"  # an array of records, or JSON Lines
 DEFAULT_FIELD = "text"
+# Text that names its encoding: Notepad's "Unicode" and Windows PowerShell's `>` write UTF-16
+# with a BOM; read as UTF-8 (or with --errors replace) it is its text between NUL bytes.
+# UTF-32 LE's mark begins with UTF-16 LE's, so it is looked for first.
+UTF_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+            (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def read_documents(path: str | Path, field: str | None = None, errors: str = "strict",
@@ -63,9 +71,11 @@ def corpus_files(path: str | Path) -> list[Path]:
     recursively, in name order, hidden ones (a dot in any part of the path) left out."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not hidden_under(p, path))
+        found = [p for p in path.rglob("*") if p.is_file()]
+        files = sorted(p for p in found if not hidden_under(p, path))
         if not files:
-            raise TinygenError(f"{path}: folder has no files")
+            hidden = " but hidden ones (names beginning with a dot), never read" if found else ""
+            raise TinygenError(f"{path}: folder has no files{hidden}")
         return files
     if path.is_file():
         return [path]
@@ -109,8 +119,21 @@ def _read_file(path: Path, field: str | None, errors: str, line_by_line: bool) -
 
 def decode_utf8(path: Path, errors: str = "strict") -> str:
     data = path.read_bytes()
+    utf = next((codec for bom, codec in UTF_BOMS if data.startswith(bom)), None)
+    if utf is not None:
+        try:
+            return data.decode(utf, errors=errors)  # the codec drops the BOM
+        except UnicodeDecodeError as exc:
+            raise TinygenError(f"{path}: not {utf.upper()} at byte {exc.start}, though it begins "
+                               f"with its byte-order mark; convert the file to UTF-8 or pass "
+                               f"--errors replace") from None
     if data.startswith(b"\xef\xbb\xbf"):  # a BOM is not part of the text
         data = data[3:]
+    nul = data.find(b"\x00")
+    if nul >= 0:  # no text holds one; --errors replace would train on a binary file's bytes
+        raise TinygenError(f"{path}: not text (a NUL byte at byte {nul}): a binary file, or UTF-16 "
+                           f"with no byte-order mark; leave it out of the corpus, or convert it "
+                           f"to UTF-8")
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
@@ -230,7 +253,8 @@ def _record_documents(path: Path, records, field: str) -> list[str]:
             raise TinygenError(f"{path}: {where} has no field '{field}'; choose one with --field")
         value = record[field]
         if not isinstance(value, str):
-            raise TinygenError(f"{path}: {where}: field '{field}' is not a string")
+            raise TinygenError(f"{path}: {where}: field '{field}' is {_json_kind(value)}, not a "
+                               f"string; fix the record, or choose another with --field")
         if value.strip():
             docs.append(value)
     if unseen and docs:  # no records at all is said elsewhere
@@ -238,3 +262,11 @@ def _record_documents(path: Path, records, field: str) -> list[str]:
         raise TinygenError(f"{path}: no record has the field '{missing}' (--field {field}); "
                            f"check its spelling")
     return docs
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, as JSON names it (null, not NoneType)."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (dict, "an object"), (list, "a list"))
+    return next(kind for types, kind in kinds if isinstance(value, types))
