@@ -153,3 +153,15 @@ def test_an_output_holding_other_files_is_refused(tiny_gpt2_dir, corpus, tmp_pat
     for _ in range(2):  # made there, then continued there
         assert main(["teacher-cache", *argv, "-o", str(empty)]) == 0
         assert TeacherCache.open(empty).complete
+
+
+def test_a_corpus_not_utf8_is_read_with_errors_replace_as_its_message_says(tiny_gpt2_dir,
+                                                                           tmp_path, capsys):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(TEXT.replace("little", "caf\xe9").encode("latin-1"))
+    args = ["teacher-cache", str(latin), "--teacher", str(tiny_gpt2_dir), "--block-size", "16",
+            "--top-k", "4", "--teacher-blocks", "2", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "strict")]) == 2
+    assert "--errors replace" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "replaced"), "--errors", "replace"]) == 0
+    assert TeacherCache.open(tmp_path / "replaced").complete

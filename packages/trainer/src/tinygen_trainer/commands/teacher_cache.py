@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.sources import ERRORS
+
 HELP = ("Precompute a teacher's top-k next-token logits over a corpus (resumable), for "
         "'tinygen-train distill --teacher-cache'.")
 
@@ -19,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache folder (an interrupted cache there is continued)")
     add_cache_options(parser)
     parser.add_argument("--field", help="CSV column / JSONL key holding the text (default: 'text')")
+    parser.add_argument("--errors", choices=ERRORS, default="strict",
+                        help="what to do with bytes that are not UTF-8")
     parser.add_argument("--batch-size", type=int, default=4, help="blocks per teacher forward")
     parser.add_argument("--max-minutes", type=float,
                         help="stop after about this long, at the end of a shard (64 blocks); "
@@ -56,7 +60,7 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
                         block_size=args.block_size, top_k=args.top_k,
                         num_blocks=args.teacher_blocks, seed=args.seed,
                         batch_size=batch_size, max_minutes=max_minutes,
-                        field=args.field, progress=not args.quiet)
+                        field=args.field, errors=args.errors, progress=not args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ class CacheRequest:
     batch_size: int = 4
     max_minutes: float | None = None  # stop after this long; run again to continue
     field: str | None = None
+    errors: str = "strict"  # bytes that are not UTF-8: refused, or read as U+FFFD ("replace")
     progress: bool = True
     resizable: bool = True  # False: a run trained on the cache, so num_blocks must stay its own
 
@@ -53,9 +54,10 @@ def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Enc
 
 
 def load_corpus(corpora: Sequence[Path], encoder: Encoder, field: str | None = None,
-                progress: bool = True) -> TokenDataset:
+                progress: bool = True, errors: str = "strict") -> TokenDataset:
     """Every corpus encoded (or read from its token cache) and joined into one stream."""
-    parts = [TokenDataset.from_path(p, encoder, field=field, progress=progress) for p in corpora]
+    parts = [TokenDataset.from_path(p, encoder, field=field, errors=errors, progress=progress)
+             for p in corpora]
     if len(parts) == 1:
         return parts[0]
     offsets = np.cumsum([0] + [p.num_tokens for p in parts[:-1]])
@@ -116,7 +118,8 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
         raise TinygenError(f"--top-k {request.top_k} is more than the teacher's vocabulary "
                            f"({vocab} tokens); use --top-k {vocab} or less")
     encoder = teacher_encoder(request.teacher, request.corpora, request.output)
-    dataset = load_corpus(request.corpora, encoder, request.field, request.progress)
+    dataset = load_corpus(request.corpora, encoder, request.field, request.progress,
+                          request.errors)
     model = load_teacher(request.teacher)
     bar = _progress_bar(request.progress)
     try:
