@@ -360,7 +360,7 @@ def no_teacher(monkeypatch):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--kd-weight", "1.5"], "kd_weight must be in"),
+    (["--kd-weight", "1.5"], "--kd-weight must be in"),
     (["--temperature", "0"], "temperature must be > 0"),
     (["--steps", "0"], "steps must be an integer >= 1"),
     (["--loss-weights", "0.5"], "drop --loss-weights"),

@@ -9,6 +9,7 @@ LINE_EVERY_S seconds, and a last one when it closes.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -35,9 +36,11 @@ def progress_bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled:
 
 
 def on_terminal(file: TextIO) -> bool:
+    """A terminal with a width. A pseudo-terminal no one sized (`docker run -t` in CI) has
+    0 columns, where tqdm draws its bar in nothing: a whole run without progress."""
     try:
-        return file.isatty()
-    except (AttributeError, ValueError, OSError):  # no isatty, or closed
+        return file.isatty() and os.get_terminal_size(file.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # no isatty or fileno, or closed
         return False
 
 

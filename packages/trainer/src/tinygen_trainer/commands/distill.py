@@ -115,10 +115,11 @@ def _logits(args: argparse.Namespace) -> int:
     args.corpus = [cache]
     # Every option is checked before the teacher runs: scoring a corpus takes hours on a CPU.
     base = train_command.config_from_args(args)
-    config = DistillConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
-                           teacher_cache=cache, kd_weight=args.kd_weight,
-                           temperature=args.temperature,
-                           teacher_embeddings=args.teacher_embeddings)
+    with train_command.named_as_flags():
+        config = DistillConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
+                               teacher_cache=cache, kd_weight=args.kd_weight,
+                               temperature=args.temperature,
+                               teacher_embeddings=args.teacher_embeddings)
     if request is not None:
         # A run with checkpoints trained on the cache as it is: scoring more (or fewer) blocks,
         # or any run but its resume, would change its rows after hours of scoring.
@@ -133,7 +134,10 @@ def _logits(args: argparse.Namespace) -> int:
                 raise TinygenError(f"{cache} is incomplete; run the command again to finish it")
 
         before_training_once("scoring the corpus with the teacher", score)
-    return _saved(distill(config))
+    try:  # the scoring above goes on where it stopped by itself; training needs --resume
+        return _saved(distill(config))
+    except KeyboardInterrupt:
+        return train_command.interrupted(config)
 
 
 def _sequences(args: argparse.Namespace) -> int:
@@ -176,7 +180,10 @@ def _sequences(args: argparse.Namespace) -> int:
     check_written_texts(request, config.resume)
     before_training_once("writing the teacher's texts",
                          lambda: teacher_texts(request, progress=not args.quiet))
-    return _saved(train(config))
+    try:
+        return _saved(train(config))
+    except KeyboardInterrupt:
+        return train_command.interrupted(config)
 
 
 def _saved(out: Path) -> int:

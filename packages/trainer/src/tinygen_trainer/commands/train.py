@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tinygen.errors import TinygenError
+from tinygen.errors import TinygenError, respell
 
 from ..data.sources import ERRORS
 from ..training.config import DEVICES, PRECISIONS, SCHEDULES, DataSource, Phase, TrainConfig
@@ -36,6 +37,32 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 def _default(name: str) -> Any:
     return _DEFAULTS[name]
+
+
+# The config's errors name its fields as Python does (learning_rate must be > 0); on the
+# command line they name the flag the user typed (--lr). Distillation's own are here too.
+FLAGS = {
+    "output_dir": "--output", "eos_token": "--eos-token", "block_size": "--block-size",
+    "errors": "--errors", "recency": "--recency", "steps": "--steps",
+    "batch_size": "--batch-size", "grad_accum": "--grad-accum", "learning_rate": "--lr",
+    "weight_decay": "--weight-decay", "warmup_steps": "--warmup-steps",
+    "lr_schedule": "--schedule", "min_lr_ratio": "--min-lr-ratio", "grad_clip": "--grad-clip",
+    "device": "--device", "precision": "--precision", "seed": "--seed",
+    "checkpoint_every": "--checkpoint-every", "keep_checkpoints": "--keep-checkpoints",
+    "log_every": "--log-every", "sample_every": "--sample-every",
+    "sample_length": "--sample-length", "tensorboard_dir": "--tensorboard",
+    "eval_fraction": "--eval-fraction", "eval_every": "--eval-every",
+    "eval_batches": "--eval-batches", "kd_weight": "--kd-weight", "temperature": "--temperature",
+}
+
+
+@contextmanager
+def named_as_flags():
+    """A config's error, with the options it names spelled as flags (FLAGS)."""
+    try:
+        yield
+    except TinygenError as exc:
+        raise TinygenError(respell(str(exc), FLAGS)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ck.add_argument("--log-every", type=int, default=_default("log_every"),
                     help="write metrics.jsonl (and TensorBoard) every N steps")
     ck.add_argument("--sample-every", type=int, default=_default("sample_every"),
-                    help="print a generated sample every N steps; 0 disables")
+                    help="print a generated sample (and log it to --tensorboard) every N "
+                         "steps; 0 disables")
     ck.add_argument("--sample-prompt", default=_default("sample_prompt"),
                     help="text the samples continue; empty: a new document")
     ck.add_argument("--sample-length", type=int, default=_default("sample_length"),
@@ -159,23 +187,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         corpora.append(args.eval_data)
     outputs = [args.output] + ([args.tensorboard] if args.tensorboard is not None else [])
     refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], outputs)
-    return TrainConfig(
-        output_dir=args.output, data=data, phases=phases, model=args.model, preset=args.preset,
-        tokenizer=args.tokenizer, replacements=args.replacements, eos_token=args.eos_token,
-        block_size=args.block_size, line_by_line=args.line_by_line, errors=args.errors,
-        recency=args.recency, steps=args.steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        lr_schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip,
-        device=args.device, precision=args.precision, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        resume=args.resume,
-        log_every=args.log_every, sample_every=args.sample_every, sample_prompt=args.sample_prompt,
-        sample_length=args.sample_length, tensorboard_dir=args.tensorboard, progress=not args.quiet,
-        eval_data=None if args.eval_data is None else DataSource(args.eval_data, field=args.field),
-        eval_fraction=args.eval_fraction, eval_every=args.eval_every,
-        eval_batches=args.eval_batches,
-    )
+    with named_as_flags():
+        return TrainConfig(
+            output_dir=args.output, data=data, phases=phases, model=args.model, preset=args.preset,
+            tokenizer=args.tokenizer, replacements=args.replacements, eos_token=args.eos_token,
+            block_size=args.block_size, line_by_line=args.line_by_line, errors=args.errors,
+            recency=args.recency, steps=args.steps, batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+            lr_schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip,
+            device=args.device, precision=args.precision, seed=args.seed,
+            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+            resume=args.resume,
+            log_every=args.log_every, sample_every=args.sample_every,
+            sample_prompt=args.sample_prompt, sample_length=args.sample_length,
+            tensorboard_dir=args.tensorboard, progress=not args.quiet,
+            eval_data=None if args.eval_data is None else DataSource(args.eval_data,
+                                                                     field=args.field),
+            eval_fraction=args.eval_fraction, eval_every=args.eval_every,
+            eval_batches=args.eval_batches,
+        )
 
 
 def _sources(args: argparse.Namespace) -> tuple[DataSource, ...]:
@@ -241,11 +272,36 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     refuse_field_without_records([s.path for p in config.resolved_phases() for s in p.data],
                                  args.field)
-    out = train(config)
+    try:
+        out = train(config)
+    except KeyboardInterrupt:
+        return interrupted(config)
     if process_rank() == 0:  # under torchrun: once, not once per process
         print(f"saved the model to {out}{held_out_figures(out)}; next: tinygen-train export "
               f"{out} OUT", file=sys.stderr)
     return 0
+
+
+def interrupted(config: TrainConfig) -> int:
+    """Ctrl-C in a run: one line saying what it kept and how to go on; exit status 130."""
+    from ..training.checkpoint import latest_checkpoint
+    from ..training.distributed import process_rank
+
+    if process_rank() == 0:  # Ctrl-C reaches every process: one says so
+        kept = latest_checkpoint(config.output_dir)
+        if kept is not None:
+            step = int(kept.name.removeprefix("step-"))
+            what = (f"the checkpoint of step {step} is kept ({kept}): run the same command "
+                    f"with --resume to go on from there")
+        elif config.checkpoint_every:
+            what = (f"it stopped before its first checkpoint (--checkpoint-every "
+                    f"{config.checkpoint_every}), so there is nothing to resume: the same "
+                    f"command starts it again")
+        else:
+            what = ("--checkpoint-every 0 keeps no checkpoint to resume from: the same command "
+                    "starts it again")
+        sys.stderr.write(f"tinygen-train: interrupted; {what}\n")  # one write: whole lines
+    return 130
 
 
 def held_out_figures(out: Path) -> str:

@@ -139,7 +139,7 @@ class TrainConfig:
     # -- reporting -----------------------------------------------------------
     # Write loss, lr and tokens/s to metrics.jsonl (and TensorBoard) every N steps.
     log_every: int = 10
-    # Print a generated sample every N steps; 0 disables.
+    # Print a generated sample every N steps (TensorBoard gets it too); 0 disables.
     sample_every: int = 0
     sample_prompt: str = ""
     sample_length: int = 64

@@ -247,7 +247,7 @@ class Trainer:
             if self.backend.is_writer:
                 text = generate_sample(model, self.encoder, backend, cfg.sample_prompt,
                                        cfg.sample_length, model_window(self.model.config))
-                self.reporter.write(f"--- sample at step {self.step} ---\n{text}\n---")
+                self.reporter.log_sample(self.step, text)
         if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
             self.save_checkpoint()
         self._log_time += time.perf_counter() - paused  # evaluating, sampling, saving: not training

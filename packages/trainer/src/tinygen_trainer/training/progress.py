@@ -6,9 +6,10 @@ evaluation ({"step", "eval_loss", "eval_perplexity", "eval_tokens"}); it is the 
 a resumed run continues, so on resume the lines after the checkpoint's step (and
 a line torn by a kill) are dropped first.
 
-TensorBoard gets the same scalars. A resumed run logs the steps after its
-checkpoint again, so its writer purges them (SummaryWriter's purge_step): the
-interrupted run's points past the checkpoint would otherwise stay beside the new ones.
+TensorBoard gets the same scalars, and the generated samples as text. A resumed
+run logs the steps after its checkpoint again, so its writer purges them
+(SummaryWriter's purge_step): the interrupted run's points past the checkpoint would
+otherwise stay beside the new ones.
 
 On a TPU pod slice only process 0 reports (writes=True); the Reporter of every
 other host writes no file and prints nothing, so there is one metrics.jsonl,
@@ -70,9 +71,13 @@ class Reporter:
         if self.tensorboard_dir:
             # This run logs again the steps after `step` that the interrupted run logged:
             # TensorBoard hides the old ones (purge_step: the first step hidden), as
-            # truncate_after drops them from metrics.jsonl.
+            # truncate_after drops them from metrics.jsonl. A new run marks its start too
+            # (at 0: it hides only what an earlier run left in the folder, as TensorBoard's
+            # fast reader does anyway): the Python reader (plugin_event_accumulator, as in
+            # --load_fast=false) takes the first start it sees for the run's own and purges
+            # only at a later one, so unmarked, the first resume would purge nothing.
             self.writer = self._writer_class(log_dir=str(self.tensorboard_dir),
-                                             purge_step=step + 1 if resumed else None)
+                                             purge_step=step + 1 if resumed else 0)
         # On a terminal a bar; in a log, a plain line now and then (bars.py).
         self.bar = progress_bar(self.total_steps, "training", "step", initial=step,
                                 enabled=self.progress)
@@ -119,6 +124,17 @@ class Reporter:
         self._record(step, {k: v for k, v in metrics.items() if k != "step"}, "eval")
         if self.progress:
             self.write(f"step {step}: {line}")
+
+    def log_sample(self, step: int, text: str) -> None:
+        """A generated sample: printed above the bar, and TensorBoard's text "samples"."""
+        if not self.writes:
+            return
+        self.write(f"--- sample at step {step} ---\n{text}\n---")
+        if self.writer is not None:
+            # TensorBoard renders text as Markdown: indented, it is shown as written, its
+            # line breaks and any *, # or <tag> kept.
+            self.writer.add_text("samples", "".join(f"    {line}\n" for line in
+                                                    text.split("\n")), step)
 
     def _record(self, step: int, metrics: dict[str, Any], group: str) -> None:
         # json.dumps writes nan as a bare NaN, which is not JSON (a diverged loss): null instead.

@@ -18,7 +18,9 @@ def generate_sample(model: torch.nn.Module, encoder: Encoder, backend: Backend, 
 
     Runs under fork_rng so drawing a sample does not change the training run.
     """
-    ids = encoder.tokenizer.encode(encoder.replacements.apply_encode(prompt)).ids if prompt else []
+    # As the corpus was encoded: no rule matches into a special token (a record's <|body|>).
+    text = encoder.replacements.apply_encode(prompt, encoder.special_tokens)
+    ids = encoder.tokenizer.encode(text).ids if prompt else []
     ids = (ids or [encoder.eos_id])[-window + 1:]
     length = min(length, window - len(ids))  # GPT-2 has no positions past its window
     input_ids = backend.to_device(torch.tensor([ids], dtype=torch.long))
@@ -31,4 +33,23 @@ def generate_sample(model: torch.nn.Module, encoder: Encoder, backend: Backend, 
                                  pad_token_id=encoder.eos_id)
     finally:
         model.train(was_training)
-    return prompt + encoder.tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
+    return prompt + sample_text(encoder, ids if prompt else [], out[0, len(ids):].tolist())
+
+
+def sample_text(encoder: Encoder, context: list[int], new: list[int]) -> str:
+    """The text of the generated ids `new` after the prompt's ids `context`, as a user reads a
+    sample: a replacement token as the text replacements.json decodes it to (<|url|> as
+    "<url>"), any other special token as itself, so a record's fields stay apart
+    (<|title|>Rain<|body|>...), and the end of text as nothing.
+
+    Decoded after the prompt and cut, as the runtime's stream does: a SentencePiece
+    tokenizer drops the space before a text's first word, not before a continuation's."""
+    def decode(ids: list[int]) -> str:
+        return encoder.tokenizer.decode(ids, skip_special_tokens=False)
+
+    new = [i for i in new if i != encoder.eos_id]
+    before, whole = decode(context), decode(context + new)
+    text = whole[len(before):] if context and whole.startswith(before) else decode(new)
+    for token, shown in encoder.replacements.decode.items():
+        text = text.replace(token, shown)
+    return text
