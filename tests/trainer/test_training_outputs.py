@@ -267,3 +267,27 @@ def test_ctrl_c_in_distillation_says_how_to_resume(tiny_gpt2_dir, corpus, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("tinygen-train: interrupted; the checkpoint of step 5 is kept (")
     assert err.endswith("with --resume to go on from there\n") and err.count("\n") == 1
+
+
+# -- a batch bigger than the corpus -----------------------------------------------------------
+
+@pytest.mark.parametrize("line_by_line, batch, warned", [
+    (False, 4, False), (False, 40, True), (True, 3, False), (True, 4, True)])
+def test_a_batch_with_more_rows_than_the_corpus_is_warned_of(tmp_path, capsys, line_by_line,
+                                                             batch, warned):
+    from tinygen_trainer.data.dataset import TokenDataset
+    from tinygen_trainer.training.setup import build_phases
+
+    encoder = records_encoder()
+    # 3 documents: about 9 blocks of 16 tokens, or 3 rows of one record each
+    lines = ["see the rain fall on the roof " * (1 if line_by_line else 6)] * 3
+    dataset = TokenDataset.from_documents(lines, encoder, progress=False)
+    path = tmp_path / "c.txt"
+    config = TrainConfig(output_dir=tmp_path / "o", data=(path,), preset="cpu-tiny",
+                         tokenizer=tmp_path / "t.json", steps=2, batch_size=batch, block_size=16,
+                         line_by_line=line_by_line)
+    build_phases(config, encoder, 16, encoder.eos_id, {(path, None): dataset})
+    err = capsys.readouterr().err
+    assert ("each step repeats it; lower --batch-size" in err) == warned
+    if warned:
+        assert err.count("\n") == 1 and f"--batch-size {batch} is more rows" in err

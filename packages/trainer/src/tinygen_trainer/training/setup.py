@@ -194,6 +194,8 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int, pad_id:
     datasets = encode_corpora(config, encoder) if datasets is None else datasets
     runs, start = [], 0
     for index, phase in enumerate(config.resolved_phases()):
+        _check_batch_fits(config, [datasets[(s.path, s.field)] for s in phase.data], block_size,
+                          index)
         samplers = [_sampler(config, datasets[(s.path, s.field)], s, block_size, pad_id,
                              derive_seed(config.seed, index, i)) for i, s in enumerate(phase.data)]
         if len(samplers) == 1:
@@ -204,6 +206,23 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int, pad_id:
         runs.append(PhaseRun(index, start, phase.steps, phase_schedule(config, phase, index), sampler))
         start += phase.steps
     return runs
+
+
+def _check_batch_fits(config: TrainConfig, datasets: list[TokenDataset], block_size: int,
+                      index: int) -> None:
+    """Warn when one micro-batch holds more rows than the corpus has: every step would train
+    on the same text several times over, and a batch far too big is found only when the
+    memory runs out, with nothing said."""
+    if config.line_by_line:
+        have, unit = sum(d.num_documents for d in datasets), "documents"
+    else:
+        have, unit = sum(max(1, d.num_tokens // block_size) for d in datasets), \
+            f"blocks of {block_size} tokens"
+    if config.batch_size > have:
+        where = f"phase {index + 1}'s corpus" if len(config.resolved_phases()) > 1 else \
+            "the corpus"
+        warn(f"--batch-size {config.batch_size} is more rows than {where} holds ({have} "
+             f"{unit}): each step repeats it; lower --batch-size, or give more text")
 
 
 def phase_schedule(config: TrainConfig, phase: Phase, index: int = 0) -> LRSchedule:
