@@ -88,6 +88,10 @@ def test_misplaced_folders_say_what_they_are(exported_gpt2_dir, tiny_gpt2_dir, t
          f"{unfinished}: a training run that did not finish (no model saved yet); finish it with "
          f"the same command and --resume, or export one of its checkpoints "
          f"({unfinished / 'checkpoints'}/step-N)"),
+        (["teacher-cache", str(corpus), "--teacher", str(unfinished), "-o", str(tmp_path / "c")],
+         f"--teacher {unfinished}: a training run that did not finish (no model saved yet); "
+         f"finish it with --resume, or give one of its checkpoints "
+         f"({unfinished / 'checkpoints'}/step-N)"),
         (["distill", str(corpus), "--teacher", str(exported_gpt2_dir), "--teacher-texts", "4",
           "--prompts", str(empty), "--preset", "cpu-tiny", "--tokenizer", tok, "-o", str(tmp_path / "q")],
          f"--prompts {empty} has no prompts (every line is empty); give one prompt per line, or "

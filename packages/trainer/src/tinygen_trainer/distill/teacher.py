@@ -14,7 +14,7 @@ from tinygen.errors import TinygenError
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
 from ..training.config import TrainConfig
-from ..export.source import check_model_folder, load_causal_lm
+from ..export.source import check_model_folder, folder_kind, load_causal_lm
 from ..folder_tokenizer import has_slow_tokenizer
 from ..training.setup import build_encoder, load_hf_config, model_window
 from .teacher_cache import (MANIFEST, TeacherCache, build_teacher_cache, teacher_fingerprint,
@@ -73,13 +73,17 @@ def check_teacher(teacher: Path):
                            f"{teacher.parent}")
     if not teacher.is_dir():
         raise TinygenError(f"--teacher {teacher}: folder not found")
-    if not (teacher / "config.json").is_file() and (teacher / "tinygen.json").is_file():
-        raise TinygenError(f"--teacher {teacher} is an exported tinygen model, which scores no "
-                           f"corpus: give the transformers folder it was exported from, or "
-                           f"--teacher-texts N to distill from texts it writes")
     if not (teacher / "config.json").is_file():
-        raise TinygenError(f"--teacher {teacher}: not a transformers model folder (no "
-                           f"config.json); a GGUF file must be converted to one first")
+        raise TinygenError({
+            "export": f"--teacher {teacher} is an exported tinygen model, which scores no "
+                      f"corpus: give the transformers folder it was exported from, or "
+                      f"--teacher-texts N to distill from texts it writes",
+            "run": f"--teacher {teacher}: a training run that did not finish (no model saved "
+                   f"yet); finish it with --resume, or give one of its checkpoints "
+                   f"({teacher / 'checkpoints'}/step-N)",
+            "other": f"--teacher {teacher}: not a transformers model folder (no config.json); "
+                     f"a GGUF file must be converted to one first",
+        }[folder_kind(teacher)])
     check_model_folder(teacher, f"--teacher {teacher}")
     return load_hf_config(teacher)
 
