@@ -8,7 +8,6 @@ instead of teaching the runtime every format.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,38 +17,30 @@ from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
 
-from ..folder_tokenizer import has_slow_tokenizer, transformers_tokenizer
+from ..folder_tokenizer import folder_tokenizer, has_slow_tokenizer
 
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
 def write_tokenizer(src: Path, dest_dir: Path) -> Path:
-    """Copy or build `dest_dir/tokenizer.json`; check that `tokenizers` can load it."""
+    """Copy or build `dest_dir/tokenizer.json`: the tokenizer finetuning encodes with
+    (folder_tokenizer); check that `tokenizers` can load it."""
     dest = dest_dir / TOKENIZER_FILE
-    if (src / TOKENIZER_FILE).is_file() and not _sets_special_tokens(src):
-        load_tokenizer(src / TOKENIZER_FILE)  # a bad one named where it is, not as its copy
-        shutil.copyfile(src / TOKENIZER_FILE, dest)
-    elif (src / TOKENIZER_FILE).is_file() or has_slow_tokenizer(src):
-        transformers_tokenizer(src).save(str(dest))
-    else:
+    if not (src / TOKENIZER_FILE).is_file() and not has_slow_tokenizer(src):
         raise TinygenError(
             f"{src}: no tokenizer (need tokenizer.json, or files transformers can load such as "
             f"vocab.json + merges.txt or tokenizer.model)"
         )
+    # A bad tokenizer.json named where it is, not as its copy.
+    own = load_tokenizer(src / TOKENIZER_FILE) if (src / TOKENIZER_FILE).is_file() else None
+    tokenizer = folder_tokenizer(src, own)
+    if tokenizer is own:
+        shutil.copyfile(src / TOKENIZER_FILE, dest)
+    else:
+        tokenizer.save(str(dest))
     load_tokenizer(dest)
     return dest
-
-
-def _sets_special_tokens(src: Path) -> bool:
-    """tokenizer_config.json says whether to add BOS / EOS: transformers' tokenizer class then
-    rewrites tokenizer.json's post-processor when it loads (Llama's add_bos_token false drops
-    the BOS the file's template adds), so the file as is would not tokenize as transformers."""
-    try:
-        config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and ("add_bos_token" in config or "add_eos_token" in config)
 
 
 def load_tokenizer(path: Path):

@@ -23,7 +23,7 @@ from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
 from ..data.holdout import hold_out, join
 from ..export.source import check_model_folder, folder_kind, load_causal_lm
-from ..folder_tokenizer import has_slow_tokenizer, transformers_tokenizer
+from ..folder_tokenizer import folder_tokenizer, has_slow_tokenizer, transformers_tokenizer
 from ..notices import warn
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
@@ -67,6 +67,8 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
     tokenizer_path = config.tokenizer or (config.model / "tokenizer.json")
     if tokenizer_path.is_file() or config.tokenizer is not None:
         tokenizer, source = load_tokenizer(tokenizer_path), str(tokenizer_path)
+        if config.tokenizer is None:  # the model's own: as its export will write it
+            tokenizer = folder_tokenizer(config.model, tokenizer)
     else:
         tokenizer, source = _slow_tokenizer(config.model), str(config.model)
     replacements = _replacements(config, tokenizer_path)
