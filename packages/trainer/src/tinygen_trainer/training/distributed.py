@@ -27,6 +27,9 @@ backward of each step. The same options train the same as in one process:
 - Errors: a setup check that fails in one process reaches all (Backend.agree)
   before the first collective; a distillation teacher runs in process 0 before
   the group exists (before_training_once), the others waiting on torchrun's store.
+- Restarts (torchrun --max-restarts): torchrun starts every process again, and
+  `--resume` continues from the newest whole checkpoint. The processes meet under
+  a new name each time in torchrun's store (fresh_store), which outlives them.
 """
 
 from __future__ import annotations
@@ -138,7 +141,64 @@ class Processes:
         return result
 
 
-_store = None  # kept for the process's life: on rank 0 without torchrun's agent it is the server
+_store = None  # torchrun's store, kept for the process's life: without torchrun's agent, rank 0's
+               # is the server
+
+
+def fresh_store(rank: int, world: int) -> Any:
+    """torchrun's store under a prefix that no earlier meeting of the processes used; every
+    process must call this alike.
+
+    torchrun keeps one store for the whole job (on its agent, since torch 2.5), so after a
+    restart (--max-restarts) the keys the dead processes wrote are still there: a restarted
+    process read gloo's address of a dead one, unless its own had been written first, and
+    failed ("connectFullMesh failed ... Connection refused") or hung. The restart count
+    (TORCHELASTIC_RESTART_COUNT) cannot name the start: each machine's agent counts its own.
+    A new name for every call: a group made again in one process reuses its keys too.
+    """
+    global _store
+    from torch.distributed import PrefixStore, rendezvous
+
+    if _store is None:
+        check_rendezvous(world)
+        _store, _, _ = next(rendezvous("env://"))
+    return PrefixStore(_fresh_name(_store, rank, world) + "/", _store)
+
+
+def _fresh_name(store: Any, rank: int, world: int) -> str:
+    """A name no earlier meeting in `store` used, the same in each process.
+
+    Process 0 makes it. Every other process asks under a key of its own making and waits
+    for the answer there; process 0 answers whatever question it finds (a dead process's
+    old one too, whose answer nobody reads) until every process has taken the name up.
+    """
+    import time
+    import uuid
+
+    waited = store.timeout.total_seconds()
+    try:
+        if rank:
+            mine = uuid.uuid4().hex
+            store.set(f"tinygen/ask/{rank}", mine)
+            name = store.get(f"tinygen/answer/{mine}").decode()  # waits up to `waited`
+            store.add(f"{name}/joined", 1)
+            return name
+        name = f"tinygen/meeting-{store.add('tinygen/meetings', 1)}"
+        answered: set[bytes] = set()
+        deadline = time.monotonic() + waited
+        while store.add(f"{name}/joined", 0) < world - 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            for other in range(1, world):
+                key = f"tinygen/ask/{other}"
+                if store.check([key]) and (asked := store.get(key)) not in answered:
+                    store.set(f"tinygen/answer/{asked.decode()}", name)
+                    answered.add(asked)
+            time.sleep(0.05)
+        return name
+    except (TimeoutError, torch.distributed.DistStoreError):
+        raise TinygenError(f"torchrun process {rank} waited {waited:.0f} s for the other "
+                           f"processes to start; see their errors") from None
 
 
 def before_training_once(what: str, run: Callable[[], T]) -> T | None:
@@ -146,36 +206,31 @@ def before_training_once(what: str, run: Callable[[], T]) -> T | None:
     scoring a corpus or writing texts for distillation); the others wait until it is done,
     for hours if need be, where a collective would time out. If it fails, they stop with a
     line that says so. Without torchrun, `run` runs here. The others return None."""
-    global _store
     found = torchrun_env()
     if found is None:
         return run()
     rank, world, _ = found
     import time
 
-    from torch.distributed import rendezvous
-
-    if _store is None:
-        check_rendezvous(world)
-        _store, _, _ = next(rendezvous("env://"))
+    store = fresh_store(rank, world)  # a restart's processes wait for its own process 0
     key, read = f"tinygen/{what}", f"tinygen/{what}/read"
     if rank == 0:
         try:
             result = run()
         except BaseException as exc:
-            _store.set(key, f"failed: {first_line(exc)}")
+            store.set(key, f"failed: {first_line(exc)}")
             # torchrun stops the others within 0.1 s of process 0 exiting: wait (a little)
             # until each has read the failure, so each gets to say it in its own line.
             deadline = time.monotonic() + CLOSE_WAIT.total_seconds()
-            while _store.add(read, 0) < world - 1 and time.monotonic() < deadline:
+            while store.add(read, 0) < world - 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             raise
-        _store.set(key, "done")
+        store.set(key, "done")
         return result
-    while not _store.check([key]):
+    while not store.check([key]):
         time.sleep(0.5)
-    status = _store.get(key).decode()
-    _store.add(read, 1)
+    status = store.get(key).decode()
+    store.add(read, 1)
     if status != "done":
         raise TinygenError(f"process 0 failed at {what}: {status.removeprefix('failed: ')}")
     return None
@@ -243,8 +298,9 @@ class DataParallel:
         self.comm = "nccl" if cuda else "gloo"
         self._owns_group = not dist.is_initialized()  # else a script of the caller's made it
         if self._owns_group:
-            check_rendezvous(self.world)
-            dist.init_process_group(self.comm, device_id=self.device if cuda else None)
+            dist.init_process_group(self.comm, store=fresh_store(self.rank, self.world),
+                                    rank=self.rank, world_size=self.world,
+                                    device_id=self.device if cuda else None)
         # Small objects (who sees which checkpoint, the result of a write) go over gloo:
         # no GPU memory for them, and gloo's wait is long enough for a large checkpoint.
         self._objects = dist.new_group(backend="gloo") if cuda else None
