@@ -1,4 +1,5 @@
-"""A tiny training corpus and its tokenizer, shared by the trainer tests and the XLA tests.
+"""A tiny training corpus and its tokenizer, shared by the trainer tests and the XLA tests,
+and a training run that dies midway (dies_after), for the resume tests.
 
 Imported (not a conftest) because the XLA tests run in their own venv and folder;
 a test module or conftest that imports these names gets them as fixtures.
@@ -39,3 +40,20 @@ def corpus(tmp_path_factory):
 def tokenizer(corpus):
     tok = train_tokenizer([corpus.read_text()], TokenizerConfig(vocab_size=300, progress=False))
     return save_tokenizer(tok, corpus.parent / "tokenizer.json")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def dies_after(step: int):
+    """A Trainer class whose run dies right after step `step` is logged (raising Interrupted),
+    as a killed job would."""
+    from tinygen_trainer.training import Trainer
+
+    class DiesAfter(Trainer):
+        def on_step_end(self, phase, lr, loss):
+            super().on_step_end(phase, lr, loss)
+            if self.step == step:
+                raise Interrupted
+    return DiesAfter

@@ -11,6 +11,8 @@ import pytest
 
 from tinygen import TextGenerator, TinygenError
 
+from model_calls import ModelCalls
+
 OPTIONS = dict(max_new_tokens=12)
 
 
@@ -25,46 +27,16 @@ def alone():
     return lambda prompt, seed: str(fresh.generate(prompt, seed=seed, **OPTIONS)[0])
 
 
-class Steps:
-    """Counts `gen`'s model runs; `started` is set at its first decode step. With a `gate`,
-    each decode step waits for it (at most 20 s, so a failure cannot hang)."""
-
-    def __init__(self, gen, monkeypatch, gate: threading.Event | None = None):
-        self.prefills = self.steps = 0
-        self.started = threading.Event()
-        forward, step = gen.model.forward, gen.model.step
-
-        def counted_forward(*args):
-            self.prefills += 1
-            return forward(*args)
-
-        def counted_step(*args):
-            self.steps += 1
-            self.started.set()
-            if gate is not None and not gate.wait(20):
-                gate.set()
-            return step(*args)
-        monkeypatch.setattr(gen.model, "forward", counted_forward)
-        monkeypatch.setattr(gen.model, "step", counted_step)
-
-    async def wait_started(self):
-        for _ in range(6000):
-            if self.started.is_set():
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError("the call never took a step")
-
-
 def test_calls_waiting_their_turn_leave_the_loops_threads_to_the_app(gen, alone, monkeypatch):
     """Each call queued behind a running one held a thread of the loop's default executor
     (min(32, cores + 4) of them) while it waited: the app's own asyncio.to_thread, and
     DNS lookups, waited behind every queued generation."""
     gate = threading.Event()
-    calls = Steps(gen, monkeypatch, gate=gate)
+    calls = ModelCalls(gen, monkeypatch, gate=gate, release_after=20)
 
     async def run():
         first = asyncio.create_task(gen.agenerate("Once", seed=3, **OPTIONS))
-        await calls.wait_started()  # it holds the generator until the gate opens
+        await calls.wait_first_step()  # it holds the generator until the gate opens
         queued = [asyncio.create_task(gen.agenerate("Hello", seed=s, **OPTIONS)) for s in range(40)]
         await asyncio.sleep(0.05)  # the queued calls reach the executor
         ran = await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 10)
@@ -84,7 +56,7 @@ def test_a_stream_cancelled_while_it_shows_no_text_stops_after_its_step(gen, alo
     """The worker looked for the cancellation only when a step gave text: a text of tokens
     that show none (special tokens, with stop_at_eos=False) ran to max_new_tokens, and the
     cancellation (wait_for's timeout, Ctrl-C) waited for all of it."""
-    calls = Steps(gen, monkeypatch)
+    calls = ModelCalls(gen, monkeypatch)
     end = gen.manifest.eos_token_ids[0]
 
     async def run():
@@ -93,7 +65,7 @@ def test_a_stream_cancelled_while_it_shows_no_text_stops_after_its_step(gen, alo
                                        logit_bias={end: 100.0}):
                 pass
         task = asyncio.create_task(consume())
-        await calls.wait_started()
+        await calls.wait_first_step()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

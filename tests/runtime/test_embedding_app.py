@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from tinygen import TextGenerator
+
+from model_calls import ModelCalls
 
 OPTIONS = dict(max_new_tokens=12)
 
@@ -29,37 +30,6 @@ def alone():
     def text(prompt, seed, **options) -> str:
         return str(fresh.generate(prompt, seed=seed, **{**OPTIONS, **options})[0])
     return text
-
-
-class ModelCalls:
-    """Counts the model's runs (prefills and decode steps) of `gen`; `first_step` is set when a
-    decode step begins. With a `gate`, every decode step waits for it first: the call holds the
-    generator until the test lets it go (or `release_after` seconds, so a failure cannot hang)."""
-
-    def __init__(self, gen, monkeypatch, gate: threading.Event | None = None, release_after=5.0):
-        self.prefills = self.steps = 0
-        self.first_step = threading.Event()
-        self.gate = gate
-        forward, step = gen.model.forward, gen.model.step
-
-        def counted_forward(*args):
-            self.prefills += 1
-            return forward(*args)
-
-        def counted_step(*args):
-            self.steps += 1
-            self.first_step.set()
-            if gate is not None and not gate.wait(release_after):
-                gate.set()  # the test failed to open it: let the call end
-            return step(*args)
-        monkeypatch.setattr(gen.model, "forward", counted_forward)
-        monkeypatch.setattr(gen.model, "step", counted_step)
-
-    async def wait_first_step(self):
-        deadline = time.monotonic() + 30
-        while not self.first_step.is_set():
-            assert time.monotonic() < deadline, "the call never took a step"
-            await asyncio.sleep(0.005)
 
 
 def test_threads_sharing_a_generator_get_the_texts_made_alone(gen, alone):

@@ -19,7 +19,8 @@ from tinygen_trainer.tokenizer_training import TokenizerConfig, save_tokenizer, 
 from tinygen_trainer.training import DataSource, Phase, TrainConfig, Trainer, read_metrics, train
 from tinygen_trainer.training.device import select_backend
 
-from training_corpus import SENTENCES, corpus, one_thread, tokenizer  # noqa: E402,F401 (fixtures)
+from training_corpus import (SENTENCES, Interrupted, corpus, dies_after,  # noqa: E402,F401
+                             one_thread, tokenizer)  # (fixtures)
 
 
 def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
@@ -32,21 +33,6 @@ def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
 
 def losses(out) -> list[float]:
     return [m["loss"] for m in read_metrics(out)]
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter(Trainer):
-    """Dies right after step `stop` is logged, as a killed job would."""
-
-    stop = 5
-
-    def on_step_end(self, phase, lr, loss):
-        super().on_step_end(phase, lr, loss)
-        if self.step == self.stop:
-            raise Interrupted
 
 
 # -- learning ----------------------------------------------------------------------
@@ -148,7 +134,7 @@ def test_resume_gives_the_same_losses(tmp_path, corpus, tokenizer, tiny_gpt2_dir
 
     config = tiny(tmp_path / "b", corpus, tokenizer, **options)
     with pytest.raises(Interrupted):
-        InterruptAfter.from_config(config).fit()
+        dies_after(5).from_config(config).fit()
     out = config.output_dir
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
     # a kill while writing step 6 leaves a temp folder; a broken folder has no state.json

@@ -17,7 +17,7 @@ from tinygen_trainer.training import TrainConfig, Trainer, train
 from tinygen_trainer.training.device import select_backend
 from tinygen_trainer.training.samples import generate_sample
 
-from training_corpus import corpus, one_thread, tokenizer  # noqa: F401 (fixtures)
+from training_corpus import Interrupted, corpus, dies_after, one_thread, tokenizer  # noqa: F401
 
 
 def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
@@ -109,19 +109,6 @@ def test_a_sample_continues_a_sentencepiece_prompt_with_its_space():
 
 # -- TensorBoard ----------------------------------------------------------------------------
 
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter(Trainer):
-    """Dies right after step 6 (its checkpoint is step 4), as a killed job would."""
-
-    def on_step_end(self, phase, lr, loss):
-        super().on_step_end(phase, lr, loss)
-        if self.step == 6:
-            raise Interrupted
-
-
 def tensorboard_steps(folder) -> dict[str, list[int]]:
     """Each tag's steps as TensorBoard's Python reader (its text plugin, --load_fast=false)
     shows them."""
@@ -138,7 +125,7 @@ def test_tensorboard_shows_each_step_and_sample_once_after_a_resume(tmp_path, co
     config = tiny(tmp_path, corpus, tokenizer, tensorboard_dir=tmp_path / "tb", sample_every=2,
                   sample_length=4)
     with pytest.raises(Interrupted):
-        InterruptAfter.from_config(config).fit()
+        dies_after(6).from_config(config).fit()
     train(TrainConfig(**{**config.__dict__, "resume": True}))
     steps = tensorboard_steps(tmp_path / "tb")
     assert steps["train/loss"] == list(range(1, 9))

@@ -9,9 +9,9 @@ import pytest
 
 from tinygen_trainer import bars
 from tinygen_trainer.cli import main
-from tinygen_trainer.training import TrainConfig, Trainer, read_metrics, train
+from tinygen_trainer.training import TrainConfig, read_metrics, train
 
-from training_corpus import corpus, one_thread, tokenizer  # noqa: F401 (fixtures)
+from training_corpus import Interrupted, corpus, dies_after, one_thread, tokenizer  # noqa: F401
 
 
 def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
@@ -19,19 +19,6 @@ def tiny(tmp_path, corpus, tokenizer_path, **options) -> TrainConfig:
             "tokenizer": tokenizer_path, "steps": 8, "block_size": 32, "batch_size": 4,
             "warmup_steps": 2, "log_every": 1, "checkpoint_every": 4, "progress": False}
     return TrainConfig(**{**base, **options})
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter(Trainer):
-    """Dies right after step 6 is logged (its checkpoint is step 4), as a killed job would."""
-
-    def on_step_end(self, phase, lr, loss):
-        super().on_step_end(phase, lr, loss)
-        if self.step == 6:
-            raise Interrupted
 
 
 # -- TensorBoard across a resume ------------------------------------------------------
@@ -53,7 +40,7 @@ def test_tensorboard_after_a_resume_shows_each_step_once(tmp_path, corpus, token
     config = tiny(tmp_path, corpus, tokenizer, tensorboard_dir=tmp_path / "tb",
                   checkpoint_every=checkpoint_every)
     with pytest.raises(Interrupted):
-        InterruptAfter.from_config(config).fit()
+        dies_after(6).from_config(config).fit()
     train(TrainConfig(**{**config.__dict__, "resume": True}))
     scalars = tensorboard_scalars(tmp_path / "tb")
     assert [step for step, _ in scalars] == list(range(1, 9))
