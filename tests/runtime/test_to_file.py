@@ -334,9 +334,23 @@ def test_a_second_writer_is_refused_while_the_first_writes(optimum_gpt2_dir, tmp
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, _, err = run(["Hi", "--model", str(optimum_gpt2_dir), "--max-new-tokens", "4",
                             "-n", "4", "--to-file", str(target), "--resume"])
-    assert code == 2 and err == (f"tinygen: error: {target} is being written by another process; "
-                                 f"wait for it to finish, or choose a new file\n")
+    assert code == 2 and err == (f"tinygen: error: {target} is being written by another writer "
+                                 f"(another process, or another generate_to_file call in this "
+                                 f"one); wait for it to finish, or choose a new file\n")
     assert target.read_text() == whole
+
+
+def test_a_second_writer_in_the_same_process_is_refused(optimum_gpt2_dir, tmp_path):
+    """Two threads of one app writing one file: the second is refused too (flock holds per open
+    file), and told so, not sent looking for another process."""
+    fcntl = pytest.importorskip("fcntl")
+    gen = TextGenerator(optimum_gpt2_dir)
+    target = tmp_path / "t.txt"
+    gen.generate_to_file(target, "Hi", n=2, seed=5, max_new_tokens=4)
+    with open(target, "ab") as other:  # the first call's writer, in this process
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TinygenError, match="another generate_to_file call in this one"):
+            gen.generate_to_file(target, "Hi", n=4, max_new_tokens=4, resume=True)
 
 
 def test_a_list_of_seeds_is_refused_by_generate_to_file(optimum_gpt2_dir, tmp_path):

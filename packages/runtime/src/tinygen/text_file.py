@@ -82,7 +82,9 @@ def lock_for_writing(f, path: Path) -> None:
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise TinygenError(f"{path} is being written by another process; wait for it to finish, "
+        # flock holds per open file: a second call in this process is refused alike.
+        raise TinygenError(f"{path} is being written by another writer (another process, or "
+                           f"another generate_to_file call in this one); wait for it to finish, "
                            f"or choose a new file") from None
     except OSError:  # e.g. a network file system without locks
         return
