@@ -24,6 +24,8 @@ MODEL_FILE = "model.pt"
 # The example the trace records: non-empty past so the cache-concatenation path
 # is the one traced, and sizes > 1 so no axis is specialised to a broadcast 1.
 TRACE_BATCH, TRACE_PAST, TRACE_NEW = 2, 3, 2
+# transformers' RoPE types behind @dynamic_rope_update (modeling_rope_utils.py).
+DYNAMIC_ROPE = ("dynamic", "longrope")
 
 
 def _wrapper_class():
@@ -67,11 +69,20 @@ def _wrapper_class():
 
 
 def check_traceable(config: dict) -> None:
-    """Our mask is plain causal: refuse models whose layers attend through a sliding window."""
+    """Refuse what a trace cannot record: attention through a sliding window (our mask is plain
+    causal), and RoPE whose frequencies change with the sequence length (transformers picks
+    them in a Python branch, which the trace records once, at the traced length: past the
+    model's original window the module would silently use the wrong ones)."""
     sliding = config.get("sliding_window") is not None and config.get("use_sliding_window", True)
     if sliding or "sliding_attention" in (config.get("layer_types") or []):
         raise TinygenError(f"{config.get('model_type')}: sliding-window attention is not supported "
                            f"by the TorchScript export; use --format onnx")
+    rope = config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type in DYNAMIC_ROPE:
+        raise TinygenError(f"{config.get('model_type')}: rope type '{rope_type}' changes with the "
+                           f"sequence length, which a TorchScript trace cannot follow; use "
+                           f"--format onnx")
 
 
 def export_torchscript(model, manifest: Manifest, dest: Path) -> None:
