@@ -40,6 +40,21 @@ def base_manifest(source: SourceModel, replacements_file: str | None) -> Manifes
                    generation=generation_defaults(source.generation_config))
 
 
+def traced_window(config: dict[str, Any], window: int) -> int:
+    """The positions a traced graph gets right, of the model's `window`. longrope RoPE takes
+    its short or its long factors by the sequence length, in a Python branch (transformers'
+    dynamic_rope_update) that a trace records once, with the short ones of the short example
+    it traces: past original_max_position_embeddings the graph's rotations are wrong (logits
+    off by 13 on a tiny Llama), so the runtime must slide its window there."""
+    rope = config.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) != "longrope":
+        return window
+    # transformers reads the config's own key (Phi-3 writes it there), else the rope's
+    original = config.get("original_max_position_embeddings") or \
+        rope.get("original_max_position_embeddings")
+    return min(window, original) if isinstance(original, int) and original > 0 else window
+
+
 # generation_config.json names -> tinygen's, where they differ.
 HF_NAMES = {"stop_strings": "stop", "suppress_tokens": "exclude_ids"}
 

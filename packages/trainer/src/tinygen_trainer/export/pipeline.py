@@ -13,7 +13,7 @@ from tinygen.manifest import Manifest
 
 from .assets import copy_fields, copy_replacements, write_tokenizer
 from .config import ExportConfig
-from .contract import base_manifest, check_graph
+from .contract import base_manifest, check_graph, traced_window
 from .fused import check_fused_graph, export_fused, head_size_multiple, kv_int8, supports_fused
 from .fused.float16 import convert_to_float16
 from .fused.graph import NoFusedGraph
@@ -49,6 +49,12 @@ def run_export(config: ExportConfig, echo: Say | None = None) -> ExportResult:
         tokenizer = write_tokenizer(source.path, stage)
         manifest = replace(base_manifest(source, copy_replacements(source.path, stage, tokenizer)),
                            fields_file=copy_fields(source.path, stage, tokenizer))
+        window = traced_window(source.config, manifest.context_window)
+        if window < manifest.context_window and config.format == "onnx":  # TorchScript refuses
+            say(f"note: longrope's long factors cannot be traced; the export's window is the "
+                f"original {window} positions, not {manifest.context_window} (generation slides "
+                f"past it)")
+            manifest = replace(manifest, context_window=window)
         manifest, reports = BUILDERS[config.format](config, source, manifest, stage, say)
         manifest = record_files(manifest, stage)  # the finished files, before OUT appears
         manifest.save(stage)
