@@ -159,6 +159,42 @@ def test_launch_without_its_local_python_says_how_to_get_one(fakes, tmp_path):
         assert calls == [] and not (tmp_path / "prep").exists()
 
 
+# -- without gcloud: one line before anything runs (DRY_RUN needs none) ------------------------
+
+@pytest.fixture
+def path_without_gcloud(tmp_path) -> str:
+    """PATH for the scripts with every command of this machine but gcloud (installed or not),
+    the fakes first (less their gcloud)."""
+    (tmp_path / "bin" / "gcloud").unlink()
+    links = tmp_path / "no-gcloud"
+    links.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for entry in (os.scandir(folder) if os.path.isdir(folder) else []):
+            link = links / entry.name
+            if entry.name != "gcloud" and not os.path.lexists(link):
+                link.symlink_to(entry.path)
+    return f"{tmp_path / 'bin'}:{links}"
+
+
+@pytest.mark.parametrize("name", ["create.sh", "delete.sh", "setup.sh", "launch.sh"])
+def test_without_gcloud_one_line_and_nothing_prepared(fakes, tmp_path, path_without_gcloud, name):
+    """Not `gcloud: command not found` after launch.sh has made the tokenizer and token cache
+    (minutes on a real corpus), or setup.sh has packed the checkout."""
+    text = tmp_path / "stories.txt"
+    text.write_text("the cat sat.")
+    args = [str(text), "model"] if name == "launch.sh" else []
+    settings = dict(PATH=path_without_gcloud, LOCAL_PYTHON=str(tmp_path / "bin" / "python"),
+                    TPU_LOCAL_DIR=str(tmp_path / "prep"))
+    done, calls = fakes(TPU / name, *args, **settings)
+    assert one_line_error(done, f"{name}: ") == (
+        f"{name}: gcloud is not on PATH: install the Google Cloud CLI "
+        "(https://cloud.google.com/sdk/docs/install), or set DRY_RUN=1 to print its commands\n")
+    assert calls == [] and not (tmp_path / "prep").exists()
+    done, _ = fakes(TPU / name, *args, DRY_RUN="1", **settings)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("gcloud compute tpus tpu-vm ")
+
+
 # -- train.sh: its inputs checked before OUT is made ------------------------------------------
 
 def test_train_with_a_missing_text_makes_nothing(fakes, tmp_path):
@@ -228,6 +264,33 @@ def test_xla_venv_modes_the_makefile_uses(fakes, tmp_path):
     assert done.stdout == f"{path}\n" and (Path(path) / ".complete").is_file()
     assert f"python3.11 -m venv {path}" in calls
     assert any(call.startswith("pip install ") for call in calls)
+
+
+def test_xla_venv_killed_mid_install_is_built_again_from_scratch(fakes, tmp_path):
+    """A build killed while pip installs (minutes, ~7 GB) leaves a venv without .complete: the
+    next call does not take it as built, but removes it and builds anew."""
+    import signal
+    import time
+
+    path = Path(fakes(XLA_VENV, "--path")[0].stdout.strip())
+    python = tmp_path / "bin" / "python3.11"  # `-m venv` copies it in as pip: half installs
+    python.write_text(FAKE.replace("exit 0\n", 'if [[ "$1" == install ]]; then\n'
+                                '    touch "$(dirname "$0")/../half-installed"; exec sleep 60\n'
+                                'fi\nexit 0\n'))
+    build = subprocess.Popen([str(XLA_VENV)], env={**os.environ, "FAKE_LOG": str(tmp_path / "log"),
+                             "TINYGEN_CACHE": str(tmp_path / "cache"), "PYTHON": str(python)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (path / "half-installed").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.communicate()
+    assert (path / "half-installed").exists() and not (path / ".complete").exists()
+    python.write_text(FAKE)
+    done, calls = fakes(XLA_VENV)
+    assert done.returncode == 0 and done.stdout == f"{path}\n", done.stderr
+    assert f"python3.11 -m venv {path}" in calls
+    assert (path / ".complete").is_file() and not (path / "half-installed").exists()
 
 
 # -- train.sh on a pod slice: one worker exports ----------------------------------------------

@@ -24,6 +24,17 @@ tpu_vm() {
     fi
 }
 
+# The scripts that call gcloud check for it first: without it, launch.sh would prepare the
+# tokens (minutes) and setup.sh pack the checkout before the first call failed.
+tpu_need_gcloud() {
+    if [[ -z "${DRY_RUN:-}" ]] && ! command -v gcloud >/dev/null; then
+        echo "$(basename "$0"): gcloud is not on PATH: install the Google Cloud CLI" \
+            "(https://cloud.google.com/sdk/docs/install), or set DRY_RUN=1 to print its" \
+            "commands" >&2
+        exit 2
+    fi
+}
+
 # The running script's header comment (its usage): the # lines after the shebang.
 tpu_usage() { awk 'NR == 1 && /^#!/ { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 

@@ -49,6 +49,7 @@ if ! command -v "$local_python" >/dev/null; then
         "or set LOCAL_PYTHON to a Python with tinygen-trainer" >&2
     exit 2
 fi
+tpu_need_gcloud
 
 TINYGEN_PYTHON="$local_python" PJRT_DEVICE=CPU "$(dirname "$0")/train.sh" "$text" "$prep" --prepare-only
 settings=""

@@ -10,6 +10,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 tpu_no_args "$@"
+tpu_need_gcloud
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -19,6 +20,7 @@ archive="$tmp/tinygen.tgz"
         if [[ -e "$file" || -L "$file" ]]; then printf '%s\0' "$file"; fi
     done \
     | tar --null --no-recursion -T - -czf "$archive")
+# shellcheck disable=SC2088  # the ~ is the worker's home: it expands there, not here
 repo="~/$(printf '%q' "$TPU_REPO_DIR")"
 # On the worker: unpack over the tree, then delete what was shipped last time and is gone now
 # (tar -t lists what was shipped, one name a line; the lists compare sorted).
