@@ -254,3 +254,39 @@ def test_exclusions_bench_refuses_no_repeats():
 ])
 def test_padded_rows_bench_refuses_what_it_cannot_time(args, message):
     assert message in refused("bench_padded_rows.py", *args)
+
+
+# -- bench_one_file_corpus.py ---------------------------------------------------------
+
+@pytest.mark.parametrize("sizes", ["x", "0", "10,-1", "10,"])
+def test_one_file_corpus_sizes_are_whole_megabytes(sizes):
+    """Not a ValueError traceback, nor an empty corpus whose encode fails past the tokenizer."""
+    assert refused("bench_one_file_corpus.py", "--sizes", sizes).startswith(
+        "bench_one_file_corpus.py: error: argument --sizes: expected whole numbers of MB >= 1, "
+        f"comma-separated, got '{sizes}'")
+
+
+def test_one_file_corpus_trainer_src_without_the_trainer(tmp_path):
+    """On PYTHONPATH such a folder is passed over: this checkout's trainer would be timed as
+    the other one."""
+    (tmp_path / "tinygen_trainer").mkdir()  # no __init__.py: not the package
+    line = refused("bench_one_file_corpus.py", "--trainer-src", str(tmp_path))
+    assert f"--trainer-src {tmp_path} holds no tinygen_trainer package" in line
+
+
+def test_one_file_corpus_an_encode_that_fails_is_its_own_line(tmp_path, monkeypatch):
+    """The encode's error line (here an older trainer's), not a CalledProcessError traceback."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_one_file_corpus import encode_once
+    from script_errors import ScriptError
+
+    trainer = tmp_path / "src" / "tinygen_trainer"
+    trainer.mkdir(parents=True)
+    (trainer / "__init__.py").write_text("")
+    (trainer / "cli.py").write_text("import sys\nsys.exit('tinygen-train: error: too old')\n")
+    corpus = tmp_path / "corpus-1.txt"
+    corpus.write_text("the cat sat.")
+    with pytest.raises(ScriptError) as failed:
+        encode_once(corpus, tmp_path / "tokenizer.json", tmp_path / "out.tokens", tmp_path / "src")
+    assert str(failed.value) == \
+        "encoding corpus-1.txt failed (exit 1): tinygen-train: error: too old"

