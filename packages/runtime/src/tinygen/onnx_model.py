@@ -140,7 +140,7 @@ class OnnxCausalLM:
                 f"{path}: KV cache is {heads} heads x {size}, manifest says "
                 f"{m.num_kv_heads} x {m.head_size}"
             )
-        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type)
+        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type, int8=True)
         logits = next(o for o in self.session.get_outputs() if o.name == m.outputs["logits"])
         self.logits_dtype = graph_dtype(path, f"logits output '{logits.name}'", logits.type)
         self.mask_dtype = _ORT_TYPES.get(inputs[m.inputs["attention_mask"]].type, np.int64)
@@ -239,14 +239,14 @@ def check_graph_fits(path: Path, m: Manifest, inputs: dict, outputs: list, fed: 
                                f"vocab_size is {m.vocab_size}; the manifest does not fit the graph")
 
 
-def graph_dtype(path: Path, what: str, ort_type: str):
-    """The numpy type to hold a KV buffer or the logits in. A type numpy has no match for
-    (bfloat16) would be held as float32, which onnxruntime refuses only at the first run."""
-    kv = what.startswith("KV")
-    held = ("tensor(float)", "tensor(float16)", *(("tensor(int8)",) if kv else ()))
+def graph_dtype(path: Path, what: str, ort_type: str, int8: bool = False):
+    """The numpy type to hold a KV buffer or the logits in (`int8`: KV buffers may be int8). A
+    type numpy has no match for (bfloat16) would be held as float32, which onnxruntime refuses
+    only at the first run."""
+    held = ("tensor(float)", "tensor(float16)", *(("tensor(int8)",) if int8 else ()))
     if ort_type not in held:
         raise ModelFormatError(f"{path}: the graph's {what} is {ort_type}, a type tinygen does not "
-                               f"run (float32, float16{', int8' if kv else ''}); export it as "
+                               f"run (float32, float16{', int8' if int8 else ''}); export it as "
                                f"float32 or float16")
     return _ORT_TYPES[ort_type]
 

@@ -137,7 +137,7 @@ class SharedKVCausalLM(OnnxCausalLM):
                                    f"manifest's context_window is {m.context_window}; the manifest "
                                    f"does not fit the graph (set context_window to {capacity})")
         check_window_fits(path, m, self.position_ids_name)
-        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type)
+        self.kv_dtype = graph_dtype(path, f"KV cache input '{past.name}'", past.type, int8=True)
         self.logits_dtype = graph_dtype(path, f"logits output '{m.outputs['logits']}'",
                                         outputs[m.outputs["logits"]].type)
         self._past_names = m.past_names()
