@@ -48,6 +48,18 @@ def transformers_tokenizer(folder: Path):
     return tokenizer.backend_tokenizer
 
 
+def model_tokenizer(folder: Path):
+    """The tokenizer a model folder encodes with (folder_tokenizer): its tokenizer.json's, or
+    one built from its slow tokenizer's files; None when it has neither."""
+    from .data.encoder import load_tokenizer
+
+    own_file = folder / "tokenizer.json"
+    own = load_tokenizer(own_file) if own_file.is_file() else None
+    if own is None and not has_slow_tokenizer(folder):
+        return None
+    return folder_tokenizer(folder, own)
+
+
 def folder_tokenizer(folder: Path, own=None):
     """The `tokenizers` Tokenizer `folder` encodes with: `own` (its tokenizer.json, loaded; None
     when it has none) unless transformers, loading the folder, encodes otherwise.

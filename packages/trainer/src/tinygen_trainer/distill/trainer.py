@@ -24,7 +24,7 @@ from ..data.blend import derive_seed
 from ..data.dataset import Rows, _EpochSampler
 from ..data.encoder import Encoder
 from ..export.source import load_causal_lm
-from ..folder_tokenizer import has_slow_tokenizer, transformers_tokenizer
+from ..folder_tokenizer import model_tokenizer
 from ..training.config import DataSource, TrainConfig
 from ..training.feed import HostBatch
 from ..training.loop import Trainer, fit_and_release
@@ -192,8 +192,7 @@ def projected_embeddings(teacher: Path, vocab_size: int, width: int,
     teacher's weights for the same reason). The SVD keeps the directions of most variance.
     `vocab` (the student's token -> id) is checked against the teacher's tokenizer.
     """
-    if vocab is not None and ((Path(teacher) / "tokenizer.json").is_file()
-                              or has_slow_tokenizer(Path(teacher))):
+    if vocab is not None:
         _check_same_tokens(Path(teacher), vocab)
     model = load_causal_lm(Path(teacher), f"--teacher-embeddings {teacher}")
     table = model.get_input_embeddings().weight.detach()
@@ -210,17 +209,9 @@ def projected_embeddings(teacher: Path, vocab_size: int, width: int,
 
 def _check_same_tokens(teacher: Path, vocab: dict[str, int]) -> None:
     # Another tokenizer of the same size passed the row count and gave tokens others' rows.
-    from tokenizers import Tokenizer
-
-    if not (teacher / "tokenizer.json").is_file():  # vocab.json + merges.txt: as training builds it
-        theirs = transformers_tokenizer(teacher)
-    else:
-        try:
-            theirs = Tokenizer.from_file(str(teacher / "tokenizer.json"))
-        except Exception as exc:  # tokenizers raises plain Exceptions
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TinygenError(f"--teacher-embeddings {teacher}: cannot read its tokenizer.json "
-                               f"({why})") from None
+    theirs = model_tokenizer(teacher)
+    if theirs is None:  # no tokenizer to check against
+        return
     theirs = theirs.get_vocab(with_added_tokens=True)
     by_id = {i: token for token, i in theirs.items()}
     other = sum(1 for token, i in vocab.items() if by_id.get(i, token) != token)

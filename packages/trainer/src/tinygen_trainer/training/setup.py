@@ -23,7 +23,7 @@ from ..data.dataset import RecordSampler, Sampler, TokenDataset, WindowSampler
 from ..data.encoder import Encoder, find_eos_id, load_tokenizer
 from ..data.holdout import hold_out, join
 from ..export.source import check_model_folder, folder_kind, load_causal_lm
-from ..folder_tokenizer import folder_tokenizer, has_slow_tokenizer, transformers_tokenizer
+from ..folder_tokenizer import model_tokenizer
 from ..notices import warn
 from .config import FINETUNE_LR, MAX_DEFAULT_BLOCK, DataSource, Phase, TrainConfig
 from .presets import PRESETS
@@ -65,12 +65,12 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
     if config.model is not None and not (config.model / "config.json").is_file():
         load_hf_config(config.model)  # what the folder is, before asking for its tokenizer
     tokenizer_path = config.tokenizer or (config.model / "tokenizer.json")
-    if tokenizer_path.is_file() or config.tokenizer is not None:
-        tokenizer, source = load_tokenizer(tokenizer_path), str(tokenizer_path)
-        if config.tokenizer is None:  # the model's own: as its export will write it
-            tokenizer = folder_tokenizer(config.model, tokenizer)
-    else:
-        tokenizer, source = _slow_tokenizer(config.model), str(config.model)
+    # The model's own: as its export will write it (built, where it ships vocab.json + merges.txt)
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer is not None else \
+        model_tokenizer(config.model)
+    if tokenizer is None:
+        raise TinygenError(f"{config.model}: has no tokenizer.json; pass --tokenizer FILE")
+    source = str(tokenizer_path) if tokenizer_path.is_file() else str(config.model)
     replacements = _replacements(config, tokenizer_path)
     missing = sorted(t for t in replacements.tokens() if tokenizer.token_to_id(t) is None)
     schema = field_schema(config)
@@ -83,14 +83,6 @@ def build_encoder(config: TrainConfig) -> tuple[Encoder, int]:
         tokenizer.add_special_tokens(missing)
     eos_id = _eos_id(config, tokenizer, source)
     return Encoder(tokenizer, eos_id, replacements), len(missing)
-
-
-def _slow_tokenizer(model: Path):
-    """The tokenizer of a model folder without tokenizer.json (GPT-2 as published: vocab.json +
-    merges.txt), built as its export builds it, special tokens included."""
-    if not has_slow_tokenizer(model):
-        raise TinygenError(f"{model}: has no tokenizer.json; pass --tokenizer FILE")
-    return transformers_tokenizer(model)
 
 
 def field_schema(config: TrainConfig) -> FieldSchema | None:
@@ -133,12 +125,10 @@ def _check_same_ids(config: TrainConfig, encoder: Encoder) -> None:
     own = config.model / "tokenizer.json"
     if config.tokenizer is None or own.resolve() == Path(config.tokenizer).resolve():
         return
-    if own.is_file():
-        theirs = load_tokenizer(own).get_vocab(with_added_tokens=True)
-    elif has_slow_tokenizer(config.model):
-        theirs = transformers_tokenizer(config.model).get_vocab(with_added_tokens=True)
-    else:
+    theirs = model_tokenizer(config.model)
+    if theirs is None:
         return
+    theirs = theirs.get_vocab(with_added_tokens=True)
     ours = encoder.tokenizer.get_vocab(with_added_tokens=True)
     moved = [t for t, i in theirs.items() if ours.get(t) != i]
     if moved:
