@@ -10,9 +10,13 @@
 #
 # so every clone on the machine shares it, an edit to the requirements or to this
 # script, or another Python (PYTHON, default python3.11, else python3; 3.11 or newer),
-# builds a new one, and a venv without its .complete marker (a build that died) is
-# rebuilt from scratch. Concurrent callers wait on a lock instead of building twice;
-# venvs of other keys unused for two weeks are deleted. The tinygen packages are not
+# builds a new one. It is built in place and published by its .complete marker, written
+# last (a venv cannot be built aside and renamed into place: its scripts name its path);
+# one without the marker (a build that died) is rebuilt from scratch. Concurrent callers
+# wait on its lock (<venv>.lock) instead of building twice. Venvs of other keys go (each
+# is ~7 GB) once unused for two weeks, or, if their build died without the marker, a day
+# after it began; never while a caller holds their lock, and marker first, so no caller
+# takes a venv being deleted for a complete one. The tinygen packages are not
 # installed into it: run with the PYTHONPATH `tools/xla_venv.sh --pythonpath` prints,
 # so the venv never holds a stale copy of the code. `tools/xla_venv.sh --path` prints
 # the venv's path and builds nothing.
@@ -59,8 +63,19 @@ if [[ "${1:-}" == "--path" ]]; then
 fi
 mkdir -p "$cache"
 
-exec 9>"$venv.lock"
-flock 9  # one build at a time; the others then find it complete
+# Open and flock $1.lock on fd $lock_fd; more arguments go to flock (-n: fail if it is held).
+# The cleanup below deletes the lock file of the venv it deletes, and a lock won on a file
+# since deleted guards nothing: then it locks the file there now.
+lock() {
+    while true; do
+        exec {lock_fd}>"$1.lock"
+        flock "${@:2}" "$lock_fd" || { exec {lock_fd}>&-; return 1; }
+        [[ "/dev/fd/$lock_fd" -ef "$1.lock" ]] && return 0
+        exec {lock_fd}>&-
+    done
+}
+
+lock "$venv"  # one build at a time; the others then find it complete
 if [[ ! -f "$venv/.complete" ]]; then
     echo "building the XLA venv in $venv (a few minutes, ~7 GB)" >&2
     rm -rf "$venv"
@@ -83,11 +98,23 @@ EOF
     echo "XLA venv ready" >&2
 fi
 touch "$venv/.complete"  # its age is the time since last use
-# Venvs of other keys unused for two weeks go (each is ~7 GB).
-for old in "$cache"/xla-venv-*/.complete; do
-    dir="$(dirname "$old")"
-    if [[ "$dir" != "$venv" && -n "$(find "$old" -mtime +14)" ]]; then
+# Venvs of other keys go (each is ~7 GB): complete ones unused for two weeks, and builds that
+# died (no .complete) begun over a day ago. Their age is read under their lock, which any
+# caller about to build or use one holds.
+for dir in "$cache"/xla-venv-*/; do
+    dir="${dir%/}"
+    if [[ "$dir" == "$venv" || ! -d "$dir" ]] || ! lock "$dir" -n; then
+        continue  # ours, or another caller holds it
+    fi
+    if [[ -f "$dir/.complete" ]]; then
+        stale="$(find "$dir/.complete" -mtime +14)"
+    else
+        stale="$(find "$dir" -maxdepth 0 -mmin +1440)"
+    fi
+    if [[ -n "$stale" ]]; then
+        rm -f "$dir/.complete"  # first: from here on nothing takes it for complete
         rm -rf "$dir" "$dir.log" "$dir.lock"
     fi
+    exec {lock_fd}>&-
 done
 echo "$venv"

@@ -1,8 +1,8 @@
 """XLA tests: training through torch_xla on its CPU device (PJRT_DEVICE=CPU), for real.
 
 They run in the venv tools/xla_venv.sh builds (`make test-xla`); where torch_xla is
-not installed (the main .venv) every module here skips itself (importorskip), and
-this file only defines fixtures.
+not installed (the main .venv) they skip themselves, and only the tests of the scripts
+on fakes in test_xla_setup.py run. This file only defines fixtures.
 
 The XLA runtime starts here, before any test runs a backward pass on the CPU:
 autograd sizes its per-device queues when it first runs, and an XLA device that

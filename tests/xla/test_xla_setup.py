@@ -1,7 +1,12 @@
-"""Installing and launching: the pins, one-line errors without them, the TPU scripts."""
+"""Installing and launching: the pins, one-line errors without them, the TPU scripts.
+
+The tests of torch-xla itself are marked xla: `make test-xla` runs them in the XLA venv, and
+they skip where torch_xla is not installed. The scripts' tests run on fakes in the main suite.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -11,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,14 +27,17 @@ from tinygen.errors import TinygenError
 from tinygen_trainer.training import read_metrics
 from tinygen_trainer.training.device import TORCH_XLA_PINS, TORCH_XLA_VERSION, select_backend
 
-pytest.importorskip("torch_xla")  # the main .venv has none: skip
-
-pytestmark = pytest.mark.xla
-
 ROOT = Path(__file__).resolve().parents[2]
 TPU = ROOT / "tools" / "tpu"
 
 
+def xla(test):
+    """Marks a test that needs torch_xla: -m xla selects it, and the main .venv skips it."""
+    has_xla = importlib.util.find_spec("torch_xla") is not None
+    return pytest.mark.xla(pytest.mark.skipif(not has_xla, reason="needs torch_xla")(test))
+
+
+@xla
 def test_pins_match_the_xla_requirements():
     pins = dict(re.findall(r"^(torch|torch-xla)==(\S+)$",
                            (ROOT / "requirements-xla.txt").read_text(), re.M))
@@ -39,6 +48,7 @@ def test_pins_match_the_xla_requirements():
 
 # -- bad input: one line naming the pins ------------------------------------------------
 
+@xla
 def test_without_torch_xla(monkeypatch):
     real_version, real_find_spec = importlib.metadata.version, importlib.util.find_spec
 
@@ -57,6 +67,7 @@ def test_without_torch_xla(monkeypatch):
     assert "\n" not in message
 
 
+@xla
 def test_with_a_mismatched_torch(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
     with pytest.raises(TinygenError) as info:
@@ -66,6 +77,7 @@ def test_with_a_mismatched_torch(monkeypatch):
         f"2.13.0 is installed: pip install {TORCH_XLA_PINS}")
 
 
+@xla
 @pytest.mark.parametrize("setup, expected", [
     # torch_xla cannot be imported at all
     ("sys.modules['torch_xla'] = None", "--device xla needs torch_xla"),
@@ -85,6 +97,7 @@ def test_the_command_says_it_in_one_line(setup, expected, corpus, tokenizer, tmp
     assert TORCH_XLA_PINS in done.stderr
 
 
+@xla
 def test_a_pjrt_device_with_no_device_is_one_line(corpus, tokenizer, tmp_path):
     """A misspelt PJRT_DEVICE (or TPU where there is no libtpu) failed with torch-xla's
     traceback when the runtime started."""
@@ -140,6 +153,7 @@ def test_tpu_scripts_print_their_gcloud_commands():
     assert "tools/tpu/install.sh" in setup[1]
 
 
+@xla
 def test_tpu_launch_rehearsed_on_the_cpu_device(tmp_path):
     """launch.sh end to end against a fake gcloud whose one worker is this machine."""
     _, vm_home, env = fake_vm(tmp_path)
@@ -450,6 +464,142 @@ def test_xla_venv_key_covers_the_requirements_the_script_and_the_python(tmp_path
                           "is Python 3.10.12: set PYTHON to one\n")
 
 
+FAKE_BUILDER = r"""#!/usr/bin/env bash
+# A fake Python 3.11 that tools/xla_venv.sh builds with: `-m venv DIR` makes a venv whose
+# python and pip are this script again; everything else succeeds and does nothing.
+case "$1" in
+    -V) echo "Python 3.11.7" ;;
+    -m) if [[ "$2" == venv ]]; then
+            mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && cp "$0" "$3/bin/pip"
+        fi ;;
+esac
+exit 0
+"""
+
+FAKE_RM = r"""#!/usr/bin/env bash
+# rm, noting each call and the .complete markers in the cache as it starts.
+echo "rm $* | $(cd "$TINYGEN_CACHE" && echo xla-venv-*/.complete)" >> "$FAKE_LOG"
+exec REAL_RM "$@"
+"""
+
+
+def xla_venv_env(tmp_path: Path) -> dict:
+    """The environment for tools/xla_venv.sh to build a venv of fakes in tmp_path/cache, with
+    a PATH whose rm notes its calls in tmp_path/rm.log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable(bin_dir / "rm", FAKE_RM.replace("REAL_RM", shutil.which("rm")))
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PYTHON": str(executable(tmp_path / "python3.11", FAKE_BUILDER)),
+            "TINYGEN_CACHE": str(tmp_path / "cache"), "FAKE_LOG": str(tmp_path / "rm.log")}
+
+
+def other_venv(cache: Path, name: str, complete: bool, days: float) -> Path:
+    """A venv of another key with its log and lock: complete and last used DAYS ago, or a
+    build begun DAYS ago that never finished."""
+    venv = cache / f"xla-venv-{name}"
+    (venv / "bin").mkdir(parents=True)
+    Path(f"{venv}.log").touch()
+    Path(f"{venv}.lock").touch()
+    age = time.time() - days * 24 * 3600
+    if complete:
+        (venv / ".complete").touch()
+        os.utime(venv / ".complete", (age, age))
+    os.utime(venv, (age, age))
+    return venv
+
+
+def locked(path: str):
+    """An open file holding flock on PATH, as a caller of tools/xla_venv.sh holds its venv's."""
+    held = open(path, "a")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return held
+
+
+def test_xla_venv_deletes_other_keys_unused_or_dead_unless_locked(tmp_path):
+    """Complete venvs of other keys go after two weeks unused, builds that died (no .complete)
+    after a day; neither while another caller holds its lock."""
+    env, cache = xla_venv_env(tmp_path), tmp_path / "cache"
+    kept = {"dead-for-an-hour": (False, 1 / 24), "dead-but-locked": (False, 2),
+            "used-3-days-ago": (True, 3), "unused-but-locked": (True, 20)}
+    gone = {"dead-for-2-days": (False, 2), "unused-for-20-days": (True, 20)}
+    for name, (complete, days) in {**kept, **gone}.items():
+        other_venv(cache, name, complete, days)
+    holders = [locked(f"{cache}/xla-venv-{name}.lock") for name in kept if "locked" in name]
+    try:
+        done = subprocess.run([str(ROOT / "tools" / "xla_venv.sh")], env=env, capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        for held in holders:
+            held.close()
+    assert done.returncode == 0, done.stderr
+    venv = Path(done.stdout.strip())
+    assert (venv / ".complete").is_file()
+    left = sorted(path.name for path in cache.iterdir())
+    assert left == sorted(f"{dir.name}{end}" for dir in [venv, *(cache / f"xla-venv-{name}"
+                                                                 for name in kept)]
+                          for end in ("", ".log", ".lock"))
+
+
+def test_xla_venv_deletes_the_marker_before_the_venv(tmp_path):
+    """A caller that checks .complete while an old venv is being deleted must not find it:
+    the marker goes first, then the folder."""
+    env, cache = xla_venv_env(tmp_path), tmp_path / "cache"
+    old = other_venv(cache, "unused-for-20-days", True, 20)
+    done = subprocess.run([str(ROOT / "tools" / "xla_venv.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not old.exists()
+    calls = (tmp_path / "rm.log").read_text().splitlines()
+    removing = [call for call in calls if call.startswith(f"rm -rf {old} ")]
+    assert len(removing) == 1, calls
+    assert f"{old.name}/.complete" not in removing[0].split(" | ")[1], calls
+
+
+def waits_on(path: Path, deadline: float, build: subprocess.Popen) -> bool:
+    """Whether a process waits for the flock on PATH (as /proc/locks shows it) before BUILD
+    exits or the deadline passes."""
+    inode = path.stat().st_ino
+    while build.poll() is None and time.monotonic() < deadline:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" in fields and any(f.count(":") == 2 and int(f.rsplit(":", 1)[1]) == inode
+                                      for f in fields):
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def test_xla_venv_locks_again_when_its_lock_file_was_deleted(tmp_path):
+    """A cleanup deletes an old venv's lock file while holding it; a caller that was waiting on
+    that file then holds a lock nobody else sees, so it locks the file there now instead of
+    building alongside the next caller."""
+    env, cache = xla_venv_env(tmp_path), tmp_path / "cache"
+    cache.mkdir()
+    path = subprocess.run([str(ROOT / "tools" / "xla_venv.sh"), "--path"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock = Path(f"{path}.lock")
+    cleanup = locked(str(lock))
+    build = subprocess.Popen([str(ROOT / "tools" / "xla_venv.sh")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        assert waits_on(lock, deadline, build), "it did not wait for the lock"
+        lock.unlink()  # the cleanup deletes the lock file, and a new caller makes another
+        next_caller = locked(str(lock))
+        cleanup.close()
+        assert waits_on(lock, deadline, build), "it went on with the deleted lock file"
+        assert not Path(path, ".complete").exists()
+        next_caller.close()
+        build.wait(timeout=60)
+    finally:
+        build.kill()
+        out, err = build.communicate()
+    assert build.returncode == 0, err
+    assert out == f"{path}\n" and Path(path, ".complete").is_file()
+
+
+@xla
 def test_these_tests_run_in_the_venv_the_script_names():
     """`make test-xla` runs here in tools/xla_venv.sh's venv: the one its key names now."""
     if not Path(sys.prefix).name.startswith("xla-venv-"):
