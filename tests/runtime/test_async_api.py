@@ -1,10 +1,15 @@
 """agenerate / astream: the same texts as generate / stream, made while the event loop goes on."""
 
 import asyncio
+import gc
+import subprocess
+import sys
 
 import pytest
 
 from tinygen import TextGenerator, TinygenError
+from tinygen import generator as generator_module
+from tinygen.async_api import AHEAD
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +79,94 @@ def test_leaving_a_stream_early_frees_the_generator(gen):
         # the stream's worker stops after its step and lets the next call in
         return await asyncio.wait_for(gen.agenerate("Once", seed=3, max_new_tokens=4), timeout=60)
     assert list(asyncio.run(run())) == list(gen.generate("Once", seed=3, max_new_tokens=4))
+
+
+@pytest.fixture
+def produced(monkeypatch):
+    """The pieces the streams' workers have decoded so far, in order."""
+    pieces = []
+
+    class Counted(generator_module.TextStream):
+        def __iter__(self):
+            for piece in super().__iter__():
+                pieces.append(piece)
+                yield piece
+    monkeypatch.setattr(generator_module, "TextStream", Counted)
+    return pieces
+
+
+async def _until(done, timeout=60.0):
+    """Wait for done(); the timeout only catches a deadlock."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not done():
+        assert loop.time() < give_up, "waited a minute: deadlock?"
+        await asyncio.sleep(0.01)
+
+
+async def _read_then_pause(it, produced, read: int, count: int) -> int:
+    """Read `count` more pieces (`read` already), then stop reading until the worker is AHEAD
+    pieces past them, and a while after: a worker that does not wait for its consumer runs on
+    meanwhile. How many pieces past the ones read the worker has decoded."""
+    for _ in range(count):
+        await anext(it)
+    read += count
+    await _until(lambda: len(produced) >= read + AHEAD)
+    await asyncio.sleep(0.2)
+    return len(produced) - read
+
+
+def _long_stream(gen):
+    return aiter(gen.astream("Once", seed=3, max_new_tokens=200, stop_at_eos=False))
+
+
+def test_a_stream_not_read_decodes_only_a_few_pieces_ahead(gen, produced):
+    async def run():
+        it = _long_stream(gen)
+        ahead = await _read_then_pause(it, produced, 0, 3)
+        more = await _read_then_pause(it, produced, 3, 2)  # and again after more reads
+        await it.aclose()
+        return ahead, more
+    assert asyncio.run(run()) == (AHEAD, AHEAD)
+
+
+def test_closing_a_stream_whose_worker_waits_frees_the_generator(gen, produced):
+    async def run():
+        it = _long_stream(gen)
+        ahead = await _read_then_pause(it, produced, 0, 3)
+        await asyncio.wait_for(it.aclose(), timeout=60)  # the waiting worker wakes up and stops
+        texts = await asyncio.wait_for(gen.agenerate("Once", seed=3, max_new_tokens=4), timeout=60)
+        return ahead, len(produced), texts
+    ahead, total, texts = asyncio.run(run())
+    assert ahead == AHEAD and total == 3 + AHEAD
+    assert list(texts) == list(gen.generate("Once", seed=3, max_new_tokens=4))
+
+
+def test_dropping_a_stream_unclosed_frees_the_generator(gen, produced):
+    async def run():
+        it = _long_stream(gen)
+        ahead = await _read_then_pause(it, produced, 0, 3)
+        del it  # neither read nor closed any more: the loop's finalizer closes it
+        gc.collect()
+        texts = await asyncio.wait_for(gen.agenerate("Once", seed=3, max_new_tokens=4), timeout=60)
+        return ahead, len(produced), texts
+    ahead, total, texts = asyncio.run(run())
+    assert ahead == AHEAD and total == 3 + AHEAD
+    assert list(texts) == list(gen.generate("Once", seed=3, max_new_tokens=4))
+
+
+def test_a_stream_left_unread_does_not_hold_up_the_exit(optimum_gpt2_dir):
+    """Its worker waits for a reader that never comes; the exit waits for the worker threads
+    (a loop never closed, so no finalizer closes the stream): the worker gives up at the exit."""
+    code = ("import asyncio, sys\n"
+            "from tinygen import TextGenerator\n"
+            "gen = TextGenerator(sys.argv[1])\n"
+            "loop = asyncio.new_event_loop()\n"
+            "it = aiter(gen.astream('Once', seed=3, max_new_tokens=200, stop_at_eos=False))\n"
+            "print(loop.run_until_complete(anext(it)))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(optimum_gpt2_dir)], capture_output=True,
+                          text=True, timeout=120)  # a worker that waited on held the exit forever
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
 
 
 def test_errors_reach_the_caller(gen):

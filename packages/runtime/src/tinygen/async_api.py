@@ -10,12 +10,24 @@ For many concurrent requests decoded together, use the serving Engine (`tinygen 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401  (its exit hook first: see _exiting)
 import threading
 from concurrent.futures import Executor
 from typing import AsyncIterator, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 _PIECE, _END, _ERROR = range(3)
+# How many pieces an astream worker may decode past the ones its consumer has taken. A few
+# let the next steps overlap with the consumer's own work (sending a piece, say) and smooth
+# its hiccups; more would only be steps wasted, and the worker held that much longer, when the
+# consumer stops reading.
+AHEAD = 4
+# Set as the program exits, before the thread pools wait for their threads: a worker waiting
+# for a reader that never comes (a stream left unread and unclosed) gives up then, instead of
+# holding the exit forever. Exit hooks run last registered first, hence the pools' module
+# imported above, before this; the same (private) hook the pools use.
+_exiting = threading.Event()
+threading._register_atexit(_exiting.set)
 
 
 async def in_worker_thread(worker: Executor, call: Callable[[threading.Event], T]) -> T:
@@ -41,7 +53,9 @@ async def in_worker_thread(worker: Executor, call: Callable[[threading.Event], T
 class AsyncTextStream:
     """`async for piece in gen.astream(...)`: TextStream's pieces, each step taken in a worker
     thread. `.seed` says how to remake the text; `.completion` holds it at the end.
-    Leaving the loop early (break, cancellation) stops the decoding after its current step."""
+    The worker decodes at most AHEAD pieces past the ones read, then waits for the reader.
+    Leaving the loop early (break, aclose, cancellation, or dropping the iterator) stops the
+    decoding after its current step and frees the worker."""
 
     def __init__(self, worker: Executor, open_stream: Callable[[threading.Event], Iterator[str]],
                  seed: int | None):
@@ -58,6 +72,7 @@ class AsyncTextStream:
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
         started = threading.Event()
+        room = threading.Semaphore(AHEAD)  # one per piece the worker may decode unread
 
         def post(kind: int, value) -> None:
             try:
@@ -65,13 +80,28 @@ class AsyncTextStream:
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 stop.set()
 
+        def wait_for_room() -> bool:
+            """Block until the consumer takes a piece; False once it has given up."""
+            while not room.acquire(timeout=1.0):
+                # Closing the stream releases `room`. Nothing will when its loop was closed
+                # without closing it (no asyncio.run, no shutdown_asyncgens), or when the
+                # program exits with it unread: look now and then.
+                if loop.is_closed() or _exiting.is_set():
+                    stop.set()
+                    return False
+            return not stop.is_set()
+
         def work() -> None:
             started.set()
             try:
                 if stop.is_set():  # given up while it waited its turn
                     return
                 stream = self._open(stop)
-                for piece in stream:  # checks `stop` every step, text or none
+                pieces = iter(stream)  # checks `stop` every step, text or none
+                while wait_for_room():  # room first: no piece decoded that nobody may read
+                    piece = next(pieces, None)
+                    if piece is None:
+                        break
                     post(_PIECE, piece)
                 if stop.is_set():
                     return
@@ -88,9 +118,11 @@ class AsyncTextStream:
                     raise value
                 if kind == _END:
                     return
+                room.release()  # taken: the worker may decode one more
                 yield value
         finally:
             stop.set()
+            room.release()  # a worker waiting for room wakes up, sees `stop` and ends
             # A worker under way stops after its current step: wait for that, so the
             # generator is free again once this returns. One still waiting its turn, behind
             # other calls, is dropped; waiting for it here held a cancellation (wait_for's
