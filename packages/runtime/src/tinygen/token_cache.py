@@ -4,13 +4,24 @@ A cache file is three msgpack objects in a row, gzip-compressed by default:
 
 1. the header, a map: magic, format_version, tokenizer_sha256 and
    replacements_sha256 (what encoded it), vocab_size, eos_id, dtype ("uint16"
-   when every id fits, else "uint32"), num_tokens, num_documents, and the
-   sha256 of each of the two arrays below;
+   when every id fits, else "uint32"), num_tokens, num_documents, the sha256 of
+   each of the two arrays below, then
+   - sources: the files the text was read from, each a map of path (relative to
+     the cache's folder, or absolute when they share only the root), size,
+     mtime_ns (null when the file was written within 2 s of being read: a later
+     edit in the same clock tick could keep it) and sha256, taken before reading;
+   - encode (optional): what `tinygen-train encode` was given, to say how to make
+     the cache again: corpus (paths, as sources'), tokenizer, replacements (a path
+     or null) and options (its other arguments, as typed);
+   - header_sha256, last: the sha256 of the header packed without this key;
 2. the tokens, as one msgpack bin of little-endian `dtype` values;
 3. doc_ends, as one bin of little-endian int64: the exclusive end of each document.
 
 The header comes first so a reader checks the version and the tokenizer before
-it trusts the rest. The trainer writes caches; the runtime reads them to dedupe
+it trusts the rest. Caches written before sources and header_sha256 have neither
+and load as before; a header with one but not the other lost a key to damage.
+sources and encode are optional keys, not a new format_version: older readers
+ignore them. The trainer writes caches; the runtime reads them to dedupe
 generated text against the training data, so the format lives here, beside the
 manifest (needs msgpack: pip install tinygen[dedupe]). Files are written to a temp file and renamed into place, so
 an interrupted write never leaves a half file under the real name.
@@ -21,11 +32,13 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import os
 import shlex
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 import msgpack
 import numpy as np
@@ -43,6 +56,9 @@ GZIP_HEADER = GZIP_MAGIC + b"\x08\x00\x00\x00\x00\x00\x00\xff"
 HEADER_START = msgpack.packb("magic") + msgpack.packb(MAGIC) + msgpack.packb("format_version")
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 DOC_ENDS_DTYPE = np.dtype("<i8")
+# A source file modified this close to being read may change again within its clock's
+# tick (a second on some file systems) without changing its mtime: its mtime is not kept.
+RACY_NS = 2_000_000_000
 
 
 class TokenCacheError(TinygenError):
@@ -56,9 +72,61 @@ class TokenCache:
     header: dict[str, Any]
 
 
+def fingerprint_source(path: str | Path) -> dict[str, Any]:
+    """What a cache records of a file it is encoded from; taken before the file is read, so
+    an edit while encoding shows as a change later, never the other way round."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    racy = time.time_ns() - stat.st_mtime_ns < RACY_NS
+    return {"path": path, "size": stat.st_size, "mtime_ns": None if racy else stat.st_mtime_ns,
+            "sha256": _file_sha256(path)}
+
+
+def changed_sources(path: str | Path, header: dict[str, Any]) -> list[Path]:
+    """The source files of a cache that still exist but differ from what it was encoded from.
+
+    Missing ones are not changed: caches are often shipped without their text. The same size
+    and mtime is taken as unchanged (as make and rsync do); a new mtime alone is hashed, so a
+    checkout or a copy that keeps the text is no change."""
+    changed = []
+    for source in header.get("sources") or ():
+        file = source_path(path, source["path"])
+        try:
+            if not file.is_file():
+                continue
+            stat = file.stat()
+            if stat.st_size != source["size"] or (stat.st_mtime_ns != source["mtime_ns"]
+                                                  and _file_sha256(file) != source["sha256"]):
+                changed.append(file)
+        except OSError:  # unreadable now: nothing to compare
+            continue
+    return changed
+
+
+def recorded_path(cache: str | Path, file: str | Path) -> str:
+    """`file` as a cache at `cache` records it: relative to the cache's folder, so the two
+    can move together, unless they share only the root (then absolute)."""
+    file, folder = Path(file).resolve(), Path(cache).resolve().parent
+    try:
+        if os.path.commonpath([file, folder]) != file.anchor:
+            return os.path.relpath(file, folder)
+    except ValueError:  # on two Windows drives
+        pass
+    return str(file)
+
+
+def source_path(cache: str | Path, recorded: str) -> Path:
+    """A path recorded in the cache at `cache`, as a path from here."""
+    return Path(os.path.normpath(Path(cache).parent / recorded))
+
+
 def save_token_cache(path: str | Path, tokens: np.ndarray, doc_ends: np.ndarray,
-                     encoder_info: dict[str, Any], compress: bool = True) -> Path:
-    """Write tokens and document ends atomically; `encoder_info` is `Encoder.describe()`."""
+                     encoder_info: dict[str, Any], compress: bool = True,
+                     sources: Sequence[dict[str, Any]] = (),
+                     encode: dict[str, Any] | None = None) -> Path:
+    """Write tokens and document ends atomically; `encoder_info` is `Encoder.describe()`,
+    `sources` the `fingerprint_source` of each file read, `encode` the command's arguments
+    (the header's `encode`, with paths as given here)."""
     path = Path(path)
     dtype_name = next((n for n, d in DTYPES.items() if d == tokens.dtype.newbyteorder("<")), None)
     if dtype_name is None:
@@ -74,7 +142,14 @@ def save_token_cache(path: str | Path, tokens: np.ndarray, doc_ends: np.ndarray,
         "num_documents": int(doc_ends.size),
         "tokens_sha256": hashlib.sha256(token_bytes).hexdigest(),
         "doc_ends_sha256": hashlib.sha256(end_bytes).hexdigest(),
+        "sources": _unique([{**s, "path": recorded_path(path, s["path"])} for s in sources]),
     }
+    if encode is not None:
+        header["encode"] = {**encode, **{key: recorded_path(path, encode[key])
+                                         for key in ("tokenizer", "replacements")
+                                         if encode.get(key)},
+                            "corpus": [recorded_path(path, c) for c in encode["corpus"]]}
+    header["header_sha256"] = _header_sha256(header)
     packer = msgpack.Packer(use_bin_type=True)
 
     def write(f: BinaryIO) -> None:
@@ -120,6 +195,7 @@ def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None,
         what = " (a gzip file: decompress it to use its text)" if gzipped else ""
         raise TokenCacheError(f"{path}: not a tinygen token cache{what}")
     _check_version(path, header.get("format_version"))
+    _check_header(path, header)
     if expect is not None:
         check_encoder(path, header, expect, token_name)
     token_bytes = _next(unpacker, path, "tokens")
@@ -194,6 +270,35 @@ def _check_version(path: Path, version: Any) -> None:
             f"{path}: token cache format {version} is newer than this tinygen-trainer reads "
             f"({FORMAT_VERSION}); upgrade with: pip install -U tinygen-trainer"
         )
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The header matches its checksum, so a damaged value (a tokenizer's fingerprint, say)
+    is called damage, not another tokenizer."""
+    stored = header.get("header_sha256")
+    if stored is None and "sources" not in header:
+        return  # written before either key
+    if stored != _header_sha256(header):
+        raise _corrupt(path, "its header is damaged")
+
+
+def _header_sha256(header: dict[str, Any]) -> str:
+    # Re-packing what was unpacked gives the same bytes: msgpack packs each value one way.
+    rest = {key: value for key, value in header.items() if key != "header_sha256"}
+    return hashlib.sha256(msgpack.packb(rest, use_bin_type=True)).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unique(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A file given twice (a folder and a file in it) is recorded once."""
+    return list({s["path"]: s for s in sources}.values())
 
 
 def _next(unpacker: msgpack.Unpacker, path: Path, what: str) -> Any:

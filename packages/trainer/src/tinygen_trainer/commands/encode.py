@@ -12,9 +12,11 @@ from tinygen.fields import FILE_NAME as FIELDS_FILE
 from tinygen.fields import FieldSchema
 from tinygen.replacements import FILE_NAME as REPLACEMENTS_FILE
 from tinygen.replacements import Replacements
+from tinygen.token_cache import fingerprint_source
 
 from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
+from ..data.sources import corpus_files
 from .corpus_args import (add_corpus_arguments, read_corpus, refuse_field_without_records,
                           refuse_overwriting_inputs)
 
@@ -68,11 +70,26 @@ def run(args: argparse.Namespace) -> int:
                            f"e.g. {args.output / 'train.tokens'}")
     check_parents(args.output)
     refuse_overwriting_inputs(args.corpus, [args.output], [args.tokenizer, rules_file])
+    # Before reading: the cache then says which text it holds, and train warns once it changes.
+    sources = [fingerprint_source(f) for p in args.corpus for f in corpus_files(p)]
     documents = read_corpus(args)
     name = ", ".join(str(p) for p in args.corpus)
     dataset = TokenDataset.from_documents(documents, encoder, name=name, progress=not args.quiet)
-    path = dataset.save(args.output, encoder, compress=args.compress)
+    path = dataset.save(args.output, encoder, compress=args.compress, sources=sources,
+                        encode=recorded_arguments(args))
     docs = dataset.num_documents
     print(f"wrote {path}: {dataset.num_tokens:,} tokens in {docs:,} document{'s' * (docs != 1)} "
           f"({dataset.tokens.dtype.name}, {path.stat().st_size:,} bytes)", file=sys.stderr)
     return 0
+
+
+def recorded_arguments(args: argparse.Namespace) -> dict:
+    """This command's arguments as the cache records them (its header's `encode`), so a warning
+    about changed text can say how to encode it again: the same options, not just the files."""
+    options = [*(["--field", args.field] if args.field else []),
+               *(["--errors", args.errors] if args.errors != "strict" else []),
+               *(["--line-by-line"] if args.line_by_line else []),
+               *(["--eos-token", args.eos_token] if args.eos_token else []),
+               *([] if args.compress else ["--no-compress"])]
+    return {"corpus": list(args.corpus), "tokenizer": args.tokenizer,
+            "replacements": args.replacements, "options": options}

@@ -18,6 +18,7 @@ the interrupted one would have drawn.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -29,7 +30,8 @@ from tinygen.errors import TinygenError
 from ..notices import warn
 from .encoder import Encoder
 from .sources import read_documents
-from tinygen.token_cache import is_token_cache, load_token_cache, save_token_cache
+from tinygen.token_cache import (changed_sources, is_token_cache, load_token_cache,
+                                 save_token_cache, source_path)
 
 IGNORE_INDEX = -100  # labels the loss skips (torch's cross_entropy default)
 
@@ -65,15 +67,29 @@ class TokenDataset:
 
     @classmethod
     def load(cls, path: str | Path, encoder: Encoder) -> "TokenDataset":
+        """A token cache, checked against `encoder`, warning when its text has changed since.
+
+        A warning, not an error: the cache is still sound (the text as it was), a resumed run
+        must go on drawing the rows it drew, and training on a snapshot while editing the text
+        is fair; what must not happen is training on the old text unawares."""
         cache = load_token_cache(path, expect=encoder.describe(),
                                  token_name=encoder.tokenizer.id_to_token)
         if cache.tokens.size == 0:
             raise TinygenError(f"{path}: corpus is empty")
+        changed = changed_sources(path, cache.header)
+        if changed:
+            more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
+            warn(f"{path} was encoded from {_here(changed[0])}{more} before it changed; this "
+                 f"run uses the old text (for the new, encode again: "
+                 f"{encode_again(path, cache.header)})")
         return cls(cache.tokens, cache.doc_ends, encoder.eos_id, str(path))
 
-    def save(self, path: str | Path, encoder: Encoder, compress: bool = True) -> Path:
+    def save(self, path: str | Path, encoder: Encoder, compress: bool = True,
+             sources: Sequence[dict[str, Any]] = (),
+             encode: dict[str, Any] | None = None) -> Path:
+        """`sources` and `encode` as save_token_cache takes them: what it was encoded from."""
         return save_token_cache(path, self.tokens, self.doc_ends, encoder.describe(),
-                                compress=compress)
+                                compress=compress, sources=sources, encode=encode)
 
     @property
     def num_tokens(self) -> int:
@@ -86,6 +102,31 @@ class TokenDataset:
     def document(self, i: int) -> np.ndarray:
         start = int(self.doc_ends[i - 1]) if i else 0
         return self.tokens[start:int(self.doc_ends[i])]
+
+
+def encode_again(path: str | Path, header: dict[str, Any]) -> str:
+    """The `tinygen-train encode` command that makes the cache at `path` again, from what its
+    header recorded (paths as seen from here)."""
+    def shown(recorded: str) -> str:
+        return _here(source_path(path, recorded))
+
+    encode = header.get("encode")
+    if encode is None:  # saved by a library call: its files, its tokenizer unknown
+        args = [*(shown(s["path"]) for s in header.get("sources", ())), "--tokenizer", "TOKENIZER"]
+    else:
+        args = [*map(shown, encode["corpus"]), "--tokenizer", shown(encode["tokenizer"])]
+        if encode.get("replacements"):
+            args += ["--replacements", shown(encode["replacements"])]
+        args += encode.get("options", [])
+    return shlex.join(["tinygen-train", "encode", *args, "-o", str(path)])
+
+
+def _here(file: Path) -> str:
+    """`file` relative to the working folder when inside it, for a shorter message."""
+    try:
+        return str(file.relative_to(Path.cwd()))
+    except ValueError:
+        return str(file)
 
 
 @dataclass(frozen=True)
