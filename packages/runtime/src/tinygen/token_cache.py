@@ -230,6 +230,10 @@ def check_encoder(path: Path, header: dict[str, Any], expect: dict[str, Any],
                               f"this one is {ours}); {redo}")
     if header.get("replacements_sha256") != expect["replacements_sha256"]:
         raise TokenCacheError(f"{path}: encoded with different replacement rules; {redo}")
+    if header.get("template_end_dropped") != expect.get("template_end_dropped"):
+        # Same tokenizer.json: an older encode kept what its template appends (Llama's </s>).
+        raise TokenCacheError(f"{path}: encoded by an older tinygen-train, which ended every "
+                              f"document with the tokenizer's end token twice; {redo}")
     if header.get("eos_id") != expect["eos_id"]:
         # Same tokenizer, other end-of-text token (a model whose EOS is not the first
         # candidate encode picks, e.g. <|im_end|>): re-encoding as before cannot help.

@@ -57,6 +57,13 @@ class TextTokenizer:
         self.special_tokens = frozenset(t.content for t in added if t.special)
         self._token_bytes: list[bytes] | None = None
         self._shown_bytes: list[bytes] | None = None
+        # What the template appends to every text (</s> with Llama's add_eos_token) is dropped
+        # from prompts: a prompt is continued, not ended. Here, not by export rewriting the
+        # template, so folders exported before are mended too, and every path a prompt takes
+        # (a batch, context fields, curate) comes through here. What the template prepends
+        # (BOS) stays: the model was trained with it (data/encoder.py drops the same end).
+        template = template_tokens(self.tokenizer)
+        self.template_end = template[1] if template else []
 
     @property
     def vocab_size(self) -> int:
@@ -67,13 +74,18 @@ class TextTokenizer:
         if len(text) > 4096:
             # encode_batch lets go of the GIL (encode does not): a megabyte takes most of a
             # second, in which a server's other threads, streams among them, would stand still.
-            return self.tokenizer.encode_batch([text])[0].ids
-        return self.tokenizer.encode(text).ids
+            return self._open(self.tokenizer.encode_batch([text])[0].ids)
+        return self._open(self.tokenizer.encode(text).ids)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         keep = self.special_tokens
         encoded = self.tokenizer.encode_batch([self.replacements.apply_encode(t, keep) for t in texts])
-        return [e.ids for e in encoded]
+        return [self._open(e.ids) for e in encoded]
+
+    def _open(self, ids: list[int]) -> list[int]:
+        """`ids` without the template's end: a prompt is continued, not ended."""
+        end = self.template_end
+        return ids[:-len(end)] if end and ids[-len(end):] == end else ids
 
     def decode(self, ids: list[int]) -> str:
         decoder = self.stream_decoder()
@@ -215,6 +227,18 @@ class StreamDecoder:
         before = decode(context, skip_special_tokens=True)
         whole = decode(context + held, skip_special_tokens=True)
         return whole[len(before):] if whole.startswith(before) else decode(held, skip_special_tokens=True)
+
+
+def template_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
+    """The ids the tokenizer's post-processor puts before and after every text's own (Llama's
+    template: [<s>], and [</s>] with add_eos_token); None where they cannot be told apart
+    from the text's."""
+    bare = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a").ids
+    at = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), None)
+    if not bare or at is None:
+        return None
+    return full[:at], full[at + len(bare):]
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -1,10 +1,12 @@
 """Encoder: a tokenizer plus the replacement rules, turning documents into one token stream.
 
 The stream is every document's ids followed by EOS, so a model trained on random
-windows of it sees where documents end and learns to stop. Encoding goes through
-the `tokenizers` batch path, which spreads documents over every core. A huge
-document (a corpus of one text file) is cut into pieces where the cut changes no
-token, so it too encodes on every core, in bounded memory.
+windows of it sees where documents end and learns to stop. That EOS ends a document
+alone: what the tokenizer's template appends to every text (Llama's add_eos_token
+</s>) is dropped, as the runtime drops it from prompts; what it prepends (BOS)
+stays. Encoding goes through the `tokenizers` batch path, which spreads documents
+over every core. A huge document (a corpus of one text file) is cut into pieces
+where the cut changes no token, so it too encodes on every core, in bounded memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tokenizers import Tokenizer
 
 from tinygen.errors import TinygenError
 from tinygen.replacements import Replacements
+from tinygen.tokenizer import template_tokens
 
 from ..bars import progress_bar
 
@@ -76,6 +79,9 @@ class Encoder:
     replacements_fingerprint: str | None = field(init=False)
     # Kept whole by the rules (a record's field tokens), as the runtime keeps them.
     special_tokens: frozenset = field(init=False)
+    # (ids before, ids after) a text that the tokenizer's template adds, those after dropped;
+    # None where they cannot be told from the text's.
+    template: tuple[list[int], list[int]] | None = field(init=False)
 
     def __post_init__(self) -> None:
         # A tokenizer.json saved by transformers may carry truncation or padding,
@@ -87,6 +93,7 @@ class Encoder:
         added = self.tokenizer.get_added_tokens_decoder().values()
         self.replacements.check_added({t.content for t in added}, source="replacements")
         object.__setattr__(self, "special_tokens", frozenset(t.content for t in added if t.special))
+        object.__setattr__(self, "template", template_tokens(self.tokenizer))
         fingerprint = canonical_sha256(json.loads(self.tokenizer.to_str()))
         rules = self.replacements.to_json()["encode"] if self.replacements.encode else None
         object.__setattr__(self, "fingerprint", fingerprint)
@@ -113,6 +120,7 @@ class Encoder:
 
         doc_ends[i] is the exclusive end of document i in tokens, its EOS included.
         """
+        drop = len(self.template[1]) if self.template else 0
         # encode_batch_fast (tokenizers >= 0.21) skips computing offsets we never use.
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         specials = self.special_tokens
@@ -126,7 +134,8 @@ class Encoder:
                 shown = bar.n  # a long document's pieces move the bar as they are encoded
                 texts = [self.replacements.apply_encode(d, specials) for d in batch]
                 cuts = [self._cuts(t) for t in texts]
-                ids = [e.ids for e in encode_batch([t for t, c in zip(texts, cuts) if not c])]
+                ids = [e.ids[:len(e.ids) - drop]
+                       for e in encode_batch([t for t, c in zip(texts, cuts) if not c])]
                 if len(ids) == len(texts):  # no long document: the batch is one chunk
                     sizes = [len(i) + 1 for i in ids]
                     flat = chain.from_iterable(i + [self.eos_id] for i in ids)
@@ -144,6 +153,12 @@ class Encoder:
                 bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
         tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=self.dtype)
         return tokens, np.cumsum(np.asarray(lengths, dtype=np.int64))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """`text`'s ids as a prompt to continue, as the runtime encodes one: the rules applied
+        as to the corpus, and without what the template appends (an end of text)."""
+        ids = self.tokenizer.encode(self.replacements.apply_encode(text, self.special_tokens)).ids
+        return ids[:len(ids) - len(self.template[1])] if self.template else ids
 
     def _cuts(self, text: str) -> list[int]:
         """Where to cut `text` into pieces of about PIECE_CHARS whose tokens, joined, are the
@@ -166,31 +181,33 @@ class Encoder:
 
     def _encode_pieces(self, text: str, cuts: list[int], encode_batch, bar) -> np.ndarray:
         """One long document's tokens and EOS, its pieces encoded a batch at a time."""
-        bare = self.tokenizer.encode("a", add_special_tokens=False).ids
-        full = self.tokenizer.encode("a").ids  # with what the post-processor adds (Llama's <s>)
-        at = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), None)
-        if not bare or at is None:  # no telling the added tokens from the text's: encode whole
+        if self.template is None:  # no telling the added tokens from the text's: encode whole
             return np.asarray(encode_batch([text])[0].ids + [self.eos_id], dtype=self.dtype)
         bounds = [0, *cuts, len(text)]
         spans = list(zip(bounds, bounds[1:]))
-        parts = [np.asarray(full[:at], dtype=self.dtype)]
+        parts = [np.asarray(self.template[0], dtype=self.dtype)]
         step = max(1, BATCH_CHARS // PIECE_CHARS)
         for i in range(0, len(spans), step):
             encoded = encode_batch([text[a:b] for a, b in spans[i:i + step]],
                                    add_special_tokens=False)
             parts.extend(np.asarray(e.ids, dtype=self.dtype) for e in encoded)
             bar.update(sum(b - a for a, b in spans[i:i + step]))
-        parts.append(np.asarray(full[at + len(bare):] + [self.eos_id], dtype=self.dtype))
+        parts.append(np.asarray([self.eos_id], dtype=self.dtype))
         return np.concatenate(parts)
 
     def describe(self) -> dict[str, object]:
         """What a token cache records to recognise this encoder later."""
-        return {
+        info: dict[str, object] = {
             "tokenizer_sha256": self.fingerprint,
             "replacements_sha256": self.replacements_fingerprint,
             "vocab_size": self.vocab_size,
             "eos_id": self.eos_id,
         }
+        if self.template and self.template[1]:
+            # Only where a template appends: every other tokenizer's caches stay valid, and
+            # one encoded before its end was dropped (two EOS a document) is told apart.
+            info["template_end_dropped"] = self.template[1]
+        return info
 
 
 def find_eos_id(tokenizer: Tokenizer, eos_token: str | None = None,

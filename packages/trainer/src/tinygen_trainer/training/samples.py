@@ -19,8 +19,7 @@ def generate_sample(model: torch.nn.Module, encoder: Encoder, backend: Backend, 
     Runs under fork_rng so drawing a sample does not change the training run.
     """
     # As the corpus was encoded: no rule matches into a special token (a record's <|body|>).
-    text = encoder.replacements.apply_encode(prompt, encoder.special_tokens)
-    ids = encoder.tokenizer.encode(text).ids if prompt else []
+    ids = encoder.prompt_ids(prompt) if prompt else []
     ids = (ids or [encoder.eos_id])[-window + 1:]
     length = min(length, window - len(ids))  # GPT-2 has no positions past its window
     input_ids = backend.to_device(torch.tensor([ids], dtype=torch.long))
