@@ -34,7 +34,8 @@ def test_the_documented_loop_decodes_like_generate(torchscript_result, tiny_sour
     manifest = load_manifest(torchscript_result.path)
     eos = list(manifest.eos_token_ids)
     model = AutoModelForCausalLM.from_pretrained(tiny_source_dir, dtype=torch.float32).eval()
-    prompt = scope["tokenizer"].encode("Once upon a time").ids
+    prompt = scope["prompt"]
+    assert prompt == scope["tokenizer"].encode("Once upon a time").ids  # no template end here
     config = GenerationConfig(do_sample=False, max_new_tokens=20, eos_token_id=eos,
                               pad_token_id=eos[0])
     with torch.no_grad():

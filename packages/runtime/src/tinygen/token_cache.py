@@ -3,7 +3,9 @@
 A cache file is three msgpack objects in a row, gzip-compressed by default:
 
 1. the header, a map: magic, format_version, tokenizer_sha256 and
-   replacements_sha256 (what encoded it), vocab_size, eos_id, dtype ("uint16"
+   replacements_sha256 (what encoded it), template_end_dropped (only for a
+   tokenizer whose template appends ids to every text, Llama's add_eos_token </s>:
+   those ids, which the documents do not end with), vocab_size, eos_id, dtype ("uint16"
    when every id fits, else "uint32"), num_tokens, num_documents, the sha256 of
    each of the two arrays below, then
    - sources: the files the text was read from, each a map of path (relative to
