@@ -126,3 +126,21 @@ def test_every_damaged_header_byte_is_caught(project):
         with pytest.raises(TokenCacheError) as caught:
             TokenDataset.load(path, encoder)
         assert "token cache is corrupt" in str(caught.value), (at, str(caught.value))
+
+
+def test_a_file_added_to_the_corpus_folder_warns(project, capsys):
+    # A folder's cache records the files it read; a new one is new text all the same.
+    argv = ["encode", "data", "--tokenizer", "tok/tokenizer.json", "--quiet", "-o", "train.tokens"]
+    assert main(argv) == 0
+    assert load(capsys) == ""
+    (project / "data" / ".notes.txt").write_text("hidden: never read")
+    assert load(capsys) == ""
+    (project / "data" / "more").mkdir()
+    (project / "data" / "more" / "new.txt").write_text("a new story about a cat.")
+    command = "tinygen-train encode data --tokenizer tok/tokenizer.json -o train.tokens"
+    assert load(capsys) == (f"{WARNING}train.tokens was encoded from data before "
+                            f"data/more/new.txt was added to it; this run uses the old text "
+                            f"(for the new, encode again: {command})\n")
+    (project / "data" / "stories.txt").write_text("edited")
+    assert "encoded from data/stories.txt before it changed (and 1 more of its files)" \
+        in load(capsys)

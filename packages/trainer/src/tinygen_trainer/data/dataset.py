@@ -29,7 +29,7 @@ from tinygen.errors import TinygenError
 
 from ..notices import warn
 from .encoder import Encoder
-from .sources import read_documents
+from .sources import corpus_files, read_documents
 from tinygen.token_cache import (changed_sources, is_token_cache, load_token_cache,
                                  save_token_cache, source_path)
 
@@ -76,12 +76,14 @@ class TokenDataset:
                                  token_name=encoder.tokenizer.id_to_token)
         if cache.tokens.size == 0:
             raise TinygenError(f"{path}: corpus is empty")
-        changed = changed_sources(path, cache.header)
-        if changed:
-            more = f" (and {len(changed) - 1} more of its files)" if len(changed) > 1 else ""
-            warn(f"{path} was encoded from {_here(changed[0])}{more} before it changed; this "
-                 f"run uses the old text (for the new, encode again: "
-                 f"{encode_again(path, cache.header)})")
+        changed, added = changed_sources(path, cache.header), added_sources(path, cache.header)
+        if changed or added:
+            first = (f"{_here(changed[0])} before it changed" if changed else
+                     f"{_here(added[0][0])} before {_here(added[0][1])} was added to it")
+            others = len(changed) + len(added) - 1
+            more = f" (and {others} more of its files)" if others else ""
+            warn(f"{path} was encoded from {first}{more}; this run uses the old text (for the "
+                 f"new, encode again: {encode_again(path, cache.header)})")
         return cls(cache.tokens, cache.doc_ends, encoder.eos_id, str(path))
 
     def save(self, path: str | Path, encoder: Encoder, compress: bool = True,
@@ -102,6 +104,21 @@ class TokenDataset:
     def document(self, i: int) -> np.ndarray:
         start = int(self.doc_ends[i - 1]) if i else 0
         return self.tokens[start:int(self.doc_ends[i])]
+
+
+def added_sources(path: str | Path, header: dict[str, Any]) -> list[tuple[Path, Path]]:
+    """(folder, file) for each file now in a corpus folder the cache at `path` was encoded
+    from that it did not read: new text, which its sources (the files read) cannot show."""
+    read = {source_path(path, s["path"]).resolve() for s in header.get("sources") or ()}
+    added = []
+    for recorded in (header.get("encode") or {}).get("corpus", ()):
+        folder = source_path(path, recorded)
+        if folder.is_dir():
+            try:
+                added += [(folder, f) for f in corpus_files(folder) if f.resolve() not in read]
+            except (TinygenError, OSError):  # emptied or unreadable now: nothing to compare
+                continue
+    return added
 
 
 def encode_again(path: str | Path, header: dict[str, Any]) -> str:
