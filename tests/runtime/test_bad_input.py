@@ -23,6 +23,17 @@ def test_missing_directory(optimum_gpt2_dir):
         TextGenerator(optimum_gpt2_dir / "model.onnx")
 
 
+def test_a_model_hub_name_is_told_there_is_no_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFormatError, match=r"^model directory not found: HuggingFaceTB/"
+                       r"SmolLM2-135M \(tinygen downloads nothing; .*'tinygen-train export "
+                       r"FOLDER OUT' and give OUT\)$"):
+        TextGenerator("HuggingFaceTB/SmolLM2-135M")
+    (tmp_path / "runs").mkdir()  # a folder of the user's own: a plain typo, no hub talk
+    with pytest.raises(ModelFormatError, match=r"^model directory not found: runs/modle$"):
+        TextGenerator("runs/modle")
+
+
 def test_directory_without_manifest_or_config(tmp_path):
     with pytest.raises(ModelFormatError, match="no tinygen.json or config.json"):
         TextGenerator(tmp_path)

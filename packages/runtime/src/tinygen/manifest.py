@@ -335,6 +335,16 @@ def _read_json(path: Path) -> Any:
         raise ModelFormatError(f"{path}: not UTF-8 text") from None
 
 
+def _hub_hint(model_dir: Path) -> str:
+    """For a name like a model hub's ("HuggingFaceTB/SmolLM2-135M", no such folder here): the
+    runtime loads folders only, so say how to make one rather than leave it at not found."""
+    parts = model_dir.parts
+    if model_dir.is_absolute() or len(parts) != 2 or parts[0] in (".", "..") or Path(parts[0]).exists():
+        return ""
+    return (" (tinygen downloads nothing; with the model's files in a folder, make a runtime "
+            "folder with 'tinygen-train export FOLDER OUT' and give OUT)")
+
+
 def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     """Read `tinygen.json`, or derive the manifest from an optimum export's config.json."""
     model_dir = Path(model_dir)
@@ -342,7 +352,7 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
         raise ModelFormatError(f"{model_dir} is a file; give the model's folder ({model_dir.parent}), "
                                f"which holds model.onnx, tinygen.json and tokenizer.json")
     if not model_dir.is_dir():
-        raise ModelFormatError(f"model directory not found: {model_dir}")
+        raise ModelFormatError(f"model directory not found: {model_dir}{_hub_hint(model_dir)}")
     path = model_dir / MANIFEST_NAME
     if path.is_file():
         manifest = Manifest.from_json(_read_json(path), source=str(path))
