@@ -209,6 +209,10 @@ def test_line_by_line_refuses_mostly_cut_records(tmp_path, encoder):
     assert sampler.truncated == 0
     with pytest.raises(TinygenError, match="2 of 3 records are longer"):
         RecordSampler(records([3, 12, 12]), block_size=8, seed=0, pad_id=EOS)
+    # Text read line by line here is split already: encoding it so would change nothing.
+    with pytest.raises(TinygenError, match=r"tokens only; raise --block-size if the model's "
+                                           r"window allows or drop --line-by-line$"):
+        RecordSampler(lines, block_size=4, seed=0, pad_id=EOS)
 
 
 def test_line_by_line_epochs_are_shuffled_permutations():

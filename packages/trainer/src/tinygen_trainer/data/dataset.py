@@ -45,6 +45,7 @@ class TokenDataset:
     doc_ends: np.ndarray
     eos_id: int
     name: str  # where it came from, for messages
+    cached: bool = False  # loaded from a token cache, whose documents encode decided
 
     @classmethod
     def from_documents(cls, documents: Sequence[str], encoder: Encoder, name: str = "corpus",
@@ -84,7 +85,7 @@ class TokenDataset:
             more = f" (and {others} more of its files)" if others else ""
             warn(f"{path} was encoded from {first}{more}; this run uses the old text (for the "
                  f"new, encode again: {encode_again(path, cache.header)})")
-        return cls(cache.tokens, cache.doc_ends, encoder.eos_id, str(path))
+        return cls(cache.tokens, cache.doc_ends, encoder.eos_id, str(path), cached=True)
 
     def save(self, path: str | Path, encoder: Encoder, compress: bool = True,
              sources: Sequence[dict[str, Any]] = (),
@@ -285,11 +286,14 @@ class RecordSampler(_EpochSampler):
         what = longer_records(self.dataset, cut, size)
         if 2 * cut > n:
             longest = int(np.max(self.dataset.doc_ends - self._starts))
+            # A cache's documents are what encode made of the text: a file whole, unless
+            # encoded --line-by-line. Text read here was already split by --line-by-line.
+            encode = (", or encode with 'tinygen-train encode --line-by-line' if each line of "
+                      "a text file is a record") if self.dataset.cached else ""
             raise TinygenError(
                 f"{what} (the longest {longest:,} tokens), so --line-by-line would train on "
                 f"their first {size} tokens only; raise --block-size if the model's window "
-                f"allows, drop --line-by-line, or encode with 'tinygen-train encode "
-                f"--line-by-line' if each line of a text file is a record"
+                f"allows{',' if encode else ' or'} drop --line-by-line{encode}"
             )
         warn(f"{what}; --line-by-line trains on their first {size} tokens only")
 
