@@ -47,6 +47,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import TinygenError
+from .file_digest import file_sha256
 
 FORMAT_VERSION = 1
 MAGIC = "tinygen-tokens"
@@ -81,7 +82,7 @@ def fingerprint_source(path: str | Path) -> dict[str, Any]:
     stat = path.stat()
     racy = time.time_ns() - stat.st_mtime_ns < RACY_NS
     return {"path": path, "size": stat.st_size, "mtime_ns": None if racy else stat.st_mtime_ns,
-            "sha256": _file_sha256(path)}
+            "sha256": file_sha256(path)}
 
 
 def changed_sources(path: str | Path, header: dict[str, Any]) -> list[Path]:
@@ -98,7 +99,7 @@ def changed_sources(path: str | Path, header: dict[str, Any]) -> list[Path]:
                 continue
             stat = file.stat()
             if stat.st_size != source["size"] or (stat.st_mtime_ns != source["mtime_ns"]
-                                                  and _file_sha256(file) != source["sha256"]):
+                                                  and file_sha256(file) != source["sha256"]):
                 changed.append(file)
         except OSError:  # unreadable now: nothing to compare
             continue
@@ -292,14 +293,6 @@ def _header_sha256(header: dict[str, Any]) -> str:
     # Re-packing what was unpacked gives the same bytes: msgpack packs each value one way.
     rest = {key: value for key, value in header.items() if key != "header_sha256"}
     return hashlib.sha256(msgpack.packb(rest, use_bin_type=True)).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unique(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ import torch
 
 from tinygen.atomic import new_file_mode
 from tinygen.errors import TinygenError
+from tinygen.file_digest import file_sha256
 
 from .device import Backend
 
@@ -250,7 +251,7 @@ def checkpoint_problem(path: Path, digests: bool = True) -> str | None:
         size = file.stat().st_size
         if size != recorded.get("size"):
             return f"its {name} has {size} bytes, {recorded.get('size')} when written"
-        if _sha256(file) != recorded.get("sha256"):
+        if file_sha256(file) != recorded.get("sha256"):
             return f"its {name} differs from what was written (sha256)"
     return None
 
@@ -258,7 +259,7 @@ def checkpoint_problem(path: Path, digests: bool = True) -> str | None:
 def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     """Each file under `folder` (by relative path): its size and sha256."""
     return {path.relative_to(folder).as_posix(): {"size": path.stat().st_size,
-                                                    "sha256": _sha256(path)}
+                                                    "sha256": file_sha256(path)}
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
@@ -287,14 +288,6 @@ def _step_folders(output_dir: Path) -> list[Path]:
     found = [(int(match.group(1)), path) for path in root.iterdir()
              if (match := _NAME.match(path.name)) and path.is_dir()]
     return [path for _, path in sorted(found)]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fsync_tree(folder: Path) -> None:
