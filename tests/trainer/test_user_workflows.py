@@ -111,6 +111,7 @@ def test_ctrl_c_in_teacher_cache_is_its_last_line(tiny_gpt2_dir, tmp_path, monke
     from tinygen_trainer.distill import teacher
 
     def interrupted(*args, progress, **kwargs):
+        progress(0, 128)  # the blocks done before: none
         progress(64, 128)
         raise KeyboardInterrupt
 

@@ -62,7 +62,10 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last_line >= LINE_EVERY_S:
+        # The last step's line is close's: written here, training's loss (set after the
+        # step) came too late for it, and close wrote 100% a second time with the loss.
+        last = self.leave and self.n >= self.total
+        if now - self.last_line >= LINE_EVERY_S and not last:
             self._line(now)
 
     def set_postfix(self, refresh: bool = True, **values: Any) -> None:

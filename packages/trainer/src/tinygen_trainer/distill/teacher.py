@@ -138,6 +138,9 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
 
 
 class _Bar:
+    """build_teacher_cache's progress: its first call gives the blocks already done, where a
+    resumed bar starts, so its rate and time left count only this run's blocks."""
+
     def __init__(self):
         self.bar = None
 
@@ -145,7 +148,7 @@ class _Bar:
         if self.bar is None:
             from ..bars import progress_bar
 
-            self.bar = progress_bar(total, "teacher", "block")
+            self.bar = progress_bar(total, "teacher", "block", initial=done)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

@@ -242,7 +242,8 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
     `teacher_id` fingerprints the teacher (teacher_fingerprint()); a cache made by another
     teacher, tokenizer, corpus or settings is refused rather than mixed, and so is another
     `num_blocks` unless `resizable`. Returns the cache, complete unless `max_minutes` ran out
-    first (run again to go on).
+    first (run again to go on). `progress(done, total)` is called with the blocks already
+    whole before any scoring (a resumed bar starts there), then after each batch.
     """
     folder = Path(folder)
     offsets = plan_blocks(dataset, block_size, seed, num_blocks)
@@ -277,6 +278,10 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
 
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     ids_dtype = np.dtype(manifest["ids_dtype"])
+    done = sum(end - start for start, end in
+               (cache.shard_range(i) for i in range(cache.num_shards) if cache.shard_ok(i)))
+    if progress is not None:
+        progress(done, cache.num_blocks)
     for index in range(cache.num_shards):
         if cache.shard_ok(index):
             continue
@@ -290,8 +295,9 @@ def build_teacher_cache(folder: str | Path, dataset: TokenDataset, encoder: Enco
             top_ids, top_logits = score(tokens[b:b + batch_size])
             ids.append(top_ids)
             logits.append(top_logits)
+            done += len(top_ids)  # a count, not a position: a redone middle shard ends at total
             if progress is not None:
-                progress(start + b + len(top_ids), cache.num_blocks)
+                progress(done, cache.num_blocks)
         arrays = [np.ascontiguousarray(tokens, TOKENS_DTYPE).tobytes(),
                   np.ascontiguousarray(np.concatenate(ids), ids_dtype).tobytes(),
                   np.ascontiguousarray(np.concatenate(logits), LOGITS_DTYPE).tobytes()]
