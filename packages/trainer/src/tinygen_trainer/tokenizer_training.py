@@ -6,17 +6,19 @@ first, so it gets id 0, then the user's and the replacement tokens) are matched
 before pre-tokenization and always encode as one id.
 
 Replacement rules are applied to the corpus before training, so, for example,
-URLs replaced by `<|url|>` do not spend merges on URL fragments.
+URLs replaced by `<|url|>` do not spend merges on URL fragments; the special tokens
+are then cut out of the training text, so none is learned in pieces (`<|`, `|>`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from tinygen.atomic import atomic_write_text
 from tinygen.errors import TinygenError
@@ -77,20 +79,29 @@ class TokenizerConfig:
 def train_tokenizer(documents: Sequence[str], config: TokenizerConfig) -> Tokenizer:
     if not any(doc.strip() for doc in documents):
         raise TinygenError("cannot train a tokenizer on an empty corpus")
+    specials = config.all_special_tokens()
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Encoding splits the text at the special tokens before pre-tokenizing; training does not
+    # (BpeTrainer's special_tokens only reserve their ids), so it would learn `<|`, `|>` and
+    # `title` from their text. This split, for the training only, cuts them out as encoding
+    # does; longest first, so `<|a|>x` is not cut as `<|a|>`.
+    alternatives = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(alternatives), "removed"), byte_level])
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
-        special_tokens=config.all_special_tokens(),
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=config.progress,
     )
-    specials = config.all_special_tokens()  # kept whole, as encoding keeps them
+    # No rule matches into a special token: they are kept whole, as encoding keeps them.
     texts = (config.replacements.apply_encode(doc, specials) for doc in documents)
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(documents))
+    tokenizer.pre_tokenizer = byte_level  # the saved one: encoding splits at the specials itself
     return tokenizer
 
 
