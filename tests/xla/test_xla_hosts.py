@@ -126,6 +126,19 @@ def test_batch_must_split_over_hosts_and_their_devices():
         xla.check_batch(6, hosts=1, local_devices=4)
 
 
+def test_a_resume_on_devices_the_batch_does_not_split_over_says_how_many_fit():
+    # It said "use --batch-size 3", which the resume then refused (the checkpoint's is 4).
+    with pytest.raises(TinygenError) as info:
+        xla.check_batch(4, hosts=1, local_devices=3, resuming=True)
+    assert str(info.value) == (
+        "batch_size 4 is the global batch and must be a multiple of the 3 XLA devices it is "
+        "split over; a resumed run keeps its batch size, so resume it on a number of devices "
+        "that divides 4 (2, say)")
+    with pytest.raises(TinygenError, match=r"of the 16 XLA devices of the 4 hosts \(4 each\) "
+                                           r".* divides 24 \(12, say\)$"):
+        xla.check_batch(24, hosts=4, local_devices=4, resuming=True)
+
+
 def test_hosts_that_see_different_checkpoints_do_not_resume(tmp_path):
     """Process 0 writes checkpoints: a host that cannot see them must not start afresh."""
     out = tmp_path / "out"

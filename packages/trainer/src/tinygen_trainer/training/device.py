@@ -259,6 +259,10 @@ class XlaBackend(Backend):
         # torch_xla's step closures (global to the process), so that close() can drop them.
         self._reports: list[tuple[torch.Tensor, Callable[[float], None]]] = []
 
+    def check_batch(self, batch_size: int, resuming: bool = False) -> None:
+        # Here, before the model is built; the feed checks again, without the resume's hint.
+        self.runtime.check_batch(batch_size, resuming)
+
     def resolve_precision(self, precision: str) -> str:
         if precision == "fp16":
             raise TinygenError("fp16 is not supported on XLA devices; use bf16")

@@ -69,11 +69,18 @@ def join_hosts() -> Hosts:
     return Hosts(xr.process_index(), count, dist.group.WORLD)
 
 
-def check_batch(batch_size: int, hosts: int, local_devices: int) -> None:
+def check_batch(batch_size: int, hosts: int, local_devices: int, resuming: bool = False) -> None:
     """One line unless `batch_size` (global) splits evenly over hosts x local_devices chips."""
     devices = hosts * local_devices
     if batch_size % devices == 0:
         return
+    if resuming:  # the checkpoint's batch size stays: another --batch-size would be refused
+        of_hosts = f" of the {hosts} hosts ({local_devices} each)" if hosts > 1 else ""
+        fewer = max(n for n in range(1, devices) if batch_size % n == 0)
+        raise TinygenError(
+            f"batch_size {batch_size} is the global batch and must be a multiple of the "
+            f"{devices} XLA devices{of_hosts} it is split over; a resumed run keeps its batch "
+            f"size, so resume it on a number of devices that divides {batch_size} ({fewer}, say)")
     fits = devices * max(1, batch_size // devices)
     if hosts == 1:
         raise TinygenError(
@@ -119,8 +126,8 @@ class XlaRuntime:
         return (f"{self.devices} {self.device_type} devices, SPMD data parallel"
                 + (f" over {self.hosts.count} hosts" if self.hosts.count > 1 else ""))
 
-    def check_batch(self, batch_size: int) -> None:
-        check_batch(batch_size, self.hosts.count, self.local_devices)
+    def check_batch(self, batch_size: int, resuming: bool = False) -> None:
+        check_batch(batch_size, self.hosts.count, self.local_devices, resuming)
 
     def input_sharding(self):
         """How a (rows, ...) host batch is laid out: rows split over the `data` axis."""
