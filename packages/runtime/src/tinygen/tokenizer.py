@@ -74,18 +74,13 @@ class TextTokenizer:
         if len(text) > 4096:
             # encode_batch lets go of the GIL (encode does not): a megabyte takes most of a
             # second, in which a server's other threads, streams among them, would stand still.
-            return self._open(self.tokenizer.encode_batch([text])[0].ids)
-        return self._open(self.tokenizer.encode(text).ids)
+            return without_end(self.tokenizer.encode_batch([text])[0].ids, self.template_end)
+        return without_end(self.tokenizer.encode(text).ids, self.template_end)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         keep = self.special_tokens
         encoded = self.tokenizer.encode_batch([self.replacements.apply_encode(t, keep) for t in texts])
-        return [self._open(e.ids) for e in encoded]
-
-    def _open(self, ids: list[int]) -> list[int]:
-        """`ids` without the template's end: a prompt is continued, not ended."""
-        end = self.template_end
-        return ids[:-len(end)] if end and ids[-len(end):] == end else ids
+        return [without_end(e.ids, self.template_end) for e in encoded]
 
     def decode(self, ids: list[int]) -> str:
         decoder = self.stream_decoder()
@@ -239,6 +234,12 @@ def template_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]] | None:
     if not bare or at is None:
         return None
     return full[:at], full[at + len(bare):]
+
+
+def without_end(ids: list[int], end: list[int]) -> list[int]:
+    """A prompt's `ids` without the `end` its template appends (template_tokens' second list):
+    a prompt is continued, not ended."""
+    return ids[:-len(end)] if end and ids[-len(end):] == end else ids
 
 
 def _byte_decoder() -> dict[str, int]:

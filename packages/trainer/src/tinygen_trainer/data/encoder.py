@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from tinygen.errors import TinygenError
 from tinygen.replacements import Replacements
-from tinygen.tokenizer import template_tokens
+from tinygen.tokenizer import template_tokens, without_end
 
 from ..bars import progress_bar
 
@@ -158,7 +158,7 @@ class Encoder:
         """`text`'s ids as a prompt to continue, as the runtime encodes one: the rules applied
         as to the corpus, and without what the template appends (an end of text)."""
         ids = self.tokenizer.encode(self.replacements.apply_encode(text, self.special_tokens)).ids
-        return ids[:len(ids) - len(self.template[1])] if self.template else ids
+        return without_end(ids, self.template[1]) if self.template else ids
 
     def _cuts(self, text: str) -> list[int]:
         """Where to cut `text` into pieces of about PIECE_CHARS whose tokens, joined, are the
