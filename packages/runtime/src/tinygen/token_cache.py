@@ -15,7 +15,9 @@ A cache file is three msgpack objects in a row, gzip-compressed by default:
    - encode (optional): what `tinygen-train encode` was given, to say how to make
      the cache again: corpus (paths, as sources'), tokenizer, replacements (a path
      or null) and options (its other arguments, as typed);
-   - header_sha256, last: the sha256 of the header packed without this key;
+   - header_sha256, last: the sha256 of the header packed without this key,
+     computed so in every format_version, so a damaged format_version reads as
+     damage, not as a newer format;
 2. the tokens, as one msgpack bin of little-endian `dtype` values;
 3. doc_ends, as one bin of little-endian int64: the exclusive end of each document.
 
@@ -197,8 +199,8 @@ def load_token_cache(path: str | Path, expect: dict[str, Any] | None = None,
         # No corpus reader decompresses, so a gzip file that is not a cache is nothing we read.
         what = " (a gzip file: decompress it to use its text)" if gzipped else ""
         raise TokenCacheError(f"{path}: not a tinygen token cache{what}")
-    _check_version(path, header.get("format_version"))
     _check_header(path, header)
+    _check_version(path, header.get("format_version"))
     if expect is not None:
         check_encoder(path, header, expect, token_name)
     token_bytes = _next(unpacker, path, "tokens")
