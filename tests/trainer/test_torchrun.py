@@ -246,6 +246,18 @@ def test_resuming_on_a_process_count_the_batch_does_not_split_over(tmp_path, cor
 
 
 @needs_gloo
+def test_a_resume_with_no_checkpoint_yet_is_told_the_batch_size_that_fits(tmp_path, corpus,
+                                                                          tokenizer):
+    # It said "a resumed run keeps its batch size": there is none to keep, the run starts afresh.
+    run = torchrun(args(corpus, tokenizer, tmp_path / "new", "--quiet", "--resume",
+                        "--batch-size", "3"), processes=2)
+    assert run.returncode != 0
+    errors = our_errors(run.stderr)
+    assert errors and all(e.endswith("split over; use --batch-size 2 (1 row per process)")
+                          for e in errors), run.stderr[-3000:]
+
+
+@needs_gloo
 def test_two_processes_weigh_padded_rows_as_one_does(tmp_path, tokenizer, capsys):
     """--line-by-line pads rows to their record: each process holds a different number of
     target tokens, so only the step's global count (summed over the processes) weighs every

@@ -36,8 +36,8 @@ from ..data.encoder import Encoder
 from ..data.sources import corpus_files
 from ..notices import said_by
 from .checkpoint import (TMP_PREFIX, capture_rng, check_finite_weights, fsync_dir, fsync_tree,
-                         load_optimizer, read_state, restore_rng, resume_point, save_checkpoint,
-                         save_model_files, write_failure)
+                         latest_checkpoint, load_optimizer, read_state, restore_rng, resume_point,
+                         save_checkpoint, save_model_files, write_failure)
 from .config import TrainConfig
 from .device import Backend, select_backend
 from .evaluation import EvalResult, Evaluation, write_result
@@ -110,7 +110,9 @@ class Trainer:
         try:
             failure = None
             try:  # collectives here only where every process gets alike: one that fails must reach agree()
-                backend.check_batch(config.batch_size, resuming=config.resume)
+                # A --resume with no checkpoint yet starts afresh: its --batch-size may change.
+                resuming = config.resume and latest_checkpoint(config.output_dir) is not None
+                backend.check_batch(config.batch_size, resuming=resuming)
                 _check_folder(config.output_dir, "--output")
                 _check_folder(config.tensorboard_dir, "--tensorboard")
                 if backend.is_writer:  # the one process that writes there
