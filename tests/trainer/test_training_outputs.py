@@ -4,6 +4,8 @@ errors for bad flags, progress on a terminal of no width."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,6 +160,36 @@ def test_ctrl_c_says_which_checkpoint_is_kept_and_how_to_resume(tmp_path, corpus
                         "there\n")
     ctrl_c_at_step_6.undo()
     assert main([*args, "--resume"]) == 0  # as it says
+
+
+# A child process sends itself SIGTERM while it writes the checkpoint of step 8 (its weights
+# are on disk, the folder is still a temp one): where the kill lands when a job is stopped.
+SIGTERM_WHILE_SAVING = """
+import os, signal, sys
+from tinygen_trainer.cli import main
+from tinygen_trainer.training import checkpoint
+
+check = checkpoint.check_finite_weights
+def check_then_stop(path, step):
+    check(path, step)
+    if step == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+checkpoint.check_finite_weights = check_then_stop
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_as_ctrl_c_does_and_leaves_no_temp_folder(tmp_path, corpus, tokenizer):
+    # SIGTERM (kill, docker stop, torchrun stopping the other processes) ended the process
+    # on the spot: no word of what was kept, and a .tmp-step-* folder left in checkpoints.
+    out = tmp_path / "run"
+    args = train_args(corpus, tokenizer, out, "--steps", "12", "--checkpoint-every", "4")
+    run = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_SAVING, *args],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert run.stderr.startswith("tinygen-train: interrupted; the checkpoint of step 4 is kept ")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004"]
+    assert main([*args, "--resume"]) == 0
 
 
 @pytest.mark.parametrize("every,said", [

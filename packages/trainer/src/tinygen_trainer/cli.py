@@ -7,10 +7,14 @@ Modules are imported only when their command runs, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from tinygen.errors import TinygenError
 from tinygen.help_format import ArgumentParser, HelpFormatter
@@ -55,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    with sigterm_as_ctrl_c():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command not in SEVERAL_PROCESSES and _under_torchrun():
             raise TinygenError(f"{args.command} runs in one process: run it without torchrun "
@@ -78,6 +87,24 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # Ctrl-C reaches every process: one says so
             sys.stderr.write("tinygen-train: interrupted\n")
         return 130
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, docker stop, a scheduler's preemption, torchrun stopping the other
+    processes) stops a command as Ctrl-C does: its temp files are removed and it says what
+    it kept. The default action ended the process on the spot."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only it takes signals
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _under_torchrun() -> bool:
