@@ -137,6 +137,10 @@ def test_env_sh_run_rather_than_sourced(fakes):
     done, calls = fakes(Path("/bin/bash"), str(TPU / "env.sh"), "--help")
     assert done.returncode == 0 and done.stdout.splitlines() == header(TPU / "env.sh")
     assert calls == []
+    # Run as the others are (it said "Permission denied"):
+    done, calls = fakes(TPU / "env.sh", "--help")
+    assert done.returncode == 0 and done.stdout.splitlines() == header(TPU / "env.sh")
+    one_line_error(fakes(TPU / "env.sh")[0], "env.sh: it holds settings for the tools/tpu scripts")
 
 
 def test_launch_with_too_few_arguments(fakes):

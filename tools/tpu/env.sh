@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Settings shared by the TPU scripts (sourced, not run). Override any in the environment.
 # Usage, in a tools/tpu script: source "$(dirname "$0")/env.sh", then tpu_no_args "$@".
 # The defaults follow torch-xla's TPU VM guide: a v4-8 (one host, 4 chips) on Ubuntu 22.04.
