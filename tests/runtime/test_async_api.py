@@ -169,6 +169,32 @@ def test_a_stream_left_unread_does_not_hold_up_the_exit(optimum_gpt2_dir):
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
 
 
+@pytest.mark.parametrize("how", ["a reader task still running", "sys.exit in the loop"])
+def test_a_stream_open_as_asyncio_run_ends_leaves_no_task_behind(optimum_gpt2_dir, how):
+    # As an async generator, its cleanup (waiting for the worker) ran in a task of its own that
+    # the closing loop destroyed: "Task was destroyed but it is pending!" on every such exit.
+    code = ("import asyncio, sys\n"
+            "from tinygen import TextGenerator\n"
+            "gen = TextGenerator(sys.argv[1])\n"
+            "async def read(stream, exit):\n"
+            "    async for piece in stream:\n"
+            "        print(piece, flush=True)\n"
+            "        sys.exit(0) if exit else await asyncio.sleep(0.01)\n"
+            "async def main(exit):\n"
+            "    stream = gen.astream('Once', seed=3, max_new_tokens=200, stop_at_eos=False)\n"
+            "    if exit:\n"
+            "        await read(stream, exit)\n"
+            "    task = asyncio.create_task(read(stream, exit))\n"
+            "    await asyncio.sleep(0.2)\n"
+            "asyncio.run(main(sys.argv[2] == 'exit'))\n")
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", code, str(optimum_gpt2_dir),
+                           "exit" if how.startswith("sys.exit") else "task"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert "Task was destroyed" not in done.stderr and "GeneratorExit" not in done.stderr, \
+        done.stderr
+
+
 def test_errors_reach_the_caller(gen):
     with pytest.raises(TinygenError, match="top_p must be in"):
         gen.astream("Hi", top_p=2)  # options: at the call

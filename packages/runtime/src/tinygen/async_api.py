@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures.thread  # noqa: F401  (its exit hook first: see _exiting)
 import threading
 from concurrent.futures import Executor
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 _PIECE, _END, _ERROR = range(3)
@@ -64,70 +64,112 @@ class AsyncTextStream:
         self.seed = seed
         self.completion = None
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._pieces()
+    def __aiter__(self) -> "_Pieces":
+        return _Pieces(self)
 
-    async def _pieces(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-        started = threading.Event()
-        room = threading.Semaphore(AHEAD)  # one per piece the worker may decode unread
 
-        def post(kind: int, value) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                stop.set()
+class _Pieces:
+    """One pass over an AsyncTextStream. A class, not an async generator: one dropped
+    unfinished (a break, an exception, a reader task cancelled as asyncio.run ends) has
+    nothing to await. A generator's cleanup awaited its worker in a task of its own, which
+    a closing loop destroyed pending ("Task was destroyed but it is pending!")."""
 
-        def wait_for_room() -> bool:
-            """Block until the consumer takes a piece; False once it has given up."""
-            while not room.acquire(timeout=1.0):
-                # Closing the stream releases `room`. Nothing will when its loop was closed
-                # without closing it (no asyncio.run, no shutdown_asyncgens), or when the
-                # program exits with it unread: look now and then.
-                if loop.is_closed() or _exiting.is_set():
-                    stop.set()
-                    return False
-            return not stop.is_set()
+    def __init__(self, stream: AsyncTextStream):
+        self._stream = stream
+        self._channel = _Channel()  # the worker holds this, never the iterator: it may be dropped
+        self._worker: asyncio.Future | None = None  # made at the first __anext__, as a generator's
+        self._ended = False
 
-        def work() -> None:
-            started.set()
-            try:
-                if stop.is_set():  # given up while it waited its turn
-                    return
-                stream = self._open(stop)
-                pieces = iter(stream)  # checks `stop` every step, text or none
-                while wait_for_room():  # room first: no piece decoded that nobody may read
-                    piece = next(pieces, None)
-                    if piece is None:
-                        break
-                    post(_PIECE, piece)
-                if stop.is_set():
-                    return
-                self.completion = stream.completion
-                post(_END, None)
-            except BaseException as exc:  # raised in the consumer, where it can be handled
-                post(_ERROR, exc)
+    def __aiter__(self) -> "_Pieces":
+        return self
 
-        worker = loop.run_in_executor(self._executor, work)
+    async def __anext__(self) -> str:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._worker is None:
+            loop = asyncio.get_running_loop()
+            self._worker = loop.run_in_executor(self._stream._executor, _work, self._stream,
+                                                self._channel, loop)
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == _ERROR:
-                    raise value
-                if kind == _END:
-                    return
-                room.release()  # taken: the worker may decode one more
-                yield value
-        finally:
+            kind, value = await self._channel.queue.get()
+        except BaseException:  # cancelled while it waited for a piece
+            await self.aclose()
+            raise
+        if kind == _PIECE:
+            self._channel.room.release()  # taken: the worker may decode one more
+            return value
+        await self.aclose()  # the worker has ended: nothing to wait for
+        if kind == _ERROR:
+            raise value
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop the decoding after its current step and wait for that, so the generator is
+        free again once this returns. A worker still waiting its turn, behind other calls,
+        is dropped: waiting for it held a cancellation (wait_for's timeout) up for as long
+        as those calls took."""
+        worker, self._ended = self._worker, True
+        self._channel.halt()
+        if worker is None:
+            return
+        if self._channel.started.is_set():
+            await asyncio.shield(worker)
+        else:
+            worker.cancel()
+
+    def __del__(self) -> None:
+        if not self._ended:  # dropped unclosed: the worker ends after its step, unwaited for
+            self._channel.halt()
+
+
+class _Channel:
+    """What a _Pieces iterator and its worker share."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stop = threading.Event()  # the text ends after the step during which it is set
+        self.room = threading.Semaphore(AHEAD)  # one per piece the worker may decode unread
+        self.started = threading.Event()
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.room.release()  # a worker waiting for room wakes up, sees `stop` and ends
+
+
+def _work(stream: AsyncTextStream, channel: _Channel, loop: asyncio.AbstractEventLoop) -> None:
+    """The worker thread's part: decode, posting each piece, while the reader makes room."""
+    stop = channel.stop
+    channel.started.set()
+
+    def post(kind: int, value) -> None:
+        try:
+            loop.call_soon_threadsafe(channel.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
             stop.set()
-            room.release()  # a worker waiting for room wakes up, sees `stop` and ends
-            # A worker under way stops after its current step: wait for that, so the
-            # generator is free again once this returns. One still waiting its turn, behind
-            # other calls, is dropped; waiting for it here held a cancellation (wait_for's
-            # timeout) up for as long as those calls took.
-            if started.is_set():
-                await asyncio.shield(worker)
-            else:
-                worker.cancel()
+
+    def wait_for_room() -> bool:
+        """Block until the consumer takes a piece; False once it has given up."""
+        while not channel.room.acquire(timeout=1.0):
+            # Closing or dropping the iterator releases `room`. Nothing does when the
+            # program exits with it unread and still held: look now and then.
+            if loop.is_closed() or _exiting.is_set():
+                stop.set()
+                return False
+        return not stop.is_set()
+
+    try:
+        if stop.is_set():  # given up while it waited its turn
+            return
+        text = stream._open(stop)
+        pieces = iter(text)  # checks `stop` every step, text or none
+        while wait_for_room():  # room first: no piece decoded that nobody may read
+            piece = next(pieces, None)
+            if piece is None:
+                break
+            post(_PIECE, piece)
+        if stop.is_set():
+            return
+        stream.completion = text.completion
+        post(_END, None)
+    except BaseException as exc:  # raised in the consumer, where it can be handled
+        post(_ERROR, exc)
