@@ -327,10 +327,14 @@ def _print_as_made(gen, args: argparse.Namespace, options: dict, shown_prompt: s
         for start in range(0, args.n, args.batch_size):
             texts = gen.generate(args.prompt, n=min(args.batch_size, args.n - start), seed=seed,
                                  batch_size=args.batch_size, **options)
-            for text in texts:
-                _print_text(out, text, shown_prompt, first=made == 0)
-                made += 1
-            out.flush()
+            try:
+                for text in texts:
+                    _print_text(out, text, shown_prompt, first=made == 0)
+                    made += 1
+                out.flush()
+            except BrokenPipeError:  # the reader left (`| head`) with some of these: their seeds
+                first = texts[0].seed if first is None else first
+                raise
             if texts[0].seed is not None:  # drawn by the first batch, unless given
                 first = texts[0].seed if first is None else first
                 seed = first + made
@@ -339,7 +343,7 @@ def _print_as_made(gen, args: argparse.Namespace, options: dict, shown_prompt: s
     finally:
         if bar is not None:
             bar.close()
-        if first is not None:
+        if first is not None and made:
             _report_seeds(err, first, first + made - 1)
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .atomic import atomic_write_text
+from .config import check_utf8
 from .errors import TinygenError
 from .generator import TextGenerator
 from .sampling import draw_seed
@@ -93,6 +94,15 @@ def prompt_room(window: int, max_new: int, slide: bool) -> int:
     return max(1, min(window - 1, room))
 
 
+def _read_line(inp: TextIO) -> str:
+    """The user's next line, "" at the end of input; a stdin that decodes strictly fails on
+    bytes that are not UTF-8, which is one line of error here, not a traceback."""
+    try:
+        return inp.readline()
+    except UnicodeDecodeError:
+        raise TinygenError("the input on stdin is not UTF-8 text; give it as UTF-8") from None
+
+
 def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, options: dict,
                save: str | None, inp: TextIO, out: TextIO) -> Session:
     curator = Curator(gen, k, seed, options)
@@ -113,7 +123,7 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
             out.write(f"[{i}] {candidate!r}\n")
         out.write(HELP.format(k=k) + "\n> ")
         out.flush()
-        line = inp.readline()
+        line = _read_line(inp)
         if not line:  # end of input: finish as with q
             line = "q"
         command = line.strip()
@@ -134,7 +144,9 @@ def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, option
             index = int(command[1:]) - 1
             out.write(f"new text for [{index + 1}]: ")
             out.flush()
-            edit = inp.readline()
+            # Its text goes to the tokenizer: bytes that are not UTF-8 (passed on as surrogates
+            # under a C.UTF-8 locale) failed there with a TypeError.
+            edit = check_utf8(_read_line(inp), "the edit")
             if not edit:  # end of input: finish as with q, not with an empty edit kept
                 break
             pending.choice, pending.text, pending.edited = index, edit.rstrip("\n"), True

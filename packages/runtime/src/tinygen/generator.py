@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .atomic import check_parents
-from .config import GenerationConfig, is_int, is_number, plain
+from .config import GenerationConfig, check_utf8, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion, check_room
 from . import heap
 from .dedupe import NgramIndex, find_duplicates
@@ -354,6 +354,7 @@ class TextGenerator:
             raise TinygenError("generate_to_file takes one prompt (a string or a list of token ids)")
         if not isinstance(delimiter, str) or not delimiter.strip() or "\n" in delimiter:
             raise TinygenError(f"delimiter must be one line of text, got {delimiter!r}")
+        check_utf8(delimiter, "delimiter")  # else a UnicodeEncodeError, after the file was made
         if seed is not None and not is_int(seed):  # the file records one: text i has seed + i
             raise TinygenError(f"generate_to_file takes one seed (text i gets seed + i), got {seed!r}")
         path = as_path(path, "path", "the path of the file to write")

@@ -247,8 +247,10 @@ def _first(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str, Any] | None = None,
-                            source: str = "config.json") -> Manifest:
-    """Derive a manifest from a transformers `config.json` (optimum export or source model)."""
+                            source: str = "config.json",
+                            generation_source: str = "generation_config.json") -> Manifest:
+    """Derive a manifest from a transformers `config.json` (optimum export or source model);
+    `generation_source` names generation_config.json in the errors of the ids it gives."""
     gen = generation_config or {}
     arch = config.get("model_type")
     layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
@@ -288,6 +290,7 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
     kv_heads = _kv_heads(config, heads)
     head_size = _first(config, "head_dim", default=hidden // heads)
     eos = _first(gen, "eos_token_id", default=config.get("eos_token_id"))
+    eos_source = generation_source if gen.get("eos_token_id") is not None else source  # for errors
     pad = _first(gen, "pad_token_id", default=config.get("pad_token_id"))
     bos = _first(gen, "bos_token_id", default=config.get("bos_token_id"))
     manifest = Manifest(
@@ -298,7 +301,7 @@ def manifest_from_hf_config(config: dict[str, Any], generation_config: dict[str,
         head_size=count(head_size, "'head_dim'"),
         vocab_size=count(config["vocab_size"], "'vocab_size'"),
         context_window=count(window, "the context window"),
-        eos_token_ids=tuple(_as_id_list(eos, source)),
+        eos_token_ids=tuple(_as_id_list(eos, eos_source)),
         # Some configs say -1 for "none" (e.g. pad_token_id): anything but a token id is none.
         bos_token_id=bos if _is_token_id(bos) else None,
         pad_token_id=pad if _is_token_id(pad) else None,
@@ -335,6 +338,15 @@ def _read_json(path: Path) -> Any:
         raise ModelFormatError(f"{path}: not UTF-8 text") from None
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    """_read_json of a file that must hold a JSON object (config.json, generation_config.json):
+    a list there failed on its first key with an AttributeError."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    return data
+
+
 def _hub_hint(model_dir: Path) -> str:
     """For a name like a model hub's ("HuggingFaceTB/SmolLM2-135M", no such folder here): the
     runtime loads folders only, so say how to make one rather than leave it at not found."""
@@ -359,9 +371,9 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     elif (model_dir / "config.json").is_file():
         gen_path = model_dir / "generation_config.json"
         manifest = manifest_from_hf_config(
-            _read_json(model_dir / "config.json"),
-            _read_json(gen_path) if gen_path.is_file() else None,
-            source=str(model_dir / "config.json"),
+            _read_object(model_dir / "config.json"),
+            _read_object(gen_path) if gen_path.is_file() else None,
+            source=str(model_dir / "config.json"), generation_source=str(gen_path),
         )
     else:
         raise ModelFormatError(

@@ -103,7 +103,7 @@ def _load_settings(sidecar: Path) -> dict | None:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
         ok = isinstance(data, dict) and isinstance(data.get("options"), dict) and all(
             is_int(data.get(k)) and data[k] >= 0 for k in ("texts", "bytes")) and \
-            (data.get("seed") is None or is_int(data["seed"])) and \
+            (data.get("seed") is None or (is_int(data["seed"]) and data["seed"] >= 0)) and \
             (data.get("model") is None or isinstance(data["model"], str))
     except (OSError, ValueError):
         ok = False
