@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -218,14 +218,19 @@ async def _read_json(request: Request, limit: int) -> dict:
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise ApiError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes",
+                               code="request_too_large")
+    except ClientDisconnect:  # gone before the whole body came: no internal error to log
+        raise ApiError(499, "the client closed the connection before sending the whole body",
+                       code="client_closed_request") from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
-        raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
+        raise api.invalid_json("the body", exc) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     return data

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class CompletionRequest:
     logprobs: int | None = None  # alternatives per token; None: no logprobs
     echo: bool = False
     options: dict = field(default_factory=dict)  # GenerationConfig options the request set
+
+
+def invalid_json(what: str, exc: Exception) -> ApiError:
+    """The 400 for a body or message (`what`) that json refused. Python's advice for a number
+    of over 4300 digits (call sys.set_int_max_str_digits()) is the server's, not the client's."""
+    reason = str(exc)
+    if reason.startswith("Exceeds the limit") and "sys.set_int_max_str_digits" in reason:
+        reason = f"a number in it has over {sys.get_int_max_str_digits()} digits"
+    return ApiError(400, f"{what} is not valid JSON ({reason})", code="invalid_json")
 
 
 def failure_error(exc) -> ApiError:

@@ -132,7 +132,7 @@ def _message_json(message: dict, limit: int) -> dict:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
-        raise ApiError(400, f"the message is not valid JSON ({exc})", code="invalid_json") from None
+        raise api.invalid_json("the message", exc) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the message must be a JSON object", code="invalid_json")
     return data
@@ -196,7 +196,7 @@ async def _generate(websocket: WebSocket, handle: RequestHandle, inbox: _Inbox) 
 def _is_cancel(message: dict) -> bool:
     try:
         return json.loads(message.get("text") or message.get("bytes") or b"{}").get("type") == "cancel"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: [[[[...]]]]
         return False
 
 
