@@ -84,11 +84,15 @@ def test_bad_messages_get_an_error_and_the_connection_stays(served):
         assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "seed": 1})[-1]["type"] == "done"
 
 
-def test_a_second_request_while_one_runs_is_refused(served):
+# The second: a request, or a message nested too deep to read, which, checked for a cancel,
+# was a RecursionError that dropped the connection (1006).
+@pytest.mark.parametrize("second", [json.dumps({"prompt": "Again"}), "[" * 100_000 + "]" * 100_000],
+                         ids=["request", "deeply nested"])
+def test_a_second_request_while_one_runs_is_refused(served, second):
     with ws_client.connect(served[0]) as ws:
         ws.send(json.dumps({"prompt": "Once", "max_tokens": 4000, "seed": 1}))
         assert receive(ws)["type"] == "start"
-        ws.send(json.dumps({"prompt": "Again"}))
+        ws.send(second)
         while (message := receive(ws))["type"] == "token":
             pass
         assert message["type"] == "error" and message["error"]["code"] == "busy"
