@@ -28,6 +28,10 @@ from tinygen.replacements import Replacements
 
 EOS_TOKEN = "<|endoftext|>"
 BYTE_ALPHABET = 256
+# tokenizers reserves memory for every token asked before it merges, and a size past the
+# machine's memory aborts the process (1e9 did on 23 GB); real vocabularies are
+# 8k to 256k.
+MAX_VOCAB = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class TokenizerConfig:
                 f"vocab_size must be at least {least} (256 bytes + {least - BYTE_ALPHABET} "
                 f"special token{'s' * (least - BYTE_ALPHABET != 1)}), got {self.vocab_size!r}"
             )
+        if self.vocab_size > MAX_VOCAB:
+            raise TinygenError(f"vocab_size must be at most {MAX_VOCAB} (real vocabularies are "
+                               f"8k to 256k tokens), got {self.vocab_size}")
 
     def all_special_tokens(self) -> list[str]:
         """<|endoftext|>, the user's, then every token the replacements name; no duplicates."""

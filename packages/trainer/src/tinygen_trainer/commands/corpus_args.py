@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tinygen.errors import TinygenError
@@ -32,7 +33,11 @@ def read_corpus(args: argparse.Namespace) -> list[str]:
 
 def refuse_field_without_records(corpora: list[Path], field: str | None) -> None:
     """Text files have no fields: a --field over them alone would be ignored, silently.
-    (A folder mixing text and records is fine: the field picks the records' text.)"""
+    (A folder mixing text and records is fine: the field picks the records' text.) A blank
+    --field is refused too: it read as no --field, the 'text' column."""
+    if field is not None and not field.strip():
+        raise TinygenError(f"--field {field!r} names no CSV column or JSONL key; give one "
+                           f"(several: title,body), or drop --field for 'text'")
     if field is None or any(holds_records(path) for path in corpora):
         return
     names = ", ".join(str(path) for path in corpora)
@@ -59,3 +64,16 @@ def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],
         if folder is not None:
             raise TinygenError(f"{out} is inside the corpus folder {folder}, where later runs "
                                f"would read it as text; write it outside that folder")
+
+
+def refuse_unwritable(output: Path) -> None:
+    """An output where nothing can be written (a read-only file system, a folder not the
+    user's) is refused before the corpus is read, not when the result of hours is saved.
+    `output` is a file or a folder to write into; folders not there yet are made on writing,
+    so the nearest one that is must take them."""
+    folder = output if output.is_dir() else output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise TinygenError(f"cannot write {output}: {folder} is not writable (a read-only file "
+                           f"system, or no permission); write it elsewhere")

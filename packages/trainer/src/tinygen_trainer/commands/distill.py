@@ -23,7 +23,7 @@ from tinygen.errors import TinygenError
 
 from . import teacher_cache as cache_command
 from . import train as train_command
-from .corpus_args import refuse_field_without_records
+from .corpus_args import refuse_field_without_records, refuse_unwritable
 
 HELP = "Distill a teacher into a student: logit distillation from a teacher cache, or sequence-level."
 
@@ -101,6 +101,7 @@ def _logits(args: argparse.Namespace) -> int:
         if args.teacher is None or not args.corpus:
             raise TinygenError("give --teacher-cache DIR, or --teacher DIR and a corpus to score")
         cache = args.output / "teacher-cache"
+        refuse_unwritable(cache)  # found by its mkdir, after the corpus and the teacher loaded
         args.block_size = args.block_size or 256
         request = cache_command.request_from_args(args, cache)
     elif args.corpus:
@@ -127,7 +128,7 @@ def _logits(args: argparse.Namespace) -> int:
         if trained and not config.resume:
             raise TinygenError(f"{args.output} already has checkpoints; pass --resume to continue "
                                f"that run, or choose another --output")
-        request = dataclasses.replace(request, resizable=not trained)
+        request = dataclasses.replace(request, resizable=not trained, student=config)
 
         def score() -> None:
             if not cache_teacher(request).complete:

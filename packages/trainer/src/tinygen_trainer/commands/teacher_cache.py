@@ -47,7 +47,8 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
     from .corpus_args import refuse_field_without_records
 
     # A block of one token holds no next token to learn: no student could train on the cache.
-    for name, least in (("block_size", 2), ("top_k", 1), ("teacher_blocks", 1)):
+    # (numpy's generator, which draws the blocks, takes no negative seed.)
+    for name, least in (("block_size", 2), ("top_k", 1), ("teacher_blocks", 1), ("seed", 0)):
         value = getattr(args, name)
         if value is not None and value < least:
             raise TinygenError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
@@ -65,9 +66,10 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
 
 def run(args: argparse.Namespace) -> int:
     from ..distill import cache_teacher
-    from .corpus_args import refuse_overwriting_inputs
+    from .corpus_args import refuse_overwriting_inputs, refuse_unwritable
 
     refuse_overwriting_inputs(args.corpus, [args.output])  # its shards, read as corpus by a rerun
+    refuse_unwritable(args.output)  # before the corpus is encoded and the teacher loaded
     cache = cache_teacher(request_from_args(args, args.output, args.max_minutes, args.batch_size))
     done = cache.shards_done()
     if done < cache.num_shards:

@@ -38,6 +38,8 @@ class CacheRequest:
     errors: str = "strict"  # bytes that are not UTF-8: refused, or read as U+FFFD ("replace")
     progress: bool = True
     resizable: bool = True  # False: a run trained on the cache, so num_blocks must stay its own
+    # The student's TrainConfig (distill builds the cache): its tokenizer must be the teacher's.
+    student: TrainConfig | None = None
 
 
 def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Encoder:
@@ -51,6 +53,19 @@ def teacher_encoder(teacher: Path, corpora: Sequence[Path], output: Path) -> Enc
     if added:
         raise TinygenError(f"{teacher}: its tokenizer lacks tokens its replacement rules need")
     return encoder
+
+
+def refuse_other_tokenizer(where: str | Path, teacher: dict, encoder: Encoder) -> None:
+    """A cache holds the teacher's token ids: `teacher` (the cache's manifest, or the teacher's
+    encoder's describe()) must name the student's tokenizer and replacement rules. `where`
+    (the cache, or --teacher) begins the error."""
+    if teacher.get("tokenizer_sha256") != encoder.fingerprint:
+        raise TinygenError(
+            f"{where}: the teacher's tokenizer differs from the student's; logit "
+            f"distillation needs one tokenizer (use sequence-level: --teacher-texts N)")
+    if teacher.get("replacements_sha256") != encoder.replacements_fingerprint:
+        raise TinygenError(f"{where}: the teacher's replacement rules differ from the "
+                           f"student's; logit distillation needs the same tokenizer and rules")
 
 
 def load_corpus(corpora: Sequence[Path], encoder: Encoder, field: str | None = None,
@@ -122,6 +137,9 @@ def cache_teacher(request: CacheRequest) -> TeacherCache:
         raise TinygenError(f"--top-k {request.top_k} is more than the teacher's vocabulary "
                            f"({vocab} tokens); use --top-k {vocab} or less")
     encoder = teacher_encoder(request.teacher, request.corpora, request.output)
+    if request.student is not None:  # its training would refuse the cache, after the scoring
+        refuse_other_tokenizer(f"--teacher {request.teacher}", encoder.describe(),
+                               build_encoder(request.student)[0])
     dataset = load_corpus(request.corpora, encoder, request.field, request.progress,
                           request.errors)
     model = load_teacher(request.teacher)

@@ -31,6 +31,7 @@ from ..training.loop import Trainer, fit_and_release
 from ..training.loss import causal_lm_loss
 from ..training.setup import PhaseRun, phase_schedule
 from .loss import topk_kl
+from .teacher import refuse_other_tokenizer
 from .teacher_cache import TeacherBlocks, TeacherCache
 
 
@@ -117,13 +118,7 @@ class TeacherSampler(_EpochSampler):
 def open_cache_for(config: DistillConfig, encoder: Encoder) -> TeacherCache:
     """The run's teacher cache, checked against the student's tokenizer and block size."""
     cache = TeacherCache.open(config.teacher_cache)
-    if cache.manifest.get("tokenizer_sha256") != encoder.fingerprint:
-        raise TinygenError(
-            f"{config.teacher_cache}: the teacher's tokenizer differs from the student's; logit "
-            f"distillation needs one tokenizer (use sequence-level: --teacher-texts N)")
-    if cache.manifest.get("replacements_sha256") != encoder.replacements_fingerprint:
-        raise TinygenError(f"{config.teacher_cache}: made with other replacement rules than the "
-                           f"student's tokenizer has")
+    refuse_other_tokenizer(config.teacher_cache, cache.manifest, encoder)
     if config.block_size not in (None, cache.block_size):
         raise TinygenError(f"--block-size {config.block_size} differs from the teacher cache's "
                            f"blocks ({cache.block_size}); leave it out")

@@ -240,6 +240,14 @@ class TrainConfig:
         if self.eval_data is not None and fraction is not None:
             raise TinygenError("give held-out text either as --eval-data or as --eval-fraction, "
                                "not both")
+        twice = fraction is not None and _read_twice(
+            [(s.path, s.field) for phase in self.resolved_phases() for s in phase.data])
+        if twice:
+            file, first, other = twice
+            raise TinygenError(f"--eval-fraction holds documents out of each corpus apart, and "
+                               f"{first} and {other} both read {file}, so what one holds out "
+                               f"the other trains on; give each file once, or give held-out "
+                               f"text with --eval-data")
         if not _is_int(self.eval_every) or self.eval_every < 0:
             raise TinygenError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
         batches = self.eval_batches
@@ -322,6 +330,21 @@ def _shared_file(held: Path, trained: list[Path]) -> Path | None:
 
     held_files = files(Path(held))
     return next((f for path in trained for f in sorted(files(Path(path)) & held_files)), None)
+
+
+def _read_twice(corpora: list[tuple[Path, str | None]]) -> tuple[Path, Path, Path] | None:
+    """(a file, the corpus that reads it, another that does) among corpora, each a (path,
+    field) as the data loader keys them: `data/` and `data/a.jsonl`, or one file by two paths.
+    The loader encodes each apart, so --eval-fraction draws from each apart. Paths not there
+    yet are the data loader's to report."""
+    readers: dict[tuple[Path, str | None], Path] = {}  # (file, field) -> its first corpus
+    for path, field in dict.fromkeys(corpora):
+        with contextlib.suppress(TinygenError):
+            for file in corpus_files(path):
+                first = readers.setdefault((file.resolve(), field), path)
+                if first != path:
+                    return file, first, path
+    return None
 
 
 def _as_tuple(value: Any) -> tuple:

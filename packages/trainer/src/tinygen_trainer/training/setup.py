@@ -186,10 +186,12 @@ def build_phases(config: TrainConfig, encoder: Encoder, block_size: int, pad_id:
     datasets = encode_corpora(config, encoder) if datasets is None else datasets
     runs, start = [], 0
     for index, phase in enumerate(config.resolved_phases()):
-        _check_batch_fits(config, [datasets[(s.path, s.field)] for s in phase.data], block_size,
-                          index)
         samplers = [_sampler(config, datasets[(s.path, s.field)], s, block_size, pad_id,
                              derive_seed(config.seed, index, i)) for i, s in enumerate(phase.data)]
+        # After the samplers: a corpus shorter than one block is their error, and a warning to
+        # lower --batch-size before it sent the user the wrong way.
+        _check_batch_fits(config, [datasets[(s.path, s.field)] for s in phase.data], block_size,
+                          index)
         if len(samplers) == 1:
             sampler = samplers[0]
         else:
@@ -206,10 +208,11 @@ def _check_batch_fits(config: TrainConfig, datasets: list[TokenDataset], block_s
     on the same text several times over, and a batch far too big is found only when the
     memory runs out, with nothing said."""
     if config.line_by_line:
-        have, unit = sum(d.num_documents for d in datasets), "documents"
+        have = sum(d.num_documents for d in datasets)
+        unit = f"document{'s' * (have != 1)}"
     else:
-        have, unit = sum(max(1, d.num_tokens // block_size) for d in datasets), \
-            f"blocks of {block_size} tokens"
+        have = sum(max(1, d.num_tokens // block_size) for d in datasets)
+        unit = f"block{'s' * (have != 1)} of {block_size} tokens"
     if config.batch_size > have:
         where = f"phase {index + 1}'s corpus" if len(config.resolved_phases()) > 1 else \
             "the corpus"
