@@ -132,6 +132,10 @@ def test_window_labels_and_recency_weights():
     first, last = rows.loss_weights[rows.input_ids == 0], rows.loss_weights[rows.input_ids == 999]
     assert np.allclose(first, 0.5) and np.allclose(last, 1.5)  # 1:3, mean 1
     assert abs(rows.loss_weights.mean() - 1.0) < 0.05
+    # The largest recency a float holds: it overflowed to nan weights, a loss called divergence.
+    huge = WindowSampler(stream(1000), 10, seed=0, recency=1e308).next_rows(2000)
+    assert np.isfinite(huge.loss_weights).all()
+    assert np.allclose(huge.loss_weights[huge.input_ids == 999], 2.0)
 
 
 def test_stream_shorter_than_a_block():

@@ -246,7 +246,8 @@ class WindowSampler(_EpochSampler):
         weights = np.full(positions.shape, self.loss_weight, dtype=np.float32)
         if self.recency != 1.0:
             last = max(self.dataset.num_tokens - 1, 1)
-            ramp = 1.0 + (self.recency - 1.0) * positions / last
+            # positions / last first: (recency - 1) * position overflowed past about 1e300.
+            ramp = 1.0 + (self.recency - 1.0) * (positions / last)
             weights *= (ramp / ((1.0 + self.recency) / 2.0)).astype(np.float32)
         return weights
 
