@@ -63,8 +63,9 @@ def test_spmd_evaluation_matches_one_device(tiny, lines, tmp_path):
                                [m["eval_loss"] for m in on_cpu], rtol=0, atol=1e-4)
 
 
-def test_batch_must_split_evenly_over_the_devices(tiny, tmp_path):
-    result = run_worker(tiny(tmp_path / "uneven", batch_size=6))
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume with no checkpoint yet"])
+def test_batch_must_split_evenly_over_the_devices(tiny, tmp_path, resume):
+    result = run_worker(tiny(tmp_path / "uneven", batch_size=6, resume=resume))
     assert result == {"error": "batch_size 6 must be a multiple of the 4 XLA devices it is "
                                "split over; use --batch-size 4"}
 
@@ -72,7 +73,9 @@ def test_batch_must_split_evenly_over_the_devices(tiny, tmp_path):
 def test_a_resume_on_devices_the_batch_does_not_split_over_says_so_first(tiny, tmp_path):
     """Checked before the checkpoint is read, with the resume's way out: another
     --batch-size would be refused (the feed's own check said "use --batch-size 4")."""
-    result = run_worker(tiny(tmp_path / "uneven", batch_size=6, resume=True))
+    out = tmp_path / "uneven"
+    train(tiny(out, device="cpu", batch_size=6, steps=2, checkpoint_every=2))
+    result = run_worker(tiny(out, batch_size=6, steps=4, checkpoint_every=2, resume=True))
     assert result == {"error": "batch_size 6 is the global batch and must be a multiple of the 4 "
                                "XLA devices it is split over; a resumed run keeps its batch size, "
                                "so resume it on a number of devices that divides 6 (3, say)"}
