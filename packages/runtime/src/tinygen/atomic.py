@@ -44,11 +44,20 @@ def file_in_the_way(path: Path) -> Path | None:
 
 
 def check_parents(path: Path) -> None:
-    """Refuse, before the work that makes a file, a path whose folders a file stands in the
-    way of (`-o corpus.txt/train.tokens`), as atomic_write would refuse it after."""
+    """Refuse, before the work that makes a file (or fills a folder), a path whose folders a
+    file stands in the way of (`-o corpus.txt/train.tokens`), or where nothing can be written
+    (a read-only file system, a folder not the user's), as the write would refuse it after.
+    Folders not there yet are made on writing, so the nearest one that is must take them."""
+    path = Path(path)
     blocking = file_in_the_way(path)
     if blocking is not None:
         raise TinygenError(f"cannot write {path}: {blocking} is a file, not a folder")
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TinygenError(f"cannot write {path}: {folder} is not writable (a read-only file "
+                           f"system, or no permission); write it elsewhere")
 
 
 def _cannot_write(path: Path, exc: OSError) -> TinygenError:

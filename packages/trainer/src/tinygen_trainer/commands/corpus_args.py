@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from tinygen.errors import TinygenError
@@ -65,15 +64,3 @@ def refuse_overwriting_inputs(corpus: list[Path], outputs: list[Path],
             raise TinygenError(f"{out} is inside the corpus folder {folder}, where later runs "
                                f"would read it as text; write it outside that folder")
 
-
-def refuse_unwritable(output: Path) -> None:
-    """An output where nothing can be written (a read-only file system, a folder not the
-    user's) is refused before the corpus is read, not when the result of hours is saved.
-    `output` is a file or a folder to write into; folders not there yet are made on writing,
-    so the nearest one that is must take them."""
-    folder = output if output.is_dir() else output.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise TinygenError(f"cannot write {output}: {folder} is not writable (a read-only file "
-                           f"system, or no permission); write it elsewhere")

@@ -23,7 +23,7 @@ from tinygen.errors import TinygenError
 
 from . import teacher_cache as cache_command
 from . import train as train_command
-from .corpus_args import refuse_field_without_records, refuse_unwritable
+from .corpus_args import refuse_field_without_records
 
 HELP = "Distill a teacher into a student: logit distillation from a teacher cache, or sequence-level."
 
@@ -101,7 +101,6 @@ def _logits(args: argparse.Namespace) -> int:
         if args.teacher is None or not args.corpus:
             raise TinygenError("give --teacher-cache DIR, or --teacher DIR and a corpus to score")
         cache = args.output / "teacher-cache"
-        refuse_unwritable(cache)  # found by its mkdir, after the corpus and the teacher loaded
         args.block_size = args.block_size or 256
         request = cache_command.request_from_args(args, cache)
     elif args.corpus:

@@ -18,7 +18,7 @@ from ..data.dataset import TokenDataset
 from ..data.encoder import Encoder
 from ..data.sources import corpus_files
 from .corpus_args import (add_corpus_arguments, read_corpus, refuse_field_without_records,
-                          refuse_overwriting_inputs, refuse_unwritable)
+                          refuse_overwriting_inputs)
 
 HELP = "Encode a corpus with a tokenizer into a token cache (msgpack, gzip)."
 
@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")
     check_parents(args.output)
-    refuse_unwritable(args.output)
     refuse_overwriting_inputs(args.corpus, [args.output], [args.tokenizer, rules_file])
     # Before reading: the cache then says which text it holds, and train warns once it changes.
     sources = [fingerprint_source(f) for p in args.corpus for f in corpus_files(p)]

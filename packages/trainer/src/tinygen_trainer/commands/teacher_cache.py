@@ -66,10 +66,9 @@ def request_from_args(args: argparse.Namespace, output: Path, max_minutes: float
 
 def run(args: argparse.Namespace) -> int:
     from ..distill import cache_teacher
-    from .corpus_args import refuse_overwriting_inputs, refuse_unwritable
+    from .corpus_args import refuse_overwriting_inputs
 
     refuse_overwriting_inputs(args.corpus, [args.output])  # its shards, read as corpus by a rerun
-    refuse_unwritable(args.output)  # before the corpus is encoded and the teacher loaded
     cache = cache_teacher(request_from_args(args, args.output, args.max_minutes, args.batch_size))
     done = cache.shards_done()
     if done < cache.num_shards:

@@ -16,7 +16,7 @@ from tinygen.replacements import Replacements, regex_problem
 
 from ..tokenizer_training import TokenizerConfig, save_tokenizer, train_tokenizer
 from .corpus_args import (add_corpus_arguments, read_corpus, refuse_field_without_records,
-                          refuse_overwriting_inputs, refuse_unwritable)
+                          refuse_overwriting_inputs)
 
 HELP = "Train a byte-level BPE tokenizer (tokenizer.json) on a corpus."
 
@@ -81,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     refuse_field_without_records(args.corpus, args.field)
     replacements = replacements_from_args(args)
     check_parents(args.output)  # before the training, not after it
-    refuse_unwritable(args.output)
     beside = args.output.parent  # replacements.json and fields.json go there too
     # A model's folder (-o gpt2, -o run, an export): its tokenizer.json is the one its
     # embeddings learned, and a new one there would leave the model decoding nonsense.
