@@ -136,7 +136,7 @@ def test_exclude_strings_ban_a_replaced_token_by_its_name_or_its_text(optimum_gp
      "'encode[0].pattern' 'a*' matches the empty string"),
     ({"encode": [{"pattern": "a", "token": "<|endoftext|>", "flags": 1}]}, "unknown key 'encode[0].flags'"),
     ({"ban": "x"}, "'ban' must be a list"),
-    ({"format_version": 9}, "format_version 9 is not one this tinygen reads"),
+    ({"format_version": 9}, "format_version 9 is newer than this tinygen reads (1)"),
 ])
 def test_replacements_validation_names_the_key(optimum_gpt2_dir, tmp_path, data, message):
     path = tmp_path / "r.json"

@@ -113,7 +113,7 @@ def test_a_model_folder_with_a_corrupt_fields_file_fails_in_one_line(tmp_path):
     ({"encode": None}, "'encode' must be a list of rules"),
     ({"encode": {"pattern": "a", "token": "b"}}, "'encode' must be a list of rules"),
     ({"format_version": "1"}, "'format_version' must be an integer, got '1'"),
-    ({"format_version": 2}, "format_version 2 is not one this tinygen reads"),
+    ({"format_version": 2}, "format_version 2 is newer than this tinygen reads (1)"),
 ])
 def test_a_corrupt_replacements_file_names_itself_and_the_fault(tmp_path, data, message):
     path = tmp_path / "r1.json"

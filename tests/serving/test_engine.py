@@ -341,3 +341,35 @@ def test_nan_scores_fail_as_the_servers_fault_not_the_requests(gpt2_gen, monkeyp
         assert run(main()).status == 500
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("model", ["gpt2", "embedded"], ids=["continuous", "static"])
+def test_a_request_memory_cannot_take_fails_alone_and_one_that_fits_runs(request, model,
+                                                                          monkeypatch):
+    """The engine makes a batch's buffers too: a request whose rows the memory available cannot
+    hold (batch_memory's lower bound) fails with 503, where it had the server killed; the next,
+    which fits, is served as generate serves it."""
+    import tinygen.batch_memory as batch_memory
+    from tinygen import TextGenerator
+
+    gen = request.getfixturevalue("gpt2_gen") if model == "gpt2" else TextGenerator(device="cpu")
+    ids = gen.prompts.encode("Once")[0]
+    each = batch_memory.row_bytes(gen.model, [len(ids)], 1)
+    monkeypatch.setattr(batch_memory, "available_memory", lambda: 2 * each + each // 2)
+    engine = Engine(gen, max_batch=8)
+
+    async def main():
+        with pytest.raises(GenerationFailed, match=r"^the server has no memory for this request "
+                                                   r"now: 4 sequences starting together need at "
+                                                   r"least .*\(at most 2 fit\); try again shortly, "
+                                                   r"or ask for fewer$") as info:
+            await engine.submit("Once", n=4, seed=1, max_new_tokens=5).completions()
+        assert info.value.status == 503
+        return await engine.submit("Once", n=2, seed=1, max_new_tokens=5).completions()
+
+    try:
+        texts = run(main())
+    finally:
+        engine.close()
+    assert [t.token_ids for t in texts] == \
+        [t.token_ids for t in gen.generate("Once", n=2, seed=1, max_new_tokens=5)]

@@ -84,6 +84,18 @@ def test_bad_messages_get_an_error_and_the_connection_stays(served):
         assert generation(ws, {"prompt": "Hi", "max_tokens": 2, "seed": 1})[-1]["type"] == "done"
 
 
+def test_an_unknown_message_type_is_shown_as_the_client_sent_it(served):
+    """It was Python's repr ('dance', {'a': 1}): shown as JSON, one line, cut short."""
+    with ws_client.connect(served[0]) as ws:
+        for sent, shown in [("dance", '"dance"'), ({"a": [1, True]}, '{"a": [1, true]}'),
+                            ("a\nb", '"a\\nb"'), ("x" * 100, '"' + "x" * 56 + "..."),
+                            (None, "null")]:
+            ws.send(json.dumps({"type": sent}))
+            message = receive(ws)["error"]["message"]
+            assert message == f'unknown message type {shown}; send "generate" (or no type) or ' \
+                              f'"cancel"', message
+
+
 # The second: a request, or a message nested too deep to read, which, checked for a cancel,
 # was a RecursionError that dropped the connection (1006).
 @pytest.mark.parametrize("second", [json.dumps({"prompt": "Again"}), "[" * 100_000 + "]" * 100_000],

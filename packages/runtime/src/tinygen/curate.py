@@ -22,6 +22,10 @@ from .generator import TextGenerator
 from .sampling import draw_seed
 
 HELP = "[1-{k}] choose   r reroll   e N edit candidate N   u undo   q finish"
+# Each round makes all k candidates before it shows any, and shows them all for a person to
+# read and compare: past a screenful that is waiting, not choosing (-k 100000000 made texts for
+# hours before the first round, its candidates all held in memory).
+MAX_K = 50
 
 
 @dataclass
@@ -67,6 +71,9 @@ class Curator:
     def __init__(self, gen: TextGenerator, k: int, seed: int | None, options: dict):
         if k < 1:
             raise TinygenError(f"-k must be >= 1, got {k}")
+        if k > MAX_K:
+            raise TinygenError(f"-k must be at most {MAX_K}, the continuations a round shows to "
+                               f"choose from (all made before any is shown), got {k}")
         self.gen, self.k, self.options = gen, k, options
         self.next_seed = draw_seed() if seed is None else seed
         config = gen.defaults.merged(**options)
@@ -103,8 +110,51 @@ def _read_line(inp: TextIO) -> str:
         raise TinygenError("the input on stdin is not UTF-8 text; give it as UTF-8") from None
 
 
+class _Screen:
+    """The user's input and output together, knowing whether the output's last line is
+    open: a prompt ("> ") not yet answered, or answered without an echo that ended its line
+    (piped input is not echoed; a terminal echoes the Enter, but not Ctrl-C or Ctrl-D)."""
+
+    def __init__(self, inp: TextIO, out: TextIO):
+        self.inp, self.out = inp, out
+        self.open = False
+        self.echoed = bool(getattr(inp, "isatty", lambda: False)())
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        if text:
+            self.open = not text.endswith("\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def readline(self) -> str:
+        line = self.inp.readline()
+        if self.echoed and line.endswith("\n"):
+            self.open = False
+        return line
+
+    def end_line(self) -> None:
+        if self.open:
+            try:
+                self.write("\n")
+                self.flush()
+            except (OSError, ValueError):  # the output is gone: nothing to end
+                pass
+
+
 def run_curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, options: dict,
                save: str | None, inp: TextIO, out: TextIO) -> Session:
+    screen = _Screen(inp, out)
+    try:
+        return _curate(gen, prompt, k, seed, options, save, screen, screen)
+    except BaseException:  # its message (tinygen: error, interrupted) starts a line of its own
+        screen.end_line()
+        raise
+
+
+def _curate(gen: TextGenerator, prompt: str, k: int, seed: int | None, options: dict,
+            save: str | None, inp: _Screen, out: _Screen) -> Session:
     curator = Curator(gen, k, seed, options)
     session = Session(prompt)
     path = Path(save) if save else None

@@ -21,6 +21,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
+from .batch_memory import check_batch_memory, sure_tokens
 from .config import GenerationConfig
 from .errors import TinygenError
 from .onnx_model import OnnxCausalLM
@@ -264,6 +265,8 @@ class BatchDecoding:
         self.window = model.manifest.context_window
         # Tokens that end a text: EOS, and the next field's token under context conditioning.
         self.eos = (set(model.manifest.eos_token_ids) if config.stop_at_eos else set()) | set(end_ids)
+        # Before any buffer is made: a batch too large for memory is one line, not a process killed.
+        check_batch_memory(model, [len(p) for p in prompts], sure_tokens(config, self.eos))
         self.rows = [SequenceState(p, s, tokenizer.stream_decoder(p), config, self.eos, self.window)
                      for p, s in zip(prompts, seeds)]
         self.processors = build_processors(config, suppress=suppress)

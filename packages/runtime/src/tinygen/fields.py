@@ -103,6 +103,9 @@ class FieldSchema:
         if version > FORMAT_VERSION:
             raise ModelFormatError(f"{path}: format_version {version} is newer than this tinygen "
                                    f"reads")
+        if version < 1:
+            raise ModelFormatError(f"{path}: format_version {version} is not one tinygen writes "
+                                   f"({FORMAT_VERSION}); set it to {FORMAT_VERSION}")
         names = data.get("names", [])
         if not isinstance(names, list):  # a string would pass as one field per character
             raise ModelFormatError(f"{path}: 'names' must be a list of field names, got {names!r}")

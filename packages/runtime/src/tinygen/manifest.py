@@ -366,6 +366,8 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     if not model_dir.is_dir():
         raise ModelFormatError(f"model directory not found: {model_dir}{_hub_hint(model_dir)}")
     path = model_dir / MANIFEST_NAME
+    if path.is_dir():
+        raise folder_not_file(path)
     if path.is_file():
         manifest = Manifest.from_json(_read_json(path), source=str(path))
     elif (model_dir / "config.json").is_file():
@@ -381,6 +383,8 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
             f"'tinygen-train export SRC OUT'"
         )
     for name in (manifest.model_file, manifest.tokenizer_file):
+        if (model_dir / name).is_dir():  # not "missing": it is there, as the wrong thing
+            raise folder_not_file(model_dir / name)
         if not (model_dir / name).is_file():
             trained = not path.is_file() and any(model_dir.glob("*.safetensors"))
             hint = (f" (a transformers model folder: export it first, 'tinygen-train export "
@@ -389,6 +393,12 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     if manifest.files:
         check_recorded_files(model_dir, manifest)
     return manifest
+
+
+def folder_not_file(path: Path) -> ModelFormatError:
+    """A model file that is a folder (a copy gone wrong, or an export into that name)."""
+    return ModelFormatError(f"{path} is a folder, not a file; put the model's {path.name} file "
+                            f"there (copy the model folder again)")
 
 
 def check_recorded_files(model_dir: Path, manifest: Manifest) -> None:
@@ -403,6 +413,8 @@ def check_recorded_files(model_dir: Path, manifest: Manifest) -> None:
             continue
         if manifest.model_file.endswith(".onnx"):  # a missing or cut weights file in its own words
             check_weights_files(model_dir / manifest.model_file)
+        if path.is_dir():
+            raise folder_not_file(path)
         if not path.is_file():
             raise ModelFormatError(f"{model_dir}: missing {name}, which {MANIFEST_NAME}'s 'files' "
                                    f"records; copy it with the rest of the model folder (if the "

@@ -120,7 +120,11 @@ class Replacements:
         if not isinstance(version, int) or isinstance(version, bool):
             raise fail(f"'format_version' must be an integer, got {version!r}")
         if version > FORMAT_VERSION:
-            raise fail(f"format_version {version!r} is not one this tinygen reads ({FORMAT_VERSION})")
+            raise fail(f"format_version {version} is newer than this tinygen reads "
+                       f"({FORMAT_VERSION}); upgrade with: pip install -U tinygen")
+        if version < 1:  # no tinygen writes it: a hand edit
+            raise fail(f"format_version {version} is not one tinygen writes ({FORMAT_VERSION}); "
+                       f"set it to {FORMAT_VERSION}")
         encode = data.get("encode", [])
         if not isinstance(encode, list):
             raise fail(f"'encode' must be a list of rules (objects with pattern and token), "

@@ -33,6 +33,9 @@ def check_weights_files(path: Path) -> None:
             raise ModelFormatError(f"{path}: its weights file '{location}' lies outside the model "
                                    f"folder; export the model again")
         weights = path.parent / relative
+        if weights.is_dir():
+            raise ModelFormatError(f"{weights} is a folder, not a file; put the model's weights "
+                                   f"file {location} there (copy the model folder again)")
         if not weights.is_file():
             raise ModelFormatError(f"{path}: missing {location}, the file that holds its weights "
                                    f"(copy it with the rest of the model folder)")

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import numpy as np
 
+from ..batch_memory import BatchTooLarge, check_batch_memory, size, sure_tokens
 from ..config import GenerationConfig
 from ..decoding import Completion, Piece, check_room, hold_back_ends, left_pad
 from ..errors import TinygenError
@@ -61,7 +62,7 @@ class EngineBusy(TinygenError):
 class GenerationFailed(RuntimeError):
     """The engine could not finish a request, with the HTTP status that says whose doing it
     was: 400 its own options (exclusions and biases left no token to sample), 503 the
-    server shutting down, 500 a bug."""
+    server shutting down or without the memory for it now, 500 a bug."""
 
     def __init__(self, message: str, status: int = 500):
         super().__init__(message)
@@ -321,6 +322,7 @@ class Engine:
                     return
                 joining = self._admit()
             try:
+                joining = self._within_memory(joining)
                 self._step([s for _, seqs in joining for s in seqs])
             except Exception as exc:  # a bug: fail the requests in hand, keep serving the rest
                 logger.exception("decode step failed")
@@ -346,6 +348,29 @@ class Engine:
             free -= len(sequences)
         self.stats.admitted += len(admitted)
         return admitted
+
+    def _within_memory(self, joining: list[tuple[RequestHandle, list[Sequence]]]
+                       ) -> list[tuple[RequestHandle, list[Sequence]]]:
+        """The admitted requests the memory available can take (batch_memory: a lower bound),
+        first come first served; each other one fails alone (503: memory frees as texts end),
+        where its buffers would have had the process killed."""
+        kept: list[tuple[RequestHandle, list[Sequence]]] = []
+        for handle, sequences in joining:
+            rows = [s for _, seqs in kept for s in seqs] + sequences
+            sure = [sure_tokens(s.config, s.eos) for s in rows]
+            # A static batch's rows all step until its last ends; continuous ones leave at theirs.
+            try:
+                check_batch_memory(self.model, [len(s.prompt_ids) for s in rows],
+                                   min(sure) if self.continuous else max(sure))
+            except BatchTooLarge as exc:
+                handle._deliver([_Failed(
+                    f"the server has no memory for this request now: {exc.rows} sequences "
+                    f"starting together need at least {size(exc.need)}, and "
+                    f"{size(exc.available)} is available (at most {exc.fit} fit); try again "
+                    f"shortly, or ask for fewer", 503)])
+                continue
+            kept.append((handle, sequences))
+        return kept
 
     def _reset(self) -> None:
         self._sequences: list[Sequence] = []  # the running batch, in cache row order

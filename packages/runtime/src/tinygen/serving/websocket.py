@@ -90,7 +90,9 @@ async def _answer(websocket: WebSocket, server: "Server", message: dict, inbox: 
             await websocket.close(POLICY_VIOLATION)
             return False
         if data.get("type", "generate") != "generate":
-            raise ApiError(400, f"unknown message type {data.get('type')!r}", param="type")
+            # As the client wrote it (JSON), cut short: Python's repr showed 'x' and {'a': 1}.
+            raise ApiError(400, f"unknown message type {api._json(data.get('type'))}; send "
+                                f"\"generate\" (or no type) or \"cancel\"", param="type")
         params = api.parse_completion(data, server.settings, server.model_id,
                                       server.generator.manifest.vocab_size, socket=True,
                                       default_max_tokens=server.generator.defaults.max_new_tokens)
