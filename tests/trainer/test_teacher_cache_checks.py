@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -27,7 +28,7 @@ def parts(tiny_gpt2_dir, corpus, tmp_path_factory):
     return encoder, load_corpus([corpus], encoder, progress=False)
 
 
-def build(folder, parts, calls):
+def build(folder, parts, calls, num_blocks=6):
     """A cache of 6 blocks in 3 shards, scored by a fake teacher that counts its blocks."""
     def score(tokens):
         calls.append(len(tokens))
@@ -36,7 +37,7 @@ def build(folder, parts, calls):
 
     encoder, dataset = parts
     return build_teacher_cache(folder, dataset, encoder, "teacher", score, block_size=16, top_k=4,
-                               seed=1, num_blocks=6, blocks_per_shard=2, batch_size=2)
+                               seed=1, num_blocks=num_blocks, blocks_per_shard=2, batch_size=2)
 
 
 def test_rerun_redoes_truncated_and_damaged_shards(parts, tmp_path):
@@ -60,6 +61,31 @@ def test_rerun_redoes_truncated_and_damaged_shards(parts, tmp_path):
     assert redone.complete
     for name in ("tokens", "ids", "logits"):
         assert np.array_equal(getattr(redone.load(), name), getattr(whole, name)), name
+
+
+def test_a_cache_json_claiming_more_blocks_is_corrupt_and_a_rerun_repairs_it(parts, tmp_path):
+    """cache.json edited to claim 1e12 blocks: distill hung counting the shards, and so did the
+    rerun that resized it. Its last shard, whole, holds fewer blocks than the claim puts there."""
+    calls = []
+    folder = tmp_path / "cache"
+    whole = build(folder, parts, calls, num_blocks=5).load()  # shards of 2, 2 and 1 blocks
+    manifest = json.loads((folder / "cache.json").read_text())
+    (folder / "cache.json").write_text(json.dumps({**manifest, "num_blocks": 10**12}))
+    with pytest.raises(TeacherCacheError) as info:
+        TeacherCache.open(folder).load()  # what distill does
+    assert str(info.value) == (
+        f"{folder / 'cache.json'}: teacher cache is corrupt: it counts 2 blocks in "
+        f"shard-00002.msgpack (num_blocks 1000000000000, blocks_per_shard 2), which holds 1; "
+        f"run the same 'tinygen-train teacher-cache' command again to repair it")
+    calls.clear()
+    repaired = build(folder, parts, calls, num_blocks=5)
+    assert sum(calls) == 1 and repaired.num_blocks == 5  # the short shard, scored again
+    assert np.array_equal(repaired.load().logits, whole.logits)
+    # All shards full, the claim is an unfinished cache: said so, and counted from the folder.
+    (folder / "cache.json").write_text(json.dumps({**manifest, "num_blocks": 10**12,
+                                                   "blocks_per_shard": 1}))
+    with pytest.raises(TeacherCacheError, match=r"incomplete \(3/1000000000000 shards\)"):
+        TeacherCache.open(folder).load()
 
 
 def one_line_error(capsys) -> str:

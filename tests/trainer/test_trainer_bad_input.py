@@ -177,3 +177,79 @@ def test_an_unwritable_output_is_refused_before_the_work(command, read_only, cor
                                        f"{read_only} is not writable (a read-only file system, "
                                        f"or no permission); write it elsewhere\n")
 
+
+
+def test_an_encode_output_ending_in_a_slash_is_a_folder(corpus, tokenizer, tmp_path, capsys):
+    """`-o newdir/` wrote a file named newdir; an existing folder was refused already."""
+    out = tmp_path / "newdir"
+    assert main(["encode", str(corpus), "--tokenizer", str(tokenizer), "-o", f"{out}/",
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"tinygen-train: error: -o {out}/ ends in a slash: a "
+                                       f"folder; give the token cache's file path, e.g. "
+                                       f"{out / 'train.tokens'}\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("inside", ["", "held.txt"])
+def test_eval_data_in_the_output_folder_is_refused(corpus, tokenizer, tmp_path, capsys, inside):
+    """`--eval-data OUT -o OUT` made OUT, then said it had no files."""
+    out = tmp_path / "run"
+    held = out / inside if inside else out
+    assert main(["train", str(corpus), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+                 "-o", str(out), "--eval-data", str(held), "--steps", "1", "--quiet"]) == 2
+    place = "is inside" if inside else "is"
+    assert capsys.readouterr().err == (f"tinygen-train: error: --eval-data {held} {place} the "
+                                       f"run's --output folder {out}, which holds what the run "
+                                       f"writes; give held-out text from another folder\n")
+    assert not out.exists()
+
+
+def test_a_batch_past_the_memory_is_refused_before_the_data(corpus, tokenizer, tmp_path,
+                                                            monkeypatch, capsys):
+    """--batch-size 99999999 warned that it was more rows than the corpus, then the kernel
+    killed the run (exit 137) with nothing said."""
+    from tinygen_trainer.data import dataset
+    from tinygen_trainer.training import memory
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the corpus was read before the batch was checked")
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)
+    monkeypatch.setattr(dataset.TokenDataset, "from_path", must_not_run)
+    vocab = json.loads(tokenizer.read_text(encoding="utf-8"))["model"]["vocab"]
+    assert main(["train", str(corpus), "--preset", "cpu-tiny", "--tokenizer", str(tokenizer),
+                 "-o", str(tmp_path / "run"), "--block-size", "64", "--batch-size", "99999999",
+                 "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygen-train: error: --batch-size 99999999 does not fit in memory: "
+                          "it needs at least ") and err.count("\n") == 1, err
+    assert f"(the logits of 99999999 rows x 64 tokens x {len(vocab)} vocabulary x 4 bytes" in err
+    assert "and 1.0 GiB is free; no batch above " in err and "--grad-accum" in err
+
+
+def test_the_batch_memory_bound_refuses_no_batch_that_fits(monkeypatch):
+    """The estimate is a lower bound: a batch that it says fits, exactly, is let through, and
+    the largest batch named is that one."""
+    import torch
+
+    from tinygen_trainer.training import memory
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    # 2 processes, 2 micro-batches: a global row is 2 x 8 x 21 bytes on the host, wherever it
+    # trains; a row trained here is 8 x 10 x 4 bytes of logits
+    need = 16 * (2 * 8 * 21) + 8 * (8 * 10 * 4)
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
+    memory.check_batch_memory(16, 2, 8, 10, 2, cpu)
+    with pytest.raises(TinygenError, match=r"--batch-size 18 does not fit in memory: .*; no "
+                                           r"batch above 16 rows can fit"):
+        memory.check_batch_memory(18, 2, 8, 10, 2, cpu)
+    # On a GPU the logits are held there and the rows on the host, each limit by itself
+    monkeypatch.setattr(memory, "device_memory", lambda device: 8 * (8 * 10 * 4))
+    memory.check_batch_memory(16, 2, 8, 10, 2, gpu)
+    with pytest.raises(TinygenError, match=r"does not fit in cuda:0 memory: it needs at least "
+                                           r"2.8 KiB \(the logits of 9 rows x 8 tokens x 10 "
+                                           r"vocabulary x 4 bytes\), and 2.5 KiB is free; no "
+                                           r"batch above 16 rows"):
+        memory.check_batch_memory(18, 1, 8, 10, 2, gpu)
+    monkeypatch.setattr(memory, "available_memory", lambda: None)  # not Linux: not checked
+    memory.check_batch_memory(10**9, 1, 8, 10, 1, cpu)

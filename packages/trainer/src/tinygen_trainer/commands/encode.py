@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ HELP = "Encode a corpus with a tokenizer into a token cache (msgpack, gzip)."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_corpus_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the token cache to write")
+    # A str: Path would drop the slash of `-o newdir/`, which names a folder (run checks it).
+    parser.add_argument("-o", "--output", required=True, help="the token cache to write")
     parser.add_argument("--tokenizer", type=Path, required=True,
                         help="tokenizer.json to encode with")
     parser.add_argument("--replacements", type=Path, default=None,
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    output, args.output = os.fspath(args.output), Path(args.output)
     refuse_field_without_records(args.corpus, args.field)
     beside = args.tokenizer.parent / REPLACEMENTS_FILE
     replacements, rules_file = None, None
@@ -65,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
                                f"({beside_fields}: {','.join(theirs.names)}), which training gives "
                                f"the model; name them in that order, or train a tokenizer with "
                                f"--field {args.field}")
-    if args.output.is_dir():  # before the corpus is encoded, not after
-        raise TinygenError(f"-o {args.output} is a folder; give the token cache's file path, "
+    # Before the corpus is encoded, not after; `-o newdir/` wrote a file named newdir.
+    if args.output.is_dir() or output.endswith(("/", os.sep)):
+        what = "is a folder" if args.output.is_dir() else "ends in a slash: a folder"
+        raise TinygenError(f"-o {output} {what}; give the token cache's file path, "
                            f"e.g. {args.output / 'train.tokens'}")
     check_parents(args.output)
     refuse_overwriting_inputs(args.corpus, [args.output], [args.tokenizer, rules_file])

@@ -186,9 +186,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.eval_data is not None:
         corpora.append(args.eval_data)
     outputs = [args.output] + ([args.tensorboard] if args.tensorboard is not None else [])
-    refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], outputs)
     with named_as_flags():
-        return TrainConfig(
+        config = TrainConfig(
             output_dir=args.output, data=data, phases=phases, model=args.model, preset=args.preset,
             tokenizer=args.tokenizer, replacements=args.replacements, eos_token=args.eos_token,
             block_size=args.block_size, line_by_line=args.line_by_line, errors=args.errors,
@@ -207,6 +206,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             eval_fraction=args.eval_fraction, eval_every=args.eval_every,
             eval_batches=args.eval_batches,
         )
+    # After the config's checks: --eval-data in --output is its error, in words of its own.
+    refuse_overwriting_inputs([c for c in corpora if Path(c).is_dir()], outputs)
+    return config
 
 
 def _sources(args: argparse.Namespace) -> tuple[DataSource, ...]:

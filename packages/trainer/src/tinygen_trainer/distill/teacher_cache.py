@@ -151,6 +151,15 @@ class TeacherCache:
             done += 1
         return done
 
+    def shards_on_disk(self) -> list[int]:
+        """The indices of the shard files in the folder, whatever cache.json says."""
+        found = []
+        for path in self.folder.glob("shard-*.msgpack"):
+            number = path.name[len("shard-"):-len(".msgpack")]
+            if number.isdigit() and path.name == self.shard_path(int(number)).name:
+                found.append(int(number))
+        return sorted(found)
+
     def shard_ok(self, index: int) -> bool:
         """Whether shard `index` is on disk and whole; each is read once per process."""
         if index in self._whole:
@@ -172,8 +181,13 @@ class TeacherCache:
 
     def load(self) -> TeacherBlocks:
         """Every block, checked; an incomplete or damaged cache is a one-line error."""
-        done = sum(self.shard_path(i).is_file() for i in range(self.num_shards))
+        # Counted from the folder, not by asking for each of num_shards files: a cache.json
+        # claiming 1e12 blocks took hours to count.
+        present = [i for i in self.shards_on_disk() if i < self.num_shards]
+        done = len(present)
         if done < self.num_shards:
+            if present:  # the last shard written says whether cache.json's count is its own
+                self.read_shard(max(present))
             raise TeacherCacheError(
                 f"{self.folder}: teacher cache is incomplete ({done}/{self.num_shards} shards); "
                 f"run the same 'tinygen-train teacher-cache' command again to finish it")
@@ -197,6 +211,13 @@ class TeacherCache:
         digest = hashlib.sha256(b"".join(arrays)).hexdigest()
         if digest != shard.get("sha256"):
             raise self._corrupt(path, "its checksum does not match (damaged on disk?)")
+        stored, row = divmod(len(arrays[0]), TOKENS_DTYPE.itemsize * t)
+        if not row and stored != n:  # whole (its checksum holds), so cache.json is what is wrong
+            raise TeacherCacheError(
+                f"{self.folder / MANIFEST}: teacher cache is corrupt: it counts {n} blocks in "
+                f"{path.name} (num_blocks {self.num_blocks}, blocks_per_shard "
+                f"{self.manifest['blocks_per_shard']}), which holds {stored}; run the same "
+                f"'tinygen-train teacher-cache' command again to repair it")
         ids_dtype = np.dtype(self.manifest["ids_dtype"])
         try:
             tokens = np.frombuffer(arrays[0], TOKENS_DTYPE).reshape(n, t)
@@ -321,7 +342,7 @@ def _resize(cache: TeacherCache, manifest: dict[str, Any]) -> TeacherCache:
     the manifest changes, so an interruption in between leaves a consistent cache.
     """
     resized = TeacherCache(cache.folder, manifest)
-    for index in range(max(cache.num_shards, resized.num_shards)):
+    for index in cache.shards_on_disk():  # not range(num_shards): a corrupt count may be 1e12
         keep = (index < min(cache.num_shards, resized.num_shards)
                 and cache.shard_range(index) == resized.shard_range(index))
         if not keep:

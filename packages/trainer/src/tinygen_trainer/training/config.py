@@ -258,6 +258,13 @@ class TrainConfig:
             raise TinygenError(f"--eval-data {self.eval_data.path} is also a training corpus, so "
                                f"its text is not held out; give other text, or hold out part of "
                                f"the corpora with --eval-fraction")
+        # `--eval-data OUT -o OUT` made OUT, then found no text in it.
+        held, out = self.eval_data and self.eval_data.path.resolve(), self.output_dir.resolve()
+        if held and held.is_relative_to(out):
+            place = "is" if held == out else "is inside"
+            raise TinygenError(f"--eval-data {self.eval_data.path} {place} the run's --output "
+                               f"folder {self.output_dir}, which holds what the run writes; "
+                               f"give held-out text from another folder")
         shared = self.eval_data and _shared_file(self.eval_data.path, self.data_paths()[:-1])
         if shared:
             raise TinygenError(f"--eval-data {self.eval_data.path} and the training corpora both "

@@ -43,6 +43,7 @@ from .device import Backend, select_backend
 from .evaluation import EvalResult, Evaluation, write_result
 from .feed import Feed, HostBatch
 from .loss import causal_lm_loss, target_count
+from .memory import check_batch_memory
 from .progress import METRICS_FILE, Reporter
 from .samples import generate_sample
 from .setup import (PhaseRun, build_data, build_encoder, field_schema, load_model, model_window,
@@ -121,6 +122,9 @@ class Trainer:
                 encoder, added = build_encoder(config)
                 plan = plan_model(config, encoder, added)
                 block_size = resolve_block_size(config, plan)
+                # Before the corpora are read: a batch past the memory was killed unannounced.
+                check_batch_memory(config.batch_size, config.grad_accum, block_size,
+                                   plan.vocab_size, backend.averaged_over, backend.device)
                 state = read_state(checkpoint) if checkpoint else None
                 data_files = data_fingerprints(config.data_paths())
                 notes = _check_resumable(config, encoder, checkpoint, state, data_files) \
