@@ -206,17 +206,55 @@ def our_errors(stderr: str) -> list[str]:
 def test_a_batch_that_does_not_split_is_one_line(tmp_path, corpus, tokenizer):
     run = torchrun(args(corpus, tokenizer, tmp_path / "out", "--quiet", "--batch-size", "3"))
     assert run.returncode != 0
-    # Each process says the same one line (torchrun then reports the failed processes).
-    errors = our_errors(run.stderr)
-    assert errors, run.stderr[-3000:]
-    assert set(errors) == {"batch_size 3 is the global batch and must be a multiple of the 2 "
-                           "torchrun processes it is split over; use --batch-size 2 (1 row per "
-                           "process)"}
+    # Every process failed alike: one says it (torchrun then reports the failed processes).
+    assert our_errors(run.stderr) == [
+        "batch_size 3 is the global batch and must be a multiple of the 2 torchrun processes "
+        "it is split over; use --batch-size 2 (1 row per process)"], run.stderr[-3000:]
     assert not (tmp_path / "out" / "checkpoints").exists()
     # The first process out exits 2, not of SIGABRT as its group is torn down (4 runs of 6
     # when process 0 left while process 1 was still in a collective).
     assert "SIGABRT" not in run.stderr and "terminate called" not in run.stderr, run.stderr[-3000:]
     assert "failed (exitcode: 2)" in run.stderr, run.stderr[-3000:]
+
+
+@needs_gloo
+@pytest.mark.parametrize("bad, message", [
+    ("0", "tinygen-train: error: --batch-size must be an integer >= 1, got 0"),
+    ("x", "tinygen-train train: error: argument --batch-size: invalid int value: 'x'")])
+def test_bad_arguments_are_said_once_not_once_per_process(tmp_path, corpus, tokenizer, bad,
+                                                          message):
+    """Checked before the processes meet, alike in each: every process said the same line."""
+    run = torchrun(args(corpus, tokenizer, tmp_path / "out", "--quiet", "--batch-size", bad))
+    assert run.returncode != 0
+    assert run.stderr.count(message) == 1, run.stderr[-3000:]
+    assert "interrupted" not in run.stderr and run.stderr.count("exitcode  : 2") == 2, \
+        run.stderr[-3000:]
+
+
+def test_a_setup_error_another_process_says_is_said_here_if_it_does_not(monkeypatch, capsys,
+                                                                       tmp_path):
+    """A process whose error LOCAL_RANK 0 says waits for torchrun to stop it; if none does
+    (the error was its own after all), it says the error itself."""
+    from tinygen_trainer import cli, notices
+
+    monkeypatch.setattr(notices, "_joined", False)
+    monkeypatch.setattr(notices, "_alike", False)
+    monkeypatch.setattr(cli, "SAID_WAIT", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert notices.said_by_another() == (rank == "1")
+        assert main(["train", "--preset", "cpu-tiny", "-o", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err == ("tinygen-train: error: a preset needs --tokenizer "
+                                           "tokenizer.json (train one with 'tinygen-train "
+                                           "tokenizer')\n")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    notices.joining_the_others()  # from here its errors may be its own
+    assert not notices.said_by_another()
+    notices.failed_alike()  # unless every process compared and found the same
+    assert notices.said_by_another()
 
 
 def test_a_resume_on_processes_the_batch_does_not_split_over_says_how_many_fit():

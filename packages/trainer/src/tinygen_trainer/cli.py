@@ -10,14 +10,18 @@ import argparse
 import contextlib
 import errno
 import importlib
+import io
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from tinygen.errors import TinygenError
 from tinygen.help_format import ArgumentParser, HelpFormatter
+
+from .notices import said_by_another
 
 # name -> module under tinygen_trainer.commands
 COMMANDS = {
@@ -54,13 +58,43 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+# How long a torchrun process whose setup error another process says (notices.said_by_another)
+# waits for torchrun to stop it, as it does once that one has said it and failed; past this
+# it says the error itself. Leaving at once, it got the other stopped before its line.
+SAID_WAIT = 10.0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with sigterm_as_ctrl_c():
         return _run(args)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parser.parse_args, whose usage error (one line, exit 2) goes through _say."""
+    if not said_by_another():
+        return parser.parse_args(argv)
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        (_say if exc.code else sys.stderr.write)(text.getvalue())
+        raise
+
+
+def _say(line: str) -> None:
+    """Write an error line, unless another torchrun process says the same (said_by_another)."""
+    if said_by_another():
+        try:
+            with sigterm_as_ctrl_c():  # a usage error comes before main's
+                time.sleep(SAID_WAIT)
+        except KeyboardInterrupt:  # torchrun stopping this process (SIGTERM), or Ctrl-C
+            return
+    sys.stderr.write(line)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,8 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         return args._run(args) or 0
     except TinygenError as exc:
         # One write: print() writes the text and the newline apart, and under torchrun, where
-        # every process says its error, two processes' lines could run together.
-        sys.stderr.write(f"tinygen-train: error: {exc}\n")
+        # every process may say its error, two processes' lines could run together.
+        _say(f"tinygen-train: error: {exc}\n")
         return 2
     except OSError as exc:
         if exc.errno not in WRITE_FAILURES:
@@ -80,8 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         # A full disk or a read-only folder met anywhere (metrics.jsonl, TensorBoard, a cache):
         # what and where, not a traceback. Checkpoints and caches are written atomically.
         where = f" ({exc.filename})" if exc.filename else ""
-        sys.stderr.write(f"tinygen-train: error: {exc.strerror}{where}; fix that and run the "
-                         f"same command again (train and distill with --resume)\n")
+        _say(f"tinygen-train: error: {exc.strerror}{where}; fix that and run the same "
+             f"command again (train and distill with --resume)\n")
         return 2
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # Ctrl-C reaches every process: one says so

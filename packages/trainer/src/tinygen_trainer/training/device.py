@@ -18,6 +18,7 @@ import torch
 
 from tinygen.errors import TinygenError, first_line
 
+from ..notices import failed_alike
 from .feed import Feed
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,6 +160,8 @@ class Backend:
         """
         failures = self.gather(None if failure is None else first_line(failure))
         if failure is not None:
+            if len(failures) > 1 and failures.count(failures[0]) == len(failures):
+                failed_alike()  # one process a machine says it
             raise failure
         for index, message in enumerate(failures):
             if message is not None:

@@ -44,6 +44,7 @@ import torch
 
 from tinygen.errors import TinygenError, first_line
 
+from ..notices import joining_the_others
 from .device import Backend, CudaBackend
 from .feed import Feed
 
@@ -59,6 +60,7 @@ def torchrun_env() -> tuple[int, int, int] | None:
         raise TinygenError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
     if world <= 1:
         return None
+    joining_the_others()  # its errors from here may be its own: each process says its own
     try:
         rank = int(os.environ["RANK"])
         local = int(os.environ.get("LOCAL_RANK") or rank)
