@@ -7,11 +7,15 @@ alone writes; a resume (by two processes or by one) continues the same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -193,6 +197,53 @@ def test_two_processes_train_what_one_does_and_resume(tmp_path, corpus, tokenize
     assert main(args(corpus, tokenizer, single, "--quiet", "--resume")) == 0
     assert_same_weights(single, one)
     assert_same_metrics(single, one)
+
+
+def worker_pids(torchrun_pid: int) -> dict[int, int]:
+    """RANK -> pid of torchrun's worker processes (Linux's /proc)."""
+    children = open(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read().split()
+    ranks = {}
+    for pid in map(int, children):
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        rank = next(v[5:] for v in env if v.startswith(b"RANK="))
+        ranks[int(rank)] = pid
+    return ranks
+
+
+@needs_gloo
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
+                    reason="finds torchrun's workers through Linux's /proc")
+def test_a_stop_signal_to_one_process_stops_all_at_the_same_step(tmp_path, corpus, tokenizer):
+    """A scheduler's SIGTERM to one process (Ctrl-C reaches each, at its own moment) used to
+    land mid-step: it left while the other waited in that step's all-reduce, and both hung
+    until torchrun killed them, with no "interrupted" line. Now they stop together, cleanly."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "tinygen_trainer.cli",
+               *args(corpus, tokenizer, out, "--quiet", "--steps", "100000")]
+    # A session of its own: a hang's workers are killed with torchrun, not left to train on.
+    run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+            assert run.poll() is None, run.stderr.read()[-3000:]
+            time.sleep(0.1)
+        os.kill(worker_pids(run.pid)[1], signal.SIGTERM)
+        _, stderr = run.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # none left: the run ended
+            os.killpg(run.pid, signal.SIGKILL)
+    said = re.findall(r"tinygen-train: interrupted; the checkpoint of step (\d+) is kept", stderr)
+    assert len(said) == 1, stderr[-3000:]
+    assert (out / "checkpoints" / f"step-{int(said[0]):08d}").is_dir()
+    # Left of the signal (130), not killed by torchrun after a hang; the other may still be
+    # on its way out when torchrun sees the first one gone and stops it (SIGTERM, -15).
+    assert "exitcode  : 130" in stderr and "exitcode  : -9" not in stderr, stderr[-3000:]
+    assert "monitoredBarrier" not in stderr, stderr[-3000:]
 
 
 def our_errors(stderr: str) -> list[str]:

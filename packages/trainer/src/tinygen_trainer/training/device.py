@@ -20,6 +20,7 @@ from tinygen.errors import TinygenError, first_line
 
 from ..notices import failed_alike
 from .feed import Feed
+from .interrupts import StepEnd
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch-xla is built against exactly one torch release; requirements-xla.txt pins the same.
@@ -93,6 +94,11 @@ class Backend:
     def accumulating(self, model: torch.nn.Module, sync: bool) -> ContextManager:
         """Around a micro-batch's forward and backward: sync=False defers DDP's all-reduce."""
         return contextlib.nullcontext()
+
+    def step_end(self) -> StepEnd:
+        """Around the training steps: how a stop signal reaches them (interrupts.py). One
+        process (or an XLA slice's, which runs its steps as one program) stops where it is."""
+        return StepEnd()
 
     def seed_processes(self, seed: int) -> None:
         """Once the model is built: seed what differs between processes (DDP's dropout)."""

@@ -47,6 +47,7 @@ from tinygen.errors import TinygenError, first_line
 from ..notices import joining_the_others
 from .device import Backend, CudaBackend
 from .feed import Feed
+from .interrupts import StepEnd
 
 T = TypeVar("T")
 CLOSE_WAIT = datetime.timedelta(seconds=10)  # how long a process waits for the others to leave
@@ -340,6 +341,17 @@ class DataParallel:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value
+
+    def step_end(self) -> StepEnd:
+        return StepEnd(self._any_process)
+
+    def _any_process(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        # On the CPU over the gloo group for objects: no GPU sync each step.
+        marks = torch.tensor([int(flag)])
+        dist.all_reduce(marks, op=dist.ReduceOp.SUM, group=self.processes.group)
+        return bool(marks.item())
 
     def accumulating(self, model: torch.nn.Module, sync: bool) -> ContextManager:
         if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):

@@ -174,16 +174,18 @@ class Trainer:
         self.model.train()
         self._log_time, self._log_tokens = time.perf_counter(), self.tokens_seen
         try:
-            while self.step < total:
-                phase = self.phase_at(self.step)
-                lr = phase.lr_at(self.step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                loss = self.train_step(self.feeds[phase.index])
-                self.step += 1
-                self.tokens_seen += self.tokens_per_step
-                self.reporter.advance()
-                self.on_step_end(phase, lr, loss)
+            with self.backend.step_end() as step_end:  # torchrun: all stop at one step's end
+                while self.step < total:
+                    phase = self.phase_at(self.step)
+                    lr = phase.lr_at(self.step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    loss = self.train_step(self.feeds[phase.index])
+                    self.step += 1
+                    self.tokens_seen += self.tokens_per_step
+                    self.reporter.advance()
+                    self.on_step_end(phase, lr, loss)
+                    step_end.check()
             if self.evaluation is not None and getattr(self.evaluated, "step", None) != self.step:
                 # Resumed from the run's last step, nothing trained: its figures are in
                 # metrics.jsonl already; the saved model gets them again.
