@@ -82,6 +82,23 @@ def test_a_batch_too_large_for_memory_is_refused_and_one_that_fits_runs(gen, mon
     assert code == 0 and out.count("Hi") == 8
 
 
+def test_a_file_whose_first_batch_cannot_fit_is_not_started(gen, monkeypatch, tmp_path):
+    """generate_to_file refuses what it can before the file is touched: a first batch too
+    large for memory left an empty file and its settings, though nothing was written."""
+    each = per_text(gen, max_new_tokens=3)
+    monkeypatch.setattr(batch_memory, "available_memory", lambda: 3 * each + each // 2)
+    path = tmp_path / "texts.txt"
+    with pytest.raises(BatchTooLarge, match="at most 3 fit"):
+        gen.generate_to_file(path, "Hi", n=8, batch_size=8, seed=5, max_new_tokens=3)
+    assert list(tmp_path.iterdir()) == []
+    written = gen.generate_to_file(path, "Hi", n=8, batch_size=3, seed=5, max_new_tokens=3)
+    assert written.written == 8
+    # n under the batch size: the first batch is n texts
+    monkeypatch.setattr(batch_memory, "available_memory", lambda: 2 * each + each // 2)
+    assert gen.generate_to_file(tmp_path / "two.txt", "Hi", n=2, batch_size=8, seed=5,
+                                max_new_tokens=3).written == 2
+
+
 def test_one_text_that_cannot_fit_says_so(gen, monkeypatch):
     monkeypatch.setattr(batch_memory, "available_memory", lambda: 1000)
     with pytest.raises(BatchTooLarge, match=r"^one text needs at least 262 kB of memory, and 1 kB "
@@ -126,6 +143,17 @@ def test_curate_k_has_an_upper_bound(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("1\nq\n"))
     code, out, _ = run(["curate", "Hi", "-k", "50", "--max-new-tokens", "2", "--seed", "1"])
     assert code == 0 and "[50] " in out
+
+
+def test_curate_refuses_greedy_candidates_that_are_all_the_same(monkeypatch):
+    """--greedy -k 3 showed three copies of one text each round, rerolls included."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
+    assert run(["curate", "Hi", "-k", "3", "--greedy", "--max-new-tokens", "3"]) == \
+        (2, "", "tinygen: error: greedy decoding makes all 3 candidates the same text; sample "
+                "(drop --greedy) to choose between 3, or use -k 1\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\nq\n"))  # one greedy step at a time
+    code, out, _ = run(["curate", "Hi", "-k", "1", "--greedy", "--max-new-tokens", "3"])
+    assert code == 0 and "[1] " in out
 
 
 # -- curate errors start their own line ----------------------------------------------------

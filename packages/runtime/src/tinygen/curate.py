@@ -77,6 +77,9 @@ class Curator:
         self.gen, self.k, self.options = gen, k, options
         self.next_seed = draw_seed() if seed is None else seed
         config = gen.defaults.merged(**options)
+        if config.greedy and k > 1:  # k copies of one text to choose from, every round
+            raise TinygenError(f"greedy decoding makes all {k} candidates the same text; sample "
+                               f"(drop --greedy) to choose between {k}, or use -k 1")
         self.room = prompt_room(gen.manifest.context_window, config.max_new_tokens, config.slide_window)
 
     def candidates(self, text: str) -> Round:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .atomic import check_parents
+from .batch_memory import check_batch_memory, sure_tokens
 from .config import GenerationConfig, check_utf8, is_int, is_number, plain
 from .decoding import BatchDecoding, Completion, check_room
 from . import heap
@@ -362,10 +363,14 @@ class TextGenerator:
         if isinstance(self.model, _Closed):
             raise TinygenError(CLOSED)
         config = self.defaults.merged(**options)
-        conditioned, _ = self._conditioned(prompt, context, target)
-        check_room(config, self.prompts.encode(conditioned, single="generate_to_file"),
-                   self.manifest.context_window)
+        conditioned, end_ids = self._conditioned(prompt, context, target)
+        prompt_ids = self.prompts.encode(conditioned, single="generate_to_file")
+        check_room(config, prompt_ids, self.manifest.context_window)
         self._excluded_ids(config)
+        # The first batch's buffers: refused there, it left an empty file and its settings.
+        ends = set(self.manifest.eos_token_ids if config.stop_at_eos else ()) | set(end_ids)
+        check_batch_memory(self.model, [len(prompt_ids[0])] * min(n, batch_size),
+                           sure_tokens(config, ends))
         prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         settings = {
             "model": model_identity(self.model_dir, self.manifest, self.tokenizer.replacements.to_json()),
