@@ -235,9 +235,9 @@ def test_the_batch_memory_bound_refuses_no_batch_that_fits(monkeypatch):
     from tinygen_trainer.training import memory
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    # 2 processes, 2 micro-batches: a global row is 2 x 8 x 21 bytes on the host, wherever it
+    # 2 processes, 2 micro-batches: a global row is 2 x 8 x 16 bytes on the host, wherever it
     # trains; a row trained here is 8 x 10 x 4 bytes of logits
-    need = 16 * (2 * 8 * 21) + 8 * (8 * 10 * 4)
+    need = 16 * (2 * 8 * 16) + 8 * (8 * 10 * 4)
     monkeypatch.setattr(memory, "available_memory", lambda: need)
     memory.check_batch_memory(16, 2, 8, 10, 2, cpu)
     with pytest.raises(TinygenError, match=r"--batch-size 18 does not fit in memory: .*; no "

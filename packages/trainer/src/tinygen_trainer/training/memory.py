@@ -16,9 +16,9 @@ import torch
 from tinygen.batch_memory import available_memory
 from tinygen.errors import TinygenError
 
-# A row's token on the host: input id and label (int64), attention mask (bool), loss weight
-# (float32). Distillation's rows hold the teacher's top k besides.
-TOKEN_BYTES = 8 + 8 + 1 + 4
+# A row's token on the host, surely: input id and label (int64). Loss weights (float32,
+# when they matter) and distillation's teacher fields come on top.
+TOKEN_BYTES = 8 + 8
 # A logit as the loss reads it: float32 (a bf16 run's logits are copied to float32 for it).
 LOGIT_BYTES = 4
 
