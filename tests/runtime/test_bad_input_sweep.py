@@ -9,17 +9,12 @@ import re
 import pytest
 
 from tinygen import ModelFormatError, TextGenerator, TinygenError
-from tinygen.cli import main
 from tinygen.manifest import load_manifest
+
+from runtime_cli import ClosedPipe, run
 
 GPT2_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64,
                "vocab_size": 320, "eos_token_id": 0}
-
-
-def run(argv, out=None):
-    out, err = out or io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +71,14 @@ def test_a_settings_file_with_a_negative_seed_is_damaged(gen, tmp_path):
         gen.generate_to_file(path, "Hi", n=4, resume=True, max_new_tokens=2)
 
 
-class _ClosedPipe(io.StringIO):
-    """stdout read by `| head`, which leaves after the first text: every write after it fails."""
-
-    def write(self, text):
-        if self.getvalue():
-            raise BrokenPipeError(32, "Broken pipe")
-        return super().write(text)
-
-
 def test_texts_piped_to_head_still_report_their_seeds(gen):
     """A reader that left during the first batch got no seeds (one streamed text gets its own)."""
     [want] = gen.generate("Once", seed=9, max_new_tokens=3)
     code, out, err = run(["Once", "-n", "3", "--seed", "9", "--max-new-tokens", "3"],
-                         out=_ClosedPipe())
+                         out=ClosedPipe())
     assert (code, out, err) == (0, f"Once{want}\n", "seed: 9\n")
     # A drawn seed too: the first text's, which remakes what the reader saw.
-    code, out, err = run(["Once", "-n", "3", "--max-new-tokens", "3"], out=_ClosedPipe())
+    code, out, err = run(["Once", "-n", "3", "--max-new-tokens", "3"], out=ClosedPipe())
     [want] = gen.generate("Once", seed=int(err.removeprefix("seed: ")), max_new_tokens=3)
     assert (code, out) == (0, f"Once{want}\n")
 

@@ -1,6 +1,5 @@
 """Bad options, corrupt model directories and impossible settings: one clear TinygenError each."""
 
-import io
 import json
 import shutil
 
@@ -8,15 +7,11 @@ import numpy as np
 import pytest
 
 from tinygen import GenerationConfig, ModelFormatError, TextGenerator, TinygenError
-from tinygen.cli import _options, build_parser, main
+from tinygen.cli import _options, build_parser
 from tinygen.manifest import Manifest, load_manifest
 from tinygen.sampling import GreedySampler, RandomSampler
 
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+from runtime_cli import run
 
 
 @pytest.fixture(scope="module")

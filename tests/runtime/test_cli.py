@@ -8,16 +8,12 @@ import pytest
 
 from tinygen.cli import BOLD, main
 
+from runtime_cli import ClosedPipe, run
+
 
 class Tty(io.StringIO):
     def isatty(self):
         return True
-
-
-def run(argv, out=None):
-    out, err = out or io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_bare_prompt_generates_and_reports_the_seed(optimum_gpt2_dir):
@@ -456,18 +452,9 @@ def test_curate_with_stdin_closed_is_one_line(monkeypatch):
                "terminal, or pipe the choices in\n")
 
 
-class _ClosedPipe(io.StringIO):
-    """stdout read by `| head -c 4`, which leaves after the prompt: every write after it fails."""
-
-    def write(self, text):
-        if self.getvalue():
-            raise BrokenPipeError(32, "Broken pipe")
-        return super().write(text)
-
-
 def test_a_stream_piped_to_head_still_reports_its_seed(optimum_gpt2_dir):
     argv = ["Once", "--model", str(optimum_gpt2_dir), "--seed", "9"]
-    code, out, err = run(argv, out=_ClosedPipe())
+    code, out, err = run(argv, out=ClosedPipe())
     assert code == 0 and out == "Once" and err == "seed: 9\n"
 
 

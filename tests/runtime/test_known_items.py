@@ -17,11 +17,7 @@ from tinygen.cli import main
 from tinygen.fields import FieldSchema
 from tinygen.replacements import Replacements
 
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+from runtime_cli import run
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 load refuses a file that is not the one exported (a same-sized tokenizer.json or
 model.onnx.data from another model loads and writes wrong text otherwise)."""
 
-import io
 import json
 import re
 import shutil
@@ -10,18 +9,13 @@ import shutil
 import pytest
 
 from tinygen import ModelFormatError, TextGenerator
-from tinygen.cli import main
 from tinygen.file_digest import ends_digest
 from tinygen.manifest import Manifest, load_manifest
 from tinygen_trainer.export import ExportConfig, run_export
 
+from runtime_cli import run
+
 PROMPT = [5, 6, 7]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def refusal(path) -> str:

@@ -2,7 +2,6 @@
 each mistake is one ModelFormatError that names the file and the key, never a traceback on
 load or a typo silently ignored."""
 
-import io
 import json
 import re
 import shutil
@@ -10,15 +9,10 @@ import shutil
 import pytest
 
 from tinygen import ModelFormatError, TextGenerator
-from tinygen.cli import main
 from tinygen.manifest import Manifest, load_manifest
 from tinygen_tinymodel import model_dir as embedded_model_dir
 
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+from runtime_cli import run
 
 
 def manifest_with(**changes) -> dict:

@@ -1,7 +1,6 @@
 """A model folder whose files do not fit together, or are corrupt: one ModelFormatError on load
 that names the file and what to fix, never an onnxruntime error or a traceback mid-text."""
 
-import io
 import json
 import re
 import shutil
@@ -9,17 +8,12 @@ import shutil
 import pytest
 
 from tinygen import ModelFormatError, TextGenerator
-from tinygen.cli import main
 from tinygen.fields import FieldSchema
 from tinygen.manifest import Manifest, load_manifest
 from tinygen.replacements import Replacements
 from tinygen_tinymodel import model_dir as embedded_model_dir
 
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+from runtime_cli import run
 
 
 def with_manifest(source, tmp_path, **changes):

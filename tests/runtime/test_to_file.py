@@ -1,6 +1,5 @@
 """`generate_to_file` / `--to-file`: context conditioning, resuming safely, and its checks."""
 
-import io
 import json
 import re
 import shutil
@@ -8,15 +7,10 @@ import shutil
 import pytest
 
 from tinygen import TextGenerator, TinygenError
-from tinygen.cli import main
+
+from runtime_cli import run
 
 HEADER = re.compile(r"^=+ seed (\d+)$", re.M)
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def seeds_in(path):
